@@ -1,0 +1,367 @@
+"""The task graph: from an experiment spec to the views, labels, heads and shared encoder passes of
+one training step.
+
+The plan is derived from what each task declares (`Task.needs_for`), before any module is built,
+so a spec whose data lacks a label or whose tasks conflict is refused up front. The step runs the
+student encoder once per distinct view, the teacher once per view it must see, and the text tower
+once over every text any task needs, and hands the shared results to every task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+import mtv.tasks  # noqa: F401  (registers the task kinds)
+from mtv.batch import Batch
+from mtv.models.text import TextTransformer
+from mtv.models.vit import EncoderOutput, VisionTransformer
+from mtv.specs.experiment import ExperimentSpec
+from mtv.tasks.base import (
+    CAPTION_TEXT,
+    GLOBAL,
+    LOCAL,
+    MASKED,
+    REGION_TEXT,
+    TASK_REGISTRY,
+    StepInputs,
+    Task,
+    TaskEnv,
+    TaskNeeds,
+)
+from mtv.teacher import EMATeacher
+
+VIEW_ORDER = (GLOBAL, MASKED, LOCAL)
+
+
+@dataclass(frozen=True)
+class GraphProblem:
+    message: str
+    task_index: int | None = None  # position in spec.tasks
+    kind: str | None = None
+
+
+class GraphError(Exception):
+    """The experiment cannot run: each problem names its task and what is missing or conflicts."""
+
+    def __init__(self, problems: list[GraphProblem]):
+        self.problems = problems
+        super().__init__(
+            "\n".join(
+                (f"tasks[{p.task_index}] ({p.kind}): " if p.task_index is not None else "")
+                + p.message
+                for p in problems
+            )
+        )
+
+
+@dataclass(frozen=True)
+class ViewPass:
+    """One encoder pass: which view, which outputs, and the tasks that read it."""
+
+    view: str
+    pooled: bool
+    layers: tuple[int, ...]
+    consumers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    env: TaskEnv
+    kinds: tuple[str, ...]
+    weights: dict[str, float]
+    needs: dict[str, TaskNeeds]
+    student: tuple[ViewPass, ...]
+    teacher: tuple[ViewPass, ...]
+    texts: dict[str, tuple[str, ...]]  # text input -> tasks
+    labels: dict[str, tuple[str, ...]]  # label -> tasks
+    n_local_crops: int = 0
+    masked_patches: int = 0
+    teacher_momentum: float = 0.0
+    extras: dict[str, str] = field(default_factory=dict)
+
+    def view_shape(self, view: str) -> str:
+        if view == LOCAL:
+            size = self.env.local_size
+            return f"{self.n_local_crops} x 3 x {size} x {size}"
+        size = self.env.global_size
+        return f"3 x {size} x {size}"
+
+    def describe(self) -> str:
+        """The plan in words: encoder passes, their readers, texts and labels."""
+        grid = self.env.global_grid
+        lines = [f"tasks: {', '.join(f'{k} (x{self.weights[k]:g})' for k in self.kinds)}"]
+        lines.append(f"student encoder: {len(self.student)} pass(es) per step")
+        for p in self.student:
+            outputs = ["tokens"] + (["pooled"] if p.pooled else [])
+            if p.layers:
+                outputs.append(f"layers {','.join(map(str, p.layers))}")
+            if p.view == MASKED:
+                outputs.append(f"{self.masked_patches}/{grid * grid} patches masked")
+            lines.append(
+                f"  {p.view:<7} {self.view_shape(p.view):<18} {'; '.join(outputs):<32} "
+                f"-> {', '.join(p.consumers)}"
+            )
+        if self.teacher:
+            lines.append(
+                f"EMA teacher (momentum {self.teacher_momentum:g}, no grad, outside DDP): "
+                f"{len(self.teacher)} pass(es) per step"
+            )
+            for p in self.teacher:
+                outputs = "tokens" + ("; pooled" if p.pooled else "")
+                lines.append(
+                    f"  {p.view:<7} {self.view_shape(p.view):<18} {outputs:<32} "
+                    f"-> {', '.join(p.consumers)}"
+                )
+        if self.texts:
+            parts = [f"{name} ({', '.join(tasks)})" for name, tasks in self.texts.items()]
+            lines.append(f"text tower: 1 pass per step over {' + '.join(parts)}")
+        labels = [f"{name} ({', '.join(tasks)})" for name, tasks in self.labels.items()]
+        lines.append(f"labels: {', '.join(labels)}")
+        return "\n".join(lines)
+
+
+def plan_graph(spec: ExperimentSpec) -> GraphPlan:
+    """Derive the plan of `spec`; raise GraphError naming every task that cannot run."""
+    env = TaskEnv.from_spec(spec)
+    problems: list[GraphProblem] = []
+    if env.global_size % env.encoder.patch_size:
+        problems.append(
+            GraphProblem(
+                f"data.views.global_size {env.global_size} is not a multiple of the patch size "
+                f"{env.encoder.patch_size}"
+            )
+        )
+    available = spec.data.available_labels()
+    needs: dict[str, TaskNeeds] = {}
+    first_index: dict[str, int] = {}
+    for index, task_spec in enumerate(spec.tasks):
+        kind = task_spec.kind
+        if kind in first_index:
+            problems.append(
+                GraphProblem(
+                    f"task kind '{kind}' already appears as tasks[{first_index[kind]}]; "
+                    "each kind runs once (set its weight instead)",
+                    index,
+                    kind,
+                )
+            )
+            continue
+        first_index[kind] = index
+        cls = TASK_REGISTRY[kind]
+        task_needs = cls.needs_for(task_spec, env)
+        needs[kind] = task_needs
+        for label in sorted(task_needs.labels - available):
+            problems.append(
+                GraphProblem(
+                    f"needs label '{label}', which the data does not provide (provided: "
+                    f"{', '.join(sorted(available))}; add it to data.labels.kinds with a label "
+                    "store that has it)",
+                    index,
+                    kind,
+                )
+            )
+        problems.extend(GraphProblem(m, index, kind) for m in cls.problems(task_spec, env))
+    if problems:
+        raise GraphError(problems)
+
+    def passes(views_of: Callable[[TaskNeeds], frozenset[str]], teacher: bool) -> tuple[ViewPass, ...]:
+        out = []
+        for view in VIEW_ORDER:
+            readers = tuple(k for k, n in needs.items() if view in views_of(n))
+            if not readers:
+                continue
+            if teacher:
+                pooled = any(needs[k].teacher_pooled for k in readers)
+                layers: tuple[int, ...] = ()
+            else:
+                pooled = any(view in needs[k].pooled_views for k in readers)
+                layers = (
+                    tuple(sorted({i for k in readers for i in needs[k].layers}))
+                    if view == GLOBAL
+                    else ()
+                )
+            out.append(ViewPass(view, pooled, layers, readers))
+        return tuple(out)
+
+    def users(attribute: str) -> dict[str, tuple[str, ...]]:
+        names = sorted({x for n in needs.values() for x in getattr(n, attribute)})
+        return {x: tuple(k for k, n in needs.items() if x in getattr(n, attribute)) for x in names}
+
+    by_kind = {t.kind: t for t in spec.tasks}
+    distill = by_kind.get("distill")
+    masked_spec = by_kind.get("masked")
+    return GraphPlan(
+        env=env,
+        kinds=tuple(needs),
+        weights={t.kind: t.weight for t in spec.tasks},
+        needs=needs,
+        student=passes(lambda n: n.student_views, teacher=False),
+        teacher=passes(lambda n: n.teacher_views, teacher=True),
+        texts=users("texts"),
+        labels=users("labels"),
+        n_local_crops=getattr(distill, "n_local_crops", 0),
+        masked_patches=round(masked_spec.mask_ratio * env.global_grid**2) if masked_spec else 0,
+        teacher_momentum=spec.model.teacher.momentum,
+    )
+
+
+@dataclass
+class StepOutput:
+    total: Tensor  # weighted sum of the task losses
+    losses: dict[str, Tensor]  # task kind -> unweighted loss
+    report: dict[str, Tensor]  # "kind/name" -> detached value
+
+
+class StudentModel(nn.Module):
+    """Everything that trains by gradient: encoder, text tower, task heads. DDP wraps this."""
+
+    def __init__(self, spec: ExperimentSpec, plan: GraphPlan):
+        super().__init__()
+        self.plan = plan
+        views = {p.view for p in plan.student}
+        self.encoder = VisionTransformer(spec.model.encoder, mask_token=MASKED in views)
+        self.text = (
+            TextTransformer(spec.model.text, spec.model.encoder.width) if plan.texts else None
+        )
+        self.tasks = nn.ModuleDict(
+            {t.kind: TASK_REGISTRY[t.kind](t, plan.env) for t in spec.tasks}
+        )
+
+    def encode(self, view: ViewPass, batch: Batch, encoder: VisionTransformer) -> EncoderOutput:
+        if view.view == GLOBAL:
+            return encoder(batch.images, layers=view.layers, pool=view.pooled)
+        if view.view == MASKED:
+            if batch.patch_mask is None:
+                raise ValueError("the masked view needs batch.patch_mask")
+            return encoder(batch.images, mask=batch.patch_mask, pool=view.pooled)
+        if batch.local_images is None:
+            raise ValueError("the local view needs batch.local_images")
+        return encoder(batch.local_images.flatten(0, 1), pool=view.pooled)
+
+    def encode_texts(self, batch: Batch) -> dict[str, Tensor]:
+        """One text-tower pass over captions and region names together."""
+        if self.text is None:
+            return {}
+        pieces: list[Tensor] = []
+        if CAPTION_TEXT in self.plan.texts:
+            if batch.captions is None:
+                raise ValueError("the tasks need batch.captions")
+            pieces.append(batch.captions)
+        if REGION_TEXT in self.plan.texts:
+            if batch.region_names is None:
+                raise ValueError("the tasks need batch.region_names")
+            pieces.append(batch.region_names.flatten(0, 1))
+        embedded = self.text(torch.cat(pieces, dim=0)).split([p.shape[0] for p in pieces])
+        out: dict[str, Tensor] = {}
+        chunks = iter(embedded)
+        if CAPTION_TEXT in self.plan.texts:
+            out[CAPTION_TEXT] = next(chunks)
+        if REGION_TEXT in self.plan.texts:
+            assert batch.region_names is not None
+            out[REGION_TEXT] = next(chunks).unflatten(0, batch.region_names.shape[:2])
+        return out
+
+    def forward(
+        self, batch: Batch, teacher: dict[str, object], step: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        features = {p.view: self.encode(p, batch, self.encoder) for p in self.plan.student}
+        inputs = StepInputs(batch, features, self.encode_texts(batch), teacher, step)
+        losses: dict[str, Tensor] = {}
+        report: dict[str, Tensor] = {}
+        total = torch.zeros((), device=batch.images.device)
+        for kind, task in self.tasks.items():
+            out = task(inputs)
+            losses[kind] = out.loss
+            report.update({f"{kind}/{name}": value for name, value in out.report.items()})
+            total = total + self.plan.weights[kind] * out.loss
+        return total, losses, report
+
+
+def trainable_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class TaskGraph:
+    """Student + EMA teacher + the plan. `step(batch, step)` computes every task's loss with
+    shared passes; `update_teacher()` moves the teacher after the optimiser step."""
+
+    def __init__(self, spec: ExperimentSpec):
+        self.spec = spec
+        self.plan = plan_graph(spec)
+        self.student = StudentModel(spec, self.plan)
+        self.teacher: EMATeacher | None = None
+        if self.plan.teacher:
+            tasks: dict[str, Task] = dict(self.student.tasks.items())  # type: ignore[arg-type]
+            heads = {k: tasks[k].ema_modules() for p in self.plan.teacher for k in p.consumers}
+            self.teacher = EMATeacher(self.student.encoder, heads, spec.model.teacher.momentum)
+        self._student_call: Callable[..., tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]]
+        self._student_call = self.student
+
+    def wrap_student(self, wrapper: Callable[[StudentModel], nn.Module]) -> None:
+        """Run the student through `wrapper(student)` (DDP, torch.compile) from now on."""
+        self._student_call = wrapper(self.student)
+
+    def to(self, device: torch.device | str) -> TaskGraph:
+        self.student.to(device)
+        if self.teacher is not None:
+            self.teacher.to(device)
+        return self
+
+    def teacher_parameter_pairs(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """(teacher, student) tensors in the teacher's parameter order."""
+        assert self.teacher is not None
+        yield from zip(self.teacher.encoder.parameters(), self.student.encoder.parameters(), strict=True)
+        for kind, modules in self.teacher.heads.items():
+            student_modules = self.student.tasks[kind].ema_modules()  # type: ignore[operator]
+            for name, module in modules.items():
+                yield from zip(module.parameters(), student_modules[name].parameters(), strict=True)
+
+    @torch.no_grad()
+    def teacher_targets(self, batch: Batch, step: Tensor) -> dict[str, object]:
+        if self.teacher is None:
+            return {}
+        outputs = {p.view: self.student.encode(p, batch, self.teacher.encoder) for p in self.plan.teacher}
+        readers = {k for p in self.plan.teacher for k in p.consumers}
+        return {
+            kind: task.teacher_targets(outputs, self.teacher.heads[kind], batch, step)  # type: ignore[operator]
+            for kind, task in self.student.tasks.items()
+            if kind in readers
+        }
+
+    def step(self, batch: Batch, step: int | Tensor = 0) -> StepOutput:
+        """Every task's loss for one batch (the trainer does backward and the optimiser)."""
+        step_t = torch.as_tensor(step, dtype=torch.float32, device=batch.images.device)
+        targets = self.teacher_targets(batch, step_t)
+        total, losses, report = self._student_call(batch, targets, step_t)
+        return StepOutput(total, losses, report)
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float | None = None) -> None:
+        if self.teacher is None:
+            return
+        self.teacher.update([s for _, s in self.teacher_parameter_pairs()], momentum)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per part (the teacher is not trained, so not counted)."""
+        counts = {"encoder": trainable_parameters(self.student.encoder)}
+        if self.student.text is not None:
+            counts["text"] = trainable_parameters(self.student.text)
+        for kind, task in self.student.tasks.items():
+            counts[kind] = trainable_parameters(task)
+        return counts
+
+    def describe(self) -> str:
+        counts = self.parameter_counts()
+        total = sum(counts.values())
+        parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
+        return f"{self.plan.describe()}\ntrainable parameters: {total / 1e6:.2f}M ({parts})"
+
+
+def count_parameters(spec: ExperimentSpec) -> dict[str, int]:
+    """Trainable parameters per part, counted on the meta device (no memory, any size)."""
+    with torch.device("meta"):
+        return TaskGraph(spec).parameter_counts()

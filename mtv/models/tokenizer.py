@@ -1,0 +1,78 @@
+"""An offline tokenizer: byte-level BPE trained with `tokenizers`, or any local tokenizer.json.
+
+Texts become fixed-length id rows: the tokens, an end-of-text token, then padding up to the
+context length (as SigLIP, whose text tower pools the last position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from torch import Tensor
+
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+
+
+class TextTokenizer:
+    def __init__(self, tokenizer: Tokenizer, context_length: int):
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        missing = [t for t in (PAD, EOS) if tokenizer.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"tokenizer lacks the special token(s) {missing}")
+        self.pad_id = tokenizer.token_to_id(PAD)
+        self.eos_id = tokenizer.token_to_id(EOS)
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        context_length: int,
+        lowercase: bool = True,
+    ) -> TextTokenizer:
+        """Train a byte-level BPE on `texts` (seconds for a corpus of captions)."""
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+        steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+        tokenizer.normalizer = normalizers.Sequence(steps)
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[PAD, EOS, UNK],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        return cls(tokenizer, context_length)
+
+    @classmethod
+    def from_file(cls, path: str | Path, context_length: int) -> TextTokenizer:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        return cls(Tokenizer.from_file(str(path)), context_length)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def __call__(self, texts: Sequence[str]) -> Tensor:
+        """(len(texts), context_length) int64 ids: tokens, EOS, padding. Long texts are cut,
+        keeping the EOS as the last token."""
+        rows = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
+        for row, encoding in enumerate(self.tokenizer.encode_batch(list(texts))):
+            ids = [*encoding.ids[: self.context_length - 1], self.eos_id]
+            rows[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return rows
+
+    def decode(self, ids: Tensor) -> str:
+        keep = [int(i) for i in ids if int(i) not in (self.pad_id, self.eos_id)]
+        return self.tokenizer.decode(keep).strip()

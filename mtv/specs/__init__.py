@@ -1,0 +1,65 @@
+"""Experiment specs: pydantic models, loaded from YAML with `extends:` and `--set` overrides."""
+
+from mtv.specs.experiment import (
+    DataSpec,
+    EvalSpec,
+    ExperimentSpec,
+    LabelsSpec,
+    OptimSpec,
+    OutputSpec,
+    RuntimeSpec,
+    ScheduleSpec,
+    ViewsSpec,
+)
+from mtv.specs.loading import (
+    ResolvedSpec,
+    SpecError,
+    SpecProblem,
+    load_spec,
+    resolve_spec,
+    spec_to_yaml,
+)
+from mtv.specs.model import EncoderSpec, ModelSpec, TeacherSpec, TextSpec, TokenizerSpec
+from mtv.specs.tasks import (
+    TASK_KINDS,
+    DepthTaskSpec,
+    DistillTaskSpec,
+    GroundTaskSpec,
+    KoLeoTaskSpec,
+    MaskedTaskSpec,
+    TaskSpec,
+    TaskSpecBase,
+    VLTaskSpec,
+)
+
+__all__ = [
+    "TASK_KINDS",
+    "DataSpec",
+    "DepthTaskSpec",
+    "DistillTaskSpec",
+    "EncoderSpec",
+    "EvalSpec",
+    "ExperimentSpec",
+    "GroundTaskSpec",
+    "KoLeoTaskSpec",
+    "LabelsSpec",
+    "MaskedTaskSpec",
+    "ModelSpec",
+    "OptimSpec",
+    "OutputSpec",
+    "ResolvedSpec",
+    "RuntimeSpec",
+    "ScheduleSpec",
+    "SpecError",
+    "SpecProblem",
+    "TaskSpec",
+    "TaskSpecBase",
+    "TeacherSpec",
+    "TextSpec",
+    "TokenizerSpec",
+    "VLTaskSpec",
+    "ViewsSpec",
+    "load_spec",
+    "resolve_spec",
+    "spec_to_yaml",
+]

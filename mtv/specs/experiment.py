@@ -1,0 +1,195 @@
+"""The experiment spec: everything one training run is, as data."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from mtv.specs.base import StrictModel
+from mtv.specs.model import ModelSpec
+from mtv.specs.tasks import TASK_KINDS, TaskSpec
+
+LabelKind = Literal["caption", "boxes", "depth"]
+
+
+class MiniWorldSourceSpec(StrictModel):
+    """The built-in procedural world: rendered on first use, with exact ground truth."""
+
+    kind: Literal["miniworld"] = "miniworld"
+    n_images: int = Field(4000, gt=0)
+    image_size: int = Field(64, gt=0, description="rendered resolution (pixels)")
+    views_per_scene: int = Field(1, gt=0)
+    seed: int = 0
+    root: str = Field("data/miniworld", description="where the rendered corpus is cached")
+
+
+class ShardsSourceSpec(StrictModel):
+    """Webdataset-style tar shards (KEY.jpg|png|webp + KEY.txt [+ KEY.json]) over fsspec."""
+
+    kind: Literal["shards"] = "shards"
+    urls: list[str] = Field(
+        min_length=1, description="paths or URLs; brace ranges such as {0000..0099} expand"
+    )
+
+
+class FolderSourceSpec(StrictModel):
+    """A folder of images with captions in a .jsonl or .parquet file."""
+
+    kind: Literal["folder"] = "folder"
+    root: str
+    captions: str = Field(description="a .jsonl or .parquet file with `key`/`file` and `caption`")
+
+
+SourceSpec = Annotated[
+    MiniWorldSourceSpec | ShardsSourceSpec | FolderSourceSpec, Field(discriminator="kind")
+]
+
+
+class LabelsSpec(StrictModel):
+    """Which pseudo-labels the data provides besides captions, and where they are stored."""
+
+    store: str | None = Field(None, description="the Zarr label store made by `mtv label`")
+    kinds: list[Literal["boxes", "depth"]] = Field(
+        default_factory=list,
+        description="labels the store provides (boxes = boxes + entity names; depth = relative "
+        "disparity)",
+    )
+
+
+class ViewsSpec(StrictModel):
+    """Crop geometry of the views the tasks ask for."""
+
+    global_size: int | None = Field(None, gt=0, description="default: model.encoder.image_size")
+    local_size: int | None = Field(
+        None, gt=0, description="default: 3/7 of the global size, on the patch grid (96 at 224)"
+    )
+    global_scale: tuple[float, float] = Field((0.32, 1.0), description="area fraction range")
+    local_scale: tuple[float, float] = Field((0.05, 0.32), description="area fraction range")
+
+    @field_validator("global_scale", "local_scale")
+    @classmethod
+    def _check_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"need 0 < low <= high <= 1, got {value}")
+        return value
+
+
+class DataSpec(StrictModel):
+    source: SourceSpec = Field(default_factory=MiniWorldSourceSpec)
+    labels: LabelsSpec = Field(default_factory=LabelsSpec)
+    views: ViewsSpec = Field(default_factory=ViewsSpec)
+    batch_size: int = Field(64, gt=0, description="global batch, summed over ranks")
+
+    def available_labels(self) -> frozenset[str]:
+        """Labels every sample carries: captions always (image-text data), plus the store's."""
+        return frozenset({"caption", *self.labels.kinds})
+
+
+class OptimSpec(StrictModel):
+    """AdamW (paper: lr 5e-4, no weight decay)."""
+
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(5e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    grad_clip: float | None = Field(1.0, gt=0.0, description="global grad-norm clip; null = off")
+    accumulate: int = Field(1, gt=0, description="micro-batches per optimiser step")
+
+
+class ScheduleSpec(StrictModel):
+    """Step-based learning-rate schedule: linear warm-up, then decay."""
+
+    steps: int = Field(10000, gt=0, description="optimiser steps in the run")
+    warmup_steps: int = Field(1000, ge=0, description="linear warm-up (paper: 1k)")
+    decay: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="after warm-up (paper: unspecified)"
+    )
+    final_lr_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> ScheduleSpec:
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} exceeds steps {self.steps}")
+        return self
+
+
+class DistributedSpec(StrictModel):
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="auto: nccl on CUDA, gloo on CPU"
+    )
+
+
+class RuntimeSpec(StrictModel):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["bf16", "fp32"] = Field(
+        "bf16", description="autocast dtype; the depth head and every loss stay fp32"
+    )
+    compile: bool | Literal["auto"] = Field("auto", description="auto: on for CUDA, off on CPU")
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    seed: int = 0
+
+
+class EvalSpec(StrictModel):
+    suite: str = Field("mini", description="a named evaluation suite")
+    only: list[str] = Field(default_factory=list, description="evaluators to run; empty = all")
+    every_steps: int | None = Field(None, gt=0, description="evaluate during training; null = off")
+
+
+class OutputSpec(StrictModel):
+    root: str = Field("runs", description="run directories are made under this folder")
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(500, gt=0)
+    keep_last: int = Field(3, gt=0)
+
+
+class ExperimentSpec(StrictModel):
+    """One experiment. `tasks` is a list of task specs discriminated by `kind`; a bare string
+    (`- distill`) means that task with its defaults, and `task_defaults` sets fields for every task
+    of a kind (so a base file can size the heads once for all the experiments that extend it)."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    task_defaults: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per task kind, fields applied to every task of it"
+    )
+    tasks: list[TaskSpec] = Field(min_length=1)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_tasks(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+            return data
+        defaults = data.get("task_defaults") or {}
+        if not isinstance(defaults, dict):
+            return data  # the field's own validation reports the type error
+        tasks = []
+        for task in data["tasks"]:
+            if isinstance(task, str):
+                task = {"kind": task}
+            if isinstance(task, dict) and isinstance(defaults.get(task.get("kind")), dict):
+                task = {**defaults[task["kind"]], **task}
+            tasks.append(task)
+        return {**data, "tasks": tasks}
+
+    @field_validator("task_defaults")
+    @classmethod
+    def _check_default_kinds(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        unknown = sorted(set(value) - set(TASK_KINDS))
+        if unknown:
+            raise ValueError(
+                f"unknown task kind(s) {unknown}; expected one of: {', '.join(TASK_KINDS)}"
+            )
+        return value
+
+    def task_kinds(self) -> list[str]:
+        return [task.kind for task in self.tasks]

@@ -1,0 +1,310 @@
+"""YAML experiment files -> `ExperimentSpec`, with `extends:`, `--set` overrides and clear errors.
+
+Every value keeps a record of the file (or `--set` argument) it came from, so an error in a field
+inherited from a base file names the base file, not the file the user passed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mtv.specs.experiment import ExperimentSpec
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    source: str  # a file path, or the `--set` argument
+    field: str  # dotted path with [i] for list items; "" for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.field}" if self.field else self.source
+        return f"{where}: {self.message}"
+
+
+class SpecError(Exception):
+    """Problems in an experiment, each naming the file (or override) and the field."""
+
+    def __init__(self, problems: Sequence[SpecProblem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass
+class ResolvedSpec:
+    """A validated spec plus where each of its raw values came from."""
+
+    path: Path
+    spec: ExperimentSpec
+    raw: dict[str, Any]
+    provenance: dict[Loc, str] = field(default_factory=dict)
+
+    def source_of(self, loc: Loc) -> str:
+        """The file or override that set the value at `loc` (or its nearest enclosing value)."""
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.provenance:
+                return self.provenance[loc[:end]]
+        return str(self.path)
+
+
+def format_loc(loc: Iterable[str | int]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _read_yaml(path: Path, referrer: tuple[str, str] | None) -> dict[str, Any]:
+    if not path.is_file():
+        if referrer is not None:
+            source, key = referrer
+            raise SpecError([SpecProblem(source, key, f"base file not found: {path}")])
+        raise SpecError([SpecProblem(str(path), "", "file not found")])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError([SpecProblem(str(path), where, f"invalid YAML: {problem}")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(
+            [SpecProblem(str(path), "", f"expected a mapping at top level, got {type(data).__name__}")]
+        )
+    return data
+
+
+def _forget(provenance: dict[Loc, str], prefix: Loc) -> None:
+    for loc in [loc for loc in provenance if loc[: len(prefix)] == prefix]:
+        del provenance[loc]
+
+
+def _record(provenance: dict[Loc, str], loc: Loc, value: Any, source: str) -> None:
+    provenance[loc] = source
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _record(provenance, (*loc, key), item, source)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _record(provenance, (*loc, index), item, source)
+
+
+def _merge(
+    base: dict[str, Any], top: dict[str, Any], provenance: dict[Loc, str], source: str, at: Loc = ()
+) -> dict[str, Any]:
+    """Deep-merge `top` over `base`: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for key, value in top.items():
+        loc = (*at, key)
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, provenance, source, loc)
+        else:
+            _forget(provenance, loc)
+            _record(provenance, loc, value, source)
+            out[key] = value
+    return out
+
+
+def _load_with_extends(
+    path: Path, provenance: dict[Loc, str], chain: tuple[Path, ...], referrer: tuple[str, str] | None
+) -> dict[str, Any]:
+    path = path.resolve() if path.is_absolute() else path
+    if path.resolve() in [p.resolve() for p in chain]:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise SpecError([SpecProblem(str(chain[-1]), "extends", f"circular extends: {cycle}")])
+    data = _read_yaml(path, referrer)
+    base_name = data.pop("extends", None)
+    merged: dict[str, Any] = {}
+    if base_name is not None:
+        if not isinstance(base_name, str):
+            raise SpecError(
+                [SpecProblem(str(path), "extends", "expected a relative path to one base file")]
+            )
+        base_path = path.parent / base_name
+        merged = _load_with_extends(base_path, provenance, (*chain, path), (str(path), "extends"))
+    return _merge(merged, data, provenance, str(path))
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError([SpecProblem(f"--set {text}", "", "expected KEY=VALUE, e.g. optim.lr=1e-3")])
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise SpecError([SpecProblem(f"--set {text}", key, f"invalid YAML value: {err}")]) from None
+    return key.strip().split("."), parsed
+
+
+def _apply_override(raw: dict[str, Any], text: str, provenance: dict[Loc, str]) -> None:
+    """`a.b.c=v` sets a nested key; list items are addressed by index or, in `tasks`, by kind."""
+    parts, value = _parse_override(text)
+    node: Any = raw
+    loc: list[str | int] = []
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            index = _list_index(node, part, text, loc)
+            loc.append(index)
+            if last:
+                node[index] = value
+            else:
+                if isinstance(node[index], str):  # a task given by its kind alone
+                    node[index] = {"kind": node[index]}
+                node = node[index]
+            continue
+        if not isinstance(node, dict):
+            raise SpecError(
+                [SpecProblem(f"--set {text}", format_loc(loc), "is not a mapping; cannot set keys")]
+            )
+        loc.append(part)
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+    _forget(provenance, tuple(loc))
+    _record(provenance, tuple(loc), value, f"--set {text}")
+
+
+def _list_index(items: list[Any], part: str, text: str, loc: list[str | int]) -> int:
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if -len(items) <= index < len(items):
+            return index % len(items)
+        raise SpecError(
+            [SpecProblem(f"--set {text}", format_loc(loc), f"index {index} is out of range")]
+        )
+    kinds = [item if isinstance(item, str) else (item or {}).get("kind") for item in items]
+    matches = [i for i, kind in enumerate(kinds) if kind == part]
+    if len(matches) == 1:
+        return matches[0]
+    reason = (
+        f"no item of kind '{part}' (present: {', '.join(map(str, kinds))})"
+        if not matches
+        else f"{len(matches)} items of kind '{part}'; use an index"
+    )
+    raise SpecError([SpecProblem(f"--set {text}", format_loc(loc), reason)])
+
+
+def _unwrap(annotation: Any, raw: Any) -> Any:
+    """The model class an annotation means for this raw value (unions resolved by `kind`)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(get_args(annotation)[0], raw)
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        models = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
+        kind = raw.get("kind") if isinstance(raw, dict) else None
+        for model in models:
+            kind_field = model.model_fields.get("kind")
+            if kind_field is not None and kind_field.default == kind:
+                return model
+        return models[0] if len(models) == 1 else (options[0] if len(options) == 1 else None)
+    return annotation
+
+
+def _allowed_fields(loc: Loc, raw: Any) -> list[str]:
+    """Field names of the spec class at `loc`, to suggest a correction for a misspelt key."""
+    current: Any = ExperimentSpec
+    node = raw
+    for part in loc:
+        current = _unwrap(current, node)
+        if isinstance(part, int):
+            if get_origin(current) is not list:
+                return []
+            current = get_args(current)[0]
+        elif isinstance(current, type) and issubclass(current, BaseModel):
+            if part not in current.model_fields:
+                return []
+            current = current.model_fields[part].annotation
+        else:
+            return []
+        node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
+    current = _unwrap(current, node)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _has(node: dict[str, Any] | list[Any], part: str | int) -> bool:
+    return part in node if isinstance(node, dict) else isinstance(part, int) and part < len(node)
+
+
+def _clean_loc(loc: Sequence[str | int], raw: Any) -> Loc:
+    """Drop the union-tag segments pydantic inserts (`tasks.0.distill.x` -> `tasks.0.x`)."""
+    out: list[str | int] = []
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and part not in node and part == node.get("kind"):
+            continue
+        if isinstance(part, str) and "[" in part and isinstance(node, (dict, list)):
+            continue  # validator wrappers such as 'function-after[...]'
+        out.append(part)
+        node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
+    return tuple(out)
+
+
+def _describe(error: dict[str, Any], loc: Loc, raw: dict[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        name = str(loc[-1]) if loc else "?"
+        allowed = _allowed_fields(loc[:-1], raw)
+        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        listing = f" (allowed: {', '.join(allowed)})" if allowed and not close else ""
+        return f"unknown field '{name}'{hint}{listing}"
+    if kind == "union_tag_invalid":
+        return f"unknown kind '{ctx.get('tag')}'; expected one of: {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return f"missing 'kind' ({error['msg']})"
+    if kind == "missing":
+        return "required field is missing"
+    return f"{error['msg']} (got {error.get('input')!r})"
+
+
+def _validation_problems(err: ValidationError, resolved: ResolvedSpec) -> list[SpecProblem]:
+    problems = []
+    for error in err.errors():
+        loc = _clean_loc(error["loc"], resolved.raw)
+        problems.append(
+            SpecProblem(resolved.source_of(loc), format_loc(loc), _describe(error, loc, resolved.raw))
+        )
+    return problems
+
+
+def resolve_spec(path: str | Path, overrides: Sequence[str] = ()) -> ResolvedSpec:
+    """Read `path` (following `extends:`), apply `--set` overrides, validate. Raises SpecError."""
+    path = Path(path)
+    provenance: dict[Loc, str] = {}
+    raw = _load_with_extends(path, provenance, (), None)
+    for text in overrides:
+        _apply_override(raw, text, provenance)
+    resolved = ResolvedSpec(path=path, spec=None, raw=raw, provenance=provenance)  # type: ignore[arg-type]
+    try:
+        resolved.spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_validation_problems(err, resolved)) from None
+    return resolved
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
+    """The validated `ExperimentSpec` of a YAML file. Raises SpecError naming file and field."""
+    return resolve_spec(path, overrides).spec
+
+
+def spec_to_yaml(spec: ExperimentSpec) -> str:
+    """The fully resolved spec as YAML (every default written out)."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, width=100)

@@ -1,0 +1,135 @@
+"""What every task is: a module owning its head and loss, which declares the views, encoder
+outputs, texts and labels it needs, so the task graph can plan shared passes before training."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from mtv.batch import Batch
+from mtv.models.vit import EncoderOutput
+from mtv.specs.experiment import ExperimentSpec
+from mtv.specs.model import EncoderSpec
+from mtv.specs.tasks import TaskSpecBase
+
+# View names. The masked view is the global crop with `batch.patch_mask` applied.
+GLOBAL, LOCAL, MASKED = "global", "local", "masked"
+# Text inputs the text tower encodes in one shared pass.
+CAPTION_TEXT, REGION_TEXT = "caption", "region_names"
+
+
+@dataclass(frozen=True)
+class TaskEnv:
+    """The facts about an experiment that tasks size themselves by."""
+
+    encoder: EncoderSpec
+    global_size: int
+    local_size: int
+    steps: int
+    batch_size: int
+
+    @classmethod
+    def from_spec(cls, spec: ExperimentSpec) -> TaskEnv:
+        encoder = spec.model.encoder
+        global_size = spec.data.views.global_size or encoder.image_size
+        local_size = spec.data.views.local_size or max(
+            encoder.patch_size, round(global_size * 3 / 7 / encoder.patch_size) * encoder.patch_size
+        )
+        return cls(encoder, global_size, local_size, spec.schedule.steps, spec.data.batch_size)
+
+    @property
+    def global_grid(self) -> int:
+        return self.global_size // self.encoder.patch_size
+
+
+@dataclass(frozen=True)
+class TaskNeeds:
+    """Inputs a task reads. The graph unions them over tasks and runs each pass once."""
+
+    student_views: frozenset[str] = frozenset()
+    pooled_views: frozenset[str] = frozenset()  # student views whose pooled embedding is read
+    layers: tuple[int, ...] = ()  # 1-based intermediate layers of the student's global view
+    teacher_views: frozenset[str] = frozenset()
+    teacher_pooled: bool = False
+    texts: frozenset[str] = frozenset()
+    labels: frozenset[str] = frozenset()
+
+
+@dataclass
+class StepInputs:
+    """Everything computed once per step and shared by the tasks."""
+
+    batch: Batch
+    student: dict[str, EncoderOutput]
+    text: dict[str, Tensor]  # CAPTION_TEXT -> (B, E); REGION_TEXT -> (B, R, E)
+    teacher: dict[str, Any]  # task kind -> what its `teacher_targets` returned
+    step: Tensor  # 0-d float tensor: a tensor, so schedules never trigger recompiles
+
+
+@dataclass
+class TaskOutput:
+    loss: Tensor  # 0-d fp32, unweighted
+    report: dict[str, Tensor] = field(default_factory=dict)  # detached 0-d tensors
+
+
+TASK_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a task kind buildable by the graph."""
+    if cls.kind in TASK_REGISTRY:
+        raise ValueError(f"task kind '{cls.kind}' is registered twice")
+    TASK_REGISTRY[cls.kind] = cls
+    return cls
+
+
+def fp32(device: torch.device) -> torch.autocast:
+    """A region where autocast is off, so losses and the depth head compute in fp32."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+class Task(nn.Module, ABC):
+    """A task: `needs` (static, from the spec), an optional teacher side, and a loss."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, spec: TaskSpecBase, env: TaskEnv):
+        super().__init__()
+        self.spec = spec
+        self.env = env
+
+    @classmethod
+    @abstractmethod
+    def needs_for(cls, spec: Any, env: TaskEnv) -> TaskNeeds:
+        """The views, outputs, texts and labels this task reads, from its spec alone."""
+
+    @classmethod
+    def problems(cls, spec: Any, env: TaskEnv) -> list[str]:
+        """Reasons this task cannot run in this experiment (checked before any module is built)."""
+        return []
+
+    def needs(self) -> TaskNeeds:
+        return self.needs_for(self.spec, self.env)
+
+    def ema_modules(self) -> dict[str, nn.Module]:
+        """Student heads the EMA teacher keeps a moving-average copy of."""
+        return {}
+
+    def teacher_targets(
+        self,
+        teacher: Mapping[str, EncoderOutput],
+        heads: Mapping[str, nn.Module],
+        batch: Batch,
+        step: Tensor,
+    ) -> Any:
+        """Targets from the teacher's passes (called under no_grad, before the student pass)."""
+        return None
+
+    @abstractmethod
+    def forward(self, inputs: StepInputs) -> TaskOutput:
+        """This task's unweighted loss and its report."""

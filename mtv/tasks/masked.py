@@ -1,0 +1,180 @@
+"""`masked`: iBOT masked-patch prediction. The student sees the global crop with block-masked
+patches replaced by the mask token; the teacher's scores of the unmasked crop at the masked
+positions are the targets. Its head and centering are separate from `distill`'s."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtv.batch import Batch
+from mtv.models.vit import EncoderOutput
+from mtv.specs.tasks import MaskedTaskSpec
+from mtv.tasks.base import (
+    GLOBAL,
+    MASKED,
+    StepInputs,
+    Task,
+    TaskEnv,
+    TaskNeeds,
+    TaskOutput,
+    fp32,
+    register_task,
+)
+from mtv.tasks.ssl_heads import (
+    Centering,
+    DINOHead,
+    distillation_cross_entropy,
+    entropy,
+    teacher_probabilities,
+    teacher_temperature,
+)
+
+
+def block_mask(
+    rows: int,
+    cols: int,
+    n_masked: int,
+    min_block: int = 4,
+    aspect: tuple[float, float] = (0.3, 1 / 0.3),
+    generator: torch.Generator | None = None,
+    max_attempts: int = 10,
+) -> Tensor:
+    """A (rows * cols) bool mask with exactly `n_masked` True entries, grown from random
+    rectangles (area >= `min_block` patches, log-uniform aspect ratio) as in BEiT/DINOv2; when no
+    rectangle fits any more, single random patches complete the count. An exact count keeps the
+    per-image masked set a static shape, so the step compiles once."""
+    if not 0 <= n_masked <= rows * cols:
+        raise ValueError(f"cannot mask {n_masked} of {rows * cols} patches")
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    log_low, log_high = math.log(aspect[0]), math.log(aspect[1])
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=generator))
+
+    count = 0
+    while count < n_masked:
+        remaining = n_masked - count
+        added = 0
+        for _ in range(max_attempts):
+            if remaining < min_block:
+                break
+            area = uniform(min_block, remaining)
+            ratio = math.exp(uniform(log_low, log_high))
+            height = round(math.sqrt(area * ratio))
+            width = round(math.sqrt(area / ratio))
+            if not (0 < height <= rows and 0 < width <= cols):
+                continue
+            top = int(torch.randint(0, rows - height + 1, (), generator=generator))
+            left = int(torch.randint(0, cols - width + 1, (), generator=generator))
+            window = mask[top : top + height, left : left + width]
+            fresh = int((~window).sum())
+            if 0 < fresh <= remaining:
+                window[:] = True
+                added = fresh
+                break
+        if added == 0:
+            free = (~mask).flatten().nonzero().flatten()
+            pick = free[torch.randperm(free.numel(), generator=generator)[:remaining]]
+            mask.view(-1)[pick] = True
+            added = remaining
+        count += added
+    return mask.flatten()
+
+
+def masked_patch_loss(
+    teacher_probs: Tensor, student_scores: Tensor, weights: Tensor, student_temp: float
+) -> Tensor:
+    """L = (1/B) Σ_i (1/n_i) Σ_{j masked in i} H(P_t(i, j), softmax(p_s(i, j) / tau_s)).
+
+    `teacher_probs` and `student_scores` are (B, S, K) at S selected positions per image;
+    `weights` (B, S) is 1 where a selected position is masked and 0 elsewhere, so n_i is its row
+    sum: each image weighs the same whatever its masked count (iBOT/DINOv2).
+    """
+    ce = distillation_cross_entropy(teacher_probs, student_scores, student_temp)
+    per_image = weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return (ce * per_image).sum() / teacher_probs.shape[0]
+
+
+@register_task
+class MaskedTask(Task):
+    kind = "masked"
+    spec: MaskedTaskSpec
+
+    def __init__(self, spec: MaskedTaskSpec, env: TaskEnv):
+        super().__init__(spec, env)
+        self.head = DINOHead(
+            env.encoder.width, spec.hidden_dim, spec.bottleneck_dim, spec.n_prototypes
+        )
+        self.centering = Centering(spec.n_prototypes, spec.center_momentum)
+        self.n_masked = self.masked_count(spec, env)
+
+    @staticmethod
+    def masked_count(spec: MaskedTaskSpec, env: TaskEnv) -> int:
+        return round(spec.mask_ratio * env.global_grid**2)
+
+    @classmethod
+    def needs_for(cls, spec: Any, env: TaskEnv) -> TaskNeeds:
+        return TaskNeeds(
+            student_views=frozenset({MASKED}),
+            teacher_views=frozenset({GLOBAL}),
+        )
+
+    @classmethod
+    def problems(cls, spec: Any, env: TaskEnv) -> list[str]:
+        n_patches = env.global_grid**2
+        n_masked = cls.masked_count(spec, env)
+        if not 0 < n_masked < n_patches:
+            return [
+                f"mask_ratio {spec.mask_ratio} masks {n_masked} of {n_patches} patches; "
+                "need at least one masked and one visible patch"
+            ]
+        return []
+
+    def make_mask(self, generator: torch.Generator | None = None) -> Tensor:
+        """One image's patch mask for the global view, as the loader should draw it."""
+        grid = self.env.global_grid
+        return block_mask(
+            grid, grid, self.n_masked, self.spec.min_block_patches, self.spec.block_aspect,
+            generator,
+        )
+
+    def ema_modules(self) -> dict[str, nn.Module]:
+        return {"head": self.head}
+
+    def select(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The `n_masked` positions per image, masked ones first, and 1/0 weights saying which of
+        them are really masked (robust to masks with another count, static in shape)."""
+        order = torch.argsort(mask.to(torch.uint8), dim=1, descending=True, stable=True)
+        order = order[:, : self.n_masked]
+        picked = torch.gather(tokens, 1, order[..., None].expand(-1, -1, tokens.shape[-1]))
+        return picked, torch.gather(mask, 1, order).float()
+
+    def teacher_targets(
+        self, teacher: Mapping[str, EncoderOutput], heads: Mapping[str, nn.Module], batch: Batch,
+        step: Tensor,
+    ) -> dict[str, Tensor]:
+        if batch.patch_mask is None:
+            raise ValueError("the masked task needs batch.patch_mask")
+        tokens, weights = self.select(teacher[GLOBAL].tokens, batch.patch_mask)
+        scores = heads["head"](tokens)
+        temperature = teacher_temperature(self.spec, step, self.env.steps)
+        with fp32(scores.device):
+            probs = teacher_probabilities(scores, self.centering.center, temperature)
+            self.centering.update(scores.flatten(0, 1), weights.flatten())
+        return {"probs": probs, "weights": weights, "temperature": temperature}
+
+    def forward(self, inputs: StepInputs) -> TaskOutput:
+        targets = inputs.teacher[self.kind]
+        assert inputs.batch.patch_mask is not None
+        tokens, _ = self.select(inputs.student[MASKED].tokens, inputs.batch.patch_mask)
+        scores = self.head(tokens)
+        with fp32(scores.device):
+            loss = masked_patch_loss(
+                targets["probs"], scores, targets["weights"], self.spec.student_temp
+            )
+        return TaskOutput(loss, {"teacher_entropy": entropy(targets["probs"]).detach()})

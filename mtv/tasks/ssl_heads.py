@@ -1,0 +1,89 @@
+"""Parts shared by the two self-distillation tasks (`distill`, `masked`): the DINO projection head,
+the all-reduced centering buffer, the teacher-temperature warm-up and the cross-entropy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtv.distributed import all_reduce_sum
+from mtv.models.layers import init_weights
+from mtv.specs.tasks import SSLHeadSpec
+
+
+class DINOHead(nn.Module):
+    """3-layer MLP -> L2-normalised bottleneck -> weight-normalised prototype layer (norm fixed to
+    1, as DINO's `norm_last_layer`), giving cosine scores against K prototypes."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, n_prototypes: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        self.prototypes = nn.Parameter(torch.empty(n_prototypes, bottleneck_dim))
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.prototypes, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.mlp(x)
+        # The prototype layer runs in fp32: the scores are divided by temperatures down to 0.04,
+        # which would amplify bf16 rounding of the cosines ~25x.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = F.normalize(z.float(), dim=-1)
+            return z @ F.normalize(self.prototypes.float(), dim=-1).T
+
+
+class Centering(nn.Module):
+    """EMA of the teacher's scores, averaged over all ranks:
+    c <- m c + (1 - m) (Σ_ranks Σ_rows w_r s_r) / (Σ_ranks Σ_rows w_r)."""
+
+    center: Tensor
+
+    def __init__(self, n_prototypes: int, momentum: float):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("center", torch.zeros(1, n_prototypes))
+
+    @torch.no_grad()
+    def update(self, scores: Tensor, weights: Tensor | None = None) -> None:
+        scores = scores.float()
+        weights = torch.ones(scores.shape[0], device=scores.device) if weights is None else weights
+        total = (scores * weights.float()[:, None]).sum(0)
+        # One all-reduce for sum and count together.
+        stats = all_reduce_sum(torch.cat([total, weights.float().sum()[None]]))
+        batch_center = stats[:-1] / stats[-1].clamp(min=1.0)
+        self.center.mul_(self.momentum).add_(batch_center[None], alpha=1.0 - self.momentum)
+
+
+def teacher_temperature(spec: SSLHeadSpec, step: Tensor, total_steps: int) -> Tensor:
+    """Linear warm-up from `teacher_temp_start` to `teacher_temp` over the first
+    `teacher_temp_warmup_fraction * total_steps` steps, constant after."""
+    warmup = round(spec.teacher_temp_warmup_fraction * total_steps)
+    if warmup <= 0:
+        return torch.full_like(step, spec.teacher_temp, dtype=torch.float32)
+    progress = (step.float() / warmup).clamp(0.0, 1.0)
+    return spec.teacher_temp_start + (spec.teacher_temp - spec.teacher_temp_start) * progress
+
+
+def teacher_probabilities(scores: Tensor, center: Tensor, temperature: Tensor) -> Tensor:
+    """softmax((p_t - c) / tau_t), in fp32."""
+    return F.softmax((scores.float() - center) / temperature, dim=-1)
+
+
+def distillation_cross_entropy(
+    teacher_probs: Tensor, student_scores: Tensor, student_temp: float
+) -> Tensor:
+    """Per-row H(P_t, P_s) = -Σ_k P_t,k log softmax(p_s / tau_s)_k. It differs from the paper's
+    KL(P_t || P_s) only by the teacher's entropy, a constant for the student: same gradients."""
+    log_student = F.log_softmax(student_scores.float() / student_temp, dim=-1)
+    return -(teacher_probs * log_student).sum(-1)
+
+
+def entropy(probs: Tensor) -> Tensor:
+    """Mean entropy of rows of probabilities (nats); ln K = uniform collapse, 0 = one-hot."""
+    return -(probs * probs.clamp(min=1e-12).log()).sum(-1).mean()
