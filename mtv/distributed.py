@@ -31,7 +31,7 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
 
 
 def all_gather_no_grad(x: Tensor) -> Tensor:
-    """Concatenate `x` from every rank along dim 0 (labels, masks, ids: nothing to differentiate)."""
+    """Concatenate `x` from every rank along dim 0 (labels, masks, ids: no gradient)."""
     if not is_distributed():
         return x
     parts = [torch.empty_like(x) for _ in range(world_size())]

@@ -168,7 +168,9 @@ def plan_graph(spec: ExperimentSpec) -> GraphPlan:
     if problems:
         raise GraphError(problems)
 
-    def passes(views_of: Callable[[TaskNeeds], frozenset[str]], teacher: bool) -> tuple[ViewPass, ...]:
+    def passes(
+        views_of: Callable[[TaskNeeds], frozenset[str]], teacher: bool
+    ) -> tuple[ViewPass, ...]:
         out = []
         for view in VIEW_ORDER:
             readers = tuple(k for k, n in needs.items() if view in views_of(n))
@@ -227,9 +229,7 @@ class StudentModel(nn.Module):
         self.text = (
             TextTransformer(spec.model.text, spec.model.encoder.width) if plan.texts else None
         )
-        self.tasks = nn.ModuleDict(
-            {t.kind: TASK_REGISTRY[t.kind](t, plan.env) for t in spec.tasks}
-        )
+        self.tasks = nn.ModuleDict({t.kind: TASK_REGISTRY[t.kind](t, plan.env) for t in spec.tasks})
 
     def encode(self, view: ViewPass, batch: Batch, encoder: VisionTransformer) -> EncoderOutput:
         if view.view == GLOBAL:
@@ -314,7 +314,9 @@ class TaskGraph:
     def teacher_parameter_pairs(self) -> Iterator[tuple[Tensor, Tensor]]:
         """(teacher, student) tensors in the teacher's parameter order."""
         assert self.teacher is not None
-        yield from zip(self.teacher.encoder.parameters(), self.student.encoder.parameters(), strict=True)
+        yield from zip(
+            self.teacher.encoder.parameters(), self.student.encoder.parameters(), strict=True
+        )
         for kind, modules in self.teacher.heads.items():
             student_modules = self.student.tasks[kind].ema_modules()  # type: ignore[operator]
             for name, module in modules.items():
@@ -324,7 +326,9 @@ class TaskGraph:
     def teacher_targets(self, batch: Batch, step: Tensor) -> dict[str, object]:
         if self.teacher is None:
             return {}
-        outputs = {p.view: self.student.encode(p, batch, self.teacher.encoder) for p in self.plan.teacher}
+        outputs = {
+            p.view: self.student.encode(p, batch, self.teacher.encoder) for p in self.plan.teacher
+        }
         readers = {k for p in self.plan.teacher for k in p.consumers}
         return {
             kind: task.teacher_targets(outputs, self.teacher.heads[kind], batch, step)  # type: ignore[operator]

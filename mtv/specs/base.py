@@ -1,4 +1,4 @@
-"""The base class of every spec: strict, so that a misspelt key is an error and not a silent default."""
+"""The base of every spec: strict, so a misspelt key is an error and not a silent default."""
 
 from __future__ import annotations
 

@@ -81,7 +81,11 @@ def _read_yaml(path: Path, referrer: tuple[str, str] | None) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise SpecError(
-            [SpecProblem(str(path), "", f"expected a mapping at top level, got {type(data).__name__}")]
+            [
+                SpecProblem(
+                    str(path), "", f"expected a mapping at top level, got {type(data).__name__}"
+                )
+            ]
         )
     return data
 
@@ -104,7 +108,8 @@ def _record(provenance: dict[Loc, str], loc: Loc, value: Any, source: str) -> No
 def _merge(
     base: dict[str, Any], top: dict[str, Any], provenance: dict[Loc, str], source: str, at: Loc = ()
 ) -> dict[str, Any]:
-    """Deep-merge `top` over `base`: mappings merge key by key, anything else (lists too) replaces."""
+    """Deep-merge `top` over `base`: mappings merge key by key; anything else (lists too)
+    replaces."""
     out = dict(base)
     for key, value in top.items():
         loc = (*at, key)
@@ -118,7 +123,10 @@ def _merge(
 
 
 def _load_with_extends(
-    path: Path, provenance: dict[Loc, str], chain: tuple[Path, ...], referrer: tuple[str, str] | None
+    path: Path,
+    provenance: dict[Loc, str],
+    chain: tuple[Path, ...],
+    referrer: tuple[str, str] | None,
 ) -> dict[str, Any]:
     path = path.resolve() if path.is_absolute() else path
     if path.resolve() in [p.resolve() for p in chain]:
@@ -140,7 +148,9 @@ def _load_with_extends(
 def _parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise SpecError([SpecProblem(f"--set {text}", "", "expected KEY=VALUE, e.g. optim.lr=1e-3")])
+        raise SpecError(
+            [SpecProblem(f"--set {text}", "", "expected KEY=VALUE, e.g. optim.lr=1e-3")]
+        )
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as err:
@@ -267,7 +277,8 @@ def _describe(error: dict[str, Any], loc: Loc, raw: dict[str, Any]) -> str:
         listing = f" (allowed: {', '.join(allowed)})" if allowed and not close else ""
         return f"unknown field '{name}'{hint}{listing}"
     if kind == "union_tag_invalid":
-        return f"unknown kind '{ctx.get('tag')}'; expected one of: {ctx.get('expected_tags')}"
+        what = "task kind" if loc[:1] == ("tasks",) else "kind"
+        return f"unknown {what} '{ctx.get('tag')}'; expected one of: {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
         return f"missing 'kind' ({error['msg']})"
     if kind == "missing":
@@ -279,8 +290,12 @@ def _validation_problems(err: ValidationError, resolved: ResolvedSpec) -> list[S
     problems = []
     for error in err.errors():
         loc = _clean_loc(error["loc"], resolved.raw)
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc = (*loc, "kind")
         problems.append(
-            SpecProblem(resolved.source_of(loc), format_loc(loc), _describe(error, loc, resolved.raw))
+            SpecProblem(
+                resolved.source_of(loc), format_loc(loc), _describe(error, loc, resolved.raw)
+            )
         )
     return problems
 

@@ -15,7 +15,8 @@ from mtv.specs.base import StrictModel
 
 
 class EncoderSpec(StrictModel):
-    """A SigLIP-style ViT: patch embedding, learned positions, pre-norm blocks, final norm, MAP pool."""
+    """A SigLIP-style ViT: patch embedding, learned positions, pre-norm blocks, final norm,
+    MAP pooling."""
 
     image_size: int = Field(224, gt=0, description="training resolution of global views (pixels)")
     patch_size: int = Field(16, gt=0)
@@ -59,7 +60,8 @@ class TextSpec(StrictModel):
 
 
 class TokenizerSpec(StrictModel):
-    """An offline tokenizer: a `tokenizers` JSON file, trained from the corpus captions if absent."""
+    """An offline tokenizer: a `tokenizers` JSON file, trained from the corpus captions if
+    absent."""
 
     path: str | None = Field(
         None,
@@ -142,6 +144,10 @@ class ModelSpec(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("size"), str) and data["size"] in _PRESETS:
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("size"), str)
+            and data["size"] in _PRESETS
+        ):
             return _deep_merge(_PRESETS[data["size"]], data)
         return data

@@ -50,7 +50,8 @@ class SSLHeadSpec(TaskSpecBase):
 
 
 class DistillTaskSpec(SSLHeadSpec):
-    """DINO local-to-global self-distillation: student on local crops, teacher on the global crop."""
+    """DINO local-to-global self-distillation: student on local crops, teacher on the global
+    crop."""
 
     kind: Literal["distill"] = "distill"
     n_local_crops: int = Field(6, gt=0, description="M, local crops per image")
@@ -106,7 +107,8 @@ class GroundTaskSpec(TaskSpecBase):
 
 
 class DepthTaskSpec(TaskSpecBase):
-    """Relative depth from pseudo-labels: DPT head + MiDaS trimmed SSI and gradient-matching loss."""
+    """Relative depth from pseudo-labels: DPT head + MiDaS trimmed SSI and gradient-matching
+    loss."""
 
     kind: Literal["depth"] = "depth"
     layers: list[int] | None = Field(

@@ -222,7 +222,9 @@ class DepthTask(Task):
             return [f"layers {layers} must be 4 distinct layers"]
         return []
 
-    def predict(self, layers: dict[int, Tensor], grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    def predict(
+        self, layers: dict[int, Tensor], grid: tuple[int, int], size: tuple[int, int]
+    ) -> Tensor:
         """(B, 1, *size) relative disparity, computed in fp32 whatever the autocast state."""
         device = next(iter(layers.values())).device
         with fp32(device):
@@ -234,11 +236,7 @@ class DepthTask(Task):
             raise ValueError("the depth task needs batch.depth")
         out = inputs.student[GLOBAL]
         prediction = self.predict(out.layers, out.grid, tuple(batch.depth.shape[-2:]))
-        valid = (
-            batch.depth_valid
-            if batch.depth_valid is not None
-            else torch.isfinite(batch.depth)
-        )
+        valid = batch.depth_valid if batch.depth_valid is not None else torch.isfinite(batch.depth)
         with fp32(prediction.device):
             ssi, gm = depth_ssi_trimmed_loss(
                 prediction[:, 0],

@@ -85,7 +85,10 @@ class DistillTask(Task):
         return out.tokens.mean(dim=1)
 
     def teacher_targets(
-        self, teacher: Mapping[str, EncoderOutput], heads: Mapping[str, nn.Module], batch: Batch,
+        self,
+        teacher: Mapping[str, EncoderOutput],
+        heads: Mapping[str, nn.Module],
+        batch: Batch,
         step: Tensor,
     ) -> dict[str, Tensor]:
         scores = heads["head"](self.embedding(teacher[GLOBAL]))

@@ -114,10 +114,15 @@ class GroundTask(Task):
         super().__init__(spec, env)
         encoder = env.encoder
         self.prompter = Prompter(
-            encoder.width, encoder.heads, spec.prompter_mlp_ratio, encoder.layer_norm_eps,
+            encoder.width,
+            encoder.heads,
+            spec.prompter_mlp_ratio,
+            encoder.layer_norm_eps,
             spec.box_frequencies,
         )
-        self.logits = LogitScaleBias(spec.logit_scale_init, spec.logit_bias_init, spec.logit_scale_max)
+        self.logits = LogitScaleBias(
+            spec.logit_scale_init, spec.logit_bias_init, spec.logit_scale_max
+        )
 
     @classmethod
     def needs_for(cls, spec: Any, env: TaskEnv) -> TaskNeeds:

@@ -139,7 +139,11 @@ class MaskedTask(Task):
         """One image's patch mask for the global view, as the loader should draw it."""
         grid = self.env.global_grid
         return block_mask(
-            grid, grid, self.n_masked, self.spec.min_block_patches, self.spec.block_aspect,
+            grid,
+            grid,
+            self.n_masked,
+            self.spec.min_block_patches,
+            self.spec.block_aspect,
             generator,
         )
 
@@ -155,7 +159,10 @@ class MaskedTask(Task):
         return picked, torch.gather(mask, 1, order).float()
 
     def teacher_targets(
-        self, teacher: Mapping[str, EncoderOutput], heads: Mapping[str, nn.Module], batch: Batch,
+        self,
+        teacher: Mapping[str, EncoderOutput],
+        heads: Mapping[str, nn.Module],
+        batch: Batch,
         step: Tensor,
     ) -> dict[str, Tensor]:
         if batch.patch_mask is None:

@@ -1,0 +1,1 @@
+"""The `mtv` command line (installed as the import package `mtv_cli`)."""

@@ -1,0 +1,118 @@
+"""`mtv`: parse, call the library, print. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+import mtv
+from mtv.experiment import load_experiment
+from mtv.specs import ExperimentSpec, SpecError, spec_to_yaml
+
+app = typer.Typer(
+    name="mtv",
+    help="Multi-task visual representation pretraining.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+spec_app = typer.Typer(help="Validate, show and describe experiment specs.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+console = Console()
+errors = Console(stderr=True)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a field, e.g. --set optim.lr=1e-3 (repeatable)"),
+]
+
+
+def _fail(err: SpecError) -> typer.Exit:
+    for problem in err.problems:
+        errors.print(f"[bold red]error[/]: {problem}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    if version:
+        console.print(f"mtv {mtv.__version__}")
+        raise typer.Exit()
+
+
+@spec_app.command("validate")
+def spec_validate(
+    files: Annotated[list[Path], typer.Argument(help="experiment YAML files")],
+    overrides: SetOption = None,
+) -> None:
+    """Check experiment files: fields, types, task kinds, labels and task conflicts."""
+    failed = 0
+    for path in files:
+        try:
+            experiment = load_experiment(path, overrides or ())
+        except SpecError as err:
+            failed += 1
+            for problem in err.problems:
+                errors.print(f"[bold red]error[/]: {problem}", highlight=False, soft_wrap=True)
+            continue
+        kinds = ", ".join(experiment.plan.kinds)
+        console.print(
+            f"[green]ok[/] {path} ({experiment.spec.name}: {kinds})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if failed:
+        errors.print(f"{failed} of {len(files)} file(s) failed", highlight=False)
+        raise typer.Exit(code=2)
+
+
+@spec_app.command("show")
+def spec_show(
+    file: Annotated[Path, typer.Argument(help="an experiment YAML file")],
+    overrides: SetOption = None,
+) -> None:
+    """Print the fully resolved spec, the task graph's plan and trainable parameters per part."""
+    try:
+        experiment = load_experiment(file, overrides or ())
+    except SpecError as err:
+        raise _fail(err) from None
+    console.rule(f"{file} (resolved)")
+    console.print(Syntax(spec_to_yaml(experiment.spec), "yaml", background_color="default"))
+    console.rule("task graph")
+    console.print(experiment.plan.describe(), highlight=False, soft_wrap=True)
+    counts = experiment.parameter_counts()
+    table = Table(title="trainable parameters (EMA teacher excluded)")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    table.add_column("millions", justify="right")
+    for part, count in counts.items():
+        table.add_row(part, f"{count:,}", f"{count / 1e6:.2f}M")
+    total = sum(counts.values())
+    table.add_row("[bold]total[/]", f"[bold]{total:,}[/]", f"[bold]{total / 1e6:.1f}M[/]")
+    console.print(table)
+
+
+@spec_app.command("schema")
+def spec_schema(
+    out: Annotated[Path | None, typer.Option("--out", help="write to a file")] = None,
+) -> None:
+    """The JSON schema of experiment files (for editor completion and validation)."""
+    text = json.dumps(ExperimentSpec.model_json_schema(), indent=2)
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n", encoding="utf-8")
+        console.print(f"wrote {out}", highlight=False)
+
+
+if __name__ == "__main__":
+    app()
