@@ -5,6 +5,7 @@ disparity. Head and loss run in fp32 even under bf16 autocast."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -175,8 +176,9 @@ class DPTHead(nn.Module):
 
 
 def default_depth_layers(depth: int) -> list[int]:
-    """4 evenly spaced 1-based layers ending at the last: {3,6,9,12} of 12, {6,12,18,24} of 24."""
-    return [round(depth * i / 4) for i in range(1, 5)]
+    """4 evenly spaced 1-based layers ending at the last: {3,6,9,12} of 12, {6,12,18,24} of 24
+    (quarters rounded up: {2,3,5,6} of 6)."""
+    return [math.ceil(depth * i / 4) for i in range(1, 5)]
 
 
 def default_features(width: int) -> int:
