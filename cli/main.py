@@ -13,7 +13,7 @@ from rich.table import Table
 
 import mtv
 from mtv.experiment import load_experiment
-from mtv.specs import ExperimentSpec, SpecError, spec_to_yaml
+from mtv.specs import SpecError, experiment_json_schema, spec_to_yaml
 
 app = typer.Typer(
     name="mtv",
@@ -106,7 +106,7 @@ def spec_schema(
     out: Annotated[Path | None, typer.Option("--out", help="write to a file")] = None,
 ) -> None:
     """The JSON schema of experiment files (for editor completion and validation)."""
-    text = json.dumps(ExperimentSpec.model_json_schema(), indent=2)
+    text = json.dumps(experiment_json_schema(), indent=2)
     if out is None:
         typer.echo(text)
     else:

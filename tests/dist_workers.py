@@ -71,9 +71,7 @@ def centering_batch(graph: TaskGraph, seed: int) -> Batch:
 
 def grads_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {
-        name: p.grad.detach().clone()
-        for name, p in module.named_parameters()
-        if p.grad is not None
+        name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None
     }
 
 
@@ -91,9 +89,7 @@ def local_grad_gather(x: torch.Tensor) -> torch.Tensor:
 
 def ddp(find_unused: bool = False) -> Callable[[torch.nn.Module], torch.nn.Module]:
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
-        return torch.nn.parallel.DistributedDataParallel(
-            module, find_unused_parameters=find_unused
-        )
+        return torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=find_unused)
 
     return wrap
 

@@ -35,7 +35,8 @@ def test_schema_is_json(tmp_path: Path) -> None:
     out = tmp_path / "schema.json"
     result = runner.invoke(app, ["spec", "schema", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text())["title"] == "ExperimentSpec"
+    schema = json.loads(out.read_text())
+    assert schema["title"] == "ExperimentSpec" and "extends" in schema["properties"]
 
 
 def test_bad_files_give_one_clear_line_each_and_no_traceback(tmp_path: Path) -> None:

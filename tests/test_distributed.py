@@ -5,7 +5,6 @@ computed here on the concatenated batch."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +24,15 @@ JOIN_TIMEOUT_S = 120.0
 ATOL, RTOL = 1e-5, 1e-4
 
 
+class RankResults(list):
+    """Each rank's {case: result}; a short repr keeps failure reports free of tensor dumps."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} ranks, cases: {[sorted(r) for r in self]}>"
+
+
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> RankResults:
     """Spawn WORLD_SIZE gloo processes once; return each rank's {case: result} (cases after a
     failure are missing and "error" holds the traceback; tests report it via `result`)."""
     tmp = tmp_path_factory.mktemp("dist")
@@ -49,10 +55,13 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
         if p.is_alive():
             p.kill()
             p.join(5)
-    out: list[dict[str, object]] = []
+    out = RankResults()
     for r, p in enumerate(procs):
         path = tmp / f"rank{r}.pt"
-        res = torch.load(path, weights_only=False) if path.exists() else {}
+        try:
+            res = torch.load(path, weights_only=False) if path.exists() else {}
+        except Exception as error:  # a rank killed while saving
+            res = {"error": f"rank {r}: unreadable results ({error!r})"}
         if r in hung:
             res.setdefault("error", f"rank {r} did not finish within {JOIN_TIMEOUT_S:.0f} s")
         elif p.exitcode != 0:
@@ -65,7 +74,9 @@ def result(ranks: list[dict[str, object]], case: str) -> list[dict]:
     """The case's result on every rank, or a failure carrying the workers' tracebacks."""
     if all(case in r for r in ranks):
         return [r[case] for r in ranks]  # type: ignore[misc]
-    errors = "\n".join(str(r.get("error", f"rank {i}: no error recorded")) for i, r in enumerate(ranks))
+    errors = "\n".join(
+        str(r.get("error", f"rank {i}: no error recorded")) for i, r in enumerate(ranks)
+    )
     pytest.fail(f"case {case!r} did not run on every rank:\n{errors}")
 
 
@@ -77,10 +88,14 @@ def reference_loss_and_grads(tasks: list[str]) -> tuple[torch.Tensor, dict[str, 
     return out.total.detach(), w.grads_of(graph.student)
 
 
-def assert_grads_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], who: str) -> None:
+def assert_grads_close(
+    got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], who: str
+) -> None:
     assert got.keys() == want.keys(), f"{who}: parameters with gradients differ"
     for name, g in want.items():
-        torch.testing.assert_close(got[name], g, atol=ATOL, rtol=RTOL, msg=lambda m, n=name: f"{who} {n}: {m}")
+        torch.testing.assert_close(
+            got[name], g, atol=ATOL, rtol=RTOL, msg=lambda m, n=name: f"{who} {n}: {m}"
+        )
 
 
 def grad_norm(grads: dict[str, torch.Tensor], prefix: str) -> float:
@@ -139,7 +154,10 @@ def test_distill_and_masked_centering_equal_on_one_and_two_ranks(ranks):
             assert center.abs().sum() > 0, f"{kind} centre did not move from zero"
             for r, res in enumerate(per_rank):
                 torch.testing.assert_close(
-                    res["centers"][step][kind], center, atol=1e-6, rtol=1e-5,
+                    res["centers"][step][kind],
+                    center,
+                    atol=1e-6,
+                    rtol=1e-5,
                     msg=lambda m, r=r, k=kind, s=step: f"rank {r} {k} step {s}: {m}",
                 )
 
@@ -184,8 +202,15 @@ def ground_reference(graph: TaskGraph) -> torch.Tensor:
         rows = slice(r * n, (r + 1) * n)
         losses.append(
             region_text_loss(
-                regions[rows], names_emb, valid[rows], valid, names[rows], names,
-                task.logits.scale(), task.logits.logit_bias, offset=r * n,
+                regions[rows],
+                names_emb,
+                valid[rows],
+                valid,
+                names[rows],
+                names,
+                task.logits.scale(),
+                task.logits.logit_bias,
+                offset=r * n,
                 mask_identical_names=task.spec.mask_identical_names,
             )
         )
@@ -198,7 +223,12 @@ def test_ground_grads_flow_on_two_ranks(ranks):
     for r, res in enumerate(per_rank):
         grads = res["grads"]
         assert all(torch.isfinite(g).all() for g in grads.values()), f"rank {r}"
-        for prefix in ("encoder.blocks.", "text.", "tasks.ground.prompter.", "tasks.ground.logits."):
+        for prefix in (
+            "encoder.blocks.",
+            "text.",
+            "tasks.ground.prompter.",
+            "tasks.ground.logits.",
+        ):
             assert grad_norm(grads, prefix) > 0, f"rank {r} {prefix}"
     assert_grads_close(per_rank[1]["grads"], per_rank[0]["grads"], "rank 1 vs rank 0")
 

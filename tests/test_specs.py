@@ -12,6 +12,7 @@ from mtv.specs import (
     DistillTaskSpec,
     ExperimentSpec,
     SpecError,
+    experiment_json_schema,
     load_spec,
     resolve_spec,
     spec_to_yaml,
@@ -225,16 +226,35 @@ def test_provenance_records_the_override() -> None:
     assert resolved.source_of(("name",)).endswith("vl.yaml")
 
 
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_json_schema_accepts_the_experiment_files(path: Path) -> None:
+    import jsonschema
+    import yaml
+
+    jsonschema.validate(yaml.safe_load(path.read_text()), experiment_json_schema())
+
+
+def test_json_schema_rejects_a_misspelt_key() -> None:
+    import jsonschema
+
+    with pytest.raises(jsonschema.ValidationError, match="lrr"):
+        jsonschema.validate({"optim": {"lrr": 1}}, experiment_json_schema())
+
+
 def test_json_schema_describes_the_task_union() -> None:
     schema = json.loads(json.dumps(ExperimentSpec.model_json_schema()))
-    tasks = schema["properties"]["tasks"]["items"]
-    assert tasks["discriminator"]["propertyName"] == "kind"
-    assert set(tasks["discriminator"]["mapping"]) == {
-        "vl",
-        "distill",
-        "masked",
-        "koleo",
-        "ground",
-        "depth",
-    }
+    full, short = schema["properties"]["tasks"]["items"]["anyOf"]
+    assert full["discriminator"]["propertyName"] == "kind"
+    assert (
+        set(short["enum"])
+        == set(full["discriminator"]["mapping"])
+        == {
+            "vl",
+            "distill",
+            "masked",
+            "koleo",
+            "ground",
+            "depth",
+        }
+    )
     assert schema["additionalProperties"] is False

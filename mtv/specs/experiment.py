@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from mtv.specs.base import StrictModel
 from mtv.specs.model import ModelSpec
-from mtv.specs.tasks import TASK_KINDS, TaskSpec
+from mtv.specs.tasks import TASK_KINDS, TaskKind, TaskSpec
 
 LabelKind = Literal["caption", "boxes", "depth"]
 
@@ -145,6 +145,17 @@ class OutputSpec(StrictModel):
     keep_last: int = Field(3, gt=0)
 
 
+def _kind_shorthand(value: Any) -> Any:
+    return {"kind": value} if isinstance(value, str) else value
+
+
+# A task is a mapping with `kind`, or just its kind (`- depth`); the schema says both, so editors
+# accept the short form.
+TaskEntry = Annotated[
+    TaskSpec, BeforeValidator(_kind_shorthand, json_schema_input_type=TaskSpec | TaskKind)
+]
+
+
 class ExperimentSpec(StrictModel):
     """One experiment. `tasks` is a list of task specs discriminated by `kind`; a bare string
     (`- distill`) means that task with its defaults, and `task_defaults` sets fields for every task
@@ -157,7 +168,7 @@ class ExperimentSpec(StrictModel):
     task_defaults: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per task kind, fields applied to every task of it"
     )
-    tasks: list[TaskSpec] = Field(min_length=1)
+    tasks: list[TaskEntry] = Field(min_length=1)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)

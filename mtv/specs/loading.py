@@ -320,6 +320,22 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec
     return resolve_spec(path, overrides).spec
 
 
+def experiment_json_schema() -> dict[str, Any]:
+    """The JSON schema of experiment *files*: the spec's schema plus `extends:`, with no top-level
+    field required (a file may inherit them from its base)."""
+    schema = ExperimentSpec.model_json_schema()
+    schema["properties"] = {
+        "extends": {
+            "type": "string",
+            "description": "a base experiment file, relative to this one; mappings merge key "
+            "by key, other values replace",
+        },
+        **schema["properties"],
+    }
+    schema.pop("required", None)
+    return schema
+
+
 def spec_to_yaml(spec: ExperimentSpec) -> str:
     """The fully resolved spec as YAML (every default written out)."""
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, width=100)

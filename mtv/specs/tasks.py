@@ -8,7 +8,7 @@ choice is named in the field's description. Adding a task = one class here + one
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -136,4 +136,5 @@ TaskSpec = Annotated[
     Field(discriminator="kind"),
 ]
 
-TASK_KINDS: tuple[str, ...] = ("vl", "distill", "masked", "koleo", "ground", "depth")
+TaskKind = Literal["vl", "distill", "masked", "koleo", "ground", "depth"]
+TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
