@@ -66,6 +66,13 @@ class ViewPass:
     pooled: bool
     layers: tuple[int, ...]
     consumers: tuple[str, ...]
+    tokens: bool = True  # final-normed patch tokens
+    prenorm: bool = False  # pre-norm patch tokens
+
+    def outputs(self) -> list[str]:
+        names = (["tokens"] if self.tokens else []) + (["prenorm"] if self.prenorm else [])
+        names += ["pooled"] if self.pooled else []
+        return names + ([f"layers {','.join(map(str, self.layers))}"] if self.layers else [])
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,16 @@ class GraphPlan:
     teacher_momentum: float = 0.0
     extras: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def uses_pool(self) -> bool:
+        return any(p.pooled for p in self.student)
+
+    @property
+    def uses_final_norm(self) -> bool:
+        """Whether any task reads something after the encoder's final norm (tokens, normed layer
+        taps or the pooled embedding, which pools normed tokens)."""
+        return any(p.pooled or p.tokens or p.layers for p in self.student)
+
     def view_shape(self, view: str) -> str:
         if view == LOCAL:
             size = self.env.local_size
@@ -96,9 +113,7 @@ class GraphPlan:
         lines = [f"tasks: {', '.join(f'{k} (x{self.weights[k]:g})' for k in self.kinds)}"]
         lines.append(f"student encoder: {len(self.student)} pass(es) per step")
         for p in self.student:
-            outputs = ["tokens"] + (["pooled"] if p.pooled else [])
-            if p.layers:
-                outputs.append(f"layers {','.join(map(str, p.layers))}")
+            outputs = p.outputs()
             if p.view == MASKED:
                 outputs.append(f"{self.masked_patches}/{grid * grid} patches masked")
             lines.append(
@@ -111,9 +126,8 @@ class GraphPlan:
                 f"{len(self.teacher)} pass(es) per step"
             )
             for p in self.teacher:
-                outputs = "tokens" + ("; pooled" if p.pooled else "")
                 lines.append(
-                    f"  {p.view:<7} {self.view_shape(p.view):<18} {outputs:<32} "
+                    f"  {p.view:<7} {self.view_shape(p.view):<18} {'; '.join(p.outputs()):<32} "
                     f"-> {', '.join(p.consumers)}"
                 )
         if self.texts:
@@ -177,16 +191,25 @@ def plan_graph(spec: ExperimentSpec) -> GraphPlan:
             if not readers:
                 continue
             if teacher:
+                # The teacher's heads read patch tokens (iBOT) and/or the pooled embedding.
                 pooled = any(needs[k].teacher_pooled for k in readers)
-                layers: tuple[int, ...] = ()
-            else:
-                pooled = any(view in needs[k].pooled_views for k in readers)
-                layers = (
-                    tuple(sorted({i for k in readers for i in needs[k].layers}))
-                    if view == GLOBAL
-                    else ()
+                out.append(ViewPass(view, pooled, (), readers))
+                continue
+            layers = (
+                tuple(sorted({i for k in readers for i in needs[k].layers}))
+                if view == GLOBAL
+                else ()
+            )
+            out.append(
+                ViewPass(
+                    view,
+                    pooled=any(view in needs[k].pooled_views for k in readers),
+                    layers=layers,
+                    consumers=readers,
+                    tokens=any(view in needs[k].token_views for k in readers),
+                    prenorm=any(view in needs[k].prenorm_views for k in readers),
                 )
-            out.append(ViewPass(view, pooled, layers, readers))
+            )
         return tuple(out)
 
     def users(attribute: str) -> dict[str, tuple[str, ...]]:
@@ -226,6 +249,12 @@ class StudentModel(nn.Module):
         self.plan = plan
         views = {p.view for p in plan.student}
         self.encoder = VisionTransformer(spec.model.encoder, mask_token=MASKED in views)
+        # Parts no task reads would get no gradient: freeze them, so DDP needs no
+        # find_unused_parameters and the trainable count is what really trains.
+        if not plan.uses_pool:
+            self.encoder.pool.requires_grad_(False)
+        if not plan.uses_final_norm:
+            self.encoder.norm.requires_grad_(False)
         self.text = (
             TextTransformer(spec.model.text, spec.model.encoder.width) if plan.texts else None
         )

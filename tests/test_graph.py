@@ -81,14 +81,29 @@ def test_every_task_sends_gradient_into_the_encoder(kind: str) -> None:
         assert grad is not None and grad.abs().sum() > 0, (kind, name)
 
 
-@pytest.mark.parametrize("tasks", list(SETS.values()), ids=list(SETS))
-def test_no_parameter_is_left_without_gradient(tasks: list[str]) -> None:
-    """What DDP requires without find_unused_parameters: every trainable tensor gets a grad."""
+NO_IDLE_CASES = {
+    **SETS,
+    **{kind: [kind] for kind in ALL_TASKS},
+    "distill_mean_patch": [{"kind": "distill", "token": "mean_patch"}],
+}
+
+
+# Encoder parts that no task of the set reads, hence frozen.
+FROZEN = {"ground": {"pool", "norm"}, "masked": {"pool"}, "depth": {"pool"}}
+FROZEN["distill_mean_patch"] = {"pool"}
+
+
+@pytest.mark.parametrize("case", list(NO_IDLE_CASES))
+def test_no_parameter_is_left_without_gradient(case: str) -> None:
+    """What DDP requires without find_unused_parameters: every trainable tensor gets a grad,
+    whatever the task set (parts no task reads are frozen, not left idle)."""
     torch.manual_seed(0)
-    graph = TaskGraph(tiny_spec(tasks))
+    graph = TaskGraph(tiny_spec(NO_IDLE_CASES[case]))
     graph.step(random_batch(graph)).total.backward()
     missing = [n for n, p in graph.student.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
+    frozen = {n.split(".")[1] for n, p in graph.student.named_parameters() if not p.requires_grad}
+    assert frozen == FROZEN.get(case, set())
 
 
 def test_total_is_the_weighted_sum_and_reports_are_detached() -> None:

@@ -53,6 +53,8 @@ class TaskNeeds:
 
     student_views: frozenset[str] = frozenset()
     pooled_views: frozenset[str] = frozenset()  # student views whose pooled embedding is read
+    token_views: frozenset[str] = frozenset()  # ... whose final-normed patch tokens are read
+    prenorm_views: frozenset[str] = frozenset()  # ... whose pre-norm patch tokens are read
     layers: tuple[int, ...] = ()  # 1-based intermediate layers of the student's global view
     teacher_views: frozenset[str] = frozenset()
     teacher_pooled: bool = False

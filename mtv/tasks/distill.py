@@ -62,6 +62,7 @@ class DistillTask(Task):
         return TaskNeeds(
             student_views=frozenset({LOCAL}),
             pooled_views=frozenset({LOCAL}) if pooled else frozenset(),
+            token_views=frozenset() if pooled else frozenset({LOCAL}),
             teacher_views=frozenset({GLOBAL}),
             teacher_pooled=pooled,
         )

@@ -128,6 +128,7 @@ class GroundTask(Task):
     def needs_for(cls, spec: Any, env: TaskEnv) -> TaskNeeds:
         return TaskNeeds(
             student_views=frozenset({GLOBAL}),
+            prenorm_views=frozenset({GLOBAL}),
             texts=frozenset({REGION_TEXT}),
             labels=frozenset({"boxes"}),
         )

@@ -121,6 +121,7 @@ class MaskedTask(Task):
     def needs_for(cls, spec: Any, env: TaskEnv) -> TaskNeeds:
         return TaskNeeds(
             student_views=frozenset({MASKED}),
+            token_views=frozenset({MASKED}),
             teacher_views=frozenset({GLOBAL}),
         )
 
