@@ -14,12 +14,9 @@ from pydantic import Field, model_validator
 from mtv.specs.base import StrictModel
 
 
-class EncoderSpec(StrictModel):
-    """A SigLIP-style ViT: patch embedding, learned positions, pre-norm blocks, final norm,
-    MAP pooling."""
+class TransformerSpec(StrictModel):
+    """The shape of a pre-norm transformer stack (the defaults are SigLIP B/16's)."""
 
-    image_size: int = Field(224, gt=0, description="training resolution of global views (pixels)")
-    patch_size: int = Field(16, gt=0)
     width: int = Field(768, gt=0)
     depth: int = Field(12, gt=0)
     heads: int = Field(12, gt=0)
@@ -27,9 +24,21 @@ class EncoderSpec(StrictModel):
     layer_norm_eps: float = Field(1e-6, gt=0)
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> EncoderSpec:
+    def _check_heads(self) -> TransformerSpec:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        return self
+
+
+class EncoderSpec(TransformerSpec):
+    """A SigLIP-style ViT: patch embedding, learned positions, pre-norm blocks, final norm,
+    MAP pooling."""
+
+    image_size: int = Field(224, gt=0, description="training resolution of global views (pixels)")
+    patch_size: int = Field(16, gt=0)
+
+    @model_validator(mode="after")
+    def _check_patches(self) -> EncoderSpec:
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
@@ -41,22 +50,11 @@ class EncoderSpec(StrictModel):
         return self.image_size // self.patch_size
 
 
-class TextSpec(StrictModel):
+class TextSpec(TransformerSpec):
     """A bidirectional text transformer pooled at the last position (as SigLIP), then projected."""
 
     vocab_size: int = Field(32000, gt=0)
     context_length: int = Field(64, gt=1)
-    width: int = Field(768, gt=0)
-    depth: int = Field(12, gt=0)
-    heads: int = Field(12, gt=0)
-    mlp_ratio: float = Field(4.0, gt=0)
-    layer_norm_eps: float = Field(1e-6, gt=0)
-
-    @model_validator(mode="after")
-    def _check_shapes(self) -> TextSpec:
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
-        return self
 
 
 class TokenizerSpec(StrictModel):

@@ -15,21 +15,13 @@ from mtv.tasks.base import (
     GLOBAL,
     LOCAL,
     StepInputs,
-    Task,
     TaskEnv,
     TaskNeeds,
     TaskOutput,
     fp32,
     register_task,
 )
-from mtv.tasks.ssl_heads import (
-    Centering,
-    DINOHead,
-    distillation_cross_entropy,
-    entropy,
-    teacher_probabilities,
-    teacher_temperature,
-)
+from mtv.tasks.ssl_heads import SelfDistillationTask, distillation_cross_entropy, entropy
 
 
 def local_to_global_loss(
@@ -45,16 +37,9 @@ def local_to_global_loss(
 
 
 @register_task
-class DistillTask(Task):
+class DistillTask(SelfDistillationTask):
     kind = "distill"
     spec: DistillTaskSpec
-
-    def __init__(self, spec: DistillTaskSpec, env: TaskEnv):
-        super().__init__(spec, env)
-        self.head = DINOHead(
-            env.encoder.width, spec.hidden_dim, spec.bottleneck_dim, spec.n_prototypes
-        )
-        self.centering = Centering(spec.n_prototypes, spec.center_momentum)
 
     @classmethod
     def needs_for(cls, spec: Any, env: TaskEnv) -> TaskNeeds:
@@ -76,9 +61,6 @@ class DistillTask(Task):
             ]
         return []
 
-    def ema_modules(self) -> dict[str, nn.Module]:
-        return {"head": self.head}
-
     def embedding(self, out: EncoderOutput) -> Tensor:
         if self.spec.token == "pooled":
             assert out.pooled is not None
@@ -92,11 +74,9 @@ class DistillTask(Task):
         batch: Batch,
         step: Tensor,
     ) -> dict[str, Tensor]:
-        scores = heads["head"](self.embedding(teacher[GLOBAL]))
-        temperature = teacher_temperature(self.spec, step, self.env.steps)
-        with fp32(scores.device):
-            probs = teacher_probabilities(scores, self.centering.center, temperature)
-            self.centering.update(scores)
+        probs, temperature = self.centred_targets(
+            heads["head"](self.embedding(teacher[GLOBAL])), step
+        )
         return {"probs": probs, "temperature": temperature}
 
     def forward(self, inputs: StepInputs) -> TaskOutput:

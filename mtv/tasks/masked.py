@@ -18,21 +18,13 @@ from mtv.tasks.base import (
     GLOBAL,
     MASKED,
     StepInputs,
-    Task,
     TaskEnv,
     TaskNeeds,
     TaskOutput,
     fp32,
     register_task,
 )
-from mtv.tasks.ssl_heads import (
-    Centering,
-    DINOHead,
-    distillation_cross_entropy,
-    entropy,
-    teacher_probabilities,
-    teacher_temperature,
-)
+from mtv.tasks.ssl_heads import SelfDistillationTask, distillation_cross_entropy, entropy
 
 
 def block_mask(
@@ -101,16 +93,12 @@ def masked_patch_loss(
 
 
 @register_task
-class MaskedTask(Task):
+class MaskedTask(SelfDistillationTask):
     kind = "masked"
     spec: MaskedTaskSpec
 
     def __init__(self, spec: MaskedTaskSpec, env: TaskEnv):
         super().__init__(spec, env)
-        self.head = DINOHead(
-            env.encoder.width, spec.hidden_dim, spec.bottleneck_dim, spec.n_prototypes
-        )
-        self.centering = Centering(spec.n_prototypes, spec.center_momentum)
         self.n_masked = self.masked_count(spec, env)
 
     @staticmethod
@@ -148,9 +136,6 @@ class MaskedTask(Task):
             generator,
         )
 
-    def ema_modules(self) -> dict[str, nn.Module]:
-        return {"head": self.head}
-
     def select(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """The `n_masked` positions per image, masked ones first, and 1/0 weights saying which of
         them are really masked (robust to masks with another count, static in shape)."""
@@ -169,11 +154,7 @@ class MaskedTask(Task):
         if batch.patch_mask is None:
             raise ValueError("the masked task needs batch.patch_mask")
         tokens, weights = self.select(teacher[GLOBAL].tokens, batch.patch_mask)
-        scores = heads["head"](tokens)
-        temperature = teacher_temperature(self.spec, step, self.env.steps)
-        with fp32(scores.device):
-            probs = teacher_probabilities(scores, self.centering.center, temperature)
-            self.centering.update(scores.flatten(0, 1), weights.flatten())
+        probs, temperature = self.centred_targets(heads["head"](tokens), step, weights)
         return {"probs": probs, "weights": weights, "temperature": temperature}
 
     def forward(self, inputs: StepInputs) -> TaskOutput:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from mtv.distributed import all_reduce_sum
 from mtv.models.layers import init_weights
 from mtv.specs.tasks import SSLHeadSpec
+from mtv.tasks.base import Task, TaskEnv, fp32
 
 
 class DINOHead(nn.Module):
@@ -87,3 +88,34 @@ def distillation_cross_entropy(
 def entropy(probs: Tensor) -> Tensor:
     """Mean entropy of rows of probabilities (nats); ln K = uniform collapse, 0 = one-hot."""
     return -(probs * probs.clamp(min=1e-12).log()).sum(-1).mean()
+
+
+class SelfDistillationTask(Task):
+    """Base of `distill` and `masked`: each owns a DINO head and a centering buffer (the paper
+    keeps the two heads separate), and the EMA teacher keeps a copy of the head."""
+
+    spec: SSLHeadSpec
+
+    def __init__(self, spec: SSLHeadSpec, env: TaskEnv):
+        super().__init__(spec, env)
+        self.head = DINOHead(
+            env.encoder.width, spec.hidden_dim, spec.bottleneck_dim, spec.n_prototypes
+        )
+        self.centering = Centering(spec.n_prototypes, spec.center_momentum)
+
+    def ema_modules(self) -> dict[str, nn.Module]:
+        return {"head": self.head}
+
+    def centred_targets(
+        self, scores: Tensor, step: Tensor, weights: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher probabilities softmax((s - c) / tau_t(step)) with the current center, then the
+        center update from these scores (weighted rows, all ranks). Returns (probs, tau_t)."""
+        temperature = teacher_temperature(self.spec, step, self.env.steps)
+        with fp32(scores.device):
+            probs = teacher_probabilities(scores, self.centering.center, temperature)
+            self.centering.update(
+                scores.reshape(-1, scores.shape[-1]),
+                None if weights is None else weights.reshape(-1),
+            )
+        return probs, temperature
