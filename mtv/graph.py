@@ -193,7 +193,8 @@ def plan_graph(spec: ExperimentSpec) -> GraphPlan:
             if teacher:
                 # The teacher's heads read patch tokens (iBOT) and/or the pooled embedding.
                 pooled = any(needs[k].teacher_pooled for k in readers)
-                out.append(ViewPass(view, pooled, (), readers))
+                tokens = any(needs[k].teacher_tokens for k in readers)
+                out.append(ViewPass(view, pooled, (), readers, tokens=tokens))
                 continue
             layers = (
                 tuple(sorted({i for k in readers for i in needs[k].layers}))

@@ -58,6 +58,7 @@ class TaskNeeds:
     layers: tuple[int, ...] = ()  # 1-based intermediate layers of the student's global view
     teacher_views: frozenset[str] = frozenset()
     teacher_pooled: bool = False
+    teacher_tokens: bool = False
     texts: frozenset[str] = frozenset()
     labels: frozenset[str] = frozenset()
 

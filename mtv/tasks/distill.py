@@ -50,6 +50,7 @@ class DistillTask(SelfDistillationTask):
             token_views=frozenset() if pooled else frozenset({LOCAL}),
             teacher_views=frozenset({GLOBAL}),
             teacher_pooled=pooled,
+            teacher_tokens=not pooled,
         )
 
     @classmethod

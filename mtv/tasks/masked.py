@@ -111,6 +111,7 @@ class MaskedTask(SelfDistillationTask):
             student_views=frozenset({MASKED}),
             token_views=frozenset({MASKED}),
             teacher_views=frozenset({GLOBAL}),
+            teacher_tokens=True,
         )
 
     @classmethod
