@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -14,7 +16,9 @@ class Batch:
 
     Coordinates: boxes are xyxy in [0, 1] of the global crop; depth is relative disparity of the
     global crop at its resolution; `patch_mask` marks the patches of the global crop that the
-    masked view replaces with the mask token.
+    masked view replaces with the mask token. Padding regions (`box_valid` False) may hold any
+    values. `region_name_ids` are compared across ranks, so they must be a function of the name
+    alone: use `name_id`. Every rank's batch has the same shapes (the losses gather across ranks).
     """
 
     images: Tensor  # (B, 3, H, W) global crop, normalised
@@ -24,7 +28,7 @@ class Batch:
     boxes: Tensor | None = None  # (B, R, 4) float
     box_valid: Tensor | None = None  # (B, R) bool, False = padding
     region_names: Tensor | None = None  # (B, R, L) entity-name token ids
-    region_name_ids: Tensor | None = None  # (B, R) int64, equal ids = equal name strings
+    region_name_ids: Tensor | None = None  # (B, R) int64 `name_id` of each entity name
     depth: Tensor | None = None  # (B, 1, H, W) relative disparity
     depth_valid: Tensor | None = None  # (B, 1, H, W) bool
 
@@ -32,10 +36,23 @@ class Batch:
     def size(self) -> int:
         return self.images.shape[0]
 
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> Batch:
+        return replace(
+            self,
+            **{f.name: fn(v) for f in fields(self) if (v := getattr(self, f.name)) is not None},
+        )
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        moved = {
-            f.name: value.to(device, non_blocking=non_blocking)
-            for f in fields(self)
-            if (value := getattr(self, f.name)) is not None
-        }
-        return replace(self, **moved)
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True), so host-to-device copies can overlap."""
+        return self._map(lambda t: t.pin_memory())
+
+
+def name_id(name: str) -> int:
+    """A stable int64 id of an entity name (whitespace and case normalised): equal on every rank,
+    process and run, so identical names in a global batch are recognised as identical."""
+    normalised = " ".join(name.lower().split())
+    digest = hashlib.blake2b(normalised.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)

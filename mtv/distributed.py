@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 from torch import Tensor
 
 
@@ -22,25 +22,22 @@ def rank() -> int:
 def all_gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate `x` from every rank along dim 0, keeping autograd: the backward pass sends
     each rank the gradient of all ranks' losses with respect to its own rows. (A plain
-    `dist.all_gather` returns leaves and silently drops those gradients.)"""
+    `dist.all_gather` returns leaves and silently drops those gradients.) Functional collectives
+    trace under torch.compile without graph breaks."""
     if not is_distributed():
         return x
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    return funcol.all_gather_tensor_autograd(x.contiguous(), 0, dist.group.WORLD)
 
 
 def all_gather_no_grad(x: Tensor) -> Tensor:
     """Concatenate `x` from every rank along dim 0 (labels, masks, ids: no gradient)."""
     if not is_distributed():
         return x
-    parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+    return funcol.all_gather_tensor(x.detach().contiguous(), 0, dist.group.WORLD)
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:
-    """Sum `x` over ranks, in place, without autograd; returns `x`."""
-    if is_distributed():
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
+    """The sum of `x` over ranks (a new tensor; no autograd)."""
+    if not is_distributed():
+        return x
+    return funcol.all_reduce(x.detach(), "sum", dist.group.WORLD)

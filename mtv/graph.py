@@ -10,7 +10,8 @@ once over every text any task needs, and hands the shared results to every task.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +33,7 @@ from mtv.tasks.base import (
     TaskEnv,
     TaskNeeds,
 )
-from mtv.teacher import EMATeacher
+from mtv.teacher import EMATeacher, ema_update
 
 VIEW_ORDER = (GLOBAL, MASKED, LOCAL)
 
@@ -88,7 +89,6 @@ class GraphPlan:
     n_local_crops: int = 0
     masked_patches: int = 0
     teacher_momentum: float = 0.0
-    extras: dict[str, str] = field(default_factory=dict)
 
     @property
     def uses_pool(self) -> bool:
@@ -217,9 +217,6 @@ def plan_graph(spec: ExperimentSpec) -> GraphPlan:
         names = sorted({x for n in needs.values() for x in getattr(n, attribute)})
         return {x: tuple(k for k, n in needs.items() if x in getattr(n, attribute)) for x in names}
 
-    by_kind = {t.kind: t for t in spec.tasks}
-    distill = by_kind.get("distill")
-    masked_spec = by_kind.get("masked")
     return GraphPlan(
         env=env,
         kinds=tuple(needs),
@@ -229,8 +226,8 @@ def plan_graph(spec: ExperimentSpec) -> GraphPlan:
         teacher=passes(lambda n: n.teacher_views, teacher=True),
         texts=users("texts"),
         labels=users("labels"),
-        n_local_crops=getattr(distill, "n_local_crops", 0),
-        masked_patches=round(masked_spec.mask_ratio * env.global_grid**2) if masked_spec else 0,
+        n_local_crops=max(n.local_crops for n in needs.values()),
+        masked_patches=max(n.masked_patches for n in needs.values()),
         teacher_momentum=spec.model.teacher.momentum,
     )
 
@@ -317,7 +314,7 @@ def trainable_parameters(module: nn.Module) -> int:
 
 class TaskGraph:
     """Student + EMA teacher + the plan. `step(batch, step)` computes every task's loss with
-    shared passes; `update_teacher()` moves the teacher after the optimiser step."""
+    shared passes; `after_optimizer_step()` clamps parameters and moves the EMA teacher."""
 
     def __init__(self, spec: ExperimentSpec):
         self.spec = spec
@@ -330,10 +327,15 @@ class TaskGraph:
             self.teacher = EMATeacher(self.student.encoder, heads, spec.model.teacher.momentum)
         self._student_call: Callable[..., tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]]
         self._student_call = self.student
+        self._teacher_call: Callable[..., dict[str, object]] = self._teacher_targets
 
     def wrap_student(self, wrapper: Callable[[StudentModel], nn.Module]) -> None:
         """Run the student through `wrapper(student)` (DDP, torch.compile) from now on."""
         self._student_call = wrapper(self.student)
+
+    def wrap_teacher(self, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+        """Run the teacher pass through `wrapper(fn)` (e.g. torch.compile) from now on."""
+        self._teacher_call = wrapper(self._teacher_targets)
 
     def to(self, device: torch.device | str) -> TaskGraph:
         self.student.to(device)
@@ -341,43 +343,74 @@ class TaskGraph:
             self.teacher.to(device)
         return self
 
-    def teacher_parameter_pairs(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """(teacher, student) tensors in the teacher's parameter order."""
+    def state_dict(self) -> dict[str, Any]:
+        """Student (with its heads' centering buffers) and teacher, for checkpoints."""
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        if self.teacher is not None:
+            if state.get("teacher") is None:
+                raise ValueError("the checkpoint has no EMA teacher, but this graph needs one")
+            self.teacher.load_state_dict(state["teacher"])
+
+    def teacher_parameter_pairs(self) -> Iterator[tuple[str, Tensor, Tensor]]:
+        """(teacher name, teacher tensor, student tensor), matched by parameter name."""
         assert self.teacher is not None
-        yield from zip(
-            self.teacher.encoder.parameters(), self.student.encoder.parameters(), strict=True
-        )
+        mirrors: list[tuple[str, nn.Module, nn.Module]] = [
+            ("encoder.", self.teacher.encoder, self.student.encoder)
+        ]
         for kind, modules in self.teacher.heads.items():
-            student_modules = self.student.tasks[kind].ema_modules()  # type: ignore[operator]
-            for name, module in modules.items():
-                yield from zip(module.parameters(), student_modules[name].parameters(), strict=True)
+            task: Task = self.student.tasks[kind]  # type: ignore[assignment]
+            student_modules = task.ema_modules()
+            mirrors += [(f"heads.{kind}.{n}.", m, student_modules[n]) for n, m in modules.items()]
+        for prefix, teacher_module, student_module in mirrors:
+            student_params = dict(student_module.named_parameters())
+            for name, teacher_param in teacher_module.named_parameters():
+                student_param = student_params.get(name)
+                if student_param is None or student_param.shape != teacher_param.shape:
+                    raise ValueError(
+                        f"the student has no parameter matching teacher {prefix}{name}"
+                    )
+                yield prefix + name, teacher_param, student_param
 
     @torch.no_grad()
-    def teacher_targets(self, batch: Batch, step: Tensor) -> dict[str, object]:
+    def _teacher_targets(self, batch: Batch, step: Tensor) -> dict[str, object]:
         if self.teacher is None:
             return {}
         outputs = {
             p.view: self.student.encode(p, batch, self.teacher.encoder) for p in self.plan.teacher
         }
         readers = {k for p in self.plan.teacher for k in p.consumers}
-        return {
-            kind: task.teacher_targets(outputs, self.teacher.heads[kind], batch, step)  # type: ignore[operator]
-            for kind, task in self.student.tasks.items()
-            if kind in readers
-        }
+        targets: dict[str, object] = {}
+        for kind, task in self.student.tasks.items():
+            if kind in readers:
+                targets[kind] = task.teacher_targets(  # type: ignore[operator]
+                    outputs, self.teacher.heads[kind], batch, step
+                )
+        return targets
 
     def step(self, batch: Batch, step: int | Tensor = 0) -> StepOutput:
-        """Every task's loss for one batch (the trainer does backward and the optimiser)."""
+        """Every task's loss for one batch (the trainer does backward and the optimiser).
+        `step` is the optimiser step (schedules such as the teacher temperature follow it)."""
         step_t = torch.as_tensor(step, dtype=torch.float32, device=batch.images.device)
-        targets = self.teacher_targets(batch, step_t)
+        targets = self._teacher_call(batch, step_t)
         total, losses, report = self._student_call(batch, targets, step_t)
         return StepOutput(total, losses, report)
 
     @torch.no_grad()
-    def update_teacher(self, momentum: float | None = None) -> None:
-        if self.teacher is None:
-            return
-        self.teacher.update([s for _, s in self.teacher_parameter_pairs()], momentum)
+    def after_optimizer_step(self, teacher_momentum: float | None = None) -> None:
+        """What follows every optimiser step: the tasks' own hooks (clamping the logit scales),
+        then the EMA teacher update (momentum: the spec's unless given)."""
+        for task in self.student.tasks.values():
+            task.after_optimizer_step()  # type: ignore[operator]
+        if self.teacher is not None:
+            pairs = list(self.teacher_parameter_pairs())
+            momentum = self.teacher.momentum if teacher_momentum is None else teacher_momentum
+            ema_update([t for _, t, _ in pairs], [s for _, _, s in pairs], momentum)
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per part (the teacher is not trained, so not counted)."""

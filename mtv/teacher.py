@@ -13,6 +13,9 @@ from mtv.models.vit import VisionTransformer
 
 
 class EMATeacher(nn.Module):
+    """`encoder` mirrors the student encoder; `heads[kind][name]` mirrors the module that task
+    `kind` returned under `name` from `ema_modules()`."""
+
     def __init__(
         self,
         encoder: VisionTransformer,
@@ -30,13 +33,10 @@ class EMATeacher(nn.Module):
         self.momentum = momentum
         self.requires_grad_(False)
 
-    @torch.no_grad()
-    def update(self, student: list[Tensor], momentum: float | None = None) -> None:
-        """θ_t <- m θ_t + (1 - m) θ_s for every parameter, in two fused `_foreach` calls.
-        `student` lists the student's parameters in the order of `self.parameters()`."""
-        m = self.momentum if momentum is None else momentum
-        teacher = list(self.parameters())
-        if len(teacher) != len(student):
-            raise ValueError(f"teacher has {len(teacher)} tensors, student gave {len(student)}")
-        torch._foreach_mul_(teacher, m)
-        torch._foreach_add_(teacher, [p.detach() for p in student], alpha=1.0 - m)
+
+@torch.no_grad()
+def ema_update(teacher: list[Tensor], student: list[Tensor], momentum: float) -> None:
+    """θ_t <- m θ_t + (1 - m) θ_s for every pair, in one fused `_foreach_lerp_`."""
+    if len(teacher) != len(student):
+        raise ValueError(f"{len(teacher)} teacher tensors but {len(student)} student tensors")
+    torch._foreach_lerp_(teacher, [s.detach() for s in student], 1.0 - momentum)

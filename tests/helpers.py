@@ -8,6 +8,7 @@ from mtv.batch import Batch
 from mtv.graph import GraphPlan, TaskGraph
 from mtv.specs import ExperimentSpec
 from mtv.tasks import CAPTION_TEXT, MASKED, REGION_TEXT
+from mtv.tasks.masked import draw_patch_mask
 
 ALL_TASKS = ["vl", "distill", "masked", "koleo", "ground", "depth"]
 
@@ -50,8 +51,9 @@ def random_batch(graph: TaskGraph, batch_size: int = 4, regions: int = 3, seed: 
             batch_size, plan.n_local_crops, 3, local, local, generator=g
         )
     if any(p.view == MASKED for p in plan.student):
-        masked_task = graph.student.tasks["masked"]
-        batch.patch_mask = torch.stack([masked_task.make_mask(g) for _ in range(batch_size)])
+        masked_spec = next(t for t in graph.spec.tasks if t.kind == "masked")
+        masks = [draw_patch_mask(masked_spec, plan.env, g) for _ in range(batch_size)]
+        batch.patch_mask = torch.stack(masks)
     if REGION_TEXT in plan.texts:
         xy = torch.rand(batch_size, regions, 2, generator=g) * 0.5
         wh = torch.rand(batch_size, regions, 2, generator=g) * 0.5 + 0.05

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections import Counter
 
 import pytest
@@ -161,32 +162,132 @@ def test_ema_teacher_update_and_isolation() -> None:
     teacher_ids = {id(p) for p in graph.teacher.parameters()}
     assert not teacher_ids & {id(p) for p in graph.student.parameters()}
     assert all(not p.requires_grad for p in graph.teacher.parameters())
-    # Move the student, then check θ_t <- m θ_t + (1 - m) θ_s on every pair.
+    # The teacher mirrors the encoder and both SSL heads, nothing else.
+    assert set(graph.teacher.heads) == {"distill", "masked"}
     with torch.no_grad():
         for p in graph.student.parameters():
             p.add_(torch.randn_like(p))
-    before = [(t.clone(), s.clone()) for t, s in graph.teacher_parameter_pairs()]
-    graph.update_teacher(momentum=0.9)
-    pairs = list(graph.teacher_parameter_pairs())
-    assert len(pairs) == len(before) == len(list(graph.teacher.parameters()))
-    for (t_before, s), (t_after, _) in zip(before, pairs, strict=True):
-        torch.testing.assert_close(t_after, 0.9 * t_before + 0.1 * s)
-    # The teacher mirrors the encoder and both SSL heads, nothing else.
-    assert set(graph.teacher.heads) == {"distill", "masked"}
+    student = dict(graph.student.named_parameters())
+    before = {n: p.clone() for n, p in graph.teacher.named_parameters()}
+
+    def mirror(
+        teacher_name: str,
+    ) -> str:  # teacher "heads.distill.head.x" <- "tasks.distill.head.x"
+        return teacher_name.replace("heads.", "tasks.", 1)
+
+    graph.after_optimizer_step(teacher_momentum=0.9)
+    for name, value in graph.teacher.named_parameters():
+        torch.testing.assert_close(value, 0.9 * before[name] + 0.1 * student[mirror(name)])
+    graph.after_optimizer_step()  # the spec's momentum, 0.994
+    for name, value in graph.teacher.named_parameters():
+        expected = 0.9 * before[name] + 0.1 * student[mirror(name)]
+        torch.testing.assert_close(value, 0.994 * expected + 0.006 * student[mirror(name)])
 
 
-def test_step_runs_under_torch_compile() -> None:
+def test_logit_scales_are_clamped_after_the_optimizer_step() -> None:
+    graph = TaskGraph(tiny_spec(["vl", "ground"]))
+    with torch.no_grad():
+        graph.student.tasks["vl"].logits.logit_scale.fill_(7.0)
+        graph.student.tasks["ground"].logits.logit_scale.fill_(9.0)
+    graph.after_optimizer_step()
+    limit = math.log(100.0)
+    for kind in ("vl", "ground"):
+        assert graph.student.tasks[kind].logits.logit_scale.item() == pytest.approx(limit)
+
+
+def test_state_dict_round_trip_covers_teacher_and_centers() -> None:
+    torch.manual_seed(0)
+    graph = TaskGraph(tiny_spec(ALL_TASKS))
+    batch = random_batch(graph)
+    graph.step(batch, 1)  # moves the centers
+    graph.after_optimizer_step(teacher_momentum=0.5)
+    state = graph.state_dict()
+    torch.manual_seed(1)
+    again = TaskGraph(tiny_spec(ALL_TASKS))
+    again.load_state_dict(state)
+    for kind in ("distill", "masked"):
+        center = graph.student.tasks[kind].centering.center
+        assert center.abs().sum() > 0
+        torch.testing.assert_close(again.student.tasks[kind].centering.center, center)
+    expected, restored = graph.step(batch, 2).losses, again.step(batch, 2).losses
+    for kind, loss in expected.items():
+        torch.testing.assert_close(restored[kind], loss)
+
+
+def test_views_reach_the_right_encoder_calls() -> None:
+    """Student: global (no mask, layers), masked global (the batch's mask), local crops; teacher:
+    the unmasked global crop only."""
+    torch.manual_seed(0)
+    graph = TaskGraph(tiny_spec(ALL_TASKS))
+    batch = random_batch(graph)
+    seen: list[tuple[str, tuple[int, ...], bool]] = []
+
+    def spy(name: str, module: nn.Module) -> None:
+        forward = module.forward
+
+        def wrapped(images, mask=None, layers=(), pool=True):  # type: ignore[no-untyped-def]
+            if mask is not None:
+                assert torch.equal(mask, batch.patch_mask)
+            seen.append((name, tuple(images.shape), mask is not None))
+            return forward(images, mask=mask, layers=layers, pool=pool)
+
+        module.forward = wrapped  # type: ignore[method-assign]
+
+    spy("student", graph.student.encoder)
+    assert graph.teacher is not None
+    spy("teacher", graph.teacher.encoder)
+    graph.step(batch)
+    assert sorted(seen) == sorted(
+        [
+            ("teacher", (4, 3, 32, 32), False),
+            ("student", (4, 3, 32, 32), False),
+            ("student", (4, 3, 32, 32), True),
+            ("student", (4 * 6, 3, 16, 16), False),
+        ]
+    )
+
+
+def test_padding_regions_may_hold_nan() -> None:
+    torch.manual_seed(0)
+    graph = TaskGraph(tiny_spec(["ground"]))
+    batch = random_batch(graph)
+    assert batch.boxes is not None and batch.box_valid is not None
+    assert (~batch.box_valid).any()
+    clean = graph.step(batch).losses["ground"]
+    batch.boxes = torch.where(batch.box_valid[..., None], batch.boxes, torch.nan)
+    poisoned = graph.step(batch)
+    torch.testing.assert_close(poisoned.losses["ground"], clean)
+    poisoned.total.backward()
+    assert all(
+        torch.isfinite(p.grad).all() for p in graph.student.parameters() if p.grad is not None
+    )
+
+
+def test_student_and_teacher_compile_to_one_graph_each() -> None:
+    """fullgraph=True fails on any graph break; two steps with different step values must reuse
+    the one graph (schedules are tensors, not Python numbers)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
     torch.manual_seed(0)
     graph = TaskGraph(tiny_spec(ALL_TASKS))
     batch = random_batch(graph)
     reference = copy.deepcopy(graph)
-    eager = reference.step(batch, 3)
-    compiled_step = torch.compile(graph.step, backend="eager", fullgraph=False)
-    compiled = compiled_step(batch, 3)
-    for kind in ALL_TASKS:
-        torch.testing.assert_close(compiled.losses[kind], eager.losses[kind], atol=1e-5, rtol=1e-4)
+    graph.wrap_student(lambda m: torch.compile(m, backend="eager", fullgraph=True))
+    graph.wrap_teacher(lambda f: torch.compile(f, backend="eager", fullgraph=True))
+    for step in (3, 4):
+        eager = reference.step(batch, step)
+        compiled = graph.step(batch, step)
+        for kind in ALL_TASKS:
+            torch.testing.assert_close(
+                compiled.losses[kind], eager.losses[kind], atol=1e-5, rtol=1e-4
+            )
     compiled.total.backward()
     assert graph.student.encoder.patch_embed.weight.grad is not None
+    from torch._dynamo.utils import counters
+
+    assert counters["stats"]["unique_graphs"] == 2  # one student graph, one teacher graph
+    assert not counters["graph_break"]
 
 
 def test_depth_head_and_losses_stay_fp32_under_bf16_autocast() -> None:

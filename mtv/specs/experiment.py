@@ -93,9 +93,11 @@ class OptimSpec(StrictModel):
     name: Literal["adamw"] = "adamw"
     lr: float = Field(5e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="paper: unspecified")
     eps: float = Field(1e-8, gt=0.0)
-    grad_clip: float | None = Field(1.0, gt=0.0, description="global grad-norm clip; null = off")
+    grad_clip: float | None = Field(
+        1.0, gt=0.0, description="global grad-norm clip; null = off (paper: unspecified)"
+    )
     accumulate: int = Field(1, gt=0, description="micro-batches per optimiser step")
 
 

@@ -98,6 +98,9 @@ class GroundTaskSpec(TaskSpecBase):
     box_frequencies: int = Field(
         32, gt=0, description="Fourier frequencies per box coordinate in the location embedding"
     )
+    box_max_frequency: float = Field(
+        64.0, gt=0.0, description="highest of them, in cycles per image (geometric spacing from 1)"
+    )
     logit_scale_init: float = math.log(10.0)
     logit_bias_init: float = -10.0
     logit_scale_max: float = math.log(100.0)
@@ -117,7 +120,9 @@ class DepthTaskSpec(TaskSpecBase):
         "ending at the last ({3,6,9,12} for 12 layers, {6,12,18,24} for 24)",
     )
     features: int | None = Field(
-        None, description="DPT fusion width; default width/6 (128 at B/16, as Depth Anything V2-B)"
+        None,
+        description="DPT fusion width; default width/6 rounded down to a multiple of 8 (128 at "
+        "B/16, as Depth Anything V2-B; 168 at L/16, where DA2-L uses 256)",
     )
     trim_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="largest residuals dropped")
     gradient_scales: int = Field(4, gt=0, description="K, scales of the gradient-matching loss")

@@ -61,6 +61,8 @@ class TaskNeeds:
     teacher_tokens: bool = False
     texts: frozenset[str] = frozenset()
     labels: frozenset[str] = frozenset()
+    local_crops: int = 0  # local crops per image the loader must cut
+    masked_patches: int = 0  # patches of the global view the loader's masks must cover
 
 
 @dataclass
@@ -116,12 +118,12 @@ class Task(nn.Module, ABC):
         """Reasons this task cannot run in this experiment (checked before any module is built)."""
         return []
 
-    def needs(self) -> TaskNeeds:
-        return self.needs_for(self.spec, self.env)
-
     def ema_modules(self) -> dict[str, nn.Module]:
         """Student heads the EMA teacher keeps a moving-average copy of."""
         return {}
+
+    def after_optimizer_step(self) -> None:
+        """Called after each optimiser step (e.g. to keep a parameter in range). Default: none."""
 
     def teacher_targets(
         self,

@@ -51,6 +51,7 @@ class DistillTask(SelfDistillationTask):
             teacher_views=frozenset({GLOBAL}),
             teacher_pooled=pooled,
             teacher_tokens=not pooled,
+            local_crops=spec.n_local_crops,
         )
 
     @classmethod

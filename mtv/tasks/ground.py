@@ -26,10 +26,10 @@ from mtv.tasks.base import (
     fp32,
     register_task,
 )
-from mtv.tasks.vl import LogitScaleBias, positive_pairs, sigmoid_pair_loss
+from mtv.tasks.sigmoid import LogitScaleBias, positive_pairs, sigmoid_pair_loss
 
 
-def fourier_features(coords: Tensor, n_frequencies: int, max_frequency: float = 64.0) -> Tensor:
+def fourier_features(coords: Tensor, n_frequencies: int, max_frequency: float) -> Tensor:
     """(..., C) coordinates in [0, 1] -> (..., 2 C n_frequencies) sin/cos features at frequencies
     spaced geometrically from 1 to `max_frequency` cycles per image."""
     exponents = torch.linspace(0.0, 1.0, n_frequencies, device=coords.device)
@@ -44,9 +44,18 @@ class Prompter(nn.Module):
     layer for the patch positions: patch keys/values are computed once per image and shared by
     its R regions."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, eps: float, n_frequencies: int):
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: float,
+        eps: float,
+        n_frequencies: int,
+        max_frequency: float,
+    ):
         super().__init__()
         self.n_frequencies = n_frequencies
+        self.max_frequency = max_frequency
         self.query = nn.Parameter(torch.zeros(1, 1, width))
         self.corner_proj = nn.Linear(4 * n_frequencies, width)
         self.corner_type = nn.Parameter(torch.zeros(2, width))  # top-left vs bottom-right
@@ -62,7 +71,9 @@ class Prompter(nn.Module):
         """patches (B, N, D) pre-norm tokens; boxes (B, R, 4) xyxy in [0, 1] -> (B, R, D)."""
         batch, regions = boxes.shape[:2]
         width = patches.shape[-1]
-        corners = fourier_features(boxes.reshape(batch, regions, 2, 2), self.n_frequencies)
+        corners = fourier_features(
+            boxes.reshape(batch, regions, 2, 2), self.n_frequencies, self.max_frequency
+        )
         corners = self.corner_proj(corners.to(patches.dtype)) + self.corner_type.to(patches.dtype)
         query = self.query.to(patches.dtype).expand(batch * regions, 1, width)
         region_tokens = torch.cat([corners.reshape(batch * regions, 2, width), query], dim=1)
@@ -102,7 +113,7 @@ def region_text_loss(
     if mask_identical_names:
         keep = keep & (positive | (region_names[:, None] != text_names[None, :]))
     rows = region_valid.sum().clamp(min=1)
-    return sigmoid_pair_loss(logits, positive, keep.to(logits.dtype), rows)
+    return sigmoid_pair_loss(logits, positive, keep, rows)
 
 
 @register_task
@@ -119,6 +130,7 @@ class GroundTask(Task):
             spec.prompter_mlp_ratio,
             encoder.layer_norm_eps,
             spec.box_frequencies,
+            spec.box_max_frequency,
         )
         self.logits = LogitScaleBias(
             spec.logit_scale_init, spec.logit_bias_init, spec.logit_scale_max
@@ -133,6 +145,9 @@ class GroundTask(Task):
             labels=frozenset({"boxes"}),
         )
 
+    def after_optimizer_step(self) -> None:
+        self.logits.clamp_()
+
     def forward(self, inputs: StepInputs) -> TaskOutput:
         batch = inputs.batch
         if batch.boxes is None or batch.box_valid is None or batch.region_name_ids is None:
@@ -142,7 +157,9 @@ class GroundTask(Task):
                 f"{batch.boxes.shape[1]} regions per image exceed max_regions "
                 f"{self.spec.max_regions}"
             )
-        regions = self.prompter(inputs.student[GLOBAL].prenorm, batch.boxes)
+        # Padding boxes may hold anything (NaN included): give the Prompter zeros instead.
+        boxes = torch.where(batch.box_valid[..., None], batch.boxes, 0.0)
+        regions = self.prompter(inputs.student[GLOBAL].prenorm, boxes)
         valid = batch.box_valid.flatten()
         names = batch.region_name_ids.flatten()
         with fp32(regions.device):

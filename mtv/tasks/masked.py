@@ -78,6 +78,22 @@ def block_mask(
     return mask.flatten()
 
 
+def draw_patch_mask(
+    spec: MaskedTaskSpec, env: TaskEnv, generator: torch.Generator | None = None
+) -> Tensor:
+    """One image's (N,) patch mask for the global view, as the loader draws it: exactly
+    round(mask_ratio * N) patches in blocks."""
+    grid = env.global_grid
+    return block_mask(
+        grid,
+        grid,
+        MaskedTask.masked_count(spec, env),
+        spec.min_block_patches,
+        spec.block_aspect,
+        generator,
+    )
+
+
 def masked_patch_loss(
     teacher_probs: Tensor, student_scores: Tensor, weights: Tensor, student_temp: float
 ) -> Tensor:
@@ -112,6 +128,7 @@ class MaskedTask(SelfDistillationTask):
             token_views=frozenset({MASKED}),
             teacher_views=frozenset({GLOBAL}),
             teacher_tokens=True,
+            masked_patches=cls.masked_count(spec, env),
         )
 
     @classmethod
@@ -124,18 +141,6 @@ class MaskedTask(SelfDistillationTask):
                 "need at least one masked and one visible patch"
             ]
         return []
-
-    def make_mask(self, generator: torch.Generator | None = None) -> Tensor:
-        """One image's patch mask for the global view, as the loader should draw it."""
-        grid = self.env.global_grid
-        return block_mask(
-            grid,
-            grid,
-            self.n_masked,
-            self.spec.min_block_patches,
-            self.spec.block_aspect,
-            generator,
-        )
 
     def select(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """The `n_masked` positions per image, masked ones first, and 1/0 weights saying which of

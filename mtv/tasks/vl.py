@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtv.distributed import all_gather_with_grad, rank
 from mtv.specs.tasks import VLTaskSpec
@@ -21,25 +20,7 @@ from mtv.tasks.base import (
     fp32,
     register_task,
 )
-
-
-def positive_pairs(rows: int, cols: int, offset: int, device: torch.device) -> Tensor:
-    """(rows, cols) bool: True at (i, offset + i), the matched pairs of this rank's rows among
-    the columns gathered from every rank."""
-    return torch.arange(cols, device=device)[None, :] == (
-        torch.arange(rows, device=device)[:, None] + offset
-    )
-
-
-def sigmoid_pair_loss(
-    logits: Tensor, positive: Tensor, keep: Tensor | None, rows: Tensor | float
-) -> Tensor:
-    """-(1/rows) Σ_ij keep_ij log σ(y_ij z_ij), with y = +1 on positives and -1 elsewhere."""
-    signs = positive.to(logits.dtype) * 2 - 1
-    terms = F.logsigmoid(signs * logits)
-    if keep is not None:
-        terms = terms * keep
-    return -terms.sum() / rows
+from mtv.tasks.sigmoid import LogitScaleBias, positive_pairs, sigmoid_pair_loss
 
 
 def siglip_loss(
@@ -55,25 +36,6 @@ def siglip_loss(
     logits = image @ text.T * logit_scale.exp() + logit_bias
     positive = positive_pairs(image.shape[0], text.shape[0], offset, image.device)
     return sigmoid_pair_loss(logits, positive, None, image.shape[0])
-
-
-class LogitScaleBias(nn.Module):
-    """Learnable t (used as exp(t), clamped) and b of a sigmoid loss."""
-
-    def __init__(self, scale_init: float, bias_init: float, scale_max: float):
-        super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(float(scale_init)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(bias_init)))
-        self.scale_max = scale_max
-
-    def scale(self) -> Tensor:
-        return self.logit_scale.clamp(max=self.scale_max)
-
-    def report(self, prefix: str = "") -> dict[str, Tensor]:
-        return {
-            f"{prefix}logit_scale": self.scale().detach().exp(),
-            f"{prefix}logit_bias": self.logit_bias.detach(),
-        }
 
 
 @register_task
@@ -95,6 +57,9 @@ class VLTask(Task):
             texts=frozenset({CAPTION_TEXT}),
             labels=frozenset({"caption"}),
         )
+
+    def after_optimizer_step(self) -> None:
+        self.logits.clamp_()
 
     def forward(self, inputs: StepInputs) -> TaskOutput:
         pooled = inputs.student[GLOBAL].pooled

@@ -1,0 +1,54 @@
+"""Pieces of the sigmoid pair loss (SigLIP) shared by `vl` (image-caption) and `ground`
+(region-name): pair labels across ranks, the masked loss sum, and the learnable scale and bias."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def positive_pairs(rows: int, cols: int, offset: int, device: torch.device) -> Tensor:
+    """(rows, cols) bool: True at (i, offset + i), the matched pairs of this rank's rows among
+    the columns gathered from every rank."""
+    return torch.arange(cols, device=device)[None, :] == (
+        torch.arange(rows, device=device)[:, None] + offset
+    )
+
+
+def sigmoid_pair_loss(
+    logits: Tensor, positive: Tensor, keep: Tensor | None, rows: Tensor | float
+) -> Tensor:
+    """-(1/rows) Σ_ij keep_ij log σ(y_ij z_ij), with y = +1 on positives and -1 elsewhere."""
+    signs = positive.to(logits.dtype) * 2 - 1
+    terms = F.logsigmoid(signs * logits)
+    if keep is not None:
+        # `where`, not a product: a dropped pair may hold NaN (e.g. a padding row), and NaN * 0
+        # is NaN.
+        terms = torch.where(keep, terms, 0.0)
+    return -terms.sum() / rows
+
+
+class LogitScaleBias(nn.Module):
+    """Learnable t (used as exp(t), clamped) and b of a sigmoid loss."""
+
+    def __init__(self, scale_init: float, bias_init: float, scale_max: float):
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(float(scale_init)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(bias_init)))
+        self.scale_max = scale_max
+
+    def scale(self) -> Tensor:
+        return self.logit_scale.clamp(max=self.scale_max)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Keep t <= max after an optimiser step. The clamp in `scale()` alone would leave t
+        stuck above the bound, where it gets no gradient (as open_clip clamps after the step)."""
+        self.logit_scale.clamp_(max=self.scale_max)
+
+    def report(self, prefix: str = "") -> dict[str, Tensor]:
+        return {
+            f"{prefix}logit_scale": self.scale().detach().exp(),
+            f"{prefix}logit_bias": self.logit_bias.detach(),
+        }
