@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
@@ -34,9 +35,14 @@ SetOption = Annotated[
 ]
 
 
-def _fail(err: SpecError) -> typer.Exit:
+def _report(err: SpecError) -> None:
+    # Problems quote user input: escape it, or `[x]` in a value would be read as markup.
     for problem in err.problems:
-        errors.print(f"[bold red]error[/]: {problem}", markup=True, highlight=False, soft_wrap=True)
+        errors.print(f"[bold red]error[/]: {escape(str(problem))}", highlight=False, soft_wrap=True)
+
+
+def _fail(err: SpecError) -> typer.Exit:
+    _report(err)
     return typer.Exit(code=2)
 
 
@@ -61,8 +67,7 @@ def spec_validate(
             experiment = load_experiment(path, overrides or ())
         except SpecError as err:
             failed += 1
-            for problem in err.problems:
-                errors.print(f"[bold red]error[/]: {problem}", highlight=False, soft_wrap=True)
+            _report(err)
             continue
         kinds = ", ".join(experiment.plan.kinds)
         console.print(
@@ -85,7 +90,7 @@ def spec_show(
         experiment = load_experiment(file, overrides or ())
     except SpecError as err:
         raise _fail(err) from None
-    console.rule(f"{file} (resolved)")
+    console.rule(f"{escape(str(file))} (resolved)")
     console.print(Syntax(spec_to_yaml(experiment.spec), "yaml", background_color="default"))
     console.rule("task graph")
     console.print(experiment.plan.describe(), highlight=False, soft_wrap=True)
@@ -111,7 +116,7 @@ def spec_schema(
         typer.echo(text)
     else:
         out.write_text(text + "\n", encoding="utf-8")
-        console.print(f"wrote {out}", highlight=False)
+        console.print(f"wrote {escape(str(out))}", highlight=False)
 
 
 if __name__ == "__main__":

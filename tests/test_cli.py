@@ -64,6 +64,21 @@ def test_bad_files_give_one_clear_line_each_and_no_traceback(tmp_path: Path) -> 
         assert line.startswith(f"error: {tmp_path / name}: {field}: "), line
 
 
+def test_user_text_is_not_read_as_markup() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "spec",
+            "validate",
+            str(ROOT / "experiments" / "vl.yaml"),
+            "--set",
+            "runtime.device=a[/]b",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "(got 'a[/]b')" in result.output
+
+
 def test_show_of_a_bad_file_exits_nonzero() -> None:
     result = runner.invoke(app, ["spec", "show", "no/such/file.yaml"])
     assert result.exit_code == 2

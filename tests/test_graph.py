@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections import Counter
 
@@ -312,3 +313,13 @@ def test_depth_head_and_losses_stay_fp32_under_bf16_autocast() -> None:
     assert dtypes and set(dtypes.values()) == {torch.float32}
     assert all(loss.dtype == torch.float32 for loss in out.losses.values())
     out.total.backward()
+
+
+def test_name_ids_are_stable_and_normalised() -> None:
+    from mtv.batch import name_id
+
+    assert name_id("Small  Red cube") == name_id("small red cube") == name_id(" small red cube ")
+    assert name_id("small red cube") != name_id("small red cone")
+    # A fixed value: ids must agree across processes, runs and machines (no salted hash()).
+    digest = hashlib.blake2b(b"cube", digest_size=8).digest()
+    assert name_id("cube") == int.from_bytes(digest, "little", signed=True)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mtv.experiment import load_experiment
 from mtv.specs import (
@@ -211,10 +212,59 @@ def test_graph_problems_name_the_task_and_missing_label(tmp_path: Path) -> None:
     assert not any("(ground)" in p for p in problems)  # boxes are provided
 
 
-def test_resolved_yaml_round_trips() -> None:
-    spec = load_spec(ROOT / "experiments" / "vl_ssl_ground_depth.yaml")
-    import yaml
+def test_task_defaults_are_validated_where_they_are_written(tmp_path: Path) -> None:
+    base = write(
+        tmp_path,
+        "base.yaml",
+        "name: b\ntasks: [vl]\ntask_defaults: {distill: {n_protoypes: 5, weight: abc}}\n",
+    )
+    # The kind is not even used by the child: a typo in shared defaults is still an error.
+    child = write(
+        tmp_path, "child.yaml", "extends: base.yaml\nname: c\ntask_defaults: {dino: {}}\n"
+    )
+    problems = problems_of(child)
+    assert sorted(problems) == sorted(
+        [
+            f"{base}: task_defaults.distill.n_protoypes: unknown field 'n_protoypes'; "
+            "did you mean 'n_prototypes'?",
+            f"{base}: task_defaults.distill.weight: Input should be a valid number, unable to "
+            "parse string as a number (got 'abc')",
+            f"{child}: task_defaults.dino: unknown field 'dino' "
+            "(allowed: vl, distill, masked, koleo, ground, depth)",
+        ]
+    )
 
+
+def test_resolved_yaml_shows_only_the_defaults_set() -> None:
+    text = spec_to_yaml(load_spec(ROOT / "experiments" / "smoke.yaml"))
+    defaults = yaml.safe_load(text)["task_defaults"]
+    assert defaults == {
+        "distill": {"n_prototypes": 256, "hidden_dim": 64, "bottleneck_dim": 32},
+        "masked": {"n_prototypes": 256, "hidden_dim": 64, "bottleneck_dim": 32},
+    }
+
+
+def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.yaml", "name: x\ntasks: [vl]\noptim: {lr: 1}\noptim: {lr: 2}\n")
+    assert problems_of(path) == [
+        f"{path}: line 4, column 1: invalid YAML: duplicate key 'optim' (first given on line 3)"
+    ]
+
+
+def test_undecodable_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_bytes(b"name: \xff\xfe\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}: cannot read the file: 'utf-8' codec can't decode")
+
+
+def test_misspelt_extends_is_suggested(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.yaml", "extend: base.yaml\nname: x\ntasks: [vl]\n")
+    assert problems_of(path) == [f"{path}: extend: unknown field 'extend'; did you mean 'extends'?"]
+
+
+def test_resolved_yaml_round_trips() -> None:
+    spec = load_spec(ROOT / "experiments" / "smoke.yaml")
     again = ExperimentSpec.model_validate(yaml.safe_load(spec_to_yaml(spec)))
     assert again == spec
 
@@ -229,7 +279,6 @@ def test_provenance_records_the_override() -> None:
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_json_schema_accepts_the_experiment_files(path: Path) -> None:
     import jsonschema
-    import yaml
 
     jsonschema.validate(yaml.safe_load(path.read_text()), experiment_json_schema())
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from mtv.specs.base import StrictModel
 from mtv.specs.model import ModelSpec
-from mtv.specs.tasks import TASK_KINDS, TaskKind, TaskSpec
+from mtv.specs.tasks import TaskKind, TaskSpec, TaskSpecBase, task_spec_classes
 
 LabelKind = Literal["caption", "boxes", "depth"]
 
@@ -147,6 +154,25 @@ class OutputSpec(StrictModel):
     keep_last: int = Field(3, gt=0)
 
 
+def _defaults_of(cls: type[TaskSpecBase]) -> type[StrictModel]:
+    """A model with the fields of task spec `cls`, all optional: what `task_defaults` may set."""
+    fields: dict[str, Any] = {
+        name: (field.annotation | None, Field(None, description=field.description))
+        for name, field in cls.model_fields.items()
+        if name != "kind"
+    }
+    name = f"{cls.__name__.removesuffix('Spec')}Defaults"
+    return create_model(name, __base__=StrictModel, **fields)
+
+
+TaskDefaultsSpec = create_model(
+    "TaskDefaultsSpec",
+    __base__=StrictModel,
+    __doc__="Per task kind, fields applied to every task of that kind.",
+    **{kind: (_defaults_of(cls) | None, None) for kind, cls in task_spec_classes().items()},
+)
+
+
 def _kind_shorthand(value: Any) -> Any:
     return {"kind": value} if isinstance(value, str) else value
 
@@ -167,8 +193,9 @@ class ExperimentSpec(StrictModel):
     description: str = ""
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
-    task_defaults: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per task kind, fields applied to every task of it"
+    task_defaults: TaskDefaultsSpec = Field(  # type: ignore[valid-type]
+        default_factory=TaskDefaultsSpec,
+        description="per task kind, fields applied to every task of it",
     )
     tasks: list[TaskEntry] = Field(min_length=1)
     optim: OptimSpec = Field(default_factory=OptimSpec)
@@ -183,8 +210,11 @@ class ExperimentSpec(StrictModel):
         if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
             return data
         defaults = data.get("task_defaults") or {}
-        if not isinstance(defaults, dict):
-            return data  # the field's own validation reports the type error
+        try:
+            TaskDefaultsSpec.model_validate(defaults)
+        except ValidationError:
+            # Reported once, at task_defaults; applying them would repeat each error per task.
+            defaults = {}
         tasks = []
         for task in data["tasks"]:
             if isinstance(task, str):
@@ -193,16 +223,6 @@ class ExperimentSpec(StrictModel):
                 task = {**defaults[task["kind"]], **task}
             tasks.append(task)
         return {**data, "tasks": tasks}
-
-    @field_validator("task_defaults")
-    @classmethod
-    def _check_default_kinds(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        unknown = sorted(set(value) - set(TASK_KINDS))
-        if unknown:
-            raise ValueError(
-                f"unknown task kind(s) {unknown}; expected one of: {', '.join(TASK_KINDS)}"
-            )
-        return value
 
     def task_kinds(self) -> list[str]:
         return [task.kind for task in self.tasks]

@@ -51,10 +51,7 @@ class ResolvedSpec:
 
     def source_of(self, loc: Loc) -> str:
         """The file or override that set the value at `loc` (or its nearest enclosing value)."""
-        for end in range(len(loc), -1, -1):
-            if loc[:end] in self.provenance:
-                return self.provenance[loc[:end]]
-        return str(self.path)
+        return source_of(self.provenance, loc, str(self.path))
 
 
 def format_loc(loc: Iterable[str | int]) -> str:
@@ -64,6 +61,35 @@ def format_loc(loc: Iterable[str | int]) -> str:
     return text
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.safe_load` that also refuses a key given twice in one mapping (YAML keeps the last
+    silently, which hides the first)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in first_line:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key '{key}' (first given on line {first_line[key] + 1})",
+                key_node.start_mark,
+            )
+        first_line[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_StrictLoader)
+
+
 def _read_yaml(path: Path, referrer: tuple[str, str] | None) -> dict[str, Any]:
     if not path.is_file():
         if referrer is not None:
@@ -71,7 +97,9 @@ def _read_yaml(path: Path, referrer: tuple[str, str] | None) -> dict[str, Any]:
             raise SpecError([SpecProblem(source, key, f"base file not found: {path}")])
         raise SpecError([SpecProblem(str(path), "", "file not found")])
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _parse_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError([SpecProblem(str(path), "", f"cannot read the file: {err}")]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -128,7 +156,6 @@ def _load_with_extends(
     chain: tuple[Path, ...],
     referrer: tuple[str, str] | None,
 ) -> dict[str, Any]:
-    path = path.resolve() if path.is_absolute() else path
     if path.resolve() in [p.resolve() for p in chain]:
         cycle = " -> ".join(str(p) for p in (*chain, path))
         raise SpecError([SpecProblem(str(chain[-1]), "extends", f"circular extends: {cycle}")])
@@ -152,7 +179,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
             [SpecProblem(f"--set {text}", "", "expected KEY=VALUE, e.g. optim.lr=1e-3")]
         )
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = _parse_yaml(value) if value.strip() else None
     except yaml.YAMLError as err:
         raise SpecError([SpecProblem(f"--set {text}", key, f"invalid YAML value: {err}")]) from None
     return key.strip().split("."), parsed
@@ -271,7 +298,7 @@ def _describe(error: dict[str, Any], loc: Loc, raw: dict[str, Any]) -> str:
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
         name = str(loc[-1]) if loc else "?"
-        allowed = _allowed_fields(loc[:-1], raw)
+        allowed = _allowed_fields(loc[:-1], raw) + (["extends"] if len(loc) == 1 else [])
         close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         listing = f" (allowed: {', '.join(allowed)})" if allowed and not close else ""
@@ -286,17 +313,24 @@ def _describe(error: dict[str, Any], loc: Loc, raw: dict[str, Any]) -> str:
     return f"{error['msg']} (got {error.get('input')!r})"
 
 
-def _validation_problems(err: ValidationError, resolved: ResolvedSpec) -> list[SpecProblem]:
+def source_of(provenance: dict[Loc, str], loc: Loc, default: str) -> str:
+    """The file or override that set the value at `loc` (or its nearest enclosing value)."""
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in provenance:
+            return provenance[loc[:end]]
+    return default
+
+
+def _validation_problems(
+    err: ValidationError, raw: dict[str, Any], provenance: dict[Loc, str], path: Path
+) -> list[SpecProblem]:
     problems = []
     for error in err.errors():
-        loc = _clean_loc(error["loc"], resolved.raw)
+        loc = _clean_loc(error["loc"], raw)
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc = (*loc, "kind")
-        problems.append(
-            SpecProblem(
-                resolved.source_of(loc), format_loc(loc), _describe(error, loc, resolved.raw)
-            )
-        )
+        source = source_of(provenance, loc, str(path))
+        problems.append(SpecProblem(source, format_loc(loc), _describe(error, loc, raw)))
     return problems
 
 
@@ -307,12 +341,11 @@ def resolve_spec(path: str | Path, overrides: Sequence[str] = ()) -> ResolvedSpe
     raw = _load_with_extends(path, provenance, (), None)
     for text in overrides:
         _apply_override(raw, text, provenance)
-    resolved = ResolvedSpec(path=path, spec=None, raw=raw, provenance=provenance)  # type: ignore[arg-type]
     try:
-        resolved.spec = ExperimentSpec.model_validate(raw)
+        spec = ExperimentSpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError(_validation_problems(err, resolved)) from None
-    return resolved
+        raise SpecError(_validation_problems(err, raw, provenance, path)) from None
+    return ResolvedSpec(path=path, spec=spec, raw=raw, provenance=provenance)
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
@@ -338,4 +371,7 @@ def experiment_json_schema() -> dict[str, Any]:
 
 def spec_to_yaml(spec: ExperimentSpec) -> str:
     """The fully resolved spec as YAML (every default written out)."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, width=100)
+    data = spec.model_dump(mode="json")
+    # Only the defaults a file set: the rest of each kind's entry is null by construction.
+    data["task_defaults"] = spec.task_defaults.model_dump(mode="json", exclude_unset=True)
+    return yaml.safe_dump(data, sort_keys=False, width=100)

@@ -141,5 +141,12 @@ TaskSpec = Annotated[
     Field(discriminator="kind"),
 ]
 
+
+def task_spec_classes() -> dict[str, type[TaskSpecBase]]:
+    """Task kind -> its spec class, read off the `TaskSpec` union."""
+    union = get_args(TaskSpec)[0]
+    return {cls.model_fields["kind"].default: cls for cls in get_args(union)}
+
+
 TaskKind = Literal["vl", "distill", "masked", "koleo", "ground", "depth"]
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
