@@ -29,7 +29,7 @@ SEED = 0
 CENTERING_SPLIT = (3, 5)
 CENTERING_STEPS = 2
 # Cases in the order every rank runs them (each has collectives, so the order must agree).
-CASES = ("vl", "vl_local_grad_gather", "centering", "ground")
+CASES = ("vl", "vl_local_grad_gather", "centering", "ground", "compiled")
 
 
 def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
@@ -140,6 +140,28 @@ def case_ground(rank: int) -> dict[str, object]:
     # A ground-only student reads neither the pooled embedding nor the final norm: the graph
     # freezes both, so plain DDP works.
     return _loss_and_grads(["ground"], rank)
+
+
+def case_compiled(rank: int) -> dict[str, object]:
+    """All six tasks with the student and the teacher each compiled with fullgraph=True (any
+    graph break fails): the all-gathers and the centering all-reduce must trace. The losses are
+    compared with an eager copy on the same rank."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    tasks = ["vl", "distill", "masked", "koleo", "ground", "depth"]
+    eager, compiled = make_graph(tasks), make_graph(tasks)
+    compiled.wrap_student(lambda m: torch.compile(m, backend="eager", fullgraph=True))
+    compiled.wrap_teacher(lambda f: torch.compile(f, backend="eager", fullgraph=True))
+    batch = random_batch(eager, batch_size=GLOBAL_BATCH, seed=SEED)
+    share = GLOBAL_BATCH // WORLD_SIZE
+    mine = slice_batch(batch, rank * share, (rank + 1) * share)
+    losses = []
+    for step in (0, 1):
+        want, got = eager.step(mine, step), compiled.step(mine, step)
+        losses.append({k: (got.losses[k].detach(), want.losses[k].detach()) for k in tasks})
+    return {"losses": losses, "unique_graphs": counters["stats"]["unique_graphs"]}
 
 
 def run_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:

@@ -242,3 +242,13 @@ def test_ground_grads_flow_on_two_ranks(ranks):
     ref_grads = w.grads_of(graph.student)
     for r, res in enumerate(per_rank):
         assert_grads_close(res["grads"], ref_grads, f"rank {r}")
+
+
+def test_compiled_step_has_no_graph_break_on_two_ranks(ranks):
+    for rank, res in enumerate(result(ranks, "compiled")):
+        assert res["unique_graphs"] == 2, f"rank {rank}: expected one student + one teacher graph"
+        for step in res["losses"]:
+            for kind, (got, want) in step.items():
+                torch.testing.assert_close(
+                    got, want, atol=ATOL, rtol=RTOL, msg=f"rank {rank} {kind}"
+                )
