@@ -19,15 +19,20 @@ class TaskSpecBase(StrictModel):
     weight: float = Field(1.0, ge=0.0, description="multiplier of this task's loss in the total")
 
 
-class VLTaskSpec(TaskSpecBase):
-    """Sigmoid image-caption contrast (SigLIP, Eq. 1)."""
+class SigmoidLossSpec(TaskSpecBase):
+    """The learnable scale and bias of a sigmoid pair loss (SigLIP's initialisation)."""
 
-    kind: Literal["vl"] = "vl"
     logit_scale_init: float = Field(math.log(10.0), description="t, used as exp(t)")
     logit_bias_init: float = -10.0
     logit_scale_max: float = Field(
         math.log(100.0), description="exp(t) is clamped to at most exp(logit_scale_max)"
     )
+
+
+class VLTaskSpec(SigmoidLossSpec):
+    """Sigmoid image-caption contrast (SigLIP, Eq. 1)."""
+
+    kind: Literal["vl"] = "vl"
 
 
 class SSLHeadSpec(TaskSpecBase):
@@ -89,7 +94,7 @@ class KoLeoTaskSpec(TaskSpecBase):
     eps: float = Field(1e-8, gt=0.0, description="added inside the log")
 
 
-class GroundTaskSpec(TaskSpecBase):
+class GroundTaskSpec(SigmoidLossSpec):
     """CLOC-style region-text grounding: a one-layer Prompter over pre-norm patch tokens."""
 
     kind: Literal["ground"] = "ground"
@@ -101,9 +106,6 @@ class GroundTaskSpec(TaskSpecBase):
     box_max_frequency: float = Field(
         64.0, gt=0.0, description="highest of them, in cycles per image (geometric spacing from 1)"
     )
-    logit_scale_init: float = math.log(10.0)
-    logit_bias_init: float = -10.0
-    logit_scale_max: float = math.log(100.0)
     mask_identical_names: bool = Field(
         True, description="drop pairs whose entity names are equal (false negatives)"
     )

@@ -132,9 +132,7 @@ class GroundTask(Task):
             spec.box_frequencies,
             spec.box_max_frequency,
         )
-        self.logits = LogitScaleBias(
-            spec.logit_scale_init, spec.logit_bias_init, spec.logit_scale_max
-        )
+        self.logits = LogitScaleBias(spec)
 
     @classmethod
     def needs_for(cls, spec: Any, env: TaskEnv) -> TaskNeeds:

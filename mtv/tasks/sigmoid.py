@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtv.specs.tasks import SigmoidLossSpec
+
 
 def positive_pairs(rows: int, cols: int, offset: int, device: torch.device) -> Tensor:
     """(rows, cols) bool: True at (i, offset + i), the matched pairs of this rank's rows among
@@ -32,11 +34,11 @@ def sigmoid_pair_loss(
 class LogitScaleBias(nn.Module):
     """Learnable t (used as exp(t), clamped) and b of a sigmoid loss."""
 
-    def __init__(self, scale_init: float, bias_init: float, scale_max: float):
+    def __init__(self, spec: SigmoidLossSpec):
         super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(float(scale_init)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(bias_init)))
-        self.scale_max = scale_max
+        self.logit_scale = nn.Parameter(torch.tensor(float(spec.logit_scale_init)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(spec.logit_bias_init)))
+        self.scale_max = spec.logit_scale_max
 
     def scale(self) -> Tensor:
         return self.logit_scale.clamp(max=self.scale_max)

@@ -45,9 +45,7 @@ class VLTask(Task):
 
     def __init__(self, spec: VLTaskSpec, env: TaskEnv):
         super().__init__(spec, env)
-        self.logits = LogitScaleBias(
-            spec.logit_scale_init, spec.logit_bias_init, spec.logit_scale_max
-        )
+        self.logits = LogitScaleBias(spec)
 
     @classmethod
     def needs_for(cls, spec: Any, env: TaskEnv) -> TaskNeeds:
