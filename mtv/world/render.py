@@ -158,11 +158,13 @@ def _cast(batch: _Batch, origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]
     return t_all, n_all
 
 
-def _keypoints(batch: _Batch, depth: Tensor) -> list[np.ndarray]:
+def _keypoints(batch: _Batch, depth: Tensor, instance: Tensor) -> list[np.ndarray]:
     """Per image (p, 5): instance, keypoint id, x, y (pixels), visible. A keypoint is visible
-    when it projects inside the image and the rendered surface around its pixel is at its
-    depth (nothing occludes it)."""
+    when its object is (it has a box) and a pixel next to its projection shows that object at
+    the keypoint's depth (so nothing occludes it)."""
     size = batch.size
+    pixels = (instance.flatten(1)[:, :, None] == torch.arange(1, batch.slots + 1)).sum(1)
+    shown = pixels >= MIN_BOX_PIXELS  # (B, slots)
     out = []
     for b, (scene, _) in enumerate(batch.items):
         rows = []
@@ -176,11 +178,12 @@ def _keypoints(batch: _Batch, depth: Tensor) -> list[np.ndarray]:
                 x = intrinsics[0, 0] * camera[0] / camera[2] + intrinsics[0, 2]
                 y = intrinsics[1, 1] * camera[1] / camera[2] + intrinsics[1, 2]
                 visible = 0.0
-                if camera[2] > 0 and 0 <= x < size and 0 <= y < size:
+                if camera[2] > 0 and 0 <= x < size and 0 <= y < size and shown[b, i]:
                     r, q = int(y), int(x)
-                    patch = depth[b, max(r - 1, 0) : r + 2, max(q - 1, 0) : q + 2]
-                    gap = (patch - float(camera[2])).abs().min().item()
-                    visible = float(gap < 0.03 * camera[2])
+                    window = (slice(max(r - 1, 0), r + 2), slice(max(q - 1, 0), q + 2))
+                    gap = (depth[b][window] - float(camera[2])).abs()
+                    own = instance[b][window] == i + 1
+                    visible = float(bool((own & (gap < 0.03 * camera[2])).any()))
                 kp_id = KEYPOINT_IDS.index((obj.shape, name))
                 rows.append([i + 1, kp_id, x, y, visible])
         out.append(np.asarray(rows, dtype=np.float32).reshape(-1, 5))
@@ -249,7 +252,7 @@ def render_views(
             shape_class[b, k] = 2 + geometry.SHAPE_NAMES.index(obj.shape)
     semantic = torch.where(hit_object, torch.gather(shape_class, 1, slot), 1)
     semantic = torch.where(sky, 0, semantic).reshape(count, size, size)
-    keypoints = _keypoints(batch, depth)
+    keypoints = _keypoints(batch, depth, instance)
     boxes, pixels, nearest = _boxes(instance, depth, batch.slots)
     return [
         _finish(

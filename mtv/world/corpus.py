@@ -1,0 +1,302 @@
+"""A rendered mini-world corpus on disk: image-text tar shards in the format users bring
+(KEY.png + KEY.txt + KEY.json) and a Zarr ground-truth store that evaluation and the oracle
+expert read by key. `world.json`, written last, marks the corpus complete."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from PIL import Image
+
+from mtv.world import geometry
+from mtv.world.render import CLASS_NAMES, KEYPOINT_IDS, RenderedView, render_views, sample_key
+from mtv.world.scene import COLORS, FLOORS, MATERIALS, SIZES, sample_scene
+
+MANIFEST = "world.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class WorldCorpus:
+    root: Path
+    manifest: dict
+
+    @property
+    def shards(self) -> list[str]:
+        return [str(self.root / name) for name in self.manifest["shards"]]
+
+    @property
+    def groundtruth(self) -> Path:
+        return self.root / "groundtruth.zarr"
+
+    @classmethod
+    def open(cls, root: str | Path) -> WorldCorpus:
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{root} is not a complete mini-world corpus ({MANIFEST} is missing; an "
+                "interrupted render leaves none): render it again with `mtv world render`"
+            )
+        return cls(root, json.loads(path.read_text()))
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.mtime = 0  # deterministic archives: the same seed gives the same bytes
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def _sample_json(view: RenderedView, seed: int) -> bytes:
+    meta = {
+        "width": view.rgb.shape[1],
+        "height": view.rgb.shape[0],
+        "source": "mtv-miniworld",
+        "seed": seed,
+        "scene": view.scene_index,
+        "view": view.view,
+        "intrinsics": view.intrinsics.round(6).tolist(),
+        "world_to_camera": view.world_to_camera.round(6).tolist(),
+    }
+    return json.dumps(meta).encode()
+
+
+def _batches(n_scenes: int, views: int, seed: int, batch: int) -> Iterator[list[tuple]]:
+    items: list[tuple] = []
+    for index in range(n_scenes):
+        scene = sample_scene(seed, index, views)
+        items += [(scene, v) for v in range(views)]
+        if len(items) >= batch:
+            yield items
+            items = []
+    if items:
+        yield items
+
+
+class _GroundTruthWriter:
+    def __init__(self, path: Path, count: int, size: int, chunk: int):
+        self.root = zarr.open_group(str(path), mode="w")
+        spatial = {"shape": (count, size, size), "chunks": (chunk, size, size)}
+        self.depth = self.root.create_array("depth", dtype="float32", **spatial)
+        self.instance = self.root.create_array("instance", dtype="uint8", **spatial)
+        self.semantic = self.root.create_array("semantic", dtype="uint8", **spatial)
+        self.intrinsics = self.root.create_array(
+            "intrinsics", shape=(count, 3, 3), chunks=(chunk, 3, 3), dtype="float32"
+        )
+        self.pose = self.root.create_array(
+            "world_to_camera", shape=(count, 4, 4), chunks=(chunk, 4, 4), dtype="float32"
+        )
+        self.count = count
+        self.rows: dict[str, list] = {k: [] for k in ("keys", "captions", "scene", "view")}
+        self.boxes: list[np.ndarray] = []
+        self.box_names: list[str] = []
+        self.box_instances: list[np.ndarray] = []
+        self.keypoints: list[np.ndarray] = []
+        self.written = 0
+
+    def add(self, views: list[RenderedView]) -> None:
+        start, stop = self.written, self.written + len(views)
+        self.depth[start:stop] = np.stack([v.depth for v in views])
+        self.instance[start:stop] = np.stack([v.instance for v in views])
+        self.semantic[start:stop] = np.stack([v.semantic for v in views])
+        self.intrinsics[start:stop] = np.stack([v.intrinsics for v in views])
+        self.pose[start:stop] = np.stack([v.world_to_camera for v in views])
+        for v in views:
+            self.rows["keys"].append(v.key)
+            self.rows["captions"].append(v.caption)
+            self.rows["scene"].append(v.scene_index)
+            self.rows["view"].append(v.view)
+            self.boxes.append(v.boxes)
+            self.box_names += v.names
+            self.box_instances.append(v.box_instances)
+            self.keypoints.append(v.keypoints)
+        self.written = stop
+
+    @staticmethod
+    def _strings(group: zarr.Group, name: str, values: list[str]) -> None:
+        # Variable-length UTF-8 (the Zarr v3 string type), not numpy's fixed-width unicode.
+        array = group.create_array(name, shape=(len(values),), dtype=str)
+        if values:
+            array[:] = np.asarray(values, dtype=object)
+
+    def _ragged(self, name: str, parts: list[np.ndarray], width: int) -> None:
+        values = np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
+        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+        group = self.root.create_group(name)
+        group.create_array("values", data=values.astype(np.float32).reshape(-1, width))
+        group.create_array("offsets", data=offsets)
+
+    def close(self, attrs: dict) -> None:
+        for name in ("keys", "captions"):
+            self._strings(self.root, name, self.rows[name])
+        for name in ("scene", "view"):
+            self.root.create_array(name, data=np.asarray(self.rows[name], dtype=np.int64))
+        self._ragged("boxes", self.boxes, 4)
+        self._strings(self.root["boxes"], "names", self.box_names)
+        instances = np.concatenate(self.box_instances) if self.box_instances else np.zeros(0)
+        self.root["boxes"].create_array("instance", data=instances.astype(np.int32))
+        self._ragged("keypoints", self.keypoints, 5)
+        self.root.attrs.update(attrs)
+
+
+def prepare_output(out: Path, overwrite: bool) -> None:
+    """Refuse to write into a non-empty folder unless asked to replace it."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; refusing to replace it")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+
+
+def render_corpus(
+    out: str | Path,
+    n_scenes: int,
+    size: int = 64,
+    views: int = 1,
+    seed: int = 0,
+    shard_size: int = 1000,
+    batch: int = 128,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> WorldCorpus:
+    """Render `n_scenes` scenes x `views` cameras into `out`. Refuses a non-empty `out` unless
+    `overwrite` (nothing already there is lost by accident)."""
+    out = Path(out)
+    prepare_output(out, overwrite)
+    (out / "shards").mkdir(parents=True)
+    count = n_scenes * views
+    started = time.time()
+    writer = _GroundTruthWriter(out / "groundtruth.zarr", count, size, chunk=min(256, count))
+    shards: list[str] = []
+    tar: tarfile.TarFile | None = None
+    in_shard = 0
+    for items in _batches(n_scenes, views, seed, batch):
+        rendered = render_views(items, size)
+        writer.add(rendered)
+        for view in rendered:
+            if tar is None or in_shard == shard_size:
+                if tar is not None:
+                    tar.close()
+                shards.append(f"shards/world-{len(shards):06d}.tar")
+                # Closed when the shard is full, or after the last batch.
+                tar = tarfile.open(out / shards[-1], "w")  # noqa: SIM115
+                in_shard = 0
+            _tar_member(tar, f"{view.key}.png", _png(view.rgb))
+            _tar_member(tar, f"{view.key}.txt", view.caption.encode())
+            _tar_member(tar, f"{view.key}.json", _sample_json(view, seed))
+            in_shard += 1
+        if progress is not None:
+            progress(len(rendered))
+    if tar is not None:
+        tar.close()
+    manifest = {
+        "format": "mtv-miniworld",
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "scenes": n_scenes,
+        "views": views,
+        "size": size,
+        "images": count,
+        "shards": shards,
+        "seconds": round(time.time() - started, 3),
+        "vocabulary": {
+            "shapes": list(geometry.SHAPE_NAMES),
+            "colors": list(COLORS),
+            "sizes": list(SIZES),
+            "materials": list(MATERIALS),
+            "floors": list(FLOORS),
+            "classes": list(CLASS_NAMES),
+            "keypoints": [f"{shape}/{name}" for shape, name in KEYPOINT_IDS],
+        },
+    }
+    writer.close(
+        {
+            "depth": "camera z-depth in scene units; inf where the sky is seen",
+            "boxes": "xyxy normalised to [0, 1] of the image; ragged: values[offsets[i]:"
+            "offsets[i + 1]] belong to keys[i]",
+            "keypoints": "rows of (instance, keypoint id, x px, y px, visible)",
+            "camera": "world_to_camera with OpenCV axes (x right, y down, z forward); "
+            "intrinsics in pixels, pixel centres at +0.5",
+            **{k: manifest[k] for k in ("seed", "scenes", "views", "size", "vocabulary")},
+        }
+    )
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return WorldCorpus(out, manifest)
+
+
+def keys_of(n_scenes: int, views: int) -> list[str]:
+    """The keys a corpus of n_scenes x views holds, in order."""
+    return [sample_key(i, v) for i in range(n_scenes) for v in range(views)]
+
+
+@dataclass
+class GroundTruthRecord:
+    key: str
+    caption: str
+    depth: np.ndarray  # (H, W) camera z-depth, inf for the sky
+    instance: np.ndarray  # (H, W)
+    semantic: np.ndarray  # (H, W)
+    boxes: np.ndarray  # (n, 4) xyxy in [0, 1]
+    names: list[str]
+    box_instances: np.ndarray  # (n,)
+    keypoints: np.ndarray  # (p, 5)
+    intrinsics: np.ndarray  # (3, 3)
+    world_to_camera: np.ndarray  # (4, 4)
+    scene: int
+    view: int
+
+
+class GroundTruth:
+    """Read access by key to a corpus's ground-truth store (O(1) per key)."""
+
+    def __init__(self, path: str | Path):
+        self.root = zarr.open_group(str(path), mode="r")
+        self.keys: list[str] = [str(k) for k in self.root["keys"][:]]
+        self.index = {key: i for i, key in enumerate(self.keys)}
+        self._box_offsets = self.root["boxes/offsets"][:]
+        self._kp_offsets = self.root["keypoints/offsets"][:]
+        self._names = [str(n) for n in self.root["boxes/names"][:]]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def __getitem__(self, key: str) -> GroundTruthRecord:
+        if key not in self.index:
+            raise KeyError(f"no ground truth for key {key!r}")
+        i = self.index[key]
+        b0, b1 = self._box_offsets[i], self._box_offsets[i + 1]
+        k0, k1 = self._kp_offsets[i], self._kp_offsets[i + 1]
+        root = self.root
+        return GroundTruthRecord(
+            key=key,
+            caption=str(root["captions"][i]),
+            depth=root["depth"][i],
+            instance=root["instance"][i],
+            semantic=root["semantic"][i],
+            boxes=root["boxes/values"][b0:b1],
+            names=self._names[b0:b1],
+            box_instances=root["boxes/instance"][b0:b1],
+            keypoints=root["keypoints/values"][k0:k1],
+            intrinsics=root["intrinsics"][i],
+            world_to_camera=root["world_to_camera"][i],
+            scene=int(root["scene"][i]),
+            view=int(root["view"][i]),
+        )
