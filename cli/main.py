@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from mtv_cli.label import label_app
 from mtv_cli.world import world_app
 from rich.console import Console
 from rich.markup import escape
@@ -27,6 +28,7 @@ app = typer.Typer(
 spec_app = typer.Typer(help="Validate, show and describe experiment specs.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 app.add_typer(world_app, name="world")
+app.add_typer(label_app, name="label")
 
 console = Console()
 errors = Console(stderr=True)

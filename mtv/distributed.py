@@ -41,3 +41,14 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     if not is_distributed():
         return x
     return funcol.all_reduce(x.detach(), "sum", dist.group.WORLD)
+
+
+def init_from_environment(backend: str = "gloo") -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment, starting the process group when there is
+    more than one process; (0, 1) when run plainly."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not is_distributed():
+        dist.init_process_group(backend=backend)
+    return (rank(), world_size()) if world > 1 else (0, 1)

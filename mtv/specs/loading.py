@@ -11,7 +11,7 @@ import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from mtv.specs.experiment import ExperimentSpec
 
 Loc = tuple[str | int, ...]
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -252,9 +253,9 @@ def _unwrap(annotation: Any, raw: Any) -> Any:
     return annotation
 
 
-def _allowed_fields(loc: Loc, raw: Any) -> list[str]:
+def _allowed_fields(loc: Loc, raw: Any, model: type[BaseModel]) -> list[str]:
     """Field names of the spec class at `loc`, to suggest a correction for a misspelt key."""
-    current: Any = ExperimentSpec
+    current: Any = model
     node = raw
     for part in loc:
         current = _unwrap(current, node)
@@ -293,12 +294,12 @@ def _clean_loc(loc: Sequence[str | int], raw: Any) -> Loc:
     return tuple(out)
 
 
-def _describe(error: dict[str, Any], loc: Loc, raw: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], loc: Loc, raw: dict[str, Any], model: type[BaseModel]) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
         name = str(loc[-1]) if loc else "?"
-        allowed = _allowed_fields(loc[:-1], raw) + (["extends"] if len(loc) == 1 else [])
+        allowed = _allowed_fields(loc[:-1], raw, model) + (["extends"] if len(loc) == 1 else [])
         close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         listing = f" (allowed: {', '.join(allowed)})" if allowed and not close else ""
@@ -322,7 +323,11 @@ def source_of(provenance: dict[Loc, str], loc: Loc, default: str) -> str:
 
 
 def _validation_problems(
-    err: ValidationError, raw: dict[str, Any], provenance: dict[Loc, str], path: Path
+    err: ValidationError,
+    raw: dict[str, Any],
+    provenance: dict[Loc, str],
+    path: Path,
+    model: type[BaseModel],
 ) -> list[SpecProblem]:
     problems = []
     for error in err.errors():
@@ -330,21 +335,33 @@ def _validation_problems(
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc = (*loc, "kind")
         source = source_of(provenance, loc, str(path))
-        problems.append(SpecProblem(source, format_loc(loc), _describe(error, loc, raw)))
+        problems.append(SpecProblem(source, format_loc(loc), _describe(error, loc, raw, model)))
     return problems
 
 
-def resolve_spec(path: str | Path, overrides: Sequence[str] = ()) -> ResolvedSpec:
-    """Read `path` (following `extends:`), apply `--set` overrides, validate. Raises SpecError."""
-    path = Path(path)
+def _read_and_validate(
+    path: Path, overrides: Sequence[str], model: type[ModelT]
+) -> tuple[ModelT, dict[str, Any], dict[Loc, str]]:
     provenance: dict[Loc, str] = {}
     raw = _load_with_extends(path, provenance, (), None)
     for text in overrides:
         _apply_override(raw, text, provenance)
     try:
-        spec = ExperimentSpec.model_validate(raw)
+        return model.model_validate(raw), raw, provenance
     except ValidationError as err:
-        raise SpecError(_validation_problems(err, raw, provenance, path)) from None
+        raise SpecError(_validation_problems(err, raw, provenance, path, model)) from None
+
+
+def load_yaml_model(path: str | Path, model: type[ModelT], overrides: Sequence[str] = ()) -> ModelT:
+    """Any spec model from a YAML file, with the same `extends:`, `--set` and error messages as
+    experiment files. Raises SpecError."""
+    return _read_and_validate(Path(path), overrides, model)[0]
+
+
+def resolve_spec(path: str | Path, overrides: Sequence[str] = ()) -> ResolvedSpec:
+    """Read `path` (following `extends:`), apply `--set` overrides, validate. Raises SpecError."""
+    path = Path(path)
+    spec, raw, provenance = _read_and_validate(path, overrides, ExperimentSpec)
     return ResolvedSpec(path=path, spec=spec, raw=raw, provenance=provenance)
 
 

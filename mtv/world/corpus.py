@@ -262,15 +262,49 @@ class GroundTruthRecord:
 
 
 class GroundTruth:
-    """Read access by key to a corpus's ground-truth store (O(1) per key)."""
+    """Read access by key to a corpus's ground-truth store (O(1) per key). The small ragged
+    arrays are read once; dense maps are read a Zarr chunk at a time and the last few chunks are
+    kept, so reading keys in order decodes each chunk once."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, cached_chunks: int = 4):
+        self.path = Path(path)
         self.root = zarr.open_group(str(path), mode="r")
         self.keys: list[str] = [str(k) for k in self.root["keys"][:]]
         self.index = {key: i for i, key in enumerate(self.keys)}
         self._box_offsets = self.root["boxes/offsets"][:]
         self._kp_offsets = self.root["keypoints/offsets"][:]
         self._names = [str(n) for n in self.root["boxes/names"][:]]
+        self._boxes = self.root["boxes/values"][:]
+        self._box_instances = self.root["boxes/instance"][:]
+        self._keypoints = self.root["keypoints/values"][:]
+        self._captions = [str(c) for c in self.root["captions"][:]]
+        self._small = {
+            name: self.root[name][:] for name in ("intrinsics", "world_to_camera", "scene", "view")
+        }
+        self._cache: dict[tuple[str, int], np.ndarray] = {}
+        self._cached_chunks = cached_chunks
+
+    def _row(self, key: str) -> int:
+        if key not in self.index:
+            raise KeyError(f"no ground truth for key {key!r} in {self.path}")
+        return self.index[key]
+
+    def dense(self, name: str, key: str) -> np.ndarray:
+        """One image's `depth`, `instance` or `semantic` map."""
+        i = self._row(key)
+        array = self.root[name]
+        length = array.chunks[0]
+        chunk = i // length
+        if (name, chunk) not in self._cache:
+            if len(self._cache) >= self._cached_chunks:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[(name, chunk)] = array[chunk * length : (chunk + 1) * length]
+        return self._cache[(name, chunk)][i - chunk * length]
+
+    def boxes(self, key: str) -> tuple[np.ndarray, list[str]]:
+        i = self._row(key)
+        b0, b1 = self._box_offsets[i], self._box_offsets[i + 1]
+        return self._boxes[b0:b1], self._names[b0:b1]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -279,24 +313,21 @@ class GroundTruth:
         return key in self.index
 
     def __getitem__(self, key: str) -> GroundTruthRecord:
-        if key not in self.index:
-            raise KeyError(f"no ground truth for key {key!r}")
-        i = self.index[key]
+        i = self._row(key)
         b0, b1 = self._box_offsets[i], self._box_offsets[i + 1]
         k0, k1 = self._kp_offsets[i], self._kp_offsets[i + 1]
-        root = self.root
         return GroundTruthRecord(
             key=key,
-            caption=str(root["captions"][i]),
-            depth=root["depth"][i],
-            instance=root["instance"][i],
-            semantic=root["semantic"][i],
-            boxes=root["boxes/values"][b0:b1],
+            caption=self._captions[i],
+            depth=self.dense("depth", key),
+            instance=self.dense("instance", key),
+            semantic=self.dense("semantic", key),
+            boxes=self._boxes[b0:b1],
             names=self._names[b0:b1],
-            box_instances=root["boxes/instance"][b0:b1],
-            keypoints=root["keypoints/values"][k0:k1],
-            intrinsics=root["intrinsics"][i],
-            world_to_camera=root["world_to_camera"][i],
-            scene=int(root["scene"][i]),
-            view=int(root["view"][i]),
+            box_instances=self._box_instances[b0:b1],
+            keypoints=self._keypoints[k0:k1],
+            intrinsics=self._small["intrinsics"][i],
+            world_to_camera=self._small["world_to_camera"][i],
+            scene=int(self._small["scene"][i]),
+            view=int(self._small["view"][i]),
         )

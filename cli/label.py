@@ -1,0 +1,128 @@
+"""`mtv label SPEC.yaml` and `mtv label check STORE`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from typer.core import TyperGroup
+
+from mtv.distributed import init_from_environment
+from mtv.label.check import check_store
+from mtv.label.pipeline import LabelSpecError, resolve_source, run_labelling
+from mtv.label.store import LabelStore
+from mtv.specs import SpecError
+from mtv.specs.label import LabelSpec
+from mtv.specs.loading import load_yaml_model
+
+console = Console()
+errors = Console(stderr=True)
+
+
+class _LabelGroup(TyperGroup):
+    """`mtv label SPEC.yaml` runs the job; `mtv label check STORE` validates a store."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+label_app = typer.Typer(
+    cls=_LabelGroup,
+    help="Pseudo-labels from expert models, into a Zarr store.",
+    no_args_is_help=True,
+)
+
+
+def _error(message: str) -> typer.Exit:
+    errors.print(f"[bold red]error[/]: {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+@label_app.command("run")
+def label_run(
+    spec_file: Annotated[Path, typer.Argument(help="labelling spec (YAML)")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="override a field, e.g. --set batch_size=8")
+    ] = None,
+) -> None:
+    """Label a source with the spec's experts; resumes an interrupted job. Under
+    `torchrun --nproc_per_node=N` each rank labels its own chunks."""
+    try:
+        spec = load_yaml_model(spec_file, LabelSpec, overrides or ())
+    except SpecError as err:
+        for problem in err.problems:
+            errors.print(
+                f"[bold red]error[/]: {escape(str(problem))}", highlight=False, soft_wrap=True
+            )
+        raise typer.Exit(code=2) from None
+    rank, world = init_from_environment()
+    columns = (
+        TextColumn(f"labelling{f' (rank {rank}/{world})' if world > 1 else ''}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} images/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=rank != 0 and world > 1) as progress:
+        task = progress.add_task("label", total=None, rate="-")
+        state: dict[str, Any] = {}
+
+        def start(total: int, finished: int) -> None:
+            progress.update(task, total=total, completed=finished)
+            state["base"] = finished
+
+        def advance(count: int) -> None:
+            progress.advance(task, count)
+            current = progress.tasks[0]
+            rate = (current.completed - state.get("base", 0)) / max(current.elapsed or 0, 1e-9)
+            progress.update(task, rate=f"{rate:.0f}")
+
+        def skipped(key: str, reason: str) -> None:
+            progress.console.print(f"skipped {escape(key)}: {escape(reason)}", highlight=False)
+
+        try:
+            store, stats = run_labelling(spec, rank, world, advance, skipped, start)
+        except (LabelSpecError, FileNotFoundError) as err:
+            raise _error(f"{spec_file}: {err}") from None
+    seconds = ", ".join(f"{part} {value:.1f}s" for part, value in stats.seconds.items())
+    console.print(
+        f"labelled {stats.images} images in {stats.chunks} chunk(s) into {escape(str(store.path))}"
+        f" ({len(stats.skipped)} undecodable, skipped); {seconds}",
+        highlight=False,
+    )
+
+
+@label_app.command("check")
+def label_check(
+    store_path: Annotated[Path, typer.Argument(help="a label store")],
+    spec_file: Annotated[
+        Path | None, typer.Option("--spec", help="also check keys against this job's source")
+    ] = None,
+) -> None:
+    """Validate a label store; print every bad sample by key."""
+    try:
+        store = LabelStore.open(store_path)
+        source_keys = None
+        if spec_file is not None:
+            source_keys = resolve_source(load_yaml_model(spec_file, LabelSpec))[0].keys()
+    except SpecError as err:
+        raise _error(str(err)) from None
+    except (FileNotFoundError, ValueError, LabelSpecError) as err:
+        raise _error(str(err)) from None
+    problems = check_store(store, source_keys)
+    for problem in problems:
+        errors.print(f"[red]bad[/] {escape(str(problem))}", highlight=False, soft_wrap=True)
+    summary = f"{len(store.keys)} samples, kinds {', '.join(store.attrs['kinds'])}"
+    if problems:
+        errors.print(
+            f"{escape(str(store_path))}: {len(problems)} problem(s); {summary}", highlight=False
+        )
+        raise typer.Exit(code=1)
+    console.print(f"[green]ok[/] {escape(str(store_path))}: {summary}", highlight=False)

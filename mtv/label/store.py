@@ -1,0 +1,242 @@
+"""The label store: pseudo-labels in Zarr v3, keyed by sample.
+
+Layout (one group):
+- `keys` (N,) strings, the source's sample keys in labelling order; lookup by key is a dict hit.
+- `status` (N,) uint8: 0 labelled, 1 image could not be decoded (its labels are empty).
+- `depth` (N, R, R) float16 relative disparity covering the whole original image, per-image
+  min-max normalised to [0, 1] over valid pixels (the scale of relative disparity means nothing);
+  `depth_valid` (N, R, R) bool.
+- `boxes/values` (M, 4) float32 xyxy normalised to [0, 1] of the original image, `boxes/offsets`
+  (N + 1,) int64 (sample i owns rows offsets[i]:offsets[i + 1]), `boxes/names` (M,) strings,
+  `boxes/scores` (M,) float32.
+- `done` (chunks,) bool: a labelling chunk's marker, set after its data; `mtv label` skips marked
+  chunks when resumed, and different ranks write different chunks.
+- attributes: format, version, experts (name, version, settings), conventions, resolution,
+  chunk size, source, creation time, and `complete` once the boxes are consolidated.
+
+While labelling, each chunk's boxes go to `box_parts/<chunk>`; `finalize` concatenates them into
+the flat `boxes/*` arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from mtv.label.base import BoxLabel
+
+FORMAT, VERSION = "mtv-labels", 1
+CONVENTIONS = {
+    "depth": "relative disparity (larger = nearer), affine-invariant; per-image min-max "
+    "normalised to [0, 1] over valid pixels; the map covers the whole original image",
+    "boxes": "xyxy normalised to [0, 1] of the original image",
+}
+STATUS_OK, STATUS_UNDECODABLE = 0, 1
+
+
+def keys_digest(keys: Sequence[str]) -> str:
+    """A fingerprint of the key list, so a resume can tell it labels the same samples."""
+    digest = hashlib.sha256()
+    for key in keys:
+        digest.update(key.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _strings(group: zarr.Group, name: str, values: Sequence[str], chunk: int) -> None:
+    array = group.create_array(
+        name,
+        shape=(len(values),),
+        chunks=(max(1, min(chunk, len(values))),),
+        dtype=str,
+        overwrite=True,
+    )
+    if len(values):
+        array[:] = np.asarray(list(values), dtype=object)
+
+
+@dataclass
+class ChunkLabels:
+    """Everything one labelling chunk writes."""
+
+    depth: np.ndarray | None  # (n, R, R) float32 in [0, 1]
+    depth_valid: np.ndarray | None  # (n, R, R) bool
+    boxes: list[BoxLabel] | None
+    status: np.ndarray  # (n,) uint8
+
+
+class LabelStore:
+    def __init__(self, path: str | Path, root: zarr.Group):
+        self.path = Path(path)
+        self.root = root
+        self.attrs: dict[str, Any] = dict(root.attrs)
+        self.keys: list[str] = [str(k) for k in root["keys"][:]]
+        self.index = {key: i for i, key in enumerate(self.keys)}
+        self.chunk_size: int = self.attrs["chunk_size"]
+        self._offsets: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ creation and opening
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        keys: Sequence[str],
+        kinds: Sequence[str],
+        resolution: int,
+        chunk_size: int,
+        experts: dict[str, Any],
+        source: dict[str, Any],
+    ) -> LabelStore:
+        if len(set(keys)) != len(keys):
+            raise ValueError("the source has duplicate keys; a label store needs unique keys")
+        root = zarr.open_group(str(path), mode="w")
+        n = len(keys)
+        _strings(root, "keys", keys, 65536)
+        root.create_array("status", shape=(n,), chunks=(chunk_size,), dtype="uint8", fill_value=0)
+        n_chunks = max(1, -(-n // chunk_size))
+        root.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
+        if "depth" in kinds:
+            spatial = {
+                "shape": (n, resolution, resolution),
+                "chunks": (chunk_size, resolution, resolution),
+            }
+            root.create_array("depth", dtype="float16", fill_value=0.0, **spatial)
+            root.create_array("depth_valid", dtype="bool", fill_value=False, **spatial)
+        root.attrs.update(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "kinds": sorted(kinds),
+                "resolution": resolution,
+                "chunk_size": chunk_size,
+                "experts": experts,
+                "source": source,
+                "keys_digest": keys_digest(keys),
+                "conventions": CONVENTIONS,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "complete": False,
+            }
+        )
+        return cls(path, root)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> LabelStore:
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise FileNotFoundError(f"no label store at {path}")
+        root = zarr.open_group(str(path), mode=mode)  # type: ignore[arg-type]
+        if root.attrs.get("format") != FORMAT:
+            raise ValueError(
+                f"{path} is not an mtv label store (format {root.attrs.get('format')!r})"
+            )
+        return cls(path, root)
+
+    # ------------------------------------------------------------------ writing
+    @property
+    def n_chunks(self) -> int:
+        return int(self.root["done"].shape[0])
+
+    def chunk_range(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_size
+        return start, min(start + self.chunk_size, len(self.keys))
+
+    def done(self) -> np.ndarray:
+        return self.root["done"][:]
+
+    def write_chunk(self, chunk: int, labels: ChunkLabels) -> None:
+        """Write one chunk's labels, then its done marker (so a kill leaves it unmarked)."""
+        start, stop = self.chunk_range(chunk)
+        self.root["status"][start:stop] = labels.status
+        if labels.depth is not None:
+            self.root["depth"][start:stop] = labels.depth.astype(np.float16)
+            self.root["depth_valid"][start:stop] = labels.depth_valid
+        if labels.boxes is not None:
+            part = self.root.require_group("box_parts").create_group(f"{chunk:08d}", overwrite=True)
+            values = [b.boxes for b in labels.boxes]
+            part.create_array(
+                "values",
+                data=np.concatenate(values).reshape(-1, 4)
+                if values
+                else np.zeros((0, 4), np.float32),
+            )
+            part.create_array(
+                "counts", data=np.asarray([len(b.names) for b in labels.boxes], np.int64)
+            )
+            part.create_array(
+                "scores",
+                data=np.concatenate([b.scores for b in labels.boxes]).astype(np.float32)
+                if labels.boxes
+                else np.zeros(0, np.float32),
+            )
+            _strings(part, "names", [n for b in labels.boxes for n in b.names], 65536)
+        self.root["done"][chunk] = True
+
+    def finalize(self) -> None:
+        """Consolidate the chunks' boxes into flat values + offsets and mark the store complete.
+        Idempotent: a kill during it is mended by running it again."""
+        done = self.done()
+        if not done.all():
+            missing = np.flatnonzero(~done)
+            raise RuntimeError(f"{len(missing)} chunk(s) not labelled yet (first: {missing[0]})")
+        if "boxes" in self.attrs["kinds"]:
+            parts = self.root["box_parts"]
+            values, counts, scores, names = [], [], [], []
+            for chunk in range(self.n_chunks):
+                part = parts[f"{chunk:08d}"]
+                values.append(part["values"][:])
+                counts.append(part["counts"][:])
+                scores.append(part["scores"][:])
+                names += [str(n) for n in part["names"][:]]
+            group = self.root.require_group("boxes")
+            flat = np.concatenate(values).astype(np.float32).reshape(-1, 4)
+            group.create_array(
+                "values", data=flat, chunks=(max(1, min(65536, len(flat))), 4), overwrite=True
+            )
+            offsets = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
+            group.create_array("offsets", data=offsets, overwrite=True)
+            group.create_array(
+                "scores", data=np.concatenate(scores).astype(np.float32), overwrite=True
+            )
+            _strings(group, "names", names, 65536)
+        self.root.attrs["complete"] = True
+        self.attrs["complete"] = True
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    def _row(self, key: str) -> int:
+        try:
+            return self.index[key]
+        except KeyError:
+            raise KeyError(f"no labels for key {key!r} in {self.path}") from None
+
+    def depth(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(disparity (R, R) float32 in [0, 1], valid (R, R) bool) of one sample."""
+        i = self._row(key)
+        return self.root["depth"][i].astype(np.float32), self.root["depth_valid"][i]
+
+    def boxes(self, key: str) -> BoxLabel:
+        if not self.complete:
+            raise RuntimeError(f"{self.path} is not complete: finish `mtv label` first")
+        i = self._row(key)
+        if self._offsets is None:
+            self._offsets = self.root["boxes/offsets"][:]
+        start, stop = int(self._offsets[i]), int(self._offsets[i + 1])
+        group = self.root["boxes"]
+        return BoxLabel(
+            boxes=group["values"][start:stop],
+            names=[str(n) for n in group["names"][start:stop]],
+            scores=group["scores"][start:stop],
+        )
+
+    def status(self, key: str) -> int:
+        return int(self.root["status"][self._row(key)])

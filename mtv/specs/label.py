@@ -1,0 +1,78 @@
+"""The spec of a labelling job (`mtv label SPEC.yaml`): source, experts, store, batching."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from mtv.specs.base import StrictModel
+from mtv.specs.experiment import MiniWorldSourceSpec, SourceSpec
+
+
+class OracleDepthSpec(StrictModel):
+    """Mini-world ground truth as relative disparity, optionally degraded to study label quality."""
+
+    kind: Literal["oracle"] = "oracle"
+    blur_sigma: float = Field(0.0, ge=0.0, description="Gaussian blur, in label pixels")
+    noise: float = Field(0.0, ge=0.0, description="multiplicative Gaussian noise (std)")
+    warp: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="random misregistration: shift and scale up to this fraction of the image",
+    )
+
+
+class DepthAnythingSpec(StrictModel):
+    """Depth Anything V2 through transformers, from a local directory or the HF cache."""
+
+    kind: Literal["depth_anything"] = "depth_anything"
+    model: str = Field(
+        description="local directory or cached id, e.g. depth-anything/Depth-Anything-V2-Large-hf"
+    )
+    device: str = "cpu"
+
+
+class OracleBoxesSpec(StrictModel):
+    """Mini-world ground-truth boxes and names, optionally degraded."""
+
+    kind: Literal["oracle"] = "oracle"
+    jitter: float = Field(0.0, ge=0.0, description="coordinate noise, as a fraction of box size")
+    miss_rate: float = Field(0.0, ge=0.0, le=1.0, description="probability a box is dropped")
+    false_rate: float = Field(0.0, ge=0.0, description="mean number of spurious boxes per image")
+    wrong_name_rate: float = Field(0.0, ge=0.0, le=1.0, description="probability a name is wrong")
+
+
+class OwlV2Spec(StrictModel):
+    """OWLv2 open-vocabulary detection through transformers, queried with the tagger's names."""
+
+    kind: Literal["owlv2"] = "owlv2"
+    model: str = Field(description="local directory or cached id, e.g. google/owlv2-base-patch16")
+    threshold: float = Field(0.1, ge=0.0, le=1.0)
+    max_boxes: int = Field(16, gt=0)
+    device: str = "cpu"
+
+
+class CaptionTaggerSpec(StrictModel):
+    """Entity names = the noun phrases of the caption (RAM++ is not in transformers)."""
+
+    kind: Literal["caption"] = "caption"
+
+
+DepthExpertSpec = Annotated[OracleDepthSpec | DepthAnythingSpec, Field(discriminator="kind")]
+BoxExpertSpec = Annotated[OracleBoxesSpec | OwlV2Spec, Field(discriminator="kind")]
+
+
+class LabelSpec(StrictModel):
+    """One labelling job. Oracle experts need a mini-world source (its ground truth)."""
+
+    source: SourceSpec = Field(default_factory=MiniWorldSourceSpec)
+    output: str = Field(description="the Zarr label store to write (resumed if it exists)")
+    depth: DepthExpertSpec | None = Field(default_factory=OracleDepthSpec)
+    boxes: BoxExpertSpec | None = Field(default_factory=OracleBoxesSpec)
+    tagger: CaptionTaggerSpec = Field(default_factory=CaptionTaggerSpec)
+    resolution: int = Field(64, gt=0, description="side of the stored depth maps")
+    batch_size: int = Field(32, gt=0, description="images per expert call")
+    chunk_size: int = Field(256, gt=0, description="images per store chunk (the resume unit)")
+    seed: int = Field(0, description="seed of the oracle's noise")
