@@ -1,0 +1,285 @@
+"""Labelling on real files: a rendered corpus, oracle experts, the store, `mtv label check`,
+resuming after kill -9, and key-based joins that do not depend on shard order."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import zarr
+from mtv_cli.main import app
+from typer.testing import CliRunner
+
+from mtv.label import LabelSpecError, LabelStore, check_store, noun_phrases, run_labelling
+from mtv.specs.label import LabelSpec
+from mtv.world.corpus import GroundTruth, render_corpus
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("world") / "corpus"
+    render_corpus(root, 40, size=32, views=1, seed=3, shard_size=16)
+    return root
+
+
+def job(corpus: Path, output: Path, **fields: object) -> LabelSpec:
+    raw = {
+        "source": {"kind": "miniworld", "root": str(corpus)},
+        "output": str(output),
+        "resolution": 16,
+        "chunk_size": 8,
+        "batch_size": 4,
+        **fields,
+    }
+    return LabelSpec.model_validate(raw)
+
+
+def store_arrays(path: Path) -> dict[str, np.ndarray]:
+    root = zarr.open_group(str(path), mode="r")
+    names = ["keys", "status", "depth", "depth_valid", "boxes/values", "boxes/offsets"]
+    out = {name: root[name][:] for name in names}
+    out["boxes/names"] = np.asarray([str(n) for n in root["boxes/names"][:]])
+    out["boxes/scores"] = root["boxes/scores"][:]
+    return out
+
+
+def test_exact_oracle_labels_are_the_ground_truth(corpus: Path, tmp_path: Path) -> None:
+    store, stats = run_labelling(job(corpus, tmp_path / "labels.zarr"))
+    assert stats.images == 40 and store.complete and check_store(store) == []
+    truth = GroundTruth(corpus / "groundtruth.zarr")
+    for key in truth.keys[::7]:
+        record = truth[key]
+        labels = store.boxes(key)
+        np.testing.assert_allclose(labels.boxes, record.boxes)
+        assert labels.names == record.names and (labels.scores == 1).all()
+        # depth: 1/z, resampled to 16x16 over the whole image, min-max normalised
+        disparity = np.where(np.isfinite(record.depth), 1 / record.depth, 0).astype(np.float32)
+        small = F.interpolate(
+            torch.from_numpy(disparity)[None, None],
+            size=(16, 16),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )[0, 0].numpy()
+        expected = (small - small.min()) / (small.max() - small.min())
+        depth, valid = store.depth(key)
+        assert valid.all()
+        np.testing.assert_allclose(depth, expected, atol=2e-3)  # float16 storage
+    meta = store.attrs
+    assert meta["experts"]["depth"]["name"] == "oracle_depth"
+    assert "relative disparity" in meta["conventions"]["depth"]
+    assert "original image" in meta["conventions"]["boxes"]
+    with pytest.raises(KeyError, match="no labels for key"):
+        store.depth("missing")
+
+
+def test_noise_model_is_seeded_by_key(corpus: Path, tmp_path: Path) -> None:
+    noisy = {
+        "depth": {"kind": "oracle", "blur_sigma": 1.0, "noise": 0.05, "warp": 0.05},
+        "boxes": {
+            "kind": "oracle",
+            "jitter": 0.1,
+            "miss_rate": 0.3,
+            "false_rate": 1.0,
+            "wrong_name_rate": 0.3,
+        },
+    }
+    a, _ = run_labelling(job(corpus, tmp_path / "a.zarr", **noisy))
+    run_labelling(job(corpus, tmp_path / "b.zarr", **noisy))
+    c, _ = run_labelling(job(corpus, tmp_path / "c.zarr", seed=1, **noisy))
+    exact, _ = run_labelling(job(corpus, tmp_path / "exact.zarr"))
+    assert check_store(a) == []
+    for name, values in store_arrays(tmp_path / "a.zarr").items():
+        np.testing.assert_array_equal(values, store_arrays(tmp_path / "b.zarr")[name])
+    differs = [k for k in a.keys if a.boxes(k).names != c.boxes(k).names]
+    assert differs, "another seed draws other noise"
+    degraded = [k for k in a.keys if a.boxes(k).names != exact.boxes(k).names]
+    assert len(degraded) > len(a.keys) // 3
+    gap = np.mean([np.abs(a.depth(k)[0] - exact.depth(k)[0]).mean() for k in a.keys])
+    assert gap > 0.01
+
+
+def test_check_names_every_bad_sample(corpus: Path, tmp_path: Path) -> None:
+    store, _ = run_labelling(job(corpus, tmp_path / "labels.zarr"))
+    keys = store.keys
+    root = zarr.open_group(str(tmp_path / "labels.zarr"), mode="r+")
+    depth = root["depth"][3]
+    depth[0, 0] = np.nan
+    root["depth"][3] = depth
+    values = root["boxes/values"][:]
+    offsets = root["boxes/offsets"][:]
+    values[offsets[5]] = [0.2, 0.2, 1.4, 0.5]
+    root["boxes/values"][:] = values
+    problems = [
+        str(p) for p in check_store(LabelStore.open(tmp_path / "labels.zarr"), [*keys[1:], "extra"])
+    ]
+    assert f"{keys[3]}: depth: NaN or inf values" in problems
+    assert any(
+        p.startswith(f"{keys[5]}: boxes: box [0.2") and "outside [0, 1]" in p for p in problems
+    )
+    assert f"{keys[0]}: keys: not in the source" in problems
+    assert "extra: keys: in the source but not in the store" in problems
+    result = runner.invoke(app, ["label", "check", str(tmp_path / "labels.zarr")])
+    assert result.exit_code == 1 and keys[3] in result.output
+
+
+def test_resume_with_another_job_is_refused(corpus: Path, tmp_path: Path) -> None:
+    run_labelling(job(corpus, tmp_path / "labels.zarr"))
+    with pytest.raises(LabelSpecError, match="made by a different job") as info:
+        run_labelling(job(corpus, tmp_path / "labels.zarr", resolution=32))
+    assert "resolution" in str(info.value)
+
+
+def test_oracle_needs_the_mini_world(tmp_path: Path) -> None:
+    spec = LabelSpec.model_validate(
+        {
+            "source": {"kind": "shards", "urls": [str(tmp_path / "x.tar")]},
+            "output": str(tmp_path / "l"),
+        }
+    )
+    with tarfile.open(tmp_path / "x.tar", "w"):
+        pass
+    with pytest.raises(LabelSpecError, match="the oracle reads mini-world ground truth"):
+        run_labelling(spec)
+
+
+def test_a_truncated_image_is_skipped_and_counted(corpus: Path, tmp_path: Path) -> None:
+    """Copy the corpus's first shard with one PNG cut short; that sample gets status 1."""
+    shard = sorted((corpus / "shards").glob("*.tar"))[0]
+    broken = tmp_path / "broken.tar"
+    with tarfile.open(shard) as src, tarfile.open(broken, "w") as dst:
+        members = src.getmembers()
+        victim = members[3].name  # the second sample's png
+        for member in members:
+            data = src.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name == victim:
+                data = data[: len(data) // 2]
+            info = tarfile.TarInfo(member.name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    spec = job(corpus, tmp_path / "labels.zarr", boxes=None)
+    # A mini-world job (the oracle needs its ground truth) reading the broken shard instead:
+    from mtv.label import pipeline
+
+    original = pipeline.resolve_source
+
+    def broken_source(s: LabelSpec):  # type: ignore[no-untyped-def]
+        source, truth = original(s)
+        return type(source)([str(broken)]), truth
+
+    pipeline.resolve_source = broken_source  # type: ignore[assignment]
+    try:
+        store, stats = run_labelling(spec)
+    finally:
+        pipeline.resolve_source = original  # type: ignore[assignment]
+    key = victim.split(".")[0]
+    assert [k for k, _ in stats.skipped] == [key]
+    assert store.status(key) == 1 and not store.depth(key)[1].any()
+    assert stats.images == 15 and check_store(store) == []
+
+
+def test_labels_do_not_depend_on_shard_order(corpus: Path, tmp_path: Path) -> None:
+    """Labelling the shards in reverse order stores the same labels under every key."""
+    forward, _ = run_labelling(job(corpus, tmp_path / "f.zarr"))
+    shards = sorted(str(p) for p in (corpus / "shards").glob("*.tar"))[::-1]
+    from mtv.label import pipeline
+
+    original = pipeline.resolve_source
+
+    def reversed_source(s: LabelSpec):  # type: ignore[no-untyped-def]
+        source, truth = original(s)
+        return type(source)(shards), truth
+
+    pipeline.resolve_source = reversed_source  # type: ignore[assignment]
+    try:
+        backward, _ = run_labelling(job(corpus, tmp_path / "b.zarr"))
+    finally:
+        pipeline.resolve_source = original  # type: ignore[assignment]
+    assert backward.keys != forward.keys and sorted(backward.keys) == sorted(forward.keys)
+    for key in forward.keys:
+        np.testing.assert_array_equal(forward.depth(key)[0], backward.depth(key)[0])
+        assert forward.boxes(key).names == backward.boxes(key).names
+
+
+def test_tagger_noun_phrases() -> None:
+    assert noun_phrases("Two red cubes to the left of a small shiny sphere.") == [
+        "red cubes",
+        "small shiny sphere",
+    ]
+    assert noun_phrases("A dog playing with a red frisbee in the park") == [
+        "dog",
+        "red frisbee",
+        "park",
+    ]
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    render_corpus(root, 240, size=32, views=1, seed=4, shard_size=100)
+    spec_text = (
+        f"source: {{kind: miniworld, root: {root}}}\noutput: OUTPUT\nresolution: 16\n"
+        "chunk_size: 6\nbatch_size: 6\nboxes: {kind: oracle, jitter: 0.05, false_rate: 0.5}\n"
+        "depth: {kind: oracle, blur_sigma: 1.0, noise: 0.02}\n"
+    )
+    (tmp_path / "killed.yaml").write_text(
+        spec_text.replace("OUTPUT", str(tmp_path / "killed.zarr"))
+    )
+    (tmp_path / "whole.yaml").write_text(spec_text.replace("OUTPUT", str(tmp_path / "whole.zarr")))
+    mtv = [sys.executable, "-c", "from mtv_cli.main import app; app()"]
+    env = {**os.environ, "COLUMNS": "100"}
+    proc = subprocess.Popen(
+        [*mtv, "label", str(tmp_path / "killed.yaml")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    markers = tmp_path / "killed.zarr" / "done" / "c"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if markers.is_dir() and len(list(markers.iterdir())) >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the job finished before it could be killed"
+    partial = LabelStore.open(tmp_path / "killed.zarr")
+    done = partial.done()
+    assert 0 < done.sum() < len(done) and not partial.complete
+    resumed = subprocess.run(
+        [*mtv, "label", str(tmp_path / "killed.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    whole = subprocess.run(
+        [*mtv, "label", str(tmp_path / "whole.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert whole.returncode == 0, whole.stderr
+    check = subprocess.run(
+        [*mtv, "label", "check", str(tmp_path / "killed.zarr")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    a, b = store_arrays(tmp_path / "killed.zarr"), store_arrays(tmp_path / "whole.zarr")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
