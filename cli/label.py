@@ -12,10 +12,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
+from mtv.data.store import LabelStore
 from mtv.distributed import init_from_environment
 from mtv.label.check import check_store
 from mtv.label.pipeline import LabelSpecError, resolve_source, run_labelling
-from mtv.label.store import LabelStore
 from mtv.specs import SpecError
 from mtv.specs.label import LabelSpec
 from mtv.specs.loading import load_yaml_model

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -18,9 +19,11 @@ from torch import Tensor, nn
 
 import mtv.tasks  # noqa: F401  (registers the task kinds)
 from mtv.batch import Batch
+from mtv.data.views import ViewRequest
 from mtv.models.text import TextTransformer
 from mtv.models.vit import EncoderOutput, VisionTransformer
 from mtv.specs.experiment import ExperimentSpec
+from mtv.specs.tasks import MaskedTaskSpec
 from mtv.tasks.base import (
     CAPTION_TEXT,
     GLOBAL,
@@ -33,6 +36,7 @@ from mtv.tasks.base import (
     TaskEnv,
     TaskNeeds,
 )
+from mtv.tasks.masked import draw_patch_mask
 from mtv.teacher import EMATeacher, ema_update
 
 VIEW_ORDER = (GLOBAL, MASKED, LOCAL)
@@ -89,6 +93,19 @@ class GraphPlan:
     n_local_crops: int = 0
     masked_patches: int = 0
     teacher_momentum: float = 0.0
+
+    def view_request(self, spec: ExperimentSpec) -> ViewRequest:
+        """What the loader must build for this plan."""
+        masked = next((t for t in spec.tasks if isinstance(t, MaskedTaskSpec)), None)
+        return ViewRequest(
+            global_size=self.env.global_size,
+            local_size=self.env.local_size,
+            local_crops=self.n_local_crops,
+            max_regions=max(n.regions for n in self.needs.values()),
+            caption=CAPTION_TEXT in self.texts,
+            depth="depth" in self.labels,
+            patch_mask=partial(draw_patch_mask, masked, self.env) if masked is not None else None,
+        )
 
     @property
     def uses_pool(self) -> bool:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from mtv.data.store import BoxLabel
+
 
 @dataclass(frozen=True)
 class LabelInput:
@@ -27,21 +29,6 @@ class LabelInput:
 class DepthLabel:
     disparity: np.ndarray  # (h, w) float32 relative disparity, any resolution
     valid: np.ndarray | None = None  # (h, w) bool; None = every pixel valid
-
-
-@dataclass
-class BoxLabel:
-    boxes: np.ndarray  # (n, 4) float32 xyxy in [0, 1] of the original image
-    names: list[str]
-    scores: np.ndarray  # (n,) float32 in [0, 1]
-
-    def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
-        if not len(self.boxes) == len(self.names) == len(self.scores):
-            raise ValueError(
-                f"{len(self.boxes)} boxes, {len(self.names)} names and {len(self.scores)} scores"
-            )
 
 
 @dataclass(frozen=True)

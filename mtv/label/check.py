@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtv.label.store import STATUS_OK, STATUS_UNDECODABLE, LabelStore
+from mtv.data.store import STATUS_OK, STATUS_UNDECODABLE, LabelStore
 
 
 @dataclass(frozen=True)

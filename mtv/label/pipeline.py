@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from mtv.data import CorruptImageError, FolderSource, TarShardSource, decode_image, open_source
+from mtv.data.store import STATUS_OK, STATUS_UNDECODABLE, ChunkLabels, LabelStore, keys_digest
 from mtv.label.base import BoxExpert, BoxLabel, DepthExpert, DepthLabel, LabelInput, Tagger
 from mtv.label.oracle import OracleBoxes, OracleDepth
-from mtv.label.store import STATUS_OK, STATUS_UNDECODABLE, ChunkLabels, LabelStore, keys_digest
 from mtv.label.tagger import CaptionTagger
 from mtv.specs.experiment import MiniWorldSourceSpec
 from mtv.specs.label import LabelSpec

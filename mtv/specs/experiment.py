@@ -73,6 +73,16 @@ class ViewsSpec(StrictModel):
     )
     global_scale: tuple[float, float] = Field((0.32, 1.0), description="area fraction range")
     local_scale: tuple[float, float] = Field((0.05, 0.32), description="area fraction range")
+    aspect: tuple[float, float] = Field((3 / 4, 4 / 3), description="crop aspect-ratio range")
+    min_box_visibility: float = Field(
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="a box is kept in a crop when at least this fraction of its area is inside",
+    )
+    hflip: bool = Field(
+        False, description="random horizontal flips (off: captions say 'left of' / 'right of')"
+    )
 
     @field_validator("global_scale", "local_scale")
     @classmethod
@@ -83,10 +93,22 @@ class ViewsSpec(StrictModel):
         return value
 
 
+class LoaderSpec(StrictModel):
+    workers: int = Field(2, ge=0, description="DataLoader worker processes per rank")
+    max_bad_fraction: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="stop the run when more than this fraction of samples cannot be decoded",
+    )
+    seed: int = Field(0, description="seed of shuffling and augmentation")
+
+
 class DataSpec(StrictModel):
     source: SourceSpec = Field(default_factory=MiniWorldSourceSpec)
     labels: LabelsSpec = Field(default_factory=LabelsSpec)
     views: ViewsSpec = Field(default_factory=ViewsSpec)
+    loader: LoaderSpec = Field(default_factory=LoaderSpec)
     batch_size: int = Field(64, gt=0, description="global batch, summed over ranks")
 
     def available_labels(self) -> frozenset[str]:

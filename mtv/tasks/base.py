@@ -62,6 +62,7 @@ class TaskNeeds:
     texts: frozenset[str] = frozenset()
     labels: frozenset[str] = frozenset()
     local_crops: int = 0  # local crops per image the loader must cut
+    regions: int = 0  # region (box + name) slots per image the loader must fill
     masked_patches: int = 0  # patches of the global view the loader's masks must cover
 
 

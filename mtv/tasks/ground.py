@@ -141,6 +141,7 @@ class GroundTask(Task):
             prenorm_views=frozenset({GLOBAL}),
             texts=frozenset({REGION_TEXT}),
             labels=frozenset({"boxes"}),
+            regions=spec.max_regions,
         )
 
     def after_optimizer_step(self) -> None:

@@ -30,8 +30,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-from mtv.label.base import BoxLabel
-
 FORMAT, VERSION = "mtv-labels", 1
 CONVENTIONS = {
     "depth": "relative disparity (larger = nearer), affine-invariant; per-image min-max "
@@ -39,6 +37,21 @@ CONVENTIONS = {
     "boxes": "xyxy normalised to [0, 1] of the original image",
 }
 STATUS_OK, STATUS_UNDECODABLE = 0, 1
+
+
+@dataclass
+class BoxLabel:
+    boxes: np.ndarray  # (n, 4) float32 xyxy in [0, 1] of the original image
+    names: list[str]
+    scores: np.ndarray  # (n,) float32 in [0, 1]
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        if not len(self.boxes) == len(self.names) == len(self.scores):
+            raise ValueError(
+                f"{len(self.boxes)} boxes, {len(self.names)} names and {len(self.scores)} scores"
+            )
 
 
 def keys_digest(keys: Sequence[str]) -> str:
