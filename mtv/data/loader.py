@@ -53,6 +53,7 @@ class ViewBuilder:
         views = self.views
         crop = sample_crop(size, views.global_scale, views.aspect, generator, views.hflip)  # type: ignore[arg-type]
         out: dict[str, Any] = {"images": crop_image(pixels, crop, self.request.global_size)}
+        out["crop"] = torch.tensor([crop.x0, crop.y0, crop.x1, crop.y1, float(crop.flip)])
         if self.request.caption:
             out["captions"] = self.tokenizer([caption])[0]
         if self.request.local_crops:
@@ -195,15 +196,21 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 @dataclass
 class BatchInfo:
-    keys: list[str]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    keys: list[str]  # the sample of each row
+    crops: Tensor  # (B, 5): the global crop of each row, x0 y0 x1 y1 in [0, 1] and a flip flag
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason) undecodable
+
+
+INFO_FIELDS = ("key", "skipped", "crop")
 
 
 def collate(items: list[dict[str, Any]]) -> tuple[Batch, BatchInfo]:
-    fields = [k for k in items[0] if k not in ("key", "skipped")]
+    fields = [k for k in items[0] if k not in INFO_FIELDS]
     batch = Batch(**{k: torch.stack([item[k] for item in items]) for k in fields})
     info = BatchInfo(
-        [item["key"] for item in items], [s for item in items for s in item["skipped"]]
+        [item["key"] for item in items],
+        torch.stack([item["crop"] for item in items]),
+        [s for item in items for s in item["skipped"]],
     )
     return batch, info
 

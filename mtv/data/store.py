@@ -37,6 +37,37 @@ CONVENTIONS = {
     "boxes": "xyxy normalised to [0, 1] of the original image",
 }
 STATUS_OK, STATUS_UNDECODABLE = 0, 1
+READ_ROWS = 16  # samples per Zarr chunk of the dense maps
+BOX_ROWS = 16384  # boxes per Zarr chunk of the flat box arrays
+
+
+class CachedArray:
+    """Row reads from a Zarr array through an LRU cache of decoded chunks: the fixed cost of a
+    Zarr read (~1 ms) is paid once per chunk, not once per sample."""
+
+    def __init__(self, array: zarr.Array, cached: int = 16):
+        self.array, self.rows, self.cached = array, array.chunks[0], cached
+        self._chunks: dict[int, np.ndarray] = {}
+
+    def _chunk(self, index: int) -> np.ndarray:
+        if index in self._chunks:
+            self._chunks[index] = self._chunks.pop(index)  # most recently used last
+        else:
+            if len(self._chunks) >= self.cached:
+                self._chunks.pop(next(iter(self._chunks)))
+            self._chunks[index] = self.array[index * self.rows : (index + 1) * self.rows]
+        return self._chunks[index]
+
+    def __getitem__(self, rows: int | slice) -> np.ndarray:
+        if isinstance(rows, int):
+            return self._chunk(rows // self.rows)[rows % self.rows]
+        start, stop = rows.start or 0, rows.stop
+        if stop <= start:
+            return self.array[start:start]  # an empty selection, with the right shape and type
+        first, last = start // self.rows, (stop - 1) // self.rows
+        parts = [self._chunk(c) for c in range(first, last + 1)]
+        joined = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return joined[start - first * self.rows : stop - first * self.rows]
 
 
 @dataclass
@@ -94,6 +125,7 @@ class LabelStore:
         self.index = {key: i for i, key in enumerate(self.keys)}
         self.chunk_size: int = self.attrs["chunk_size"]
         self._offsets: np.ndarray | None = None
+        self._readers: dict[str, CachedArray] = {}
 
     # ------------------------------------------------------------------ creation and opening
     @classmethod
@@ -114,11 +146,14 @@ class LabelStore:
         _strings(root, "keys", keys, 65536)
         root.create_array("status", shape=(n,), chunks=(chunk_size,), dtype="uint8", fill_value=0)
         n_chunks = max(1, -(-n // chunk_size))
+        # Zarr chunks of a few samples, so a random read decodes little; a labelling chunk
+        # spans whole Zarr chunks, so ranks writing different labelling chunks never share one.
+        storage_rows = READ_ROWS if chunk_size % READ_ROWS == 0 else chunk_size
         root.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
         if "depth" in kinds:
             spatial = {
                 "shape": (n, resolution, resolution),
-                "chunks": (chunk_size, resolution, resolution),
+                "chunks": (storage_rows, resolution, resolution),
             }
             root.create_array("depth", dtype="float16", fill_value=0.0, **spatial)
             root.create_array("depth_valid", dtype="bool", fill_value=False, **spatial)
@@ -209,15 +244,17 @@ class LabelStore:
                 names += [str(n) for n in part["names"][:]]
             group = self.root.require_group("boxes")
             flat = np.concatenate(values).astype(np.float32).reshape(-1, 4)
-            group.create_array(
-                "values", data=flat, chunks=(max(1, min(65536, len(flat))), 4), overwrite=True
-            )
+            rows = max(1, min(BOX_ROWS, len(flat)))
+            group.create_array("values", data=flat, chunks=(rows, 4), overwrite=True)
             offsets = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
             group.create_array("offsets", data=offsets, overwrite=True)
             group.create_array(
-                "scores", data=np.concatenate(scores).astype(np.float32), overwrite=True
+                "scores",
+                data=np.concatenate(scores).astype(np.float32),
+                chunks=(rows,),
+                overwrite=True,
             )
-            _strings(group, "names", names, 65536)
+            _strings(group, "names", names, rows)
         self.root.attrs["complete"] = True
         self.attrs["complete"] = True
 
@@ -232,10 +269,15 @@ class LabelStore:
         except KeyError:
             raise KeyError(f"no labels for key {key!r} in {self.path}") from None
 
+    def _reader(self, name: str) -> CachedArray:
+        if name not in self._readers:
+            self._readers[name] = CachedArray(self.root[name])
+        return self._readers[name]
+
     def depth(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(disparity (R, R) float32 in [0, 1], valid (R, R) bool) of one sample."""
         i = self._row(key)
-        return self.root["depth"][i].astype(np.float32), self.root["depth_valid"][i]
+        return self._reader("depth")[i].astype(np.float32), self._reader("depth_valid")[i]
 
     def boxes(self, key: str) -> BoxLabel:
         if not self.complete:
@@ -243,12 +285,11 @@ class LabelStore:
         i = self._row(key)
         if self._offsets is None:
             self._offsets = self.root["boxes/offsets"][:]
-        start, stop = int(self._offsets[i]), int(self._offsets[i + 1])
-        group = self.root["boxes"]
+        rows = slice(int(self._offsets[i]), int(self._offsets[i + 1]))
         return BoxLabel(
-            boxes=group["values"][start:stop],
-            names=[str(n) for n in group["names"][start:stop]],
-            scores=group["scores"][start:stop],
+            boxes=self._reader("boxes/values")[rows],
+            names=[str(n) for n in self._reader("boxes/names")[rows]],
+            scores=self._reader("boxes/scores")[rows],
         )
 
     def status(self, key: str) -> int:

@@ -6,7 +6,7 @@ context length (as SigLIP, whose text tower pools the last position).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -76,3 +76,26 @@ class TextTokenizer:
     def decode(self, ids: Tensor) -> str:
         keep = [int(i) for i in ids if int(i) not in (self.pad_id, self.eos_id)]
         return self.tokenizer.decode(keep).strip()
+
+
+def load_or_train_tokenizer(
+    path: str | Path,
+    captions: Callable[[], Iterable[str]],
+    vocab_size: int,
+    context_length: int,
+    lowercase: bool = True,
+) -> TextTokenizer:
+    """The tokenizer at `path`; when there is none yet, a BPE trained on `captions()` and saved
+    there (so every later run, and evaluation, tokenizes the same way)."""
+    path = Path(path)
+    if path.is_file():
+        tokenizer = TextTokenizer.from_file(path, context_length)
+    else:
+        tokenizer = TextTokenizer.train(captions(), vocab_size, context_length, lowercase)
+        tokenizer.save(path)
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(
+            f"tokenizer {path} has {tokenizer.vocab_size} tokens, more than the text tower's "
+            f"vocab_size {vocab_size}"
+        )
+    return tokenizer
