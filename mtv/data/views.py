@@ -102,12 +102,20 @@ def crop_image(image: Tensor, crop: Crop, size: int) -> Tensor:
     return out.flip(-1) if crop.flip else out
 
 
-def _sampling_grid(crop: Crop, size: int) -> Tensor:
+def _sampling_grid(crop: Crop, size: int, map_size: tuple[int, int]) -> Tensor:
+    """Where each output pixel samples the map. Positions are clamped to the centres of the
+    map pixels inside the crop, so the map is resampled as if it were cut out first, exactly as
+    the image is (no value from outside the crop leaks in at its border)."""
+    rows, cols = map_size
     centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    xs = crop.x0 + crop.width * centres
+    xs = (crop.x0 + crop.width * centres).clamp(
+        crop.x0 + 0.5 / cols, max(crop.x1 - 0.5 / cols, crop.x0 + 0.5 / cols)
+    )
     if crop.flip:
         xs = xs.flip(0)
-    ys = crop.y0 + crop.height * centres
+    ys = (crop.y0 + crop.height * centres).clamp(
+        crop.y0 + 0.5 / rows, max(crop.y1 - 0.5 / rows, crop.y0 + 0.5 / rows)
+    )
     grid = torch.stack(torch.meshgrid(2 * xs - 1, 2 * ys - 1, indexing="xy"), dim=-1)
     return grid[None]  # (1, size, size, 2), align_corners=False coordinates
 
@@ -115,7 +123,7 @@ def _sampling_grid(crop: Crop, size: int) -> Tensor:
 def crop_map(values: Tensor, valid: Tensor, crop: Crop, size: int) -> tuple[Tensor, Tensor]:
     """(R, R) map covering the whole original image -> (size, size) over the crop: bilinear for
     the values, and a pixel stays valid only if every map pixel it draws from is valid."""
-    grid = _sampling_grid(crop, size)
+    grid = _sampling_grid(crop, size, tuple(values.shape[-2:]))  # type: ignore[arg-type]
     filled = torch.where(valid, values, 0.0)[None, None].float()
     out = F.grid_sample(filled, grid, mode="bilinear", padding_mode="border", align_corners=False)
     weight = F.grid_sample(
