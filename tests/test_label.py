@@ -283,3 +283,45 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     a, b = store_arrays(tmp_path / "killed.zarr"), store_arrays(tmp_path / "whole.zarr")
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_torchrun_ranks_label_disjoint_chunks_into_the_same_store(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """`torchrun --nproc_per_node=2 mtv label` gives exactly the single-process store."""
+    text = (
+        f"source: {{kind: miniworld, root: {corpus}}}\noutput: OUTPUT\nresolution: 16\n"
+        "chunk_size: 4\nbatch_size: 4\nboxes: {kind: oracle, jitter: 0.05, false_rate: 0.5}\n"
+    )
+    (tmp_path / "two.yaml").write_text(text.replace("OUTPUT", str(tmp_path / "two.zarr")))
+    run_labelling(
+        job(
+            corpus,
+            tmp_path / "one.zarr",
+            chunk_size=4,
+            boxes={"kind": "oracle", "jitter": 0.05, "false_rate": 0.5},
+        )
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mtv_cli.main",
+        "label",
+        str(tmp_path / "two.yaml"),
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "labelled 20 images in 5 chunk(s)" in done.stdout  # each rank: half of 10 chunks
+    a, b = store_arrays(tmp_path / "one.zarr"), store_arrays(tmp_path / "two.zarr")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
