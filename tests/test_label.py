@@ -325,3 +325,24 @@ def test_torchrun_ranks_label_disjoint_chunks_into_the_same_store(
     a, b = store_arrays(tmp_path / "one.zarr"), store_arrays(tmp_path / "two.zarr")
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_tiny_transformers_experts_label_the_rendered_corpus(corpus: Path, tmp_path: Path) -> None:
+    """The Hugging Face experts, loaded from saved tiny checkpoints as users load real ones,
+    label the rendered corpus; the store passes `mtv label check`."""
+    from tests.tiny_hf import build_tiny_depth_anything, build_tiny_owlv2
+
+    spec = job(
+        corpus,
+        tmp_path / "hf.zarr",
+        depth={"kind": "depth_anything", "model": str(build_tiny_depth_anything(tmp_path / "d"))},
+        boxes={"kind": "owlv2", "model": str(build_tiny_owlv2(tmp_path / "o")), "threshold": 0.0},
+    )
+    store, stats = run_labelling(spec)
+    assert stats.images == 40 and check_store(store) == []
+    assert store.attrs["experts"]["depth"]["name"] == "depth_anything_v2"
+    assert store.attrs["experts"]["boxes"]["name"] == "owlv2"
+    names = {n for key in store.keys for n in store.boxes(key).names}
+    assert names and all(n for n in names)  # names come from the captions' noun phrases
+    result = runner.invoke(app, ["label", "check", str(tmp_path / "hf.zarr")])
+    assert result.exit_code == 0, result.output
