@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from mtv_cli.label import label_app
+from mtv_cli.run import run
 from mtv_cli.world import world_app
 from rich.console import Console
 from rich.markup import escape
@@ -29,6 +30,7 @@ spec_app = typer.Typer(help="Validate, show and describe experiment specs.", no_
 app.add_typer(spec_app, name="spec")
 app.add_typer(world_app, name="world")
 app.add_typer(label_app, name="label")
+app.command("run")(run)
 
 console = Console()
 errors = Console(stderr=True)

@@ -271,17 +271,21 @@ def build_stream(
     rank: int = 0,
     world: int = 1,
     keys: list[str] | None = None,
+    accumulate: int = 1,
 ) -> BatchStream:
-    """The rank's batch stream for an experiment: per-rank batch = global batch / world."""
-    if data.batch_size % world:
-        raise ValueError(f"data.batch_size {data.batch_size} is not divisible by {world} ranks")
+    """The rank's stream of micro-batches: global batch / (world x accumulate) samples each."""
+    if data.batch_size % (world * accumulate):
+        raise ValueError(
+            f"data.batch_size {data.batch_size} is not divisible by {world} rank(s) x "
+            f"{accumulate} accumulation step(s)"
+        )
     keys = list(keys if keys is not None else (store.keys if store is not None else source.keys()))
     seed = data.loader.seed
     dataset = KeyedDataset(source, keys, store, ViewBuilder(data, request, tokenizer), seed)
     workers = data.loader.workers
     loader = StatefulDataLoader(
         dataset,
-        batch_size=data.batch_size // world,
+        batch_size=data.batch_size // (world * accumulate),
         sampler=EpochSampler(len(keys), rank, world, seed),
         num_workers=workers,
         collate_fn=collate,

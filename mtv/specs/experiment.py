@@ -159,8 +159,20 @@ class RuntimeSpec(StrictModel):
         "bf16", description="autocast dtype; the depth head and every loss stay fp32"
     )
     compile: bool | Literal["auto"] = Field("auto", description="auto: on for CUDA, off on CPU")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        "inductor", description="torch.compile backend (aot_eager: tracing without codegen)"
+    )
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
     seed: int = 0
+    nonfinite_patience: int = Field(
+        3, gt=0, description="stop after this many consecutive steps with a non-finite loss"
+    )
+    grad_probe_every: int | None = Field(
+        None,
+        gt=0,
+        description="every N steps, record each task's gradient norm at the shared encoder and "
+        "the pairwise cosines between tasks' encoder gradients (costs one backward per task)",
+    )
 
 
 class EvalSpec(StrictModel):

@@ -1,0 +1,61 @@
+"""Checkpoints: atomic (written to a temporary folder, marked complete, then renamed), periodic,
+the last K kept; tensors and plain values only, read back with `weights_only=True` (no pickle of
+arbitrary objects)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MARKER = "COMPLETE"
+STATE = "state.pt"
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:08d}"
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
+    """Write `state` for `step`; a crash at any point leaves either the previous checkpoints
+    or this one complete, never a half-written one that `latest_checkpoint` would pick."""
+    final = checkpoint_dir(run_dir, step)
+    partial = final.with_name(final.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    with open(partial / STATE, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    (partial / MARKER).write_text(str(step))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    for old in complete_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old)
+    return final
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and (p / MARKER).is_file() and (p / STATE).is_file()
+    ]
+    return sorted(found, key=lambda p: int((p / MARKER).read_text()))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path / STATE, map_location="cpu", weights_only=True)

@@ -1,0 +1,36 @@
+"""Per-step metrics, kept in memory and written to Parquet (atomically) with polars."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+
+class MetricsLog:
+    """Rows of {step, name: value}; a resumed run drops the rows after its checkpoint, so the
+    file never holds two versions of a step."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def resume(self, last_step: int) -> None:
+        if self.path.is_file():
+            frame = pl.read_parquet(self.path).filter(pl.col("step") <= last_step)
+            self.rows = frame.to_dicts()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def frame(self) -> pl.DataFrame:
+        return pl.DataFrame(self.rows, infer_schema_length=None) if self.rows else pl.DataFrame()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        partial = self.path.with_suffix(".partial")
+        self.frame().write_parquet(partial)
+        os.replace(partial, self.path)

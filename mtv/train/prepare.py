@@ -1,0 +1,125 @@
+"""Everything a run reads besides the model: the source, the label store and the tokenizer.
+
+For the built-in mini-world, a missing corpus is rendered and labelled with the exact oracle on
+first use (then reused), so `mtv run` works on a fresh machine. Other sources must have been
+labelled with `mtv label` when their tasks need labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mtv.data import TarShardSource, open_source
+from mtv.data.store import LabelStore
+from mtv.label.pipeline import run_labelling
+from mtv.models.tokenizer import TextTokenizer, load_or_train_tokenizer
+from mtv.specs.experiment import ExperimentSpec, MiniWorldSourceSpec
+from mtv.specs.label import LabelSpec
+from mtv.world.corpus import WorldCorpus, render_corpus
+
+
+class DataPreparationError(RuntimeError):
+    """The run's data is missing or does not match the spec (the message says which field)."""
+
+
+@dataclass
+class RunData:
+    source: Any  # TarShardSource | FolderSource
+    store: LabelStore | None
+    tokenizer: TextTokenizer
+    root: Path  # where derived files (tokenizer) live
+
+
+Report = Callable[[str], None]
+
+
+def _mini_world(spec: MiniWorldSourceSpec, report: Report) -> WorldCorpus:
+    root = Path(spec.root)
+    views = spec.views_per_scene
+    wanted = {
+        "seed": spec.seed,
+        "size": spec.image_size,
+        "views": views,
+        "scenes": -(-spec.n_images // views),
+    }
+    try:
+        corpus = WorldCorpus.open(root)
+    except FileNotFoundError:
+        if root.exists() and any(root.iterdir()):
+            raise DataPreparationError(
+                f"data.source.root: {root} exists but holds no complete mini-world corpus; "
+                "remove it or point data.source.root elsewhere"
+            ) from None
+        report(f"rendering the mini-world into {root} ({wanted['scenes'] * views} images)")
+        return render_corpus(root, wanted["scenes"], spec.image_size, views, spec.seed)
+    have = {k: corpus.manifest[k] for k in wanted}
+    if have != wanted:
+        raise DataPreparationError(
+            f"data.source: the corpus at {root} was rendered with {have}, the spec asks for "
+            f"{wanted}; use another data.source.root or remove the old corpus"
+        )
+    return corpus
+
+
+def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = True) -> RunData:
+    """Source, labels and tokenizer for `spec`; renders/labels the mini-world when missing
+    (`is_main`: only one rank may create them; the others find them made)."""
+    needs_labels = bool({"boxes", "depth"} & set(spec.data.labels.kinds))
+    source_spec = spec.data.source
+    if isinstance(source_spec, MiniWorldSourceSpec):
+        # Only the main rank may render; the others run after it (see the trainer's barrier).
+        corpus = _mini_world(source_spec, report) if is_main else WorldCorpus.open(source_spec.root)
+        source: Any = TarShardSource(corpus.shards)
+        root = Path(source_spec.root)
+        store_path = Path(spec.data.labels.store or root / "labels.zarr")
+        if needs_labels and is_main and not _complete(store_path):
+            report(f"labelling the mini-world with the exact oracle into {store_path}")
+            labels = LabelSpec(
+                source=source_spec,
+                output=str(store_path),
+                resolution=source_spec.image_size,
+                depth={"kind": "oracle"} if "depth" in spec.data.labels.kinds else None,  # type: ignore[arg-type]
+                boxes={"kind": "oracle"} if "boxes" in spec.data.labels.kinds else None,  # type: ignore[arg-type]
+            )
+            run_labelling(labels)
+    else:
+        source = open_source(source_spec)
+        root = (
+            Path(spec.data.labels.store).parent
+            if spec.data.labels.store
+            else Path(spec.output.root)
+        )
+        store_path = Path(spec.data.labels.store) if spec.data.labels.store else None  # type: ignore[assignment]
+        if needs_labels and (store_path is None or not _complete(store_path)):
+            raise DataPreparationError(
+                f"data.labels.store: {store_path} is missing or incomplete; make it with "
+                "`mtv label` before training"
+            )
+    store = LabelStore.open(store_path) if needs_labels else None
+    if store is not None:
+        missing = [k for k in spec.data.labels.kinds if k not in store.attrs["kinds"]]
+        if missing:
+            raise DataPreparationError(
+                f"data.labels.kinds: the store {store_path} has {store.attrs['kinds']}, "
+                f"not {missing}"
+            )
+    text = spec.model.text
+    tokenizer_path = Path(spec.model.tokenizer.path or root / "tokenizer.json")
+    tokenizer = load_or_train_tokenizer(
+        tokenizer_path,
+        lambda: (s.caption for s in source),
+        text.vocab_size,
+        text.context_length,
+        spec.model.tokenizer.lowercase,
+    )
+    return RunData(source, store, tokenizer, root)
+
+
+def _complete(path: Path) -> bool:
+    try:
+        return LabelStore.open(path).complete
+    except (FileNotFoundError, ValueError):
+        return False

@@ -1,0 +1,382 @@
+"""`mtv run`: the training loop, readable top to bottom.
+
+One step: next micro-batch(es) -> (teacher targets, student losses) under autocast -> a guard
+against non-finite losses (named by task, step skipped) -> backward -> clip -> AdamW -> logit
+clamps and the EMA teacher -> metrics. Checkpoints hold everything a resume needs (model,
+teacher, optimiser, centers, RNG, loader position), so a resumed run repeats the same losses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import mtv
+from mtv.data.loader import build_stream
+from mtv.distributed import init_from_environment, is_distributed
+from mtv.graph import TaskGraph
+from mtv.specs.experiment import ExperimentSpec
+from mtv.specs.loading import spec_to_yaml
+from mtv.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mtv.train.diagnostics import gradient_probe
+from mtv.train.metrics import MetricsLog
+from mtv.train.prepare import RunData, prepare_data
+from mtv.train.schedule import lr_factor
+
+
+class TrainingError(RuntimeError):
+    """The run cannot start or continue (the message names the cause)."""
+
+
+class NonFiniteLoss(TrainingError):
+    """Too many consecutive steps had a non-finite loss."""
+
+
+# What a resume must not change: it would train another model or see other batches.
+RESUME_CRITICAL = ("tasks", "model", "data.batch_size", "data.source", "optim.accumulate")
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    steps: int
+    last: dict[str, float]
+    seconds: float
+
+
+Event = Callable[[dict[str, Any]], None]
+
+
+def _environment(device: torch.device, world: int) -> dict[str, Any]:
+    packages = {}
+    for name in ("torch", "numpy", "pydantic", "zarr", "polars", "torchdata", "transformers"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    )
+    return {
+        "mtv": mtv.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": platform.node(),
+        "device": str(device),
+        "device_name": device_name or platform.machine(),
+        "world_size": world,
+        "packages": packages,
+    }
+
+
+def _pick(value: str, rank: int) -> torch.device:
+    if value == "auto":
+        value = "cuda" if torch.cuda.is_available() else "cpu"
+    if value == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError("runtime.device: cuda was asked for, but no CUDA device is visible")
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _critical(spec: ExperimentSpec, world: int) -> dict[str, Any]:
+    data = spec.model_dump(mode="json")
+    out: dict[str, Any] = {"world_size": world}
+    for path in RESUME_CRITICAL:
+        node: Any = data
+        for part in path.split("."):
+            node = node[part]
+        out[path] = node
+    return out
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    return [
+        f"{key} (checkpoint: {json.dumps(saved.get(key))[:120]}, now: {json.dumps(value)[:120]})"
+        for key, value in current.items()
+        if saved.get(key) != value
+    ]
+
+
+def _barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+class Trainer:
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        run_dir: Path,
+        resume: bool = False,
+        report: Callable[[str], None] = print,
+        on_step: Event | None = None,
+    ):
+        self.spec, self.run_dir, self.report, self.on_step = spec, run_dir, report, on_step
+        self.rank, self.world = init_from_environment(
+            "nccl" if spec.runtime.distributed.backend == "nccl" else "gloo"
+        )
+        self.main = self.rank == 0
+        self.device = _pick(spec.runtime.device, self.rank)
+        self._prepare_run_dir(resume)
+        torch.manual_seed(spec.runtime.seed)  # the same initial weights on every rank
+        self.data = self._data()
+        self.graph = TaskGraph(spec).to(self.device)
+        trainable = [p for p in self.graph.student.parameters() if p.requires_grad]
+        self.params = trainable
+        optim = spec.optim
+        self.optimizer = torch.optim.AdamW(
+            trainable,
+            lr=optim.lr,
+            betas=optim.betas,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+        )
+        self._wrap()
+        self.stream = build_stream(
+            spec.data,
+            self.graph.plan.view_request(spec),
+            self.data.source,
+            self.data.store,
+            self.data.tokenizer,
+            self.rank,
+            self.world,
+            accumulate=optim.accumulate,
+        )
+        self.metrics = MetricsLog(run_dir / "metrics.parquet")
+        self.step = 0
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_run_dir(self, resume: bool) -> None:
+        existing = latest_checkpoint(self.run_dir)
+        if existing is not None and not resume:
+            raise TrainingError(
+                f"{self.run_dir} already holds a run (checkpoint {existing.name}); pass --resume "
+                "to continue it, or --out to start a new one elsewhere"
+            )
+        if resume and existing is None:
+            raise TrainingError(f"--resume: {self.run_dir} has no complete checkpoint to resume")
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "spec.yaml").write_text(spec_to_yaml(self.spec))
+            env = _environment(self.device, self.world)
+            (self.run_dir / "environment.json").write_text(json.dumps(env, indent=1))
+
+    def _data(self) -> RunData:
+        if self.main:
+            data = prepare_data(self.spec, self.report, is_main=True)
+        _barrier()
+        if not self.main:
+            data = prepare_data(self.spec, self.report, is_main=False)
+        return data
+
+    def _compiles(self) -> bool:
+        value = self.spec.runtime.compile
+        return self.device.type == "cuda" if value == "auto" else bool(value)
+
+    def _wrap(self) -> None:
+        backend = self.spec.runtime.compile_backend
+        compile_it = self._compiles()
+
+        def wrap_student(module: torch.nn.Module) -> torch.nn.Module:
+            if self.world > 1:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                # The frozen EMA teacher is not part of this module, and no parameter is idle
+                # (the graph freezes what no task reads), so no find_unused_parameters.
+                module = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+            return torch.compile(module, backend=backend) if compile_it else module
+
+        self.graph.wrap_student(wrap_student)
+        if compile_it:
+            self.graph.wrap_teacher(lambda fn: torch.compile(fn, backend=backend))
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.run_dir)
+        assert path is not None
+        state = load_checkpoint(path)
+        differences = _differences(state["critical"], _critical(self.spec, self.world))
+        if differences:
+            raise TrainingError(
+                "--resume: the spec differs from the checkpoint's in what matters: "
+                + "; ".join(differences)
+            )
+        self.graph.load_state_dict(state["graph"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stream.load_state_dict(state["loader"][self.rank])
+        torch.set_rng_state(state["rng"]["cpu"])
+        self.step = int(state["step"])
+        self.metrics.resume(self.step - 1)
+        self.report(f"resumed {self.run_dir} at step {self.step} from {path.name}")
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        loader_states: list[Any] = [self.stream.state_dict()]
+        if self.world > 1:
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, loader_states[0])
+            loader_states = gathered
+        if self.main:
+            state = {
+                "step": self.step,
+                "graph": self.graph.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "loader": loader_states,
+                "rng": {"cpu": torch.get_rng_state()},
+                "critical": _critical(self.spec, self.world),
+            }
+            save_checkpoint(self.run_dir, self.step, state, self.spec.output.keep_last)
+            self.metrics.flush()
+        _barrier()
+
+    # ------------------------------------------------------------------ the step
+    def _autocast(self) -> Any:
+        if self.spec.runtime.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def train_step(self) -> dict[str, Any]:
+        spec = self.spec
+        lr = spec.optim.lr * lr_factor(spec.schedule, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        accumulate = spec.optim.accumulate
+        waited = time.perf_counter()
+        wait_seconds, images = 0.0, 0
+        losses: dict[str, torch.Tensor] = {}
+        report: dict[str, torch.Tensor] = {}
+        bad: list[str] = []
+        probe: dict[str, float] = {}
+        for micro in range(accumulate):
+            start = time.perf_counter()
+            batch, _ = next(self.stream)
+            batch = batch.to(self.device, non_blocking=True)
+            wait_seconds += time.perf_counter() - start
+            images += batch.size * self.world
+            with self._autocast():
+                out = self.graph.step(batch, self.step)
+            values = torch.stack([v.detach().float() for v in out.losses.values()])
+            finite = torch.isfinite(values)
+            if self.world > 1:  # every rank must agree to skip, or DDP would hang
+                flags = finite.float()
+                dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+                finite = flags > 0
+            if not bool(finite.all()):
+                bad = [k for k, ok in zip(out.losses, finite.tolist(), strict=True) if not ok]
+                break
+            if (
+                micro == 0
+                and spec.runtime.grad_probe_every
+                and self.step % spec.runtime.grad_probe_every == 0
+            ):
+                probe = gradient_probe(
+                    self.graph.student.encoder, out.losses, self.graph.plan.weights
+                )
+            sync = (
+                self.graph._student_call.no_sync()  # type: ignore[union-attr]
+                if self.world > 1 and micro < accumulate - 1
+                else nullcontext()
+            )
+            with sync:
+                (out.total / accumulate).backward()
+            for name, value in out.losses.items():
+                losses[name] = losses.get(name, 0) + value.detach() / accumulate
+            report = out.report
+        row: dict[str, Any] = {"step": self.step, "lr": lr}
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            row.update({"skipped": True, "nonfinite": ",".join(bad)})
+            return row
+        clip = spec.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.params, clip if clip is not None else math.inf
+        )
+        self.optimizer.step()
+        self.graph.after_optimizer_step()
+        elapsed = time.perf_counter() - waited
+        total = sum(self.graph.plan.weights[k] * v for k, v in losses.items())
+        row.update(
+            {
+                "skipped": False,
+                "nonfinite": "",
+                "loss": float(total),
+                **{f"loss/{k}": float(v) for k, v in losses.items()},
+                **{k: float(v) for k, v in report.items()},
+                "grad_norm": float(grad_norm),
+                "images_per_s": images / max(elapsed, 1e-9),
+                "data_wait_fraction": wait_seconds / max(elapsed, 1e-9),
+                **probe,
+            }
+        )
+        return row
+
+    # ------------------------------------------------------------------ the loop
+    def _check_collapse(self, row: dict[str, Any]) -> None:
+        for kind in ("distill", "masked"):
+            entropy = row.get(f"{kind}/teacher_entropy")
+            if entropy is None or self.step % 50:
+                continue
+            task = next(t for t in self.spec.tasks if t.kind == kind)
+            uniform = math.log(task.n_prototypes)  # type: ignore[attr-defined]
+            if entropy > 0.98 * uniform:
+                self.report(
+                    f"warning: step {self.step}: {kind} teacher entropy {entropy:.3f} is near "
+                    f"ln K = {uniform:.3f} (uniform collapse)"
+                )
+            elif entropy < 0.05:
+                self.report(
+                    f"warning: step {self.step}: {kind} teacher entropy {entropy:.4f} is near 0 "
+                    "(one-hot collapse)"
+                )
+
+    def run(self) -> RunSummary:
+        spec = self.spec
+        started = time.perf_counter()
+        streak, last = 0, {}
+        while self.step < spec.schedule.steps:
+            row = self.train_step()
+            if row["skipped"]:
+                streak += 1
+                self.report(
+                    f"step {self.step}: non-finite loss in {row['nonfinite']}; step skipped "
+                    f"({streak}/{spec.runtime.nonfinite_patience})"
+                )
+                if streak >= spec.runtime.nonfinite_patience:
+                    self.metrics.add(row)
+                    if self.main:
+                        self.metrics.flush()
+                    raise NonFiniteLoss(
+                        f"{streak} consecutive steps with a non-finite loss (last in "
+                        f"{row['nonfinite']}, step {self.step}); stopping"
+                    )
+            else:
+                streak = 0
+                last = {k: v for k, v in row.items() if k.startswith("loss")}
+                self._check_collapse(row)
+            self.metrics.add(row)
+            self.step += 1
+            if self.on_step is not None and self.main:
+                self.on_step(row)
+            if self.step % spec.output.checkpoint_every == 0 or self.step == spec.schedule.steps:
+                self.save()
+        if self.main:
+            self.metrics.flush()
+        return RunSummary(self.run_dir, self.step, last, time.perf_counter() - started)
+
+
+def default_run_dir(spec: ExperimentSpec) -> Path:
+    return Path(spec.output.root) / spec.name
