@@ -91,11 +91,11 @@ def run(
     view = _View(spec.schedule.steps, spec.output.log_every)
 
     def report(message: str) -> None:
-        console.print(escape(message), highlight=False)
+        console.print(escape(message), highlight=False, soft_wrap=True)
 
     try:
         trainer = Trainer(spec, run_dir, resume=resume, report=report, on_step=view)
-        console.print(f"run directory: {escape(str(run_dir))}", highlight=False)
+        console.print(f"run directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
         if view.live is not None:
             with view.live:
                 summary = trainer.run()
@@ -111,4 +111,5 @@ def run(
         f"run directory: {escape(str(summary.run_dir))}\n"
         f"metrics: {escape(str(summary.run_dir / 'metrics.parquet'))}",
         highlight=False,
+        soft_wrap=True,
     )

@@ -26,7 +26,7 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
     trace under torch.compile without graph breaks."""
     if not is_distributed():
         return x
-    return funcol.all_gather_tensor_autograd(x.contiguous(), 0, dist.group.WORLD)
+    return funcol.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
 
 
 def all_gather_no_grad(x: Tensor) -> Tensor:

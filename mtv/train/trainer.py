@@ -197,7 +197,7 @@ class Trainer:
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 # The frozen EMA teacher is not part of this module, and no parameter is idle
                 # (the graph freezes what no task reads), so no find_unused_parameters.
-                module = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+                module = DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
             return torch.compile(module, backend=backend) if compile_it else module
 
         self.graph.wrap_student(wrap_student)

@@ -1,0 +1,224 @@
+"""`mtv run`: a smoke run through the CLI, exact resume after kill -9, DDP equals one process,
+compiled equals eager, planted NaNs named and skipped, incompatible resumes refused."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from mtv_cli.main import app
+from typer.testing import CliRunner
+
+from mtv.specs import load_spec
+from mtv.train import NonFiniteLoss, Trainer, TrainingError, latest_checkpoint
+from mtv.world.corpus import render_corpus
+from tests import train_workers
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The smoke experiment's mini-world, rendered once (labels are made by the first run)."""
+    spec = load_spec(SMOKE)
+    root = tmp_path_factory.mktemp("train") / "mini"
+    render_corpus(root, spec.data.source.n_images, size=spec.data.source.image_size, seed=0)
+    return str(root)
+
+
+def smoke(corpus: str, *extra: str):  # type: ignore[no-untyped-def]
+    return load_spec(SMOKE, [f"data.source.root={corpus}", "data.loader.workers=0", *extra])
+
+
+def test_smoke_run_through_the_cli(tmp_path: Path) -> None:
+    """From nothing: renders and labels the mini-world, trains, writes the run directory."""
+    data, out = tmp_path / "mini", tmp_path / "run"
+    result = runner.invoke(
+        app, ["run", str(SMOKE), "--set", f"data.source.root={data}", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "finished 5 steps" in result.output and str(out / "metrics.parquet") in result.output
+    assert (data / "world.json").is_file() and (data / "labels.zarr").is_dir()
+    metrics = pl.read_parquet(out / "metrics.parquet")
+    assert metrics["step"].to_list() == [0, 1, 2, 3, 4]
+    for column in (
+        "loss",
+        "lr",
+        "grad_norm",
+        "images_per_s",
+        "data_wait_fraction",
+        "loss/vl",
+        "loss/depth",
+        "distill/teacher_entropy",
+    ):
+        assert column in metrics.columns and metrics[column].is_finite().all()
+    assert (out / "spec.yaml").is_file() and (out / "environment.json").is_file()
+    assert latest_checkpoint(out).name == "step-00000005"
+    again = runner.invoke(
+        app, ["run", str(SMOKE), "--set", f"data.source.root={data}", "--out", str(out)]
+    )
+    assert again.exit_code == 2 and "--resume" in again.output  # nothing overwritten
+
+
+def test_kill_9_then_resume_repeats_the_same_losses(corpus: str, tmp_path: Path) -> None:
+    sets = [
+        f"data.source.root={corpus}",
+        "schedule.steps=12",
+        "output.checkpoint_every=3",
+        "data.loader.workers=0",
+        "runtime.precision=fp32",
+    ]
+    base = [sys.executable, "-c", "from mtv_cli.main import app; app()", "run", str(SMOKE)]
+    for s in sets:
+        base += ["--set", s]
+    whole = subprocess.run(
+        [*base, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600
+    )
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    killed = subprocess.Popen(
+        [*base, "--out", str(tmp_path / "killed")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and killed.poll() is None:
+        found = latest_checkpoint(tmp_path / "killed")
+        if found is not None and found.name >= "step-00000006":
+            break
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = subprocess.run(
+        [*base, "--out", str(tmp_path / "killed"), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed" in resumed.stdout
+    a = pl.read_parquet(tmp_path / "whole" / "metrics.parquet")
+    b = pl.read_parquet(tmp_path / "killed" / "metrics.parquet")
+    assert a["step"].to_list() == b["step"].to_list() == list(range(12))
+    for column in [c for c in a.columns if c.startswith("loss")]:
+        assert (a[column] - b[column]).abs().max() <= 1e-6, column
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_equal_one_process_on_the_same_global_batch(
+    corpus: str, tmp_path: Path
+) -> None:
+    Trainer(smoke(corpus, "schedule.steps=1"), tmp_path / "prep", report=lambda m: None)  # labels
+    single = train_workers.first_step(corpus, str(tmp_path / "one"))
+    context = mp.get_context("spawn")
+    port = _free_port()
+    procs = [
+        context.Process(
+            target=train_workers.worker,
+            args=(r, 2, corpus, str(tmp_path / "two"), port, str(tmp_path)),
+        )
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+        assert p.exitcode == 0
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for name in ("loss/vl", "loss/distill", "loss/masked", "loss/depth"):
+        mean = sum(r["row"][name] for r in ranks) / 2
+        assert mean == pytest.approx(single["row"][name], rel=1e-5, abs=1e-6), name
+    assert ranks[0]["row"]["loss/vl"] != ranks[1]["row"]["loss/vl"]
+    # fp32 sums in another order (other batch shapes, threads) round differently; where a
+    # gradient is a near-cancellation (e.g. the depth output bias: the SSI loss ignores shifts)
+    # that rounding shows, so the tolerance is relative to the largest gradient.
+    scale = max(float(g.abs().max()) for g in single["grads"].values())
+    for name, grad in single["grads"].items():
+        for r in ranks:
+            torch.testing.assert_close(
+                r["grads"][name],
+                grad,
+                atol=1e-4 * scale,
+                rtol=1e-3,
+                msg=lambda m, n=name: f"{n}: {m}",
+            )
+
+
+def test_compiled_and_eager_steps_agree(corpus: str, tmp_path: Path) -> None:
+    rows = {}
+    for mode in ("false", "true"):
+        spec = smoke(
+            corpus,
+            "schedule.steps=2",
+            f"runtime.compile={mode}",
+            "runtime.compile_backend=aot_eager",
+            "runtime.precision=fp32",
+        )
+        trainer = Trainer(spec, tmp_path / mode, report=lambda m: None)
+        rows[mode] = []
+        for _ in range(2):
+            rows[mode].append(trainer.train_step())
+            trainer.step += 1
+    for eager, compiled in zip(rows["false"], rows["true"], strict=True):
+        for key in [k for k in eager if k.startswith("loss")]:
+            assert compiled[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-5), key
+
+
+def test_planted_nan_is_named_skipped_and_stops_the_run(corpus: str, tmp_path: Path) -> None:
+    spec = smoke(corpus, "schedule.steps=10", "runtime.nonfinite_patience=2")
+    messages: list[str] = []
+    trainer = Trainer(spec, tmp_path / "run", report=messages.append)
+    depth = trainer.graph.student.tasks["depth"]
+    original = depth.forward
+
+    def poisoned(inputs):  # type: ignore[no-untyped-def]
+        out = original(inputs)
+        if trainer.step >= 2:
+            out.loss = out.loss * torch.nan
+        return out
+
+    depth.forward = poisoned  # type: ignore[method-assign]
+    before = [p.detach().clone() for p in trainer.params]
+    with pytest.raises(NonFiniteLoss, match="depth"):
+        trainer.run()
+    assert any("step 2: non-finite loss in depth; step skipped" in m for m in messages)
+    assert trainer.step == 3  # steps 2 and 3 were bad; the run stopped at the second
+    rows = trainer.metrics.rows
+    assert [r["skipped"] for r in rows] == [False, False, True, True]
+    # skipped steps left the weights as they were after step 1: compare with a clean run of
+    # the same spec stopped after two steps
+    reference = Trainer(spec, tmp_path / "ref", report=lambda m: None)
+    for _ in range(2):
+        reference.train_step()
+        reference.step += 1
+    for p, q in zip(trainer.params, reference.params, strict=True):
+        torch.testing.assert_close(p, q)
+    assert any(not torch.equal(p, b) for p, b in zip(trainer.params, before, strict=True))
+
+
+def test_a_resume_with_another_task_list_is_refused(corpus: str, tmp_path: Path) -> None:
+    Trainer(smoke(corpus, "schedule.steps=2"), tmp_path / "run", report=lambda m: None).run()
+    changed = smoke(corpus, "schedule.steps=4", "tasks=[vl, distill, masked, koleo, depth]")
+    with pytest.raises(TrainingError, match=r"--resume: the spec differs .*tasks"):
+        Trainer(changed, tmp_path / "run", resume=True, report=lambda m: None)
+    # a longer schedule is not a difference that matters: it resumes
+    longer = Trainer(
+        smoke(corpus, "schedule.steps=4"), tmp_path / "run", resume=True, report=lambda m: None
+    )
+    assert longer.step == 2
+    assert longer.run().steps == 4
