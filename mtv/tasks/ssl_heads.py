@@ -87,7 +87,7 @@ def distillation_cross_entropy(
 
 def entropy(probs: Tensor) -> Tensor:
     """Mean entropy of rows of probabilities (nats); ln K = uniform collapse, 0 = one-hot."""
-    return -(probs * probs.clamp(min=1e-12).log()).sum(-1).mean()
+    return torch.special.entr(probs).sum(-1).mean()
 
 
 class SelfDistillationTask(Task):
