@@ -222,3 +222,18 @@ def test_a_resume_with_another_task_list_is_refused(corpus: str, tmp_path: Path)
     )
     assert longer.step == 2
     assert longer.run().steps == 4
+
+
+def test_gradient_probe_records_task_norms_and_cosines(corpus: str, tmp_path: Path) -> None:
+    spec = smoke(corpus, "schedule.steps=2", "runtime.grad_probe_every=2")
+    trainer = Trainer(spec, tmp_path / "run", report=lambda m: None)
+    trainer.run()
+    rows = trainer.metrics.rows
+    kinds = [t.kind for t in spec.tasks]
+    probed = rows[0]
+    for kind in kinds:
+        assert probed[f"grad_norm/{kind}"] > 0
+    cosines = [v for k, v in probed.items() if k.startswith("grad_cos/")]
+    assert len(cosines) == len(kinds) * (len(kinds) - 1) // 2
+    assert all(-1.0 <= c <= 1.0 for c in cosines)
+    assert not any(k.startswith("grad_cos/") for k in rows[1])  # step 1 is not probed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ from mtv.models.tokenizer import TextTokenizer
 from mtv.specs.experiment import DataSpec
 
 log = logging.getLogger("mtv.data")
+# torchdata 0.11 calls an API that torch 2.13 deprecates; the warning means nothing to our users.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 MAX_SUBSTITUTES = 16  # consecutive undecodable samples tolerated before giving up
 
 
