@@ -237,3 +237,39 @@ def test_gradient_probe_records_task_norms_and_cosines(corpus: str, tmp_path: Pa
     assert len(cosines) == len(kinds) * (len(kinds) - 1) // 2
     assert all(-1.0 <= c <= 1.0 for c in cosines)
     assert not any(k.startswith("grad_cos/") for k in rows[1])  # step 1 is not probed
+
+
+def test_accumulation_gives_the_full_batch_gradient(corpus: str, tmp_path: Path) -> None:
+    """Two micro-batches of 4 = one batch of 8, for a loss that is a mean over images (depth;
+    contrastive and centred losses see other negatives / centers per micro-batch by design)."""
+    grads = {}
+    for accumulate in (1, 2):
+        spec = smoke(
+            corpus,
+            "tasks=[depth]",
+            f"optim.accumulate={accumulate}",
+            "optim.grad_clip=null",
+            "runtime.precision=fp32",
+            "schedule.steps=1",
+        )
+        trainer = Trainer(spec, tmp_path / f"a{accumulate}", report=lambda m: None)
+        trainer.train_step()
+        grads[accumulate] = {
+            n: p.grad.clone()
+            for n, p in trainer.graph.student.named_parameters()
+            if p.grad is not None
+        }
+    scale = max(float(g.abs().max()) for g in grads[1].values())
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grads[2][name], grad, atol=1e-4 * scale, rtol=1e-3)
+
+
+def test_collapse_is_reported(corpus: str, tmp_path: Path) -> None:
+    messages: list[str] = []
+    trainer = Trainer(smoke(corpus, "schedule.steps=1"), tmp_path / "run", report=messages.append)
+    trainer._check_collapse({"distill/teacher_entropy": 5.54, "masked/teacher_entropy": 0.001})
+    assert any(
+        "distill teacher entropy 5.540 is near ln K = 5.545 (uniform collapse)" in m
+        for m in messages
+    )
+    assert any("masked teacher entropy 0.0010 is near 0 (one-hot collapse)" in m for m in messages)
