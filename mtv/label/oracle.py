@@ -25,6 +25,10 @@ def key_rng(seed: int, key: str, salt: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(digest, "little")])
 
 
+def _open_truth(groundtruth: str | Path | GroundTruth) -> GroundTruth:
+    return groundtruth if isinstance(groundtruth, GroundTruth) else GroundTruth(groundtruth)
+
+
 def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = max(1, int(3 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
@@ -47,9 +51,7 @@ class OracleDepth(DepthExpert):
         warp: float = 0.0,
         seed: int = 0,
     ):
-        self.truth = (
-            groundtruth if isinstance(groundtruth, GroundTruth) else GroundTruth(groundtruth)
-        )
+        self.truth = _open_truth(groundtruth)
         self.blur_sigma, self.noise, self.warp, self.seed = blur_sigma, noise, warp, seed
 
     def info(self) -> ExpertInfo:
@@ -104,9 +106,7 @@ class OracleBoxes(BoxExpert):
         wrong_name_rate: float = 0.0,
         seed: int = 0,
     ):
-        self.truth = (
-            groundtruth if isinstance(groundtruth, GroundTruth) else GroundTruth(groundtruth)
-        )
+        self.truth = _open_truth(groundtruth)
         self.jitter, self.miss_rate = jitter, miss_rate
         self.false_rate, self.wrong_name_rate, self.seed = false_rate, wrong_name_rate, seed
 
