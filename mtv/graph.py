@@ -10,6 +10,7 @@ once over every text any task needs, and hands the shared results to every task.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -349,6 +350,11 @@ class TaskGraph:
     def wrap_student(self, wrapper: Callable[[StudentModel], nn.Module]) -> None:
         """Run the student through `wrapper(student)` (DDP, torch.compile) from now on."""
         self._student_call = wrapper(self.student)
+
+    def no_sync(self) -> AbstractContextManager[Any]:
+        """DDP's no_sync when the student is wrapped in DDP (for accumulation), else nothing."""
+        no_sync = getattr(self._student_call, "no_sync", None)
+        return no_sync() if no_sync is not None else nullcontext()
 
     def wrap_teacher(self, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
         """Run the teacher pass through `wrapper(fn)` (e.g. torch.compile) from now on."""

@@ -286,12 +286,8 @@ class Trainer:
                 probe = gradient_probe(
                     self.graph.student.encoder, out.losses, self.graph.plan.weights
                 )
-            sync = (
-                self.graph._student_call.no_sync()  # type: ignore[union-attr]
-                if self.world > 1 and micro < accumulate - 1
-                else nullcontext()
-            )
-            with sync:
+            # Gradients are all-reduced once, after the last micro-batch.
+            with self.graph.no_sync() if micro < accumulate - 1 else nullcontext():
                 (out.total / accumulate).backward()
             for name, value in out.losses.items():
                 losses[name] = losses.get(name, 0) + value.detach() / accumulate
