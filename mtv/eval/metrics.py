@@ -1,0 +1,97 @@
+"""Metrics of the evaluation protocols, as pure functions of features, predictions and labels.
+
+Every function takes plain tensors, so each is tested on planted answers independently of any
+model: class-encoding features must give ~100% zero-shot accuracy and R@1, random ones chance.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def zero_shot_accuracy(
+    image: Tensor, class_text: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
+    """Top-k accuracy of classifying images (N, D) by cosine similarity to one text embedding
+    per class (C, D) (prompt-averaged by the caller)."""
+    scores = F.normalize(image.float(), dim=-1) @ F.normalize(class_text.float(), dim=-1).T
+    ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hits = ranked == labels[:, None]
+    return {f"top{k}": float(hits[:, :k].any(dim=1).float().mean()) for k in ks}
+
+
+def retrieval_recall(
+    image: Tensor, text: Tensor, text_image: Tensor, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
+    """Image-to-text and text-to-image recall@k. `text_image` (T,) gives the image index of each
+    text (COCO has 5 captions an image): an image query is right if any of its texts ranks in
+    the top k; a text query if its image does."""
+    scores = F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T  # (N, T)
+    out = {}
+    k_max = max(ks)
+    top_texts = scores.topk(min(k_max, scores.shape[1]), dim=1).indices  # (N, k)
+    match = text_image[top_texts] == torch.arange(image.shape[0])[:, None]
+    top_images = scores.T.topk(min(k_max, scores.shape[0]), dim=1).indices  # (T, k)
+    found = top_images == text_image[:, None]
+    for k in ks:
+        out[f"i2t_r{k}"] = float(match[:, :k].any(dim=1).float().mean())
+        out[f"t2i_r{k}"] = float(found[:, :k].any(dim=1).float().mean())
+    return out
+
+
+def mean_iou(prediction: Tensor, target: Tensor, n_classes: int, ignore_index: int = -1) -> float:
+    """Mean intersection-over-union over the classes present in target or prediction."""
+    keep = target != ignore_index
+    pred, true = prediction[keep].long(), target[keep].long()
+    confusion = torch.bincount(true * n_classes + pred, minlength=n_classes**2).reshape(
+        n_classes, n_classes
+    )
+    intersection = confusion.diag().float()
+    union = confusion.sum(0).float() + confusion.sum(1).float() - intersection
+    present = union > 0
+    return float((intersection[present] / union[present]).mean())
+
+
+def depth_errors(prediction: Tensor, target: Tensor, valid: Tensor) -> dict[str, float]:
+    """RMSE and AbsRel over valid pixels (metric depth, as the probe predicts)."""
+    p, t = prediction[valid].float(), target[valid].float()
+    return {
+        "rmse": float(((p - t) ** 2).mean().sqrt()),
+        "absrel": float(((p - t).abs() / t.clamp(min=1e-6)).mean()),
+    }
+
+
+def relative_depth_errors(disparity: Tensor, depth: Tensor, valid: Tensor) -> dict[str, float]:
+    """Zero-shot relative depth (paper appendix B): per image, the predicted disparity is
+    aligned to the true disparity by least-squares scale and shift, turned into depth, and
+    scored by AbsRel and delta1 (share of pixels with max(p/t, t/p) < 1.25)."""
+    absrel, delta1 = [], []
+    for pred, true, mask in zip(disparity.float(), depth.float(), valid, strict=True):
+        x, y = pred[mask], 1.0 / true[mask].clamp(min=1e-6)
+        design = torch.stack([x, torch.ones_like(x)], dim=1)
+        scale, shift = torch.linalg.lstsq(design, y[:, None]).solution.flatten()
+        aligned = (scale * x + shift).clamp(min=1e-6)
+        pred_depth, true_depth = 1.0 / aligned, true[mask]
+        absrel.append(((pred_depth - true_depth).abs() / true_depth).mean())
+        ratio = torch.maximum(pred_depth / true_depth, true_depth / pred_depth)
+        delta1.append((ratio < 1.25).float().mean())
+    return {
+        "absrel": float(torch.stack(absrel).mean()),
+        "delta1": float(torch.stack(delta1).mean()),
+    }
+
+
+def correspondence_recall(
+    source: Tensor, target: Tensor, target_xy: Tensor, thresholds: tuple[float, ...]
+) -> dict[str, float]:
+    """Nearest-neighbour matching of query features `source` (Q, D) into a dense target map
+    `target` (H, W, D); recall = share of queries whose match lands within each pixel
+    threshold of the true location `target_xy` (Q, 2) in (x, y) pixels."""
+    _, width, dim = target.shape
+    flat = F.normalize(target.reshape(-1, dim).float(), dim=-1)
+    best = (F.normalize(source.float(), dim=-1) @ flat.T).argmax(dim=1)
+    found = torch.stack([best % width, best // width], dim=1).float() + 0.5
+    error = (found - target_xy.float()).norm(dim=1)
+    return {f"recall@{t:g}px": float((error <= t).float().mean()) for t in thresholds}

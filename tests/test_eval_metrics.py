@@ -1,0 +1,110 @@
+"""Evaluation metrics and probes on planted answers: right features score ~100%, random ones
+score chance, a perfect segmentation scores mIoU 1, the depth probe recovers a planted signal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtv.eval.metrics import (
+    correspondence_recall,
+    depth_errors,
+    mean_iou,
+    relative_depth_errors,
+    retrieval_recall,
+    zero_shot_accuracy,
+)
+from mtv.eval.probes import DepthBinProbe, SegmentationProbe
+
+g = torch.Generator().manual_seed(0)
+
+
+def class_features(
+    labels: torch.Tensor, n_classes: int, dim: int = 64, noise: float = 0.1
+) -> torch.Tensor:
+    prototypes = torch.randn(n_classes, dim, generator=g)
+    return prototypes[labels] + noise * torch.randn(len(labels), dim, generator=g), prototypes
+
+
+def test_zero_shot_on_planted_and_random_features() -> None:
+    labels = torch.randint(0, 20, (500,), generator=g)
+    images, prototypes = class_features(labels, 20)
+    right = zero_shot_accuracy(images, prototypes, labels)
+    assert right["top1"] > 0.99 and right["top5"] == 1.0
+    random = zero_shot_accuracy(torch.randn(500, 64, generator=g), prototypes, labels)
+    assert abs(random["top1"] - 1 / 20) < 0.04 and abs(random["top5"] - 5 / 20) < 0.08
+
+
+def test_retrieval_on_planted_and_random_features() -> None:
+    n = 200
+    images = torch.randn(n, 32, generator=g)
+    text_image = torch.arange(n).repeat_interleave(2)  # two captions per image
+    texts = images[text_image] + 0.05 * torch.randn(2 * n, 32, generator=g)
+    right = retrieval_recall(images, texts, text_image)
+    assert right["i2t_r1"] > 0.99 and right["t2i_r1"] > 0.99
+    random = retrieval_recall(images, torch.randn(2 * n, 32, generator=g), text_image)
+    assert random["t2i_r1"] < 0.03 and random["i2t_r1"] < 0.04  # chance: 1/200 and 2/400
+
+
+def test_miou() -> None:
+    target = torch.randint(0, 5, (4, 16, 16), generator=g)
+    assert mean_iou(target, target, 5) == 1.0
+    shifted = (target + 1) % 5
+    assert mean_iou(shifted, target, 5) == 0.0
+    half = target.clone()
+    half[:, :8] = (half[:, :8] + 1) % 5
+    assert 0.2 < mean_iou(half, target, 5) < 0.5
+
+
+def test_depth_errors_and_relative_alignment() -> None:
+    depth = torch.rand(3, 8, 8, generator=g) * 4 + 1
+    valid = torch.ones_like(depth, dtype=torch.bool)
+    assert depth_errors(depth, depth, valid) == {"rmse": 0.0, "absrel": 0.0}
+    # any positive affine map of the true disparity is a perfect relative prediction
+    disparity = 3.0 / depth + 0.5
+    exact = relative_depth_errors(disparity, depth, valid)
+    assert exact["absrel"] < 1e-4 and exact["delta1"] == 1.0
+    wrong = relative_depth_errors(torch.rand(3, 8, 8, generator=g), depth, valid)
+    assert wrong["absrel"] > 0.1
+
+
+def test_correspondence_recall() -> None:
+    target = torch.randn(8, 8, 16, generator=g)
+    ys, xs = torch.randint(0, 8, (30,), generator=g), torch.randint(0, 8, (30,), generator=g)
+    source = target[ys, xs]
+    truth = torch.stack([xs, ys], dim=1).float() + 0.5
+    assert correspondence_recall(source, target, truth, (0.5, 2))["recall@0.5px"] == 1.0
+    shifted = correspondence_recall(source, target, truth + torch.tensor([3.0, 0.0]), (1, 4))
+    assert shifted["recall@1px"] == 0.0 and shifted["recall@4px"] == 1.0
+
+
+def test_depth_probe_recovers_a_planted_linear_signal() -> None:
+    """Patch features carry depth linearly (plus noise): the 256-bin probe reads it back."""
+    images, patches, dim = 64, 16, 24
+    depth = torch.rand(images, patches, generator=g) * 8 + 1
+    direction = torch.randn(dim, generator=g)
+    features = depth[..., None] * direction + 0.05 * torch.randn(images, patches, dim, generator=g)
+    pooled = features.mean(1)
+    valid = torch.ones_like(depth, dtype=torch.bool)
+    probe = DepthBinProbe(dim, 1.0, 9.0).fit(pooled, features, depth, valid, steps=600, lr=5e-2)
+    predicted = probe.predict(pooled, features)
+    errors = depth_errors(predicted, depth, valid)
+    assert errors["rmse"] < 0.6  # depth spans 8 units (std 2.3)
+    assert torch.corrcoef(torch.stack([predicted.flatten(), depth.flatten()]))[0, 1] > 0.97
+    untrained = DepthBinProbe(dim, 1.0, 9.0)
+    assert depth_errors(untrained.predict(pooled, features), depth, valid)["rmse"] > 1.5
+
+
+def test_segmentation_probe_learns_planted_classes() -> None:
+    labels = torch.randint(0, 4, (32, 16), generator=g)
+    features, _ = class_features(labels.flatten(), 4, dim=16, noise=0.2)
+    features = features.reshape(32, 16, 16)
+    probe = SegmentationProbe(16, 4).fit(features, labels, steps=200)
+    assert mean_iou(probe.predict(features), labels, 4) > 0.95
+
+
+@pytest.mark.parametrize("ks", [(1,), (1, 5)])
+def test_metric_keys(ks: tuple[int, ...]) -> None:
+    labels = torch.arange(6)
+    images, prototypes = class_features(labels, 6)
+    assert set(zero_shot_accuracy(images, prototypes, labels, ks)) == {f"top{k}" for k in ks}
