@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from mtv_cli.evaluate import evaluate, synergy
 from mtv_cli.label import label_app
 from mtv_cli.run import run
 from mtv_cli.world import world_app
@@ -31,6 +32,8 @@ app.add_typer(spec_app, name="spec")
 app.add_typer(world_app, name="world")
 app.add_typer(label_app, name="label")
 app.command("run")(run)
+app.command("eval")(evaluate)
+app.command("synergy")(synergy)
 
 console = Console()
 errors = Console(stderr=True)

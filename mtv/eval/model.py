@@ -1,0 +1,92 @@
+"""A trained run, frozen for evaluation: its encoder, text tower, tokenizer and depth head, in
+`eval()` mode under `no_grad`, fed exactly as in training (same resize and normalisation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtv.graph import TaskGraph
+from mtv.models.tokenizer import TextTokenizer
+from mtv.specs import ExperimentSpec, load_spec
+from mtv.train.checkpoint import latest_checkpoint, load_checkpoint
+
+
+@dataclass
+class Features:
+    pooled: Tensor  # (N, D) image embeddings (the joint space)
+    patches: Tensor  # (N, rows, cols, D) final-normed patch tokens
+
+
+class FrozenModel:
+    def __init__(self, spec: ExperimentSpec, graph: TaskGraph, tokenizer: TextTokenizer, step: int):
+        self.spec, self.graph, self.tokenizer, self.step = spec, graph, tokenizer, step
+        graph.student.eval()
+        self.size = graph.plan.env.global_size
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> FrozenModel:
+        run_dir = Path(run_dir)
+        if not (run_dir / "spec.yaml").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no spec.yaml)")
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"{run_dir} has no complete checkpoint")
+        spec = load_spec(run_dir / "spec.yaml")
+        graph = TaskGraph(spec)
+        state = load_checkpoint(checkpoint)
+        graph.load_state_dict(state["graph"])
+        root = Path(getattr(spec.data.source, "root", spec.output.root))
+        path = Path(spec.model.tokenizer.path or root / "tokenizer.json")
+        tokenizer = TextTokenizer.from_file(path, spec.model.text.context_length)
+        return cls(spec, graph, tokenizer, int(state["step"]))
+
+    def _pixels(self, images: np.ndarray) -> Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+        return x
+
+    @torch.no_grad()
+    def images(self, images: np.ndarray, batch: int = 64) -> Features:
+        """(N, H, W, 3) uint8 -> pooled embeddings and patch-token maps."""
+        pooled, patches = [], []
+        encoder = self.graph.student.encoder
+        for start in range(0, len(images), batch):
+            out = encoder(self._pixels(images[start : start + batch]))
+            rows, cols = out.grid
+            pooled.append(out.pooled)
+            patches.append(out.tokens.reshape(len(out.tokens), rows, cols, -1))
+        return Features(torch.cat(pooled), torch.cat(patches))
+
+    @torch.no_grad()
+    def texts(self, texts: list[str], batch: int = 256) -> Tensor:
+        if self.graph.student.text is None:
+            raise ValueError("this run has no text tower (no vl or ground task)")
+        out = [
+            self.graph.student.text(self.tokenizer(texts[i : i + batch]))
+            for i in range(0, len(texts), batch)
+        ]
+        return torch.cat(out)
+
+    @property
+    def has_depth_head(self) -> bool:
+        return "depth" in self.graph.student.tasks
+
+    @torch.no_grad()
+    def disparity(self, images: np.ndarray, batch: int = 64) -> Tensor:
+        """(N, H, W) relative disparity from the run's own depth head, at the input size."""
+        task = self.graph.student.tasks["depth"]
+        encoder = self.graph.student.encoder
+        out = []
+        for start in range(0, len(images), batch):
+            chunk = images[start : start + batch]
+            result = encoder(self._pixels(chunk), layers=task.layers, pool=False)  # type: ignore[arg-type]
+            prediction = task.predict(result.layers, result.grid, chunk.shape[1:3])  # type: ignore[operator]
+            out.append(prediction[:, 0])
+        return torch.cat(out)
