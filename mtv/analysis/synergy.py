@@ -58,7 +58,8 @@ def _metric_values(frame: pl.DataFrame) -> dict[str, float]:
 
 
 def _direction(results: pl.DataFrame) -> dict[str, bool]:
-    return dict(results.select("metric", "higher_is_better").unique().iter_rows())
+    pairs = results.select("metric", "higher_is_better").unique(maintain_order=True)
+    return dict(pairs.iter_rows())
 
 
 def gain(value: float, baseline: float, higher_is_better: bool) -> float:
