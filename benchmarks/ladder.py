@@ -32,6 +32,12 @@ EXPERIMENTS = [
 ]
 
 
+def spec_batch(name: str) -> int:
+    from mtv.specs import load_spec
+
+    return load_spec(ROOT / "experiments" / f"{name}.yaml").data.batch_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", default=EXPERIMENTS)
@@ -61,7 +67,10 @@ def main() -> None:
         metrics = pl.read_parquet(run_dir / "metrics.parquet")
         last = metrics.filter(~pl.col("skipped")).tail(20)  # mean of the last 20 steps
         row = {"experiment": name, "wall_s": round(seconds, 1), "steps": metrics.height}
-        row["images_per_s"] = round(float(metrics["images_per_s"].drop_nulls().median()), 1)
+        rate = float(metrics["images_per_s"].drop_nulls().median())
+        row["images_per_s"] = round(rate, 1)
+        # Training time at the median rate: robust to other load on a shared machine.
+        row["train_s_at_median_rate"] = round(metrics.height * spec_batch(name) / rate, 1)
         for column in [c for c in metrics.columns if c.startswith("loss")]:
             row[column] = round(float(last[column].mean()), 4)
         rows.append(row)
