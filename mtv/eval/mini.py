@@ -250,12 +250,9 @@ def run_mini_suite(
     unknown = sorted(set(only or []) - set(EVALUATORS))
     if unknown:
         raise ValueError(f"unknown evaluator(s) {unknown}; known: {', '.join(EVALUATORS)}")
-    data = MiniData.render(
-        scenes,
-        model.spec.data.source.image_size
-        if hasattr(model.spec.data.source, "image_size")
-        else model.size,
-    )  # type: ignore[union-attr]
+    # Render at the training corpus's resolution when it is the mini-world.
+    size = getattr(model.spec.data.source, "image_size", model.size)
+    data = MiniData.render(scenes, size)
     features = model.images(data.images)
     rows = []
     for name in only or list(EVALUATORS):

@@ -305,14 +305,15 @@ class Trainer:
         self.graph.after_optimizer_step()
         elapsed = time.perf_counter() - waited
         total = sum(self.graph.plan.weights[k] * v for k, v in losses.items())
+        # Every logged tensor in one device-to-host copy, not one sync per value.
+        logged = {"loss": total, **{f"loss/{k}": v for k, v in losses.items()}, **report}
+        logged["grad_norm"] = grad_norm
+        values = torch.stack([torch.as_tensor(v).float().reshape(()) for v in logged.values()])
+        row.update(dict(zip(logged, values.tolist(), strict=True)))
         row.update(
             {
                 "skipped": False,
                 "nonfinite": "",
-                "loss": float(total),
-                **{f"loss/{k}": float(v) for k, v in losses.items()},
-                **{k: float(v) for k, v in report.items()},
-                "grad_norm": float(grad_norm),
                 "images_per_s": images / max(elapsed, 1e-9),
                 "data_wait_fraction": wait_seconds / max(elapsed, 1e-9),
                 **probe,
