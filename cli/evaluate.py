@@ -1,4 +1,4 @@
-"""`mtv eval RUN_DIR` and `mtv synergy RUN_DIR...`."""
+"""`mtv eval RUN_DIR|CHECKPOINT`, `mtv synergy RUN_DIR...` and `mtv scaling RUN_DIR...`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from mtv.analysis import MissingRuns
-from mtv.analysis.report import synergy_report
-from mtv.eval import evaluate_run
+from mtv.analysis.report import scaling_report, synergy_report
+from mtv.eval import evaluate_run, suite_names
+from mtv.train.checkpoint import is_checkpoint
 
 console = Console()
 errors = Console(stderr=True)
@@ -34,21 +35,36 @@ def _table(frame: pl.DataFrame, title: str) -> Table:
 
 
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory (its latest checkpoint)")],
-    suite: Annotated[str, typer.Option("--suite", help="evaluation suite")] = "mini",
+    target: Annotated[
+        Path, typer.Argument(help="a run directory (its latest checkpoint) or one checkpoint")
+    ],
+    suite: Annotated[
+        str | None, typer.Option("--suite", help=f"one of: {', '.join(suite_names())}")
+    ] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="evaluators to run")] = None,
-    scenes: Annotated[int, typer.Option("--scenes", min=4, help="held-out scenes")] = 120,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="the benchmark's root (public suites)")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="read at most N benchmark samples")
+    ] = None,
+    scenes: Annotated[
+        int | None, typer.Option("--scenes", min=4, help="held-out scenes (mini suite)")
+    ] = None,
 ) -> None:
-    """Evaluate a trained encoder (frozen, eval mode) and store the results in the run."""
+    """Evaluate a trained encoder (frozen, eval mode) and add the results to its run.
+
+    Unset options come from the run spec's `eval:` section (suite `mini` by default)."""
     try:
-        results = evaluate_run(run_dir, suite, only, scenes)
+        results = evaluate_run(target, suite, only, scenes, data, limit)
     except (FileNotFoundError, ValueError) as err:
         raise _error(str(err)) from None
+    run_dir = target.parents[1] if is_checkpoint(target) else target
+    name, step = results["suite"][0], results["step"][0]
+    shown = results.drop("suite", "step", "samples_seen")
+    console.print(_table(shown, f"{target} — {name} suite (step {step})"))
     console.print(
-        _table(results.drop("step"), f"{run_dir} — {suite} suite (step {results['step'][0]})")
-    )
-    console.print(
-        f"results: {escape(str(Path(run_dir) / 'eval' / f'{suite}.parquet'))}",
+        f"results: {escape(str(run_dir / 'eval' / f'{name}.parquet'))}",
         highlight=False,
         soft_wrap=True,
     )
@@ -70,5 +86,21 @@ def synergy(
     if ladder is not None:
         console.print(_table(ladder, "ablation ladder (increments over the previous row)"))
     console.print(_table(matrix, "task synergy (Eq. 4), by metric and average"))
+    for path in files:
+        console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
+
+
+def scaling(
+    runs: Annotated[list[Path], typer.Argument(help="evaluated run directories")],
+    out: Annotated[Path, typer.Option("--out", help="where tables and plots go")] = Path("scaling"),
+    suite: Annotated[str, typer.Option("--suite")] = "mini",
+) -> None:
+    """Each metric against samples seen and against encoder size, across runs."""
+    try:
+        tables, files = scaling_report(runs, suite, out)
+    except (FileNotFoundError, ValueError) as err:
+        raise _error(str(err)) from None
+    for axis, table in tables.items():
+        console.print(_table(table, f"metrics against {axis.replace('_', ' ')}"))
     for path in files:
         console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)

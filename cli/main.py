@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from mtv_cli.evaluate import evaluate, synergy
+from mtv_cli.evaluate import evaluate, scaling, synergy
+from mtv_cli.export import export
 from mtv_cli.label import label_app
 from mtv_cli.run import run
 from mtv_cli.world import world_app
@@ -33,7 +34,9 @@ app.add_typer(world_app, name="world")
 app.add_typer(label_app, name="label")
 app.command("run")(run)
 app.command("eval")(evaluate)
+app.command("export")(export)
 app.command("synergy")(synergy)
+app.command("scaling")(scaling)
 
 console = Console()
 errors = Console(stderr=True)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 import mtv.tasks  # noqa: F401  (registers the task kinds)
 from mtv.batch import Batch
 from mtv.data.views import ViewRequest
+from mtv.models.hf_siglip import load_hf_siglip
 from mtv.models.text import TextTransformer
 from mtv.models.vit import EncoderOutput, VisionTransformer
 from mtv.specs.experiment import ExperimentSpec
@@ -334,10 +335,15 @@ class TaskGraph:
     """Student + EMA teacher + the plan. `step(batch, step)` computes every task's loss with
     shared passes; `after_optimizer_step()` clamps parameters and moves the EMA teacher."""
 
-    def __init__(self, spec: ExperimentSpec):
+    def __init__(self, spec: ExperimentSpec, *, pretrained: bool = True):
+        """`pretrained`: apply `model.init_from` (off where a checkpoint replaces the weights)."""
         self.spec = spec
         self.plan = plan_graph(spec)
         self.student = StudentModel(spec, self.plan)
+        on_meta = next(self.student.parameters()).is_meta  # count_parameters: nothing to load
+        if pretrained and spec.model.init_from is not None and not on_meta:
+            # Before the teacher copies the student, so both start from the checkpoint.
+            load_hf_siglip(spec.model.init_from, self.student)
         self.teacher: EMATeacher | None = None
         if self.plan.teacher:
             tasks: dict[str, Task] = dict(self.student.tasks.items())  # type: ignore[arg-type]

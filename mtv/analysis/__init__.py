@@ -1,5 +1,8 @@
-"""Analysis of sets of runs: the ablation ladder (Table 3) and task synergy (Table 4, Eq. 4)."""
+"""Analysis of sets of runs: the ablation ladder (Table 3), task synergy (Table 4, Eq. 4), the
+scaling view, training curves, and pictures of what an encoder learned (depth, feature PCA)."""
 
+from mtv.analysis.curves import load_curves, plot_curves
+from mtv.analysis.scaling import plot_scaling, scaling_results, scaling_table
 from mtv.analysis.synergy import (
     GROUPS,
     LADDER,
@@ -19,6 +22,11 @@ __all__ = [
     "gain",
     "label",
     "ladder_table",
+    "load_curves",
+    "plot_curves",
+    "plot_scaling",
+    "scaling_results",
+    "scaling_table",
     "synergy",
     "synergy_table",
     "task_groups",

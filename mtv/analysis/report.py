@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
+from mtv.analysis.scaling import plot_scaling, scaling_results, scaling_table
 from mtv.analysis.synergy import MissingRuns, ladder_table, synergy_table
+from mtv.eval import read_results
 from mtv.specs import load_spec
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def collect_results(run_dirs: list[Path], suite: str = "mini") -> pl.DataFrame:
-    """One frame of (run, tasks, metric, value, higher_is_better) over the runs' eval results;
-    metric names are `evaluator/metric`."""
+    """One frame of (run, tasks, metric, value, higher_is_better) over the runs' latest
+    evaluation results; metric names are `evaluator/metric`."""
     frames = []
     for run_dir in run_dirs:
-        path = run_dir / "eval" / f"{suite}.parquet"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{run_dir} has no {suite} results: run `mtv eval {run_dir}` first"
-            )
         kinds = [t.kind for t in load_spec(run_dir / "spec.yaml").tasks]
-        frame = pl.read_parquet(path).select(
+        frame = read_results(run_dir, suite).select(
             pl.lit(str(run_dir)).alias("run"),
             pl.lit(kinds).alias("tasks"),
             (pl.col("evaluator") + "/" + pl.col("metric")).alias("metric"),
@@ -33,11 +34,8 @@ def collect_results(run_dirs: list[Path], suite: str = "mini") -> pl.DataFrame:
     return pl.concat(frames)
 
 
-def heatmap(matrix: pl.DataFrame, path: Path) -> Path:
-    """Synergy per pair (rows) and metric (columns) as a PNG heatmap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_synergy(matrix: pl.DataFrame) -> Figure:
+    """Synergy per pair (rows) and metric (columns), in percent, as a heatmap figure."""
     import matplotlib.pyplot as plt
 
     wide = matrix.with_columns((pl.col("task_a") + " x " + pl.col("task_b")).alias("pair")).pivot(
@@ -56,9 +54,23 @@ def heatmap(matrix: pl.DataFrame, path: Path) -> Path:
     fig.colorbar(image, ax=ax, label="synergy (%)")
     ax.set_title("Task synergy (Eq. 4)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
     return path
+
+
+def heatmap(matrix: pl.DataFrame, path: Path) -> Path:
+    """`plot_synergy` written to a PNG file."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, even where one is configured
+    return _save(plot_synergy(matrix), path)
 
 
 def synergy_report(
@@ -79,3 +91,22 @@ def synergy_report(
         ladder.write_parquet(files[-1])
     files.append(heatmap(matrix, out / "synergy.png"))
     return ladder, matrix, files
+
+
+def scaling_report(
+    run_dirs: list[Path], suite: str, out: Path
+) -> tuple[dict[str, pl.DataFrame], list[Path]]:
+    """The scaling tables (against samples seen, against encoder size), written as Parquet,
+    with one PNG of panels per axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    results = scaling_results(run_dirs, suite)
+    out.mkdir(parents=True, exist_ok=True)
+    tables, files = {}, []
+    for axis in ("samples_seen", "encoder_params"):
+        tables[axis] = scaling_table(results, axis)
+        files.append(out / f"scaling_{axis}.parquet")
+        tables[axis].write_parquet(files[-1])
+        files.append(_save(plot_scaling(results, axis), out / f"scaling_{axis}.png"))
+    return tables, files

@@ -151,7 +151,7 @@ def geometric_correspondence(
         first, second = data.views[i], data.views[i + 1]
         rows, cols = np.meshgrid(centres.astype(int), centres.astype(int), indexing="ij")
         object_patch = first.instance[rows, cols] > 0
-        z = first.depth[rows, cols]
+        z = np.where(object_patch, first.depth[rows, cols], 1.0)  # sky depth is inf
         k, pose = first.intrinsics.astype(np.float64), first.world_to_camera.astype(np.float64)
         camera = np.stack(
             [(cols + 0.5 - k[0, 2]) / k[0, 0] * z, (rows + 0.5 - k[1, 2]) / k[1, 1] * z, z], -1

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from mtv.graph import TaskGraph
 from mtv.models.tokenizer import TextTokenizer
-from mtv.specs import ExperimentSpec, load_spec
-from mtv.train.checkpoint import latest_checkpoint, load_checkpoint
+from mtv.specs import ExperimentSpec
+from mtv.train.restore import load_trained_run
 
 
 @dataclass
@@ -24,33 +24,30 @@ class Features:
 
 
 class FrozenModel:
-    def __init__(self, spec: ExperimentSpec, graph: TaskGraph, tokenizer: TextTokenizer, step: int):
+    def __init__(
+        self, spec: ExperimentSpec, graph: TaskGraph, tokenizer: TextTokenizer | None, step: int
+    ):
         self.spec, self.graph, self.tokenizer, self.step = spec, graph, tokenizer, step
         graph.student.eval()
         self.size = graph.plan.env.global_size
+        self.device = next(graph.student.parameters()).device
+
+    @property
+    def samples_seen(self) -> int:
+        return self.step * self.spec.data.batch_size
 
     @classmethod
-    def from_run(cls, run_dir: str | Path) -> FrozenModel:
-        run_dir = Path(run_dir)
-        if not (run_dir / "spec.yaml").is_file():
-            raise FileNotFoundError(f"{run_dir} is not a run directory (no spec.yaml)")
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"{run_dir} has no complete checkpoint")
-        spec = load_spec(run_dir / "spec.yaml")
-        graph = TaskGraph(spec)
-        state = load_checkpoint(checkpoint)
-        graph.load_state_dict(state["graph"])
-        root = Path(getattr(spec.data.source, "root", spec.output.root))
-        path = Path(spec.model.tokenizer.path or root / "tokenizer.json")
-        tokenizer = TextTokenizer.from_file(path, spec.model.text.context_length)
-        return cls(spec, graph, tokenizer, int(state["step"]))
+    def from_run(cls, path: str | Path) -> FrozenModel:
+        """A run directory (its latest complete checkpoint) or one checkpoint directory of a run
+        (`RUN/checkpoints/step-00000400`)."""
+        run = load_trained_run(path)
+        return cls(run.spec, run.graph, run.tokenizer, run.step)
 
     def _pixels(self, images: np.ndarray) -> Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
-        return x
+        return x.to(self.device)
 
     @torch.no_grad()
     def images(self, images: np.ndarray, batch: int = 64) -> Features:
@@ -60,16 +57,18 @@ class FrozenModel:
         for start in range(0, len(images), batch):
             out = encoder(self._pixels(images[start : start + batch]))
             rows, cols = out.grid
-            pooled.append(out.pooled)
-            patches.append(out.tokens.reshape(len(out.tokens), rows, cols, -1))
+            pooled.append(out.pooled.float().cpu())
+            patches.append(out.tokens.reshape(len(out.tokens), rows, cols, -1).float().cpu())
         return Features(torch.cat(pooled), torch.cat(patches))
 
     @torch.no_grad()
     def texts(self, texts: list[str], batch: int = 256) -> Tensor:
-        if self.graph.student.text is None:
+        if self.graph.student.text is None or self.tokenizer is None:
             raise ValueError("this run has no text tower (no vl or ground task)")
         out = [
-            self.graph.student.text(self.tokenizer(texts[i : i + batch]))
+            self.graph.student.text(self.tokenizer(texts[i : i + batch]).to(self.device))
+            .float()
+            .cpu()
             for i in range(0, len(texts), batch)
         ]
         return torch.cat(out)
@@ -88,5 +87,5 @@ class FrozenModel:
             chunk = images[start : start + batch]
             result = encoder(self._pixels(chunk), layers=task.layers, pool=False)  # type: ignore[arg-type]
             prediction = task.predict(result.layers, result.grid, chunk.shape[1:3])  # type: ignore[operator]
-            out.append(prediction[:, 0])
+            out.append(prediction[:, 0].float().cpu())
         return torch.cat(out)

@@ -175,10 +175,30 @@ class RuntimeSpec(StrictModel):
     )
 
 
+EvalSuite = Literal["mini", "imagenet_folder", "coco_karpathy", "ade20k", "nyuv2", "spair"]
+
+
 class EvalSpec(StrictModel):
-    suite: str = Field("mini", description="a named evaluation suite")
+    """What `mtv eval` runs by default, and whether training evaluates as it goes."""
+
+    suite: EvalSuite = Field(
+        "mini",
+        description="`mini` (held-out mini-world scenes, exact ground truth) or a public "
+        "benchmark format read from `data`",
+    )
     only: list[str] = Field(default_factory=list, description="evaluators to run; empty = all")
-    every_steps: int | None = Field(None, gt=0, description="evaluate during training; null = off")
+    every_steps: int | None = Field(
+        None, gt=0, description="evaluate during training every N steps (rank 0); null = off"
+    )
+    scenes: int = Field(120, ge=4, description="held-out scenes of the mini suite")
+    data: str | None = Field(None, description="the benchmark's root for a public suite")
+    limit: int | None = Field(None, gt=0, description="read at most this many benchmark samples")
+
+    @model_validator(mode="after")
+    def _public_suites_need_data(self) -> EvalSpec:
+        if self.suite != "mini" and self.data is None:
+            raise ValueError(f"suite {self.suite!r} reads a benchmark: set eval.data to its root")
+        return self
 
 
 class OutputSpec(StrictModel):

@@ -138,6 +138,16 @@ class ModelSpec(StrictModel):
     text: TextSpec = Field(default_factory=TextSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    init_from: str | None = Field(
+        None,
+        min_length=1,
+        description="a local Hugging Face SigLIP directory (config.json + model.safetensors or "
+        "pytorch_model.bin, as `save_pretrained` or `mtv export --format hf-siglip` writes) that "
+        "initialises the encoder, and the text tower and vl logit scale/bias when both sides have "
+        "them, before the EMA teacher copies the student; its shapes, heads, activation and "
+        "LayerNorm eps must match model.encoder / model.text (a mismatch is refused, naming the "
+        "tensor). Needs `pip install 'mtv[hf]'`",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -40,15 +40,16 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: 
     return final
 
 
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` is one complete checkpoint directory."""
+    return path.is_dir() and (path / MARKER).is_file() and (path / STATE).is_file()
+
+
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [
-        p
-        for p in folder.iterdir()
-        if p.is_dir() and (p / MARKER).is_file() and (p / STATE).is_file()
-    ]
+    found = [p for p in folder.iterdir() if is_checkpoint(p)]
     return sorted(found, key=lambda p: int((p / MARKER).read_text()))
 
 

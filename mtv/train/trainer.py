@@ -12,7 +12,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib import metadata
@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import mtv
+from mtv.batch import Batch
 from mtv.data.loader import build_stream
 from mtv.distributed import init_from_environment, is_distributed
 from mtv.graph import TaskGraph
@@ -123,7 +124,11 @@ class Trainer:
         resume: bool = False,
         report: Callable[[str], None] = print,
         on_step: Event | None = None,
+        batches: Iterator[tuple[Batch, Any]] | None = None,
     ):
+        """`batches`: (batch, info) pairs to train on instead of the spec's data, which is then
+        neither prepared nor loaded (benchmarks time the real step this way without the loader;
+        such a trainer cannot checkpoint, having no loader position to save)."""
         self.spec, self.run_dir, self.report, self.on_step = spec, run_dir, report, on_step
         self.rank, self.world = init_from_environment(
             "nccl" if spec.runtime.distributed.backend == "nccl" else "gloo"
@@ -132,8 +137,12 @@ class Trainer:
         self.device = _pick(spec.runtime.device, self.rank)
         self._prepare_run_dir(resume)
         torch.manual_seed(spec.runtime.seed)  # the same initial weights on every rank
-        self.data = self._data()
-        self.graph = TaskGraph(spec).to(self.device)
+        self.data = self._data() if batches is None else None
+        if self.data is not None and self.main:
+            # The run keeps its own tokenizer: evaluation and export then need only the run.
+            self.data.tokenizer.save(run_dir / "tokenizer.json")
+        # A resumed run's checkpoint replaces the weights: model.init_from is not read again.
+        self.graph = TaskGraph(spec, pretrained=not resume).to(self.device)
         trainable = [p for p in self.graph.student.parameters() if p.requires_grad]
         self.params = trainable
         optim = spec.optim
@@ -145,16 +154,18 @@ class Trainer:
             weight_decay=optim.weight_decay,
         )
         self._wrap()
-        self.stream = build_stream(
-            spec.data,
-            self.graph.plan.view_request(spec),
-            self.data.source,
-            self.data.store,
-            self.data.tokenizer,
-            self.rank,
-            self.world,
-            accumulate=optim.accumulate,
-        )
+        self.stream: Any = batches
+        if self.data is not None:
+            self.stream = build_stream(
+                spec.data,
+                self.graph.plan.view_request(spec),
+                self.data.source,
+                self.data.store,
+                self.data.tokenizer,
+                self.rank,
+                self.world,
+                accumulate=optim.accumulate,
+            )
         self.metrics = MetricsLog(run_dir / "metrics.parquet")
         self.step = 0
         if resume:
@@ -370,9 +381,31 @@ class Trainer:
                 self.on_step(row)
             if self.step % spec.output.checkpoint_every == 0 or self.step == spec.schedule.steps:
                 self.save()
+            every = spec.eval.every_steps
+            if every is not None and self.step % every == 0 and self.main:
+                self.evaluate()
         if self.main:
             self.metrics.flush()
         return RunSummary(self.run_dir, self.step, last, time.perf_counter() - started)
+
+    def evaluate(self) -> None:
+        """Run the spec's `eval` suite on the student as it is now and add the results to the
+        run's evaluation history (rank 0; the other ranks wait in the next step's collectives)."""
+        # mtv.eval loads checkpoints through mtv.train, so it is imported here, not at the top.
+        from mtv.eval import FrozenModel, run_suite, store_results
+
+        if self.data is None:
+            raise TrainingError("eval.every_steps needs the spec's data (for its tokenizer)")
+        model = FrozenModel(self.spec, self.graph, self.data.tokenizer, self.step)
+        try:
+            results = run_suite(model, self.spec.eval)
+        finally:
+            self.graph.student.train()
+        store_results(results, self.run_dir, self.spec.eval.suite)
+        shown = ", ".join(
+            f"{e}/{m} {v:.3f}" for e, m, v in results.select("evaluator", "metric", "value").rows()
+        )
+        self.report(f"step {self.step}: eval ({self.spec.eval.suite}) {shown}")
 
 
 def default_run_dir(spec: ExperimentSpec) -> Path:

@@ -1,0 +1,32 @@
+"""Every notebook runs top to bottom (on the session's smoke runs) and draws its figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks() -> None:
+    names = {path.name for path in NOTEBOOKS}
+    assert {"loss_curves.ipynb", "depth_and_features.ipynb", "synergy.ipynb"} <= names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom(
+    path: Path, ladder_runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel inherits this environment: the notebooks read their runs from MTV_RUNS.
+    monkeypatch.setenv("MTV_RUNS", str(next(iter(ladder_runs.values())).parent))
+    monkeypatch.setenv("MTV_EVAL_SCENES", "6")
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": path.parent}}
+    ).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure was drawn"
