@@ -261,6 +261,10 @@ class StepOutput:
 class StudentModel(nn.Module):
     """Everything that trains by gradient: encoder, text tower, task heads. DDP wraps this."""
 
+    # Encode each distinct region name once per step (see encode_texts); benchmarks turn it off
+    # to measure what it saves.
+    share_region_texts: bool = True
+
     def __init__(self, spec: ExperimentSpec, plan: GraphPlan):
         super().__init__()
         self.plan = plan
@@ -297,10 +301,19 @@ class StudentModel(nn.Module):
             if batch.captions is None:
                 raise ValueError("the tasks need batch.captions")
             pieces.append(batch.captions)
+        inverse: Tensor | None = None
         if REGION_TEXT in self.plan.texts:
             if batch.region_names is None:
                 raise ValueError("the tasks need batch.region_names")
-            pieces.append(batch.region_names.flatten(0, 1))
+            names = batch.region_names.flatten(0, 1)
+            # Region names repeat within a batch (common names, and every padding slot holds the
+            # empty name): each distinct token row is encoded once and its embedding shared. The
+            # text tower maps equal rows to equal embeddings, so only the order of float sums in
+            # the backward pass changes. Eager only: the distinct count is data-dependent (a
+            # host sync on CUDA), which a compiled graph would break on.
+            if self.share_region_texts and not torch.compiler.is_compiling():
+                names, inverse = torch.unique(names, dim=0, return_inverse=True)
+            pieces.append(names)
         embedded = self.text(torch.cat(pieces, dim=0)).split([p.shape[0] for p in pieces])
         out: dict[str, Tensor] = {}
         chunks = iter(embedded)
@@ -308,7 +321,10 @@ class StudentModel(nn.Module):
             out[CAPTION_TEXT] = next(chunks)
         if REGION_TEXT in self.plan.texts:
             assert batch.region_names is not None
-            out[REGION_TEXT] = next(chunks).unflatten(0, batch.region_names.shape[:2])
+            regions = next(chunks)
+            if inverse is not None:
+                regions = regions[inverse]
+            out[REGION_TEXT] = regions.unflatten(0, batch.region_names.shape[:2])
         return out
 
     def forward(

@@ -1,13 +1,19 @@
-"""Synergy (Eq. 4) and the ladder table against hand-computed examples."""
+"""Synergy (Eq. 4) and the ladder table against hand-computed examples; the pieces of the
+notebooks (PCA colours, aligned depth, loss curves) on planted inputs."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 
 from mtv.analysis import MissingRuns, ladder_table, synergy, synergy_table, task_groups
+from mtv.analysis.curves import load_curves, smooth
+from mtv.analysis.features import depth_from_disparity, pca_rgb
+from mtv.eval.metrics import relative_depth_errors
 
 SSL = ["vl", "distill", "masked", "koleo"]
 RUNS = {
@@ -90,3 +96,51 @@ def test_ladder_table_layout() -> None:
     assert rows["VL + SSL"]["rmse"] == "0.568 (-0.075)"
     assert rows["Absolute gain"]["acc"] == "+13.5"
     assert rows["Absolute gain"]["rmse"] == "-0.131"
+
+
+def test_pca_colours_separate_planted_clusters_consistently_across_images() -> None:
+    torch.manual_seed(0)
+    direction = torch.randn(32)
+    # Two images of 4x4 patches: left half of each is cluster A, right half cluster B.
+    side = torch.tensor([-1.0, -1.0, 1.0, 1.0]).repeat(2, 4, 1)  # (2, 4, 4)
+    patches = side[..., None] * direction + 0.01 * torch.randn(2, 4, 4, 32)
+    colours = pca_rgb(patches)
+    assert colours.shape == (2, 4, 4, 3) and colours.min() >= 0 and colours.max() <= 1
+    first = colours[..., 0]  # the first component carries the cluster
+    left, right = first[:, :, :2], first[:, :, 2:]
+    assert abs(left.mean() - right.mean()) > 0.8
+    assert left.std() < 0.1 and right.std() < 0.1  # the same colour in both images
+
+
+def test_depth_from_disparity_undoes_an_unknown_scale_and_shift() -> None:
+    depth = torch.rand(2, 8, 8) * 5 + 1
+    disparity = 3.0 / depth + torch.tensor([0.5, -0.1])[:, None, None]
+    valid = torch.ones_like(depth, dtype=torch.bool)
+    torch.testing.assert_close(depth_from_disparity(disparity, depth, valid), depth)
+    assert relative_depth_errors(disparity, depth, valid)["delta1"] == 1.0
+
+
+def test_loss_curves_are_read_per_run_and_smoothed_without_bias(tmp_path: Path) -> None:
+    for name, scale in (("a", 1.0), ("b", 2.0)):
+        (tmp_path / name).mkdir()
+        pl.DataFrame(
+            {
+                "step": [0, 1, 2],
+                "skipped": [False, True, False],
+                "loss": [3.0 * scale, 99.0, 1.0 * scale],
+                "loss/vl": [2.0, 99.0, 1.0],
+                "lr": [0.1, 0.1, 0.1],
+            }
+        ).write_parquet(tmp_path / name / "metrics.parquet")
+    curves = load_curves([tmp_path / "a", tmp_path / "b"])
+    assert set(curves["name"]) == {"loss", "loss/vl"}  # lr is not a loss
+    assert 99.0 not in curves["value"].to_list()  # skipped steps are left out
+    assert curves.filter((pl.col("run") == "b") & (pl.col("name") == "loss"))[
+        "value"
+    ].to_list() == [
+        6.0,
+        2.0,
+    ]
+    assert smooth([4.0, 4.0, 4.0], 0.9) == pytest.approx([4.0, 4.0, 4.0])  # no pull towards 0
+    with pytest.raises(FileNotFoundError, match=r"metrics\.parquet"):
+        load_curves([tmp_path])

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtv.eval.metrics import align_disparity
 from mtv.eval.model import FrozenModel
 
 if TYPE_CHECKING:
@@ -34,13 +35,7 @@ def pca_rgb(patches: Tensor, foreground: Tensor | None = None) -> np.ndarray:
 def depth_from_disparity(disparity: Tensor, depth: Tensor, valid: Tensor) -> Tensor:
     """A relative disparity map turned into depth with the scale and shift (in disparity) that
     best fit the ground truth: the alignment relative-depth evaluation uses."""
-    out = []
-    for pred, true, mask in zip(disparity.float(), depth.float(), valid, strict=True):
-        x, y = pred[mask], 1.0 / true[mask].clamp(min=1e-6)
-        design = torch.stack([x, torch.ones_like(x)], dim=1)
-        scale, shift = torch.linalg.lstsq(design, y[:, None]).solution.flatten()
-        out.append(1.0 / (scale * pred + shift).clamp(min=1e-6))
-    return torch.stack(out)
+    return 1.0 / align_disparity(disparity, depth, valid).clamp(min=1e-6)
 
 
 def plot_depth_and_pca(

@@ -6,9 +6,23 @@ model: class-encoding features must give ~100% zero-shot accuracy and R@1, rando
 
 from __future__ import annotations
 
+import polars as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+LOWER_IS_BETTER = frozenset({"rmse", "absrel"})  # every other metric: higher is better
+
+
+def result_rows(results: dict[str, dict[str, float]]) -> pl.DataFrame:
+    """{evaluator: {metric: value}} -> rows (evaluator, metric, value, higher_is_better)."""
+    rows = [
+        (evaluator, metric, float(value), metric not in LOWER_IS_BETTER)
+        for evaluator, metrics in results.items()
+        for metric, value in metrics.items()
+    ]
+    schema = {"evaluator": pl.String, "metric": pl.String, "value": pl.Float64}
+    return pl.DataFrame(rows, schema={**schema, "higher_is_better": pl.Boolean}, orient="row")
 
 
 def zero_shot_accuracy(
@@ -63,17 +77,27 @@ def depth_errors(prediction: Tensor, target: Tensor, valid: Tensor) -> dict[str,
     }
 
 
-def relative_depth_errors(disparity: Tensor, depth: Tensor, valid: Tensor) -> dict[str, float]:
-    """Zero-shot relative depth (paper appendix B): per image, the predicted disparity is
-    aligned to the true disparity by least-squares scale and shift, turned into depth, and
-    scored by AbsRel and delta1 (share of pixels with max(p/t, t/p) < 1.25)."""
-    absrel, delta1 = [], []
+def align_disparity(disparity: Tensor, depth: Tensor, valid: Tensor) -> Tensor:
+    """Per image, the least-squares scale and shift that map predicted disparity (N, H, W) onto
+    the true disparity 1 / depth over valid pixels, applied to every pixel: what relative
+    (affine-invariant) depth predictions are compared after."""
+    out = []
     for pred, true, mask in zip(disparity.float(), depth.float(), valid, strict=True):
         x, y = pred[mask], 1.0 / true[mask].clamp(min=1e-6)
         design = torch.stack([x, torch.ones_like(x)], dim=1)
         scale, shift = torch.linalg.lstsq(design, y[:, None]).solution.flatten()
-        aligned = (scale * x + shift).clamp(min=1e-6)
-        pred_depth, true_depth = 1.0 / aligned, true[mask]
+        out.append(scale * pred + shift)
+    return torch.stack(out)
+
+
+def relative_depth_errors(disparity: Tensor, depth: Tensor, valid: Tensor) -> dict[str, float]:
+    """Zero-shot relative depth (paper appendix B): per image, the predicted disparity is
+    aligned to the true disparity by least-squares scale and shift, turned into depth, and
+    scored by AbsRel and delta1 (share of pixels with max(p/t, t/p) < 1.25)."""
+    aligned = align_disparity(disparity, depth, valid)
+    absrel, delta1 = [], []
+    for pred, true, mask in zip(aligned, depth.float(), valid, strict=True):
+        pred_depth, true_depth = 1.0 / pred[mask].clamp(min=1e-6), true[mask]
         absrel.append(((pred_depth - true_depth).abs() / true_depth).mean())
         ratio = torch.maximum(pred_depth / true_depth, true_depth / pred_depth)
         delta1.append((ratio < 1.25).float().mean())

@@ -44,6 +44,7 @@ from mtv.eval.metrics import (
     depth_errors,
     mean_iou,
     relative_depth_errors,
+    result_rows,
     retrieval_recall,
     zero_shot_accuracy,
 )
@@ -65,7 +66,6 @@ TEMPLATES = (
     "a photo of a large {}.",
     "an image of a {}.",
 )
-LOWER_IS_BETTER = {"rmse", "absrel"}
 
 T = TypeVar("T")
 
@@ -266,15 +266,5 @@ def run_public_suite(
             f"unknown evaluator(s) {unknown} for {name}; known: {', '.join(suite.evaluators)}"
         )
     data = suite.load(Path(path), model.size, limit)
-    rows = [
-        {
-            "evaluator": evaluator,
-            "metric": metric,
-            "value": float(value),
-            "higher_is_better": metric not in LOWER_IS_BETTER,
-        }
-        for evaluator in only or list(suite.evaluators)
-        for metric, value in suite.evaluators[evaluator](model, data).items()
-    ]
-    schema = {"evaluator": pl.String, "metric": pl.String, "value": pl.Float64}
-    return pl.DataFrame(rows, schema={**schema, "higher_is_better": pl.Boolean})
+    chosen = only or list(suite.evaluators)
+    return result_rows({name: suite.evaluators[name](model, data) for name in chosen})

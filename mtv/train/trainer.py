@@ -152,6 +152,9 @@ class Trainer:
             betas=optim.betas,
             eps=optim.eps,
             weight_decay=optim.weight_decay,
+            # One kernel per step over all parameters instead of a dozen _foreach_ passes over
+            # them (3x faster optimiser step on CPU; the same update up to float rounding).
+            fused=self.device.type in ("cuda", "cpu"),
         )
         self._wrap()
         self.stream: Any = batches
@@ -314,13 +317,15 @@ class Trainer:
         )
         self.optimizer.step()
         self.graph.after_optimizer_step()
-        elapsed = time.perf_counter() - waited
         total = sum(self.graph.plan.weights[k] * v for k, v in losses.items())
         # Every logged tensor in one device-to-host copy, not one sync per value.
         logged = {"loss": total, **{f"loss/{k}": v for k, v in losses.items()}, **report}
         logged["grad_norm"] = grad_norm
         values = torch.stack([torch.as_tensor(v).float().reshape(()) for v in logged.values()])
         row.update(dict(zip(logged, values.tolist(), strict=True)))
+        # Timed after that copy: it waits for the step's queued device work, which the step's
+        # wall time (and so images/s and the data-wait fraction) must include on CUDA.
+        elapsed = time.perf_counter() - waited
         row.update(
             {
                 "skipped": False,
