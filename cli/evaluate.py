@@ -13,6 +13,7 @@ from rich.table import Table
 
 from mtv.analysis import MissingRuns
 from mtv.analysis.report import scaling_report, synergy_report
+from mtv.analysis.synergy import synergy_wide
 from mtv.eval import evaluate_run, suite_names
 from mtv.train.checkpoint import is_checkpoint
 
@@ -28,10 +29,28 @@ def _error(message: str) -> typer.Exit:
 def _table(frame: pl.DataFrame, title: str) -> Table:
     table = Table(title=title)
     for column in frame.columns:
-        table.add_column(column, justify="right" if frame[column].dtype.is_numeric() else "left")
+        justify = "right" if frame[column].dtype.is_numeric() else "left"
+        table.add_column(column, justify=justify, overflow="fold")  # long metric names wrap
     for row in frame.iter_rows():
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else escape(str(v)) for v in row))
+        table.add_row(*(_cell(value) for value in row))
     return table
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"  # undefined (e.g. a gain over a baseline that lacks the metric)
+    return f"{value:.4f}" if isinstance(value, float) else escape(str(value))
+
+
+def _print_wide(frame: pl.DataFrame, title: str, width: int = 14) -> None:
+    """A table with many metric columns as several tables of the columns that fit the terminal,
+    each repeating the first (key) column."""
+    key, *columns = frame.columns
+    per_table = max(1, (console.width - 24) // (width + 3))
+    for start in range(0, len(columns), per_table):
+        part = frame.select(key, *columns[start : start + per_table])
+        suffix = f" ({start // per_table + 1}/{-(-len(columns) // per_table)})"
+        console.print(_table(part, title + (suffix if len(columns) > per_table else "")))
 
 
 def evaluate(
@@ -84,8 +103,8 @@ def synergy(
     except (MissingRuns, FileNotFoundError, ValueError) as err:
         raise _error(str(err)) from None
     if ladder is not None:
-        console.print(_table(ladder, "ablation ladder (increments over the previous row)"))
-    console.print(_table(matrix, "task synergy (Eq. 4), by metric and average"))
+        _print_wide(ladder, "ablation ladder (Table 3; increments over the previous row)")
+    _print_wide(synergy_wide(matrix), "task synergy (Table 4, Eq. 4), by metric and average")
     for path in files:
         console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
 

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from mtv.analysis.scaling import plot_scaling, scaling_results, scaling_table
-from mtv.analysis.synergy import MissingRuns, ladder_table, synergy_table
+from mtv.analysis.synergy import MissingRuns, ladder_table, synergy_table, synergy_wide
 from mtv.eval import read_results
 from mtv.specs import load_spec
 
@@ -38,9 +38,7 @@ def plot_synergy(matrix: pl.DataFrame) -> Figure:
     """Synergy per pair (rows) and metric (columns), in percent, as a heatmap figure."""
     import matplotlib.pyplot as plt
 
-    wide = matrix.with_columns((pl.col("task_a") + " x " + pl.col("task_b")).alias("pair")).pivot(
-        on="metric", index="pair", values="synergy"
-    )
+    wide = synergy_wide(matrix)
     metrics = [c for c in wide.columns if c != "pair"]
     values = wide.select(metrics).to_numpy() * 100
     fig, ax = plt.subplots(figsize=(1.1 * len(metrics) + 2, 0.6 * len(wide) + 1.5))

@@ -113,6 +113,14 @@ def synergy_table(
     return pl.DataFrame(rows)
 
 
+def synergy_wide(matrix: pl.DataFrame) -> pl.DataFrame:
+    """The synergy rows in the paper's Table 4 layout: one row per pair (`pair`, e.g.
+    "ssl x depth"), one column per metric, `average` last."""
+    return matrix.with_columns((pl.col("task_a") + " x " + pl.col("task_b")).alias("pair")).pivot(
+        on="metric", index="pair", values="synergy"
+    )
+
+
 def ladder_table(results: pl.DataFrame, ladder: Sequence[tuple[str, ...]] = LADDER) -> pl.DataFrame:
     """Table 3: one row per task set of the ladder (cells 'value (+increment)'), then the
     absolute gain of the last row over the first (signed; for lower-is-better metrics a gain is
