@@ -275,8 +275,11 @@ def build_stream(
     world: int = 1,
     keys: list[str] | None = None,
     accumulate: int = 1,
+    pin_memory: bool = False,
 ) -> BatchStream:
-    """The rank's stream of micro-batches: global batch / (world x accumulate) samples each."""
+    """The rank's stream of micro-batches: global batch / (world x accumulate) samples each.
+    `pin_memory` (for CUDA training): batches arrive in page-locked memory, so the trainer's
+    non-blocking copy to the GPU is a DMA transfer instead of a synchronous staged copy."""
     if data.batch_size % (world * accumulate):
         raise ValueError(
             f"data.batch_size {data.batch_size} is not divisible by {world} rank(s) x "
@@ -294,5 +297,6 @@ def build_stream(
         collate_fn=collate,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        pin_memory=pin_memory,
     )
     return BatchStream(loader, data.loader.max_bad_fraction)

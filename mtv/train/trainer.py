@@ -168,6 +168,7 @@ class Trainer:
                 self.rank,
                 self.world,
                 accumulate=optim.accumulate,
+                pin_memory=self.device.type == "cuda",
             )
         self.metrics = MetricsLog(run_dir / "metrics.parquet")
         self.step = 0
@@ -252,8 +253,10 @@ class Trainer:
                 "rng": {"cpu": torch.get_rng_state()},
                 "critical": _critical(self.spec, self.world),
             }
-            save_checkpoint(self.run_dir, self.step, state, self.spec.output.keep_last)
+            # Metrics first: a complete checkpoint then always has its rows on disk (a kill
+            # between the two would otherwise lose them; resume drops rows past the checkpoint).
             self.metrics.flush()
+            save_checkpoint(self.run_dir, self.step, state, self.spec.output.keep_last)
         _barrier()
 
     # ------------------------------------------------------------------ the step
