@@ -10,16 +10,14 @@ runs land in runs/<name>. Writes ladder.md and ladder.parquet.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import polars as pl
+from common import ROOT, machine
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = [
     "vl",
     "vl_ssl",
@@ -75,14 +73,14 @@ def main() -> None:
             row[column] = round(float(last[column].mean()), 4)
         rows.append(row)
         print(row, flush=True)
-    machine = f"{platform.node()}: {os.cpu_count()} CPU cores ({platform.machine()})"
-    table = pl.DataFrame(rows).with_columns(pl.lit(machine).alias("machine"))
+    name = machine()
+    table = pl.DataFrame(rows).with_columns(pl.lit(name).alias("machine"))
     args.out.mkdir(parents=True, exist_ok=True)
     table.write_parquet(args.out / "ladder.parquet")
     columns = [c for c in table.columns if c != "machine"]
     lines = [
         "# Ablation ladder and synergy runs on the mini-world\n",
-        f"Machine: {machine}. Wall time includes start-up (and, for the first run, rendering and "
+        f"Machine: {name}. Wall time includes start-up (and, for the first run, rendering and "
         "labelling the mini-world); losses are the mean of the last 20 steps.\n",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),

@@ -9,6 +9,7 @@ byte-level vocabulary written here.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -115,8 +116,39 @@ def build_tiny_owlv2(path: str | Path, image_size: int = 64, seed: int = 0) -> P
     return path
 
 
-def build_tiny_depth_anything(path: str | Path, input_size: int = 28, seed: int = 0) -> Path:
-    """Save a tiny `DepthAnythingForDepthEstimation` (DINOv2 backbone) and its processor.
+# Backbone and neck sizes: "tiny" for tests, "base" as Depth Anything V2 Base (ViT-B/14 DINOv2
+# tapped at layers 3, 6, 9, 12; DPT neck 96-768, fusion 128), for measuring a real expert's cost.
+_DA2_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "backbone": {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2},
+        "mlp_ratio": 2,
+        "out_indices": [1, 2, 3, 4],
+        "neck": {
+            "reassemble_hidden_size": 32,
+            "neck_hidden_sizes": [8, 16, 16, 32],
+            "fusion_hidden_size": 16,
+            "head_hidden_size": 8,
+        },
+    },
+    "base": {
+        "backbone": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
+        "mlp_ratio": 4,
+        "out_indices": [3, 6, 9, 12],
+        "neck": {
+            "reassemble_hidden_size": 768,
+            "neck_hidden_sizes": [96, 192, 384, 768],
+            "fusion_hidden_size": 128,
+            "head_hidden_size": 32,
+        },
+    },
+}
+
+
+def build_tiny_depth_anything(
+    path: str | Path, input_size: int = 28, seed: int = 0, size: str = "tiny"
+) -> Path:
+    """Save a random-initialised `DepthAnythingForDepthEstimation` (DINOv2 backbone) and its
+    processor: tiny by default, or `size="base"` for Depth Anything V2 Base's shapes.
 
     The processor is configured like Depth Anything V2's (keep the aspect ratio, sides a multiple
     of the patch size 14, bicubic, ImageNet normalisation), at `input_size` instead of 518.
@@ -126,26 +158,22 @@ def build_tiny_depth_anything(path: str | Path, input_size: int = 28, seed: int 
     from transformers.utils import is_torchvision_available
 
     path = Path(path)
+    shape = _DA2_SIZES[size]
     backbone = Dinov2Config(
         image_size=input_size,
         patch_size=14,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        mlp_ratio=2,
-        # The DPT-style neck reads four feature maps, one per layer here.
-        out_indices=[1, 2, 3, 4],
+        **shape["backbone"],
+        mlp_ratio=shape["mlp_ratio"],
+        # The DPT-style neck reads four feature maps.
+        out_indices=shape["out_indices"],
         reshape_hidden_states=False,
         apply_layernorm=True,
     )
     config = DepthAnythingConfig(
         backbone_config=backbone,
         patch_size=14,
-        reassemble_hidden_size=32,
         reassemble_factors=[4, 2, 1, 0.5],
-        neck_hidden_sizes=[8, 16, 16, 32],
-        fusion_hidden_size=16,
-        head_hidden_size=8,
+        **shape["neck"],
         depth_estimation_type="relative",
     )
     torch.manual_seed(seed)
