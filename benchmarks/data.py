@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import ROOT, Row, Table, folder_bytes, median_rate
 
 from mtv.label import run_labelling
 from mtv.specs import load_spec
@@ -25,6 +24,8 @@ from mtv.specs.label import LabelSpec
 from mtv.world.corpus import render_corpus
 from mtv.world.render import render_views
 from mtv.world.scene import sample_scene
+
+from common import ROOT, Row, Table, folder_bytes, median_rate
 
 PART = "5 data"
 

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+
 from common import autocast, pick_device, synchronize
 from step import FULL, MODELS, TASK_SETS, Setting, bench_spec, make_trainer, train_step
-from torch.profiler import ProfilerActivity, profile
 
 
 def top_ops(fn: Callable[[], object], device: torch.device, rows: int) -> str:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+
 from common import ROOT, machine
 
 EXPERIMENTS = [

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from common import Row, Table, interleaved, median, pick_device, timed
-from step import FULL, MODELS, TASK_SETS, Setting, bench_spec, make_trainer, train_step
 
 from mtv.batch import Batch
 from mtv.data.loader import build_stream
@@ -28,6 +26,9 @@ from mtv.specs import ExperimentSpec
 from mtv.train import Trainer
 from mtv.train.prepare import prepare_data
 from mtv.world.corpus import render_corpus
+
+from common import Row, Table, interleaved, median, pick_device, timed
+from step import FULL, MODELS, TASK_SETS, Setting, bench_spec, make_trainer, train_step
 
 PART = "4 loader"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
 from common import Row, interleaved, median
 from step import FULL, TASK_SETS, Setting, bench_spec, count_flops, make_trainer, train_step
 

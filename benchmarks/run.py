@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 
 import torch
+
+from mtv.world.corpus import render_corpus
+
 from common import ROOT, Row, Table, pick_device, section
+from data import measure
 from loader import loader_rows
 from optimisations import optimisation_rows
 from step import MODELS, Setting, compile_rows, task_set_rows, utilisation_rows
-
-from data import measure
-from mtv.world.corpus import render_corpus
 
 PARTS = ("1", "2", "3", "4", "5", "6")
 

@@ -21,6 +21,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from mtv.batch import Batch
+from mtv.graph import plan_graph
+from mtv.specs import ExperimentSpec, load_spec
+from mtv.specs.model import model_presets
+from mtv.train import Trainer
+from tests.helpers import random_batch
+
 from common import (
     ROOT,
     Row,
@@ -35,14 +44,6 @@ from common import (
 )
 from memory import NOTE as MEMORY_NOTE
 from memory import step_peak_bytes
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
-
-from mtv.batch import Batch
-from mtv.graph import plan_graph
-from mtv.specs import ExperimentSpec, load_spec
-from mtv.specs.model import model_presets
-from mtv.train import Trainer
-from tests.helpers import random_batch
 
 SSL = ["distill", "masked", "koleo"]
 TASK_SETS: dict[str, list[str]] = {
