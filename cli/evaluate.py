@@ -7,7 +7,7 @@ from typing import Annotated
 
 import polars as pl
 import typer
-from rich.console import Console
+from mtv_cli.output import console, fail
 from rich.markup import escape
 from rich.table import Table
 
@@ -15,15 +15,6 @@ from mtv.analysis import MissingRuns
 from mtv.analysis.report import scaling_report, synergy_report
 from mtv.analysis.synergy import synergy_wide
 from mtv.eval import evaluate_run, suite_names
-from mtv.train.checkpoint import is_checkpoint
-
-console = Console()
-errors = Console(stderr=True)
-
-
-def _error(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error[/]: {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 def _table(frame: pl.DataFrame, title: str) -> Table:
@@ -75,18 +66,13 @@ def evaluate(
 
     Unset options come from the run spec's `eval:` section (suite `mini` by default)."""
     try:
-        results = evaluate_run(target, suite, only, scenes, data, limit)
+        results, path = evaluate_run(target, suite, only, scenes, data, limit)
     except (FileNotFoundError, ValueError) as err:
-        raise _error(str(err)) from None
-    run_dir = target.parents[1] if is_checkpoint(target) else target
+        raise fail(str(err)) from None
     name, step = results["suite"][0], results["step"][0]
     shown = results.drop("suite", "step", "samples_seen")
     console.print(_table(shown, f"{target} — {name} suite (step {step})"))
-    console.print(
-        f"results: {escape(str(run_dir / 'eval' / f'{name}.parquet'))}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    console.print(f"results: {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
 def synergy(
@@ -101,7 +87,7 @@ def synergy(
     try:
         ladder, matrix, files = synergy_report([baseline, *runs], suite, out)
     except (MissingRuns, FileNotFoundError, ValueError) as err:
-        raise _error(str(err)) from None
+        raise fail(str(err)) from None
     if ladder is not None:
         _print_wide(ladder, "ablation ladder (Table 3; increments over the previous row)")
     _print_wide(synergy_wide(matrix), "task synergy (Table 4, Eq. 4), by metric and average")
@@ -118,7 +104,7 @@ def scaling(
     try:
         tables, files = scaling_report(runs, suite, out)
     except (FileNotFoundError, ValueError) as err:
-        raise _error(str(err)) from None
+        raise fail(str(err)) from None
     for axis, table in tables.items():
         console.print(_table(table, f"metrics against {axis.replace('_', ' ')}"))
     for path in files:

@@ -6,21 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from mtv_cli.output import console, fail
 from rich.markup import escape
 from rich.table import Table
 
 from mtv.models.hf_siglip import export_run
 from mtv.specs import SpecError
 
-console = Console()
-errors = Console(stderr=True)
 FORMATS = {"hf-siglip": export_run}
-
-
-def _error(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error[/]: {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 def export(
@@ -35,13 +28,13 @@ def export(
 ) -> None:
     """Export a trained run for other libraries (hf-siglip: transformers' SiglipModel)."""
     if fmt not in FORMATS:
-        raise _error(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+        raise fail(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     try:
         result = FORMATS[fmt](source, out, tokenizer)
     except (FileNotFoundError, ValueError, ImportError) as err:
-        raise _error(str(err)) from None
+        raise fail(str(err)) from None
     except SpecError as err:
-        raise _error("; ".join(str(p) for p in err.problems)) from None
+        raise fail(err) from None
     console.print(
         f"exported {escape(str(result.checkpoint))} (step {result.step}) as "
         f"{result.architecture} to {escape(str(result.out))}",

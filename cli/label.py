@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import click
 import typer
-from rich.console import Console
+from mtv_cli.output import console, errors, fail
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
@@ -19,9 +19,6 @@ from mtv.label.pipeline import LabelSpecError, resolve_source, run_labelling
 from mtv.specs import SpecError
 from mtv.specs.label import LabelSpec
 from mtv.specs.loading import load_yaml_model
-
-console = Console()
-errors = Console(stderr=True)
 
 
 class _LabelGroup(TyperGroup):
@@ -40,11 +37,6 @@ label_app = typer.Typer(
 )
 
 
-def _error(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error[/]: {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
 @label_app.command("run")
 def label_run(
     spec_file: Annotated[Path, typer.Argument(help="labelling spec (YAML)")],
@@ -57,11 +49,7 @@ def label_run(
     try:
         spec = load_yaml_model(spec_file, LabelSpec, overrides or ())
     except SpecError as err:
-        for problem in err.problems:
-            errors.print(
-                f"[bold red]error[/]: {escape(str(problem))}", highlight=False, soft_wrap=True
-            )
-        raise typer.Exit(code=2) from None
+        raise fail(err) from None
     rank, world = init_from_environment()
     columns = (
         TextColumn(f"labelling{f' (rank {rank}/{world})' if world > 1 else ''}"),
@@ -90,7 +78,7 @@ def label_run(
         try:
             store, stats = run_labelling(spec, rank, world, advance, skipped, start)
         except (LabelSpecError, FileNotFoundError) as err:
-            raise _error(f"{spec_file}: {err}") from None
+            raise fail(f"{spec_file}: {err}") from None
     seconds = ", ".join(f"{part} {value:.1f}s" for part, value in stats.seconds.items())
     console.print(
         f"labelled {stats.images} images in {stats.chunks} chunk(s) into {escape(str(store.path))}"
@@ -113,9 +101,9 @@ def label_check(
         if spec_file is not None:
             source_keys = resolve_source(load_yaml_model(spec_file, LabelSpec))[0].keys()
     except SpecError as err:
-        raise _error(str(err)) from None
+        raise fail(str(err)) from None
     except (FileNotFoundError, ValueError, LabelSpecError) as err:
-        raise _error(str(err)) from None
+        raise fail(str(err)) from None
     problems = check_store(store, source_keys)
     for problem in problems:
         errors.print(f"[red]bad[/] {escape(str(problem))}", highlight=False, soft_wrap=True)

@@ -10,9 +10,9 @@ import typer
 from mtv_cli.evaluate import evaluate, scaling, synergy
 from mtv_cli.export import export
 from mtv_cli.label import label_app
+from mtv_cli.output import console, errors, fail, report
 from mtv_cli.run import run
 from mtv_cli.world import world_app
-from rich.console import Console
 from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
@@ -38,24 +38,11 @@ app.command("export")(export)
 app.command("synergy")(synergy)
 app.command("scaling")(scaling)
 
-console = Console()
-errors = Console(stderr=True)
 
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="override a field, e.g. --set optim.lr=1e-3 (repeatable)"),
 ]
-
-
-def _report(err: SpecError) -> None:
-    # Problems quote user input: escape it, or `[x]` in a value would be read as markup.
-    for problem in err.problems:
-        errors.print(f"[bold red]error[/]: {escape(str(problem))}", highlight=False, soft_wrap=True)
-
-
-def _fail(err: SpecError) -> typer.Exit:
-    _report(err)
-    return typer.Exit(code=2)
 
 
 @app.callback(invoke_without_command=True)
@@ -79,7 +66,8 @@ def spec_validate(
             experiment = load_experiment(path, overrides or ())
         except SpecError as err:
             failed += 1
-            _report(err)
+            for problem in err.problems:
+                report(str(problem))
             continue
         kinds = ", ".join(experiment.plan.kinds)
         console.print(
@@ -101,7 +89,7 @@ def spec_show(
     try:
         experiment = load_experiment(file, overrides or ())
     except SpecError as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     console.rule(f"{escape(str(file))} (resolved)")
     console.print(Syntax(spec_to_yaml(experiment.spec), "yaml", background_color="default"))
     console.rule("task graph")

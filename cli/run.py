@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from mtv_cli.output import console, fail
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
@@ -16,14 +16,6 @@ from mtv.data.loader import TooManyBadSamples
 from mtv.experiment import load_experiment
 from mtv.specs import SpecError
 from mtv.train import DataPreparationError, Trainer, TrainingError, default_run_dir
-
-console = Console()
-errors = Console(stderr=True)
-
-
-def _error(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error[/]: {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 class _View:
@@ -82,11 +74,7 @@ def run(
     try:
         spec = load_experiment(experiment, overrides or ()).spec
     except SpecError as err:
-        for problem in err.problems:
-            errors.print(
-                f"[bold red]error[/]: {escape(str(problem))}", highlight=False, soft_wrap=True
-            )
-        raise typer.Exit(code=2) from None
+        raise fail(err) from None
     run_dir = out or default_run_dir(spec)
     view = _View(spec.schedule.steps, spec.output.log_every)
 
@@ -102,7 +90,7 @@ def run(
         else:
             summary = trainer.run()
     except (TrainingError, DataPreparationError, TooManyBadSamples) as err:
-        raise _error(str(err)) from None
+        raise fail(str(err)) from None
     losses = ", ".join(
         f"{k.split('/', 1)[1] if '/' in k else 'total'} {v:.4f}" for k, v in summary.last.items()
     )

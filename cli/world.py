@@ -6,15 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from mtv_cli.output import console, fail
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mtv.world.corpus import prepare_output, render_corpus
 
 world_app = typer.Typer(help="The built-in procedural mini-world.", no_args_is_help=True)
-console = Console()
-errors = Console(stderr=True)
 
 
 @world_app.command("render")
@@ -40,8 +38,7 @@ def world_render(
     try:
         prepare_output(out, overwrite)
     except FileExistsError as err:
-        errors.print(f"[bold red]error[/]: {escape(str(err))} (use --overwrite)", highlight=False)
-        raise typer.Exit(code=2) from None
+        raise fail(f"{err} (use --overwrite)") from None
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("render", total=n * views, rate="-")
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
+from pydantic import ValidationError
 
 from mtv.eval.mini import EVALUATORS, run_mini_suite
 from mtv.eval.model import FrozenModel
 from mtv.specs import EvalSpec
-from mtv.train.checkpoint import is_checkpoint
+from mtv.specs.loading import format_loc
 
 RESULT_COLUMNS = (
     "suite",
@@ -24,17 +26,14 @@ RESULT_COLUMNS = (
 )
 
 
+class Evaluation(NamedTuple):
+    results: pl.DataFrame  # rows of RESULT_COLUMNS
+    path: Path  # the run's results file they were added to
+
+
 def suite_names() -> list[str]:
     """Every suite `mtv eval --suite` accepts (the spec's `eval.suite` lists the same)."""
     return list(EvalSpec.model_fields["suite"].annotation.__args__)  # type: ignore[union-attr]
-
-
-def evaluators_of(suite: str) -> list[str]:
-    if suite == "mini":
-        return list(EVALUATORS)
-    from mtv.eval.public import PUBLIC_SUITES
-
-    return list(PUBLIC_SUITES[suite].evaluators)
 
 
 def run_suite(model: FrozenModel, settings: EvalSpec) -> pl.DataFrame:
@@ -97,7 +96,7 @@ def evaluate_run(
     scenes: int | None = None,
     data: str | Path | None = None,
     limit: int | None = None,
-) -> pl.DataFrame:
+) -> Evaluation:
     """Evaluate a run (its latest checkpoint) or one checkpoint of it, frozen, and store the
     results in the run directory. Unset arguments come from the run spec's `eval:` section."""
     model = FrozenModel.from_run(target)
@@ -117,35 +116,21 @@ def evaluate_run(
         changes["only"] = []  # the spec's evaluators belong to the spec's suite
     try:
         settings = EvalSpec.model_validate(declared.model_dump() | changes)
-    except ValueError as err:
-        raise ValueError(_first_error(err)) from None
-    unknown = sorted(set(settings.only) - set(evaluators_of(settings.suite)))
-    if unknown:
-        raise ValueError(
-            f"unknown evaluator(s) {unknown} for suite {settings.suite!r}; known: "
-            f"{', '.join(evaluators_of(settings.suite))}"
-        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = format_loc(("eval", *first["loc"]))
+        raise ValueError(f"{where}: {first['msg']}") from None
     results = run_suite(model, settings)
-    run_dir = Path(target).parents[1] if is_checkpoint(Path(target)) else Path(target)
-    store_results(results, run_dir, settings.suite)
-    return results
-
-
-def _first_error(err: ValueError) -> str:
-    errors = getattr(err, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return f"eval.{where}: {first['msg']}" if where else first["msg"]
-    return str(err)
+    assert model.run_dir is not None  # from_run knows where the run is
+    return Evaluation(results, store_results(results, model.run_dir, settings.suite))
 
 
 __all__ = [
     "EVALUATORS",
     "RESULT_COLUMNS",
+    "Evaluation",
     "FrozenModel",
     "evaluate_run",
-    "evaluators_of",
     "read_results",
     "run_mini_suite",
     "run_suite",

@@ -14,15 +14,13 @@ import torch.nn.functional as F
 
 from mtv.eval.metrics import (
     correspondence_recall,
-    depth_errors,
-    mean_iou,
     relative_depth_errors,
     result_rows,
     retrieval_recall,
     zero_shot_accuracy,
 )
-from mtv.eval.model import Features, FrozenModel
-from mtv.eval.probes import DepthBinProbe, SegmentationProbe
+from mtv.eval.model import Features, FrozenModel, class_embeddings
+from mtv.eval.probes import depth_probe_errors, patch_depth, segmentation_probe_miou
 from mtv.world.geometry import SHAPE_NAMES
 from mtv.world.render import CLASS_NAMES, RenderedView, render_views
 from mtv.world.scene import sample_scene
@@ -46,12 +44,6 @@ class MiniData:
             for view in render_views(items[start : start + 128], size)
         ]
         return cls(views, np.stack([v.rgb for v in views]))
-
-
-def _patch_average(values: np.ndarray, grid: int) -> torch.Tensor:
-    """(N, H, W) -> (N, grid, grid) mean over each patch's pixels."""
-    t = torch.from_numpy(values).float()[:, None]
-    return F.adaptive_avg_pool2d(t, grid)[:, 0]
 
 
 def zero_shot(model: FrozenModel, data: MiniData, features: Features) -> dict[str, float]:
@@ -82,12 +74,7 @@ def zero_shot(model: FrozenModel, data: MiniData, features: Features) -> dict[st
                 SHAPE_NAMES.index(CLASS_NAMES[int(view.semantic[view.instance == instance][0])])
             )
     image = model.images(np.stack(crops)).pooled
-    prompts = [t.format(shape) for shape in SHAPE_NAMES for t in TEMPLATES]
-    text = (
-        F.normalize(model.texts(prompts), dim=-1)
-        .reshape(len(SHAPE_NAMES), len(TEMPLATES), -1)
-        .mean(1)
-    )
+    text = class_embeddings(model, SHAPE_NAMES, TEMPLATES)
     return zero_shot_accuracy(image, text, torch.tensor(labels))
 
 
@@ -103,42 +90,32 @@ def _halves(n: int) -> tuple[slice, slice]:
 
 def segmentation(model: FrozenModel, data: MiniData, features: Features) -> dict[str, float]:
     """Linear probe of patch tokens -> semantic class (sky, floor, 7 shapes); mIoU in pixels."""
+    semantic = np.stack([v.semantic for v in data.views]).astype(np.int64)
+    train, test = _halves(len(semantic))
     patches = features.patches
-    grid = patches.shape[1]
-    semantic = torch.from_numpy(np.stack([v.semantic for v in data.views])).long()
-    one_hot = F.one_hot(semantic, len(CLASS_NAMES)).permute(0, 3, 1, 2).float()
-    labels = F.adaptive_avg_pool2d(one_hot, grid).argmax(1)  # majority class of each patch
-    train, test = _halves(len(patches))
-    probe = SegmentationProbe(patches.shape[-1], len(CLASS_NAMES))
-    probe.fit(patches[train].flatten(1, 2), labels[train].flatten(1))
-    predicted = probe.predict(patches[test].flatten(1, 2)).reshape(-1, grid, grid)
-    pixels = F.interpolate(predicted[:, None].float(), size=semantic.shape[-2:], mode="nearest")[
-        :, 0
-    ]
-    return {"miou": mean_iou(pixels.long(), semantic[test], len(CLASS_NAMES))}
+    miou = segmentation_probe_miou(
+        patches[train], semantic[train], patches[test], semantic[test], len(CLASS_NAMES)
+    )
+    return {"miou": miou}
 
 
 def depth_probe(model: FrozenModel, data: MiniData, features: Features) -> dict[str, float]:
     """[global ; patch] -> 256 depth bins (the paper's protocol), per patch of depth up to
     `MAX_PROBE_DEPTH`; RMSE and AbsRel."""
-    grid = features.patches.shape[1]
     depth = np.stack([v.depth for v in data.views])
-    finite = np.isfinite(depth)
-    mean = _patch_average(np.where(finite, depth, 0.0), grid)
-    share = _patch_average(finite.astype(np.float32), grid)
-    target = mean / share.clamp(min=1e-6)
+    target, whole = patch_depth(depth, np.isfinite(depth), features.patches.shape[1])
     # Patches that see no sky, nearer than the cap (as NYUv2's 10 m): the floor near the horizon
     # reaches hundreds of units and would make RMSE a measure of a few patches.
-    valid = (share > 0.999) & (target <= MAX_PROBE_DEPTH)
+    valid = whole & (target <= MAX_PROBE_DEPTH)
     train, test = _halves(len(depth))
-    low, high = float(target[valid].min()), float(target[valid].max())
-    probe = DepthBinProbe(features.patches.shape[-1], low, high)
-    patches = features.patches.flatten(1, 2)
-    probe.fit(
-        features.pooled[train], patches[train], target[train].flatten(1), valid[train].flatten(1)
+    return depth_probe_errors(
+        Features(features.pooled[train], features.patches[train]),
+        target[train],
+        valid[train],
+        Features(features.pooled[test], features.patches[test]),
+        target[test],
+        valid[test],
     )
-    predicted = probe.predict(features.pooled[test], patches[test])
-    return depth_errors(predicted, target[test].flatten(1), valid[test].flatten(1))
 
 
 def geometric_correspondence(

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,11 +25,29 @@ class Features:
     patches: Tensor  # (N, rows, cols, D) final-normed patch tokens
 
 
+class TextEncoder(Protocol):
+    def texts(self, texts: list[str]) -> Tensor: ...
+
+
+def class_embeddings(model: TextEncoder, names: Sequence[str], templates: Sequence[str]) -> Tensor:
+    """(len(names), D): per class, the mean of the normalised text embeddings of every
+    template filled with its name (prompt ensembling for zero-shot classification)."""
+    prompts = [t.format(name) for name in names for t in templates]
+    text = F.normalize(model.texts(prompts).float(), dim=-1)
+    return text.reshape(len(names), len(templates), -1).mean(1)
+
+
 class FrozenModel:
     def __init__(
-        self, spec: ExperimentSpec, graph: TaskGraph, tokenizer: TextTokenizer | None, step: int
+        self,
+        spec: ExperimentSpec,
+        graph: TaskGraph,
+        tokenizer: TextTokenizer | None,
+        step: int,
+        run_dir: Path | None = None,
     ):
         self.spec, self.graph, self.tokenizer, self.step = spec, graph, tokenizer, step
+        self.run_dir = run_dir
         graph.student.eval()
         self.size = graph.plan.env.global_size
         self.device = next(graph.student.parameters()).device
@@ -41,7 +61,7 @@ class FrozenModel:
         """A run directory (its latest complete checkpoint) or one checkpoint directory of a run
         (`RUN/checkpoints/step-00000400`)."""
         run = load_trained_run(path)
-        return cls(run.spec, run.graph, run.tokenizer, run.step)
+        return cls(run.spec, run.graph, run.tokenizer, run.step, run.run_dir)
 
     def _pixels(self, images: np.ndarray) -> Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1

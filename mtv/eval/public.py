@@ -25,11 +25,8 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import polars as pl
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from mtv.eval.formats import (
-    BenchmarkFormatError,
     CaptionSet,
     ClassificationSet,
     DepthSet,
@@ -41,16 +38,14 @@ from mtv.eval.formats import (
 )
 from mtv.eval.metrics import (
     correspondence_recall,
-    depth_errors,
-    mean_iou,
     relative_depth_errors,
     result_rows,
     retrieval_recall,
     zero_shot_accuracy,
 )
-from mtv.eval.model import FrozenModel
+from mtv.eval.model import FrozenModel, class_embeddings
 from mtv.eval.nyuv2 import read_nyuv2
-from mtv.eval.probes import DepthBinProbe, SegmentationProbe
+from mtv.eval.probes import depth_probe_errors, patch_depth, segmentation_probe_miou
 from mtv.eval.spair import read_spair
 
 # Generic photo prompts (written for this toolkit): averaged per class after normalising.
@@ -83,9 +78,7 @@ def zero_shot(model: FrozenModel, data: ClassificationSet) -> dict[str, float]:
     """Top-1/top-5 of classifying each image by cosine similarity to its class's text embedding,
     the mean of the normalised embeddings of TEMPLATES filled with the class name."""
     image = model.images(data.images).pooled
-    prompts = [t.format(name) for name in data.class_names for t in TEMPLATES]
-    text = F.normalize(model.texts(prompts).float(), dim=-1)
-    class_text = text.reshape(len(data.class_names), len(TEMPLATES), -1).mean(1)
+    class_text = class_embeddings(model, data.class_names, TEMPLATES)
     return zero_shot_accuracy(image, class_text, torch.from_numpy(data.labels))
 
 
@@ -97,66 +90,31 @@ def retrieval(model: FrozenModel, data: CaptionSet) -> dict[str, float]:
     return retrieval_recall(image, text, torch.from_numpy(data.caption_image))
 
 
-def patch_labels(masks: np.ndarray, grid: int, n_classes: int, ignore_index: int) -> Tensor:
-    """(N, S, S) pixel classes -> (N, grid, grid) majority class of each patch among its
-    non-ignored pixels (ignore_index where all are ignored)."""
-    size = masks.shape[1]
-    cell = torch.arange(size) * grid // size  # patch row/column of each pixel row/column
-    patch = (cell[:, None] * grid + cell[None, :]).flatten()
-    out = []
-    for start in range(0, len(masks), 64):  # bounded memory: 64 * grid^2 * classes counts
-        chunk = torch.from_numpy(masks[start : start + 64]).long().flatten(1)
-        keep = chunk != ignore_index
-        slot = (torch.arange(len(chunk))[:, None] * grid * grid + patch) * n_classes + chunk
-        counts = torch.bincount(slot[keep], minlength=len(chunk) * grid * grid * n_classes)
-        counts = counts.reshape(len(chunk), grid, grid, n_classes)
-        best = counts.argmax(-1)
-        out.append(torch.where(counts.sum(-1) > 0, best, ignore_index))
-    return torch.cat(out)
-
-
 def segmentation(model: FrozenModel, data: TrainTest[SegmentationSet]) -> dict[str, float]:
-    """A linear probe of patch tokens fitted to each training patch's majority class; its
-    predictions on validation patches, upsampled (nearest) to pixels, scored by mIoU with the
-    ignore label left out."""
+    """`segmentation_probe_miou`: a linear patch probe fitted on the training split, mIoU on
+    the validation split per pixel of the crop, the ignore label left out."""
     train, test = data.train, data.test
-    features = model.images(train.images).patches
-    grid = features.shape[1]
-    labels = patch_labels(train.masks, grid, train.n_classes, train.ignore_index)
-    probe = SegmentationProbe(features.shape[-1], train.n_classes)
-    probe.fit(features.flatten(1, 2), labels.flatten(1), ignore_index=train.ignore_index)
-    predicted = probe.predict(model.images(test.images).patches.flatten(1, 2))
-    predicted = predicted.reshape(-1, 1, grid, grid).float()
-    pixels = F.interpolate(predicted, size=test.masks.shape[1:], mode="nearest")[:, 0].long()
-    target = torch.from_numpy(test.masks)
-    return {"miou": mean_iou(pixels, target, test.n_classes, ignore_index=test.ignore_index)}
-
-
-def patch_depth(data: DepthSet, grid: int) -> tuple[Tensor, Tensor]:
-    """(N, grid, grid) mean depth of each patch, and whether all its pixels are valid."""
-    valid = torch.from_numpy(data.valid).float()[:, None]
-    total = F.adaptive_avg_pool2d(torch.from_numpy(data.depth)[:, None] * valid, grid)[:, 0]
-    share = F.adaptive_avg_pool2d(valid, grid)[:, 0]
-    return total / share.clamp(min=1e-6), share > 0.999
+    miou = segmentation_probe_miou(
+        model.images(train.images).patches,
+        train.masks,
+        model.images(test.images).patches,
+        test.masks,
+        train.n_classes,
+        train.ignore_index,
+    )
+    return {"miou": miou}
 
 
 def depth_probe(model: FrozenModel, data: TrainTest[DepthSet]) -> dict[str, float]:
-    """The paper's probe: [global ; patch] token -> linear logits over 256 depth bins spread over
-    the training targets' range, trained by cross-entropy to the target bin; prediction = the
-    softmax-weighted bin centre. RMSE (metres) and AbsRel over valid test patches."""
+    """The paper's probe (`depth_probe_errors`): [global ; patch] token -> linear logits over
+    256 depth bins spread over the training targets' range, trained by cross-entropy to the
+    target bin; prediction = the softmax-weighted bin centre. RMSE (metres) and AbsRel over
+    valid test patches."""
     train = model.images(data.train.images)
     grid = train.patches.shape[1]
-    depth, valid = patch_depth(data.train, grid)
-    if not valid.any():
-        raise BenchmarkFormatError("no training patch has valid depth everywhere")
-    probe = DepthBinProbe(
-        train.patches.shape[-1], float(depth[valid].min()), float(depth[valid].max())
-    )
-    probe.fit(train.pooled, train.patches.flatten(1, 2), depth.flatten(1), valid.flatten(1))
-    test = model.images(data.test.images)
-    predicted = probe.predict(test.pooled, test.patches.flatten(1, 2))
-    target, keep = patch_depth(data.test, grid)
-    return depth_errors(predicted, target.flatten(1), keep.flatten(1))
+    depth, valid = patch_depth(data.train.depth, data.train.valid, grid)
+    target, keep = patch_depth(data.test.depth, data.test.valid, grid)
+    return depth_probe_errors(train, depth, valid, model.images(data.test.images), target, keep)
 
 
 def relative_depth(model: FrozenModel, data: TrainTest[DepthSet]) -> dict[str, float]:
