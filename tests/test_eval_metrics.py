@@ -108,3 +108,14 @@ def test_metric_keys(ks: tuple[int, ...]) -> None:
     labels = torch.arange(6)
     images, prototypes = class_features(labels, 6)
     assert set(zero_shot_accuracy(images, prototypes, labels, ks)) == {f"top{k}" for k in ks}
+
+
+def test_probe_scores_do_not_depend_on_the_global_random_state() -> None:
+    features = torch.randn(6, 16, 8)
+    labels = torch.randint(0, 3, (6, 16))
+    predictions = []
+    for state in (0, 1):
+        torch.manual_seed(state)  # what ran before the probe
+        probe = SegmentationProbe(8, 3).fit(features, labels, steps=20)
+        predictions.append(probe(features))
+    torch.testing.assert_close(predictions[0], predictions[1])

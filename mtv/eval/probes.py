@@ -15,6 +15,13 @@ from mtv.eval.model import Features
 def _train(
     head: nn.Module, inputs: Tensor, loss_of, steps: int, lr: float, batch: int, seed: int
 ) -> None:  # type: ignore[no-untyped-def]
+    # The initial weights come from `seed` too, not from the global RNG: otherwise a probe's
+    # score would depend on what ran before it (e.g. the order of evaluators).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in head.modules():
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     for _ in range(steps):
