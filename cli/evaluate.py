@@ -11,10 +11,11 @@ from mtv_cli.output import console, fail
 from rich.markup import escape
 from rich.table import Table
 
-from mtv.analysis import MissingRuns
+from mtv.analysis import MissingRuns, task_groups
 from mtv.analysis.report import scaling_report, synergy_report
 from mtv.analysis.synergy import synergy_wide
 from mtv.eval import evaluate_run, suite_names
+from mtv.specs import SpecError, load_spec
 
 
 def _table(frame: pl.DataFrame, title: str) -> Table:
@@ -31,6 +32,29 @@ def _cell(value: object) -> str:
     if value is None:
         return "-"  # undefined (e.g. a gain over a baseline that lacks the metric)
     return f"{value:.4f}" if isinstance(value, float) else escape(str(value))
+
+
+def _results_table(results: pl.DataFrame) -> Table:
+    """One row per metric with its two reference points beside it."""
+    table = Table(
+        caption="trivial: chance, majority class or constant depth; "
+        "random init: the same model untrained (same seed)",
+    )
+    table.add_column("evaluator", no_wrap=True)
+    table.add_column("metric", no_wrap=True)
+    for column in ("value", "trivial", "random init"):
+        table.add_column(column, justify="right")
+    table.add_column("better")
+    for row in results.iter_rows(named=True):
+        table.add_row(
+            row["evaluator"],
+            row["metric"],
+            _cell(row["value"]),
+            _cell(row["trivial"]),
+            _cell(row["random_init"]),
+            "higher" if row["higher_is_better"] else "lower",
+        )
+    return table
 
 
 def _print_wide(frame: pl.DataFrame, title: str, width: int = 14) -> None:
@@ -70,24 +94,58 @@ def evaluate(
     except (FileNotFoundError, ValueError) as err:
         raise fail(str(err)) from None
     name, step = results["suite"][0], results["step"][0]
-    shown = results.drop("suite", "step", "samples_seen")
-    console.print(_table(shown, f"{target} — {name} suite (step {step})"))
+    console.print(
+        f"{escape(str(target))} — {name} suite (step {step})", highlight=False, soft_wrap=True
+    )
+    console.print(_results_table(results))
     console.print(f"results: {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
 def synergy(
-    runs: Annotated[list[Path], typer.Argument(help="evaluated run directories")],
-    baseline: Annotated[Path, typer.Option("--baseline", help="the VL-only run")],
+    runs: Annotated[
+        list[Path], typer.Argument(help="evaluated run directories: every task set, any seeds")
+    ],
+    baseline: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--baseline",
+            help="VL-only run(s), one per seed (they may also be given among RUNS)",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="where tables and heatmaps go")] = Path(
         "synergy"
     ),
     suite: Annotated[str, typer.Option("--suite")] = "mini",
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", help="only these evaluator/metric columns (repeatable)"),
+    ] = None,
 ) -> None:
-    """The ablation ladder (Table 3) and the task-synergy matrix (Table 4, Eq. 4)."""
+    """The ablation ladder (Table 3) and the task-synergy matrix (Table 4, Eq. 4).
+
+    Runs of the same task set with different `runtime.seed` are seeds: every value is then the
+    mean ± standard error over seeds, differences are paired by seed, and those within two
+    standard errors of zero are marked n.s.; synergy is given only where a single task's gain
+    stands out of its noise."""
     try:
-        ladder, matrix, files = synergy_report([baseline, *runs], suite, out)
-    except (MissingRuns, FileNotFoundError, ValueError) as err:
-        raise fail(str(err)) from None
+        for path in baseline or []:
+            kinds = [t.kind for t in load_spec(path / "spec.yaml").tasks]
+            if task_groups(kinds):
+                raise ValueError(
+                    f"--baseline {path}: a baseline is a VL-only run; this one also trains "
+                    f"{', '.join(task_groups(kinds))}"
+                )
+        paths = list(dict.fromkeys([*(baseline or []), *runs]))
+        ladder, matrix, files = synergy_report(paths, suite, out, metric)
+    except (MissingRuns, FileNotFoundError, ValueError, SpecError) as err:
+        raise fail(err if isinstance(err, SpecError) else str(err)) from None
+    seeds = matrix["seeds"].max() if "seeds" in matrix.columns else 1
+    if not seeds or seeds < 2:
+        console.print(
+            "one seed per task set: differences cannot be told from noise (run more seeds, "
+            "e.g. with `mtv sweep`)",
+            highlight=False,
+        )
     if ladder is not None:
         _print_wide(ladder, "ablation ladder (Table 3; increments over the previous row)")
     _print_wide(synergy_wide(matrix), "task synergy (Table 4, Eq. 4), by metric and average")

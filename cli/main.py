@@ -12,6 +12,7 @@ from mtv_cli.export import export
 from mtv_cli.label import label_app
 from mtv_cli.output import console, errors, fail, report
 from mtv_cli.run import run
+from mtv_cli.sweep import sweep
 from mtv_cli.world import world_app
 from rich.markup import escape
 from rich.syntax import Syntax
@@ -37,6 +38,7 @@ app.command("eval")(evaluate)
 app.command("export")(export)
 app.command("synergy")(synergy)
 app.command("scaling")(scaling)
+app.command("sweep")(sweep)
 
 
 SetOption = Annotated[

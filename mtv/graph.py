@@ -94,7 +94,7 @@ class GraphPlan:
     labels: dict[str, tuple[str, ...]]  # label -> tasks
     n_local_crops: int = 0
     masked_patches: int = 0
-    teacher_momentum: float = 0.0
+    teacher_momentum: str = ""  # in words: fixed, or the schedule
 
     def view_request(self, spec: ExperimentSpec) -> ViewRequest:
         """What the loader must build for this plan."""
@@ -141,7 +141,7 @@ class GraphPlan:
             )
         if self.teacher:
             lines.append(
-                f"EMA teacher (momentum {self.teacher_momentum:g}, no grad, outside DDP): "
+                f"EMA teacher (momentum {self.teacher_momentum}, no grad, outside DDP): "
                 f"{len(self.teacher)} pass(es) per step"
             )
             for p in self.teacher:
@@ -155,6 +155,13 @@ class GraphPlan:
         labels = [f"{name} ({', '.join(tasks)})" for name, tasks in self.labels.items()]
         lines.append(f"labels: {', '.join(labels)}")
         return "\n".join(lines)
+
+
+def _momentum_words(spec: ExperimentSpec) -> str:
+    teacher = spec.model.teacher
+    if teacher.momentum_schedule == "fixed":
+        return f"{teacher.momentum:g}"
+    return f"{teacher.momentum:g} -> {teacher.final_momentum:g}, cosine"
 
 
 def plan_graph(spec: ExperimentSpec) -> GraphPlan:
@@ -247,7 +254,7 @@ def plan_graph(spec: ExperimentSpec) -> GraphPlan:
         labels=users("labels"),
         n_local_crops=max(n.local_crops for n in needs.values()),
         masked_patches=max(n.masked_patches for n in needs.values()),
-        teacher_momentum=spec.model.teacher.momentum,
+        teacher_momentum=_momentum_words(spec),
     )
 
 
@@ -364,7 +371,7 @@ class TaskGraph:
         if self.plan.teacher:
             tasks: dict[str, Task] = dict(self.student.tasks.items())  # type: ignore[arg-type]
             heads = {k: tasks[k].ema_modules() for p in self.plan.teacher for k in p.consumers}
-            self.teacher = EMATeacher(self.student.encoder, heads, spec.model.teacher.momentum)
+            self.teacher = EMATeacher(self.student.encoder, heads)
         self._student_call: Callable[..., tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]]
         self._student_call = self.student
         self._teacher_call: Callable[..., dict[str, object]] = self._teacher_targets
@@ -446,15 +453,41 @@ class TaskGraph:
         total, losses, report = self._student_call(batch, targets, step_t)
         return StepOutput(total, losses, report)
 
-    @torch.no_grad()
-    def after_optimizer_step(self, teacher_momentum: float | None = None) -> None:
-        """What follows every optimiser step: the tasks' own hooks (clamping the logit scales),
-        then the EMA teacher update (momentum: the spec's unless given)."""
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The student's trainable parameters as optimiser groups: one at the base learning rate,
+        one per learning-rate multiplier that a task asks for (`Task.lr_scales`). Each group
+        carries its `lr_scale`."""
+        scales: dict[str, float] = {}
+        for kind, task in self.student.tasks.items():
+            scales |= {f"tasks.{kind}.{n}": s for n, s in task.lr_scales().items()}  # type: ignore[operator]
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, parameter in self.student.named_parameters():
+            if parameter.requires_grad:
+                groups.setdefault(scales.pop(name, 1.0), []).append(parameter)
+        if scales:
+            raise ValueError(
+                f"lr_scales name parameters the student does not have: {sorted(scales)}"
+            )
+        return [{"params": params, "lr_scale": scale} for scale, params in sorted(groups.items())]
+
+    def teacher_momentum(self, step: int) -> float:
+        """The EMA momentum after optimiser step `step` (the spec's fixed value or schedule)."""
+        return self.spec.model.teacher.momentum_at(step, self.spec.schedule.steps)
+
+    def before_optimizer_step(self, step: int) -> None:
+        """The tasks' hooks between backward and optimiser step `step` (e.g. prototype freezing)."""
         for task in self.student.tasks.values():
-            task.after_optimizer_step()  # type: ignore[operator]
+            task.before_optimizer_step(step)  # type: ignore[operator]
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int = 0, teacher_momentum: float | None = None) -> None:
+        """What follows optimiser step `step`: the tasks' own hooks (clamping the logit scales),
+        then the EMA teacher update (momentum: the spec's at `step` unless given)."""
+        for task in self.student.tasks.values():
+            task.after_optimizer_step(step)  # type: ignore[operator]
         if self.teacher is not None:
             pairs = list(self.teacher_parameter_pairs())
-            momentum = self.teacher.momentum if teacher_momentum is None else teacher_momentum
+            momentum = self.teacher_momentum(step) if teacher_momentum is None else teacher_momentum
             ema_update([t for _, t, _ in pairs], [s for _, _, s in pairs], momentum)
 
     def parameter_counts(self) -> dict[str, int]:

@@ -20,7 +20,6 @@ class EMATeacher(nn.Module):
         self,
         encoder: VisionTransformer,
         heads: Mapping[str, Mapping[str, nn.Module]],
-        momentum: float,
     ):
         super().__init__()
         self.encoder = copy.deepcopy(encoder)
@@ -30,7 +29,6 @@ class EMATeacher(nn.Module):
                 for kind, modules in heads.items()
             }
         )
-        self.momentum = momentum
         self.requires_grad_(False)
 
 

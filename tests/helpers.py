@@ -13,7 +13,9 @@ from mtv.tasks.masked import draw_patch_mask
 ALL_TASKS = ["vl", "distill", "masked", "koleo", "ground", "depth"]
 
 
-def tiny_spec(tasks: list[str] | None = None, **fields: object) -> ExperimentSpec:
+def tiny_spec(
+    tasks: list[str | dict[str, object]] | None = None, **fields: object
+) -> ExperimentSpec:
     """A tiny model (CPU seconds) with every label available."""
     raw: dict[str, object] = {
         "name": "tiny",

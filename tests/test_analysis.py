@@ -117,7 +117,7 @@ def test_depth_from_disparity_undoes_an_unknown_scale_and_shift() -> None:
     disparity = 3.0 / depth + torch.tensor([0.5, -0.1])[:, None, None]
     valid = torch.ones_like(depth, dtype=torch.bool)
     torch.testing.assert_close(depth_from_disparity(disparity, depth, valid), depth)
-    assert relative_depth_errors(disparity, depth, valid)["delta1"] == 1.0
+    assert relative_depth_errors(disparity, depth, valid, max_depth=10.0)["delta1"] == 1.0
 
 
 def test_loss_curves_are_read_per_run_and_smoothed_without_bias(tmp_path: Path) -> None:
@@ -144,3 +144,77 @@ def test_loss_curves_are_read_per_run_and_smoothed_without_bias(tmp_path: Path) 
     assert smooth([4.0, 4.0, 4.0], 0.9) == pytest.approx([4.0, 4.0, 4.0])  # no pull towards 0
     with pytest.raises(FileNotFoundError, match=r"metrics\.parquet"):
         load_curves([tmp_path])
+
+
+# Over seeds: mean +- SE, paired differences, significance ------------------------------------
+
+SEED_NOISE = {0: -1.0, 1: 0.0, 2: 1.0}  # shared by every run of a seed: pairing removes it
+
+
+def seeded_results(accuracy: dict[str, float], wobble: dict[str, list[float]]) -> pl.DataFrame:
+    """Planted accuracies per task set: value = base + seed noise + the set's own wobble."""
+    rows = []
+    for run, base in accuracy.items():
+        tasks = RUNS[run][0]
+        for seed, noise in SEED_NOISE.items():
+            value = base + noise + wobble.get(run, [0.0, 0.0, 0.0])[seed]
+            rows.append(
+                {
+                    "run": f"{run}-{seed}",
+                    "seed": seed,
+                    "tasks": tasks,
+                    "metric": "acc",
+                    "value": value,
+                    "higher_is_better": True,
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+PLANTED = {
+    "vl": 10.0,
+    "ssl": 15.0,  # +5, every seed: significant
+    "ground": 10.2,  # +0.2 with a wobble of +-1: not significant
+    "depth": 12.0,
+    "ssl_ground": 15.3,  # +0.3 over SSL with a wobble: not significant
+    "ssl_depth": 18.0,
+    "ground_depth": 12.5,
+    "all": 19.0,
+}
+WOBBLE = {"ground": [1.0, -1.2, 0.6], "ssl_ground": [0.9, -1.0, 0.5]}
+
+
+def test_ladder_over_seeds_shows_mean_se_and_marks_non_significant_steps() -> None:
+    table = ladder_table(seeded_results(PLANTED, WOBBLE))
+    rows = {r["tasks"]: r["acc"] for r in table.iter_rows(named=True)}
+    # Seed noise (-1, 0, +1) is shared, so VL's own SE is 1/sqrt(3) but SSL's step is exact.
+    assert rows["VL"] == "10 ± 0.58"
+    assert rows["VL + SSL"] == "15 ± 0.58 (+5 ± 0)"  # significant: no mark
+    assert rows["VL + SSL + Ground"].endswith("n.s.)")
+    assert "n.s." not in rows["Absolute gain"]
+
+
+def test_synergy_over_seeds_needs_a_single_gain_that_stands_out() -> None:
+    table = synergy_table(seeded_results(PLANTED, WOBBLE))
+    cells = {(r["task_a"], r["task_b"], r["metric"]): r for r in table.iter_rows(named=True)}
+    # Ground alone is inside the noise, SSL is not: ssl x ground is defined by SSL's gain.
+    ssl_ground = cells[("ground", "ssl", "acc")]
+    excess = 0.3 + sum(WOBBLE["ssl_ground"]) / 3
+    assert ssl_ground["defined"] and ssl_ground["synergy"] == pytest.approx(excess / 5.0)
+    assert ssl_ground["significant"] is False  # the excess +0.3 wobbles by about 1
+    ssl_depth = cells[("depth", "ssl", "acc")]
+    assert ssl_depth["synergy"] == pytest.approx((8.0 - 5.0) / 5.0) and ssl_depth["significant"]
+    # With the ground wobble planted on depth's gain instead, no single gain stands out.
+    noisy = {**PLANTED, "depth": 10.1, "ground_depth": 10.3}
+    table = synergy_table(
+        seeded_results(noisy, {**WOBBLE, "depth": [1.1, -0.9, -0.3]}), pairs=[("depth", "ground")]
+    )
+    row = table.filter(pl.col("metric") == "acc").row(0, named=True)
+    assert not row["defined"] and math.isnan(row["synergy"])
+
+
+def test_two_runs_of_one_task_set_and_seed_are_refused() -> None:
+    frame = seeded_results(PLANTED, {})
+    duplicate = frame.filter(pl.col("run") == "vl-0").with_columns(pl.lit("vl-copy").alias("run"))
+    with pytest.raises(ValueError, match="both have the task set VL and seed 0"):
+        synergy_table(pl.concat([frame, duplicate]))

@@ -20,13 +20,20 @@ runner = CliRunner()
 
 def test_eval_prints_every_metric_of_the_mini_suite(ladder_runs: dict[str, Path]) -> None:
     run = ladder_runs["vl_ssl_ground_depth"]
-    result = runner.invoke(app, ["eval", str(run), "--scenes", "10"])
+    result = runner.invoke(app, ["eval", str(run), "--scenes", "10"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
     stored = pl.read_parquet(run / "eval" / "mini.parquet")
     assert set(stored["evaluator"]) == set(EVALUATORS)
     for evaluator, metric in stored.select("evaluator", "metric").iter_rows():
         assert evaluator in result.output and metric in result.output
     assert stored["value"].is_finite().all() and (stored["step"] == 3).all()
+    # Every metric carries its reference points, printed beside it.
+    assert "trivial" in result.output and "random init" in result.output
+    assert stored["trivial"].is_not_null().all() and stored["random_init"].is_finite().all()
+    chance = stored.filter(pl.col("metric") == "i2t_r1")["trivial"][0]
+    assert chance == 0.1  # one caption in a gallery of the 10 scenes
+    cached = pl.read_parquet(run / "eval" / "mini.random_init.parquet")
+    assert set(cached["evaluator"]) <= set(EVALUATORS) and cached.height == stored.height
 
 
 def test_eval_of_a_missing_run_is_a_clear_error(tmp_path: Path) -> None:
@@ -150,3 +157,71 @@ def test_eval_reads_a_public_benchmark_named_on_the_command_line(
     args = ["eval", str(run), "--suite", "coco_karpathy", "--data", str(broken)]
     bad = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "dataset_coco.json" in bad.output
+
+
+def _planted_run(root: Path, name: str, tasks: list[str], seed: int, accuracy: float) -> Path:
+    """A run directory with a spec and one planted evaluation result, no weights."""
+    from mtv.eval import store_results
+    from mtv.specs import spec_to_yaml
+    from tests.helpers import tiny_spec
+
+    run = root / f"{name}-{seed}"
+    run.mkdir(parents=True)
+    spec = tiny_spec(tasks, runtime={"seed": seed})
+    (run / "spec.yaml").write_text(spec_to_yaml(spec))
+    rows = pl.DataFrame(
+        {
+            "suite": ["mini"],
+            "evaluator": ["zero_shot"],
+            "metric": ["color_top1"],
+            "value": [accuracy],
+            "trivial": [0.1],
+            "random_init": [0.1],
+            "higher_is_better": [True],
+            "step": [10],
+            "samples_seen": [80],
+        }
+    )
+    store_results(rows, run, "mini")
+    return run
+
+
+def test_synergy_over_seeds_prints_mean_se_and_marks_non_significant_differences(
+    tmp_path: Path,
+) -> None:
+    ssl = ["vl", "distill", "masked", "koleo"]
+    sets = {
+        "vl": (["vl"], 0.30),
+        "ssl": (ssl, 0.40),  # +0.10 at every seed: significant
+        "ground": (["vl", "ground"], 0.30),  # +0.00 +- 0.02: not significant
+        "depth": (["vl", "depth"], 0.35),
+        "ssl_ground": ([*ssl, "ground"], 0.41),
+        "ssl_depth": ([*ssl, "depth"], 0.45),
+        "ground_depth": (["vl", "ground", "depth"], 0.36),
+        "all": ([*ssl, "ground", "depth"], 0.47),
+    }
+    wobble = {0: -0.02, 1: 0.0, 2: 0.02}
+    runs = []
+    for name, (tasks, accuracy) in sets.items():
+        for seed in (0, 1, 2):
+            extra = wobble[seed] if name in ("ground", "ssl_ground") else 0.0
+            runs.append(_planted_run(tmp_path, name, tasks, seed, accuracy + 0.01 * seed + extra))
+    out = tmp_path / "report"
+    result = runner.invoke(
+        app, ["synergy", *map(str, runs), "--out", str(out)], env={"COLUMNS": "250"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "0.31 ± 0.0058" in result.output  # VL: mean and SE over the three seeds
+    assert "(+0.1 ± 0)" in result.output  # SSL's step, paired by seed: exact
+    assert "(+0.01 ± 0.012 n.s.)" in result.output  # +Ground's step wobbles: not significant
+    assert "one seed per task set" not in result.output
+    matrix = pl.read_parquet(out / "synergy.parquet")
+    assert matrix["seeds"].max() == 3
+    single = runner.invoke(
+        app,
+        ["synergy", *(str(r) for r in runs if r.name.endswith("-0")), "--out", str(out)],
+        env={"COLUMNS": "250"},
+    )
+    assert single.exit_code == 0 and "one seed per task set" in single.output
+    wrong = runner.invoke(app, ["synergy", *map(str, runs), "--baseline", str(runs[3])])
+    assert wrong.exit_code == 2 and "a baseline is a VL-only run" in wrong.output

@@ -9,12 +9,15 @@ import torch
 from mtv.eval.metrics import (
     correspondence_recall,
     depth_errors,
+    majority_accuracy,
     mean_iou,
+    random_match_recall,
     relative_depth_errors,
     retrieval_recall,
     zero_shot_accuracy,
 )
-from mtv.eval.probes import DepthBinProbe, SegmentationProbe
+from mtv.eval.model import Features
+from mtv.eval.probes import ClassifierProbe, DepthBinProbe, depth_probe_scores
 
 g = torch.Generator().manual_seed(0)
 
@@ -62,9 +65,9 @@ def test_depth_errors_and_relative_alignment() -> None:
     assert depth_errors(depth, depth, valid) == {"rmse": 0.0, "absrel": 0.0}
     # any positive affine map of the true disparity is a perfect relative prediction
     disparity = 3.0 / depth + 0.5
-    exact = relative_depth_errors(disparity, depth, valid)
+    exact = relative_depth_errors(disparity, depth, valid, max_depth=10.0)
     assert exact["absrel"] < 1e-4 and exact["delta1"] == 1.0
-    wrong = relative_depth_errors(torch.rand(3, 8, 8, generator=g), depth, valid)
+    wrong = relative_depth_errors(torch.rand(3, 8, 8, generator=g), depth, valid, 10.0)
     assert wrong["absrel"] > 0.1
 
 
@@ -99,7 +102,7 @@ def test_segmentation_probe_learns_planted_classes() -> None:
     labels = torch.randint(0, 4, (32, 16), generator=g)
     features, _ = class_features(labels.flatten(), 4, dim=16, noise=0.2)
     features = features.reshape(32, 16, 16)
-    probe = SegmentationProbe(16, 4).fit(features, labels, steps=200)
+    probe = ClassifierProbe(16, 4).fit(features, labels, steps=200)
     assert mean_iou(probe.predict(features), labels, 4) > 0.95
 
 
@@ -116,6 +119,61 @@ def test_probe_scores_do_not_depend_on_the_global_random_state() -> None:
     predictions = []
     for state in (0, 1):
         torch.manual_seed(state)  # what ran before the probe
-        probe = SegmentationProbe(8, 3).fit(features, labels, steps=20)
+        probe = ClassifierProbe(8, 3).fit(features, labels, steps=20)
         predictions.append(probe(features))
     torch.testing.assert_close(predictions[0], predictions[1])
+
+
+def test_depth_probe_beats_the_constant_predictor_only_when_features_carry_depth() -> None:
+    """Depth that depends on where a patch is (as the mini-world's floor does): features that
+    encode the position beat the median-depth constant clearly, random features do not."""
+    images, grid, dim = 48, 6, 36
+    rows = torch.arange(grid).repeat_interleave(grid).float()
+    depth = (2.0 + 12.0 / (1.0 + rows))[None].repeat(images, 1) * (
+        1 + 0.05 * torch.randn(images, grid * grid, generator=g)
+    )
+    valid = torch.ones_like(depth, dtype=torch.bool)
+    position = torch.eye(grid * grid)[None].repeat(images, 1, 1)
+    noise = torch.randn(images, grid * grid, dim, generator=g)
+
+    def scores(patches: torch.Tensor) -> dict:
+        maps = patches.reshape(images, grid, grid, -1)
+        train, test = slice(0, 24), slice(24, 48)
+        return depth_probe_scores(
+            Features(maps[train].mean((1, 2)), maps[train]),
+            depth[train].reshape(-1, grid, grid),
+            valid[train].reshape(-1, grid, grid),
+            Features(maps[test].mean((1, 2)), maps[test]),
+            depth[test].reshape(-1, grid, grid),
+            valid[test].reshape(-1, grid, grid),
+        )
+
+    seeing = scores(position)
+    assert seeing["absrel"].value < 0.5 * seeing["absrel"].trivial
+    assert seeing["rmse"].value < 0.5 * seeing["rmse"].trivial
+    blind = scores(noise)
+    assert blind["absrel"].value > 0.8 * blind["absrel"].trivial
+
+
+def test_relative_depth_stays_finite_when_an_aligned_disparity_reaches_zero() -> None:
+    depth = torch.rand(2, 8, 8) * 9 + 1
+    valid = torch.ones_like(depth, dtype=torch.bool)
+    wild = torch.randn(2, 8, 8, generator=g)  # aligns to disparities around and below 0
+    errors = relative_depth_errors(wild, depth, valid, max_depth=10.0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in errors.values())
+    assert errors["absrel"] < 10.0  # capped depth: at most (10 - 1) / 1
+    perfect = relative_depth_errors(2.0 / depth + 0.1, depth, valid, max_depth=10.0)
+    assert perfect["absrel"] < 1e-5 and perfect["delta1"] == 1.0
+
+
+def test_trivial_references_match_their_definitions() -> None:
+    train, test = torch.tensor([0, 1, 1, 2, 1]), torch.tensor([1, 1, 0, 2])
+    assert majority_accuracy(train, test) == 0.5
+    truth = torch.tensor([[0.5, 0.5], [2.5, 1.5]])
+    expected = random_match_recall((4, 4), truth, (1.0, 8.0))
+    centres = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="xy"), -1)
+    distance = (centres.reshape(-1, 2).float() + 0.5)[None] - truth[:, None]
+    assert expected["recall@1px"] == pytest.approx(
+        float((distance.norm(dim=-1) <= 1).float().mean())
+    )
+    assert expected["recall@8px"] == 1.0

@@ -1,15 +1,23 @@
-"""The paper's two analysis tables, from evaluation results of a set of runs.
+"""The paper's two analysis tables, from evaluation results of a set of runs, over seeds.
 
-Results are rows of (run, tasks, metric, value, higher_is_better), `tasks` being the run's task
-kinds. Task kinds are grouped as the paper groups them: `ssl` = distill + masked + koleo,
-`ground`, `depth`; `vl` is the baseline every run shares.
+Results are rows of (run, tasks, metric, value, higher_is_better) and optionally `seed` (0 when
+absent), `tasks` being the run's task kinds. Task kinds are grouped as the paper groups them:
+`ssl` = distill + masked + koleo, `ground`, `depth`; `vl` is the baseline every run shares.
+
+Runs of the same seed share initial weights and data order, so task sets are compared *paired by
+seed*: a difference is estimated from the per-seed differences, as mean +- standard error (SE)
+over seeds, and is significant when its mean lies more than two SEs from 0 (with n seeds the SE
+has n - 1 degrees of freedom: at n = 3 this is a lenient test, about p = 0.18 two-sided; a
+reader wanting p = 0.05 needs 4.3 SEs). One seed gives no SE, and nothing is marked.
 
 - Ladder (Table 3): rows = task sets in ladder order, columns = metrics, each value with its
   increment over the previous row in parentheses, and an absolute-gain row (last - first).
 - Synergy (Table 4, Eq. 4): for groups A and B with gains dA, dB, dAB over the VL baseline,
       Synergy(A, B) = (dAB - max(dA, dB)) / max(dA, dB),
-  where for lower-is-better metrics a gain is a decrease. When neither A nor B alone improves
-  on the baseline (max <= 0) the ratio has no meaning and is reported as undefined (NaN).
+  where for lower-is-better metrics a gain is a decrease. The ratio is defined only where the
+  better single task's gain stands out of its noise (significantly > 0; > 0 with one seed):
+  dividing by a gain inside the noise gives numbers of any size that mean nothing. The
+  numerator dAB - max(dA, dB) ("excess") carries its own SE and significance.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import polars as pl
 
@@ -26,10 +35,61 @@ GROUPS: dict[str, frozenset[str]] = {
     "depth": frozenset({"depth"}),
 }
 LADDER: tuple[tuple[str, ...], ...] = ((), ("ssl",), ("ssl", "ground"), ("ssl", "ground", "depth"))
+SIGNIFICANCE_SE = 2.0  # a difference is significant beyond this many standard errors
+
+TaskSet = tuple[str, ...]
+PerSeed = dict[int, dict[str, float]]  # seed -> metric -> value
 
 
 class MissingRuns(ValueError):
     """The runs needed for a table are not all there (each missing task set is named)."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean and standard error of per-seed values (SE is NaN with fewer than two seeds)."""
+
+    mean: float
+    se: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Estimate:
+        values = [v for v in values if not math.isnan(v)]
+        n = len(values)
+        if n == 0:
+            return cls(math.nan, math.nan, 0)
+        mean = sum(values) / n
+        if n < 2:
+            return cls(mean, math.nan, n)
+        variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+        se = math.sqrt(variance / n)
+        # Differences that are equal at every seed up to float rounding have no spread.
+        return cls(mean, 0.0 if se < 1e-12 * max(1.0, abs(mean)) else se, n)
+
+    @property
+    def significant(self) -> bool | None:
+        """|mean| > 2 SE; None when there is no SE (one seed)."""
+        if self.n < 2 or math.isnan(self.se):
+            return None
+        return abs(self.mean) > SIGNIFICANCE_SE * self.se
+
+    @property
+    def positive(self) -> bool:
+        """Stands out of the noise above 0 (with one seed: merely above 0)."""
+        significant = self.significant
+        return self.mean > 0 and (significant is None or significant)
+
+    def text(self, digits: int = 3, signed: bool = False) -> str:
+        sign = "+" if signed else ""
+        if math.isnan(self.mean):
+            return "-"
+        out = f"{self.mean:{sign}.{digits}g}"
+        if self.n >= 2:
+            out += f" ± {self.se:.2g}"
+            if not self.significant:
+                out += " n.s."
+        return out
 
 
 def task_groups(kinds: Iterable[str]) -> tuple[str, ...]:
@@ -43,18 +103,24 @@ def label(groups: Sequence[str]) -> str:
     return " + ".join(["VL", *(g.capitalize() if g != "ssl" else "SSL" for g in groups)])
 
 
-def _by_groups(results: pl.DataFrame) -> dict[tuple[str, ...], pl.DataFrame]:
-    out: dict[tuple[str, ...], pl.DataFrame] = {}
-    for tasks, frame in results.group_by("tasks", maintain_order=True):
-        groups = task_groups(tasks[0])
-        if groups in out:
-            raise ValueError(f"two runs have the task set {label(groups)}; keep one per set")
-        out[groups] = frame
+def by_task_set(results: pl.DataFrame) -> dict[TaskSet, PerSeed]:
+    """Task set -> seed -> metric -> value; refuses two runs of one task set and seed."""
+    if "seed" not in results.columns:
+        results = results.with_columns(pl.lit(0).alias("seed"))
+    out: dict[TaskSet, PerSeed] = {}
+    runs: dict[tuple[TaskSet, int], str] = {}
+    for (run, seed), frame in results.group_by("run", "seed", maintain_order=True):
+        groups = task_groups(frame["tasks"][0])
+        key = (groups, int(seed))  # type: ignore[arg-type]
+        if key in runs:
+            raise ValueError(
+                f"runs {runs[key]} and {run} both have the task set {label(groups)} and seed "
+                f"{seed}; keep one run per task set and seed"
+            )
+        runs[key] = str(run)
+        values = dict(zip(frame["metric"].to_list(), frame["value"].to_list(), strict=True))
+        out.setdefault(groups, {})[int(seed)] = values  # type: ignore[arg-type]
     return out
-
-
-def _metric_values(frame: pl.DataFrame) -> dict[str, float]:
-    return dict(zip(frame["metric"].to_list(), frame["value"].to_list(), strict=True))
 
 
 def _direction(results: pl.DataFrame) -> dict[str, bool]:
@@ -73,12 +139,36 @@ def synergy(gain_a: float, gain_b: float, gain_ab: float) -> float:
     return (gain_ab - best) / best if best > 0 else math.nan
 
 
+def paired(a: PerSeed, b: PerSeed, metric: str, higher: bool | None = None) -> Estimate:
+    """Per-seed a - b over the seeds both have (a gain of a over b when `higher` is given)."""
+    seeds = sorted(set(a) & set(b))
+    values = []
+    for seed in seeds:
+        if metric in a[seed] and metric in b[seed]:
+            x, y = a[seed][metric], b[seed][metric]
+            values.append(x - y if higher is None else gain(x, y, higher))
+    return Estimate.of(values)
+
+
+def _values(runs: PerSeed, metric: str) -> Estimate:
+    return Estimate.of([v[metric] for v in runs.values() if metric in v])
+
+
+def _require(runs: dict[TaskSet, PerSeed], needed: dict[TaskSet, str], what: str) -> None:
+    missing = sorted(name for groups, name in needed.items() if groups not in runs)
+    if missing:
+        raise MissingRuns(f"missing runs for the {what}: " + ", ".join(missing))
+
+
 def synergy_table(
     results: pl.DataFrame, pairs: Sequence[tuple[str, str]] | None = None
 ) -> pl.DataFrame:
-    """Rows (task_a, task_b, metric, synergy) for every pair and metric, plus an `average` row
-    per pair (the mean over metrics where synergy is defined)."""
-    runs = _by_groups(results)
+    """Rows (task_a, task_b, metric, synergy and its SE, gains with their SEs, excess =
+    dAB - max(dA, dB) with its SE, defined, significant, seeds) for every pair and metric, plus
+    an `average` row per pair: the mean over the metrics where synergy is defined, with an SE
+    over seeds of the per-seed average of excess / best gain. `significant`: the excess differs
+    from 0 by more than two SEs (None with one seed or where synergy is undefined)."""
+    runs = by_task_set(results)
     direction = _direction(results)
     pairs = pairs or list(itertools.combinations(sorted(GROUPS), 2))
     needed = {(): "the VL baseline"}
@@ -88,66 +178,148 @@ def synergy_table(
             (b,): label((b,)),
             tuple(sorted((a, b))): label(sorted((a, b))),
         }
-    missing = sorted(name for groups, name in needed.items() if groups not in runs)
-    if missing:
-        raise MissingRuns("missing runs for the synergy table: " + ", ".join(missing))
-    base = _metric_values(runs[()])
+    _require(runs, needed, "synergy table")
+    base = runs[()]
     rows = []
     for a, b in pairs:
-        va, vb = _metric_values(runs[(a,)]), _metric_values(runs[(b,)])
-        vab = _metric_values(runs[tuple(sorted((a, b)))])
-        values = []
+        ra, rb, rab = runs[(a,)], runs[(b,)], runs[tuple(sorted((a, b)))]
+        per_seed_ratios: dict[int, list[float]] = {}
         for metric, higher in direction.items():
-            if not all(metric in v for v in (base, va, vb, vab)):
+            ga, gb, gab = (paired(r, base, metric, higher) for r in (ra, rb, rab))
+            if math.isnan(ga.mean) or math.isnan(gb.mean) or math.isnan(gab.mean):
                 continue
-            s = synergy(
-                gain(va[metric], base[metric], higher),
-                gain(vb[metric], base[metric], higher),
-                gain(vab[metric], base[metric], higher),
+            best_runs = ra if ga.mean >= gb.mean else rb
+            best = ga if ga.mean >= gb.mean else gb
+            excess = paired(rab, best_runs, metric, higher)
+            defined = best.positive
+            value = (gab.mean - best.mean) / best.mean if defined else math.nan
+            if defined:
+                for seed in sorted(set(rab) & set(best_runs)):
+                    if metric in rab[seed] and metric in best_runs[seed]:
+                        ratio = gain(rab[seed][metric], best_runs[seed][metric], higher) / best.mean
+                        per_seed_ratios.setdefault(seed, []).append(ratio)
+            rows.append(
+                {
+                    "task_a": a,
+                    "task_b": b,
+                    "metric": metric,
+                    "synergy": value,
+                    "synergy_se": excess.se / best.mean if defined else math.nan,
+                    "gain_a": ga.mean,
+                    "gain_a_se": ga.se,
+                    "gain_b": gb.mean,
+                    "gain_b_se": gb.se,
+                    "gain_ab": gab.mean,
+                    "gain_ab_se": gab.se,
+                    "excess": excess.mean,
+                    "excess_se": excess.se,
+                    "defined": defined,
+                    "significant": excess.significant if defined else None,
+                    "seeds": excess.n,
+                }
             )
-            values.append(s)
-            rows.append({"task_a": a, "task_b": b, "metric": metric, "synergy": s})
-        defined = [v for v in values if not math.isnan(v)]
-        average = sum(defined) / len(defined) if defined else math.nan
-        rows.append({"task_a": a, "task_b": b, "metric": "average", "synergy": average})
-    return pl.DataFrame(rows)
+        average = Estimate.of([sum(r) / len(r) for r in per_seed_ratios.values()])
+        rows.append(
+            {
+                "task_a": a,
+                "task_b": b,
+                "metric": "average",
+                "synergy": average.mean,
+                "synergy_se": average.se,
+                "defined": average.n > 0,
+                "significant": average.significant,
+                "seeds": average.n,
+            }
+        )
+    return pl.DataFrame(rows, infer_schema_length=None)
 
 
 def synergy_wide(matrix: pl.DataFrame) -> pl.DataFrame:
     """The synergy rows in the paper's Table 4 layout: one row per pair (`pair`, e.g.
-    "ssl x depth"), one column per metric, `average` last."""
-    return matrix.with_columns((pl.col("task_a") + " x " + pl.col("task_b")).alias("pair")).pivot(
-        on="metric", index="pair", values="synergy"
+    "ssl x depth"), one column per metric, `average` last. Cells are the synergy, or text
+    'mean ± SE' (with 'n.s.' where the excess is not significant) when there are seeds to tell."""
+    seeded = (
+        bool(matrix.filter(pl.col("seeds") >= 2).height) if "seeds" in matrix.columns else False
     )
+
+    def cell(row: dict) -> str | float:
+        value = row["synergy"]
+        if not seeded:
+            return value
+        if value is None or math.isnan(value):
+            return "undefined"
+        text = f"{value:+.2f} ± {row['synergy_se']:.2f}"
+        return text if row["significant"] else text + " n.s."
+
+    rows = [
+        {"pair": f"{r['task_a']} x {r['task_b']}", "metric": r["metric"], "cell": cell(r)}
+        for r in matrix.iter_rows(named=True)
+    ]
+    return pl.DataFrame(rows, infer_schema_length=None).pivot(
+        on="metric", index="pair", values="cell"
+    )
+
+
+def ladder_stats(results: pl.DataFrame, ladder: Sequence[tuple[str, ...]] = LADDER) -> pl.DataFrame:
+    """Table 3 as numbers: per ladder step and metric, mean and SE over seeds, and the
+    increment over the previous step paired by seed (mean, SE, significant); a last step
+    `Absolute gain` holds last - first."""
+    runs = by_task_set(results)
+    _require(runs, {tuple(sorted(s)): label(s) for s in ladder}, "ladder")
+    metrics = list(_direction(results))
+    rows = []
+    previous: PerSeed | None = None
+    for step in ladder:
+        current = runs[tuple(sorted(step))]
+        for metric in metrics:
+            value = _values(current, metric)
+            if value.n == 0:
+                continue
+            increment = paired(current, previous, metric) if previous is not None else None
+            rows.append(_ladder_row(label(step), metric, value, increment))
+        previous = current
+    first, last = runs[tuple(sorted(ladder[0]))], runs[tuple(sorted(ladder[-1]))]
+    for metric in metrics:
+        difference = paired(last, first, metric)
+        if difference.n:
+            rows.append(_ladder_row("Absolute gain", metric, difference, None))
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _ladder_row(tasks: str, metric: str, value: Estimate, increment: Estimate | None) -> dict:
+    return {
+        "tasks": tasks,
+        "metric": metric,
+        "mean": value.mean,
+        "se": value.se,
+        "seeds": value.n,
+        "increment": None if increment is None else increment.mean,
+        "increment_se": None if increment is None else increment.se,
+        "significant": (value.significant if tasks == "Absolute gain" else None)
+        if increment is None
+        else increment.significant,
+    }
 
 
 def ladder_table(results: pl.DataFrame, ladder: Sequence[tuple[str, ...]] = LADDER) -> pl.DataFrame:
-    """Table 3: one row per task set of the ladder (cells 'value (+increment)'), then the
-    absolute gain of the last row over the first (signed; for lower-is-better metrics a gain is
-    negative, as the paper prints RMSE)."""
-    runs = _by_groups(results)
-    missing = [label(step) for step in ladder if tuple(sorted(step)) not in runs]
-    if missing:
-        raise MissingRuns("missing runs for the ladder: " + ", ".join(missing))
-    metrics = list(_direction(results))
-    rows, previous = [], None
-    for step in ladder:
-        values = _metric_values(runs[tuple(sorted(step))])
-        row = {"tasks": label(step)}
-        for metric in metrics:
-            value = values.get(metric, math.nan)
-            text = f"{value:.4g}"
-            if previous is not None and metric in previous:
-                text += f" ({value - previous[metric]:+.3g})"
-            row[metric] = text
+    """Table 3's layout: one row per task set of the ladder (cells 'value (+increment)', with
+    '± SE' and 'n.s.' marks when there are several seeds), then the absolute gain of the last
+    row over the first (signed; for lower-is-better metrics a gain is negative, as the paper
+    prints RMSE)."""
+    stats = ladder_stats(results, ladder)
+    metrics = list(dict.fromkeys(stats["metric"].to_list()))
+    rows = []
+    for tasks in dict.fromkeys(stats["tasks"].to_list()):
+        row: dict[str, str] = {"tasks": tasks}
+        for r in stats.filter(pl.col("tasks") == tasks).iter_rows(named=True):
+            value = Estimate(r["mean"], r["se"], r["seeds"])
+            if tasks == "Absolute gain":
+                row[r["metric"]] = value.text(signed=True)
+                continue
+            text = value.text()
+            if r["increment"] is not None:
+                step = Estimate(r["increment"], r["increment_se"], r["seeds"])
+                text += f" ({step.text(signed=True)})"
+            row[r["metric"]] = text
         rows.append(row)
-        previous = values
-    first = _metric_values(runs[tuple(sorted(ladder[0]))])
-    last = _metric_values(runs[tuple(sorted(ladder[-1]))])
-    rows.append(
-        {
-            "tasks": "Absolute gain",
-            **{m: f"{last[m] - first[m]:+.3g}" for m in metrics if m in first and m in last},
-        }
-    )
-    return pl.DataFrame(rows)
+    return pl.DataFrame(rows).select("tasks", *[m for m in metrics if any(m in r for r in rows)])

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from mtv.batch import Batch, name_id
+from mtv.data.photometric import augment
 from mtv.data.sources import CorruptImageError, decode_image
 from mtv.data.store import LabelStore
 from mtv.data.views import ViewRequest, crop_boxes, crop_image, crop_map, sample_crop
@@ -38,6 +39,11 @@ def _generator(*seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+def _signed(image: Tensor) -> Tensor:
+    """[0, 1] -> [-1, 1], the encoder's input range (as SigLIP)."""
+    return image * 2.0 - 1.0
+
+
 class ViewBuilder:
     """One sample's views and labels, as requested (CPU, in loader workers)."""
 
@@ -51,23 +57,28 @@ class ViewBuilder:
     def __call__(
         self, image: np.ndarray, caption: str, labels: dict[str, Any], generator: torch.Generator
     ) -> dict[str, Any]:
-        pixels = torch.from_numpy(image).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        # Crops are cut in [0, 1] (where colour augmentation works), then mapped to [-1, 1].
+        pixels = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
         size = tuple(pixels.shape[-2:])
         views = self.views
         crop = sample_crop(size, views.global_scale, views.aspect, generator, views.hflip)  # type: ignore[arg-type]
-        out: dict[str, Any] = {"images": crop_image(pixels, crop, self.request.global_size)}
+        global_view = crop_image(pixels, crop, self.request.global_size)
+        if views.global_photometric is not None:
+            global_view = augment(global_view, views.global_photometric, generator)
+        out: dict[str, Any] = {"images": _signed(global_view)}
         out["crop"] = torch.tensor([crop.x0, crop.y0, crop.x1, crop.y1, float(crop.flip)])
         if self.request.caption:
             out["captions"] = self.tokenizer([caption])[0]
         if self.request.local_crops:
-            local = [
-                crop_image(
-                    pixels,
-                    sample_crop(size, views.local_scale, views.aspect, generator, views.hflip),
-                    self.request.local_size,
+            local = []
+            for _ in range(self.request.local_crops):
+                box = sample_crop(
+                    size, views.local_scale, views.aspect, generator, views.local_hflip
                 )  # type: ignore[arg-type]
-                for _ in range(self.request.local_crops)
-            ]
+                view = crop_image(pixels, box, self.request.local_size)
+                if views.local_photometric is not None:
+                    view = augment(view, views.local_photometric, generator)
+                local.append(_signed(view))
             out["local_images"] = torch.stack(local)
         if self.request.patch_mask is not None:
             out["patch_mask"] = self.request.patch_mask(generator)

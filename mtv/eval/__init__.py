@@ -4,13 +4,14 @@ suites, and the results files of a run (`RUN/eval/<suite>.parquet` and `.json`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import polars as pl
 from pydantic import ValidationError
 
-from mtv.eval.mini import EVALUATORS, run_mini_suite
+from mtv.eval.mini import EVALUATORS, MiniData, mini_size, run_mini_suite
 from mtv.eval.model import FrozenModel
 from mtv.specs import EvalSpec
 from mtv.specs.loading import format_loc
@@ -20,10 +21,16 @@ RESULT_COLUMNS = (
     "evaluator",
     "metric",
     "value",
+    "trivial",
+    "random_init",
     "higher_is_better",
     "step",
     "samples_seen",
 )
+# The two reference points of every metric: `trivial`, what a trivial predictor scores on the
+# same data (chance, the majority class, a constant depth), and `random_init`, what the same
+# model scores with the weights it started from (same spec and seed, untrained).
+REFERENCE_COLUMNS = ("trivial", "random_init")
 
 
 class Evaluation(NamedTuple):
@@ -36,24 +43,86 @@ def suite_names() -> list[str]:
     return list(EvalSpec.model_fields["suite"].annotation.__args__)  # type: ignore[union-attr]
 
 
-def run_suite(model: FrozenModel, settings: EvalSpec) -> pl.DataFrame:
-    """Rows (suite, evaluator, metric, value, higher_is_better, step, samples_seen) of one run
-    of `model` with the suite, evaluators and data that `settings` name."""
+def _suite_on_data(model: FrozenModel, settings: EvalSpec) -> Callable[[FrozenModel], pl.DataFrame]:
+    """Read or render the suite's data once; a function that evaluates a model on it."""
+    only = settings.only or None
     if settings.suite == "mini":
-        results = run_mini_suite(model, settings.only or None, settings.scenes)
-    else:
-        from mtv.eval.public import run_public_suite
+        data = MiniData.render(settings.scenes, mini_size(model))
+        return lambda m: run_mini_suite(m, only, data=data)
+    from mtv.eval.public import load_public_suite, run_public_suite
 
-        assert settings.data is not None  # EvalSpec refuses a public suite without data
-        results = run_public_suite(
-            model, settings.suite, settings.data, settings.only or None, settings.limit
+    assert settings.data is not None  # EvalSpec refuses a public suite without data
+    loaded = load_public_suite(settings.suite, settings.data, model.size, settings.limit)
+    return lambda m: run_public_suite(m, settings.suite, settings.data, only, data=loaded)  # type: ignore[arg-type]
+
+
+def _settings_key(settings: EvalSpec) -> str:
+    """What the suite's data depends on: reference rows are reused only for the same."""
+    return json.dumps({k: getattr(settings, k) for k in ("suite", "scenes", "data", "limit")})
+
+
+def _cached_reference(
+    run_dir: Path | None, settings: EvalSpec, evaluators: set[str]
+) -> pl.DataFrame | None:
+    path = None if run_dir is None else run_dir / "eval" / f"{settings.suite}.random_init.parquet"
+    if path is None or not path.is_file():
+        return None
+    rows = pl.read_parquet(path).filter(pl.col("settings") == _settings_key(settings))
+    return rows if evaluators <= set(rows["evaluator"]) else None
+
+
+def _store_reference(run_dir: Path, settings: EvalSpec, rows: pl.DataFrame) -> None:
+    path = run_dir / "eval" / f"{settings.suite}.random_init.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = rows.with_columns(pl.lit(_settings_key(settings)).alias("settings"))
+    if path.is_file():
+        old = pl.read_parquet(path)
+        rows = pl.concat([old.join(rows, on=["settings", "evaluator"], how="anti"), rows])
+    _write_atomically(rows, path)
+
+
+def run_suite(model: FrozenModel, settings: EvalSpec, reference: bool = True) -> pl.DataFrame:
+    """Rows of RESULT_COLUMNS for one run of `model` with the suite, evaluators and data that
+    `settings` name. With `reference`, the same evaluators also measure `model.random_init()`
+    on the same data (`random_init`; kept in the run's `eval/<suite>.random_init.parquet`, so
+    a run computes it once per suite setting)."""
+    evaluate = _suite_on_data(model, settings)
+    results = evaluate(model)
+    random_init = pl.lit(None, dtype=pl.Float64).alias("random_init")
+    if reference and results.height:
+        evaluators = set(results["evaluator"])
+        cached = _cached_reference(model.run_dir, settings, evaluators)
+        if cached is None:
+            cached = evaluate(model.random_init()).select(
+                "evaluator", "metric", pl.col("value").alias("random_init")
+            )
+            if model.run_dir is not None:
+                _store_reference(model.run_dir, settings, cached)
+        results = results.join(
+            cached.select("evaluator", "metric", "random_init"),
+            on=["evaluator", "metric"],
+            how="left",
+            maintain_order="left",
         )
+    else:
+        results = results.with_columns(random_init)
     return results.select(
         pl.lit(settings.suite).alias("suite"),
-        pl.all(),
+        "evaluator",
+        "metric",
+        "value",
+        "trivial",
+        "random_init",
+        "higher_is_better",
         pl.lit(model.step).alias("step"),
         pl.lit(model.samples_seen).alias("samples_seen"),
     )
+
+
+def _write_atomically(frame: pl.DataFrame, path: Path) -> None:
+    partial = path.with_suffix(path.suffix + ".partial")
+    frame.write_parquet(partial)
+    partial.replace(path)
 
 
 def store_results(results: pl.DataFrame, run_dir: Path, suite: str) -> Path:
@@ -65,14 +134,12 @@ def store_results(results: pl.DataFrame, run_dir: Path, suite: str) -> Path:
     path = out / f"{suite}.parquet"
     merged = results.select(RESULT_COLUMNS)
     if path.is_file():
-        old = pl.read_parquet(path)
+        old = _with_reference_columns(pl.read_parquet(path))
         replaced = merged.select("step", "evaluator").unique()
         kept = old.join(replaced, on=["step", "evaluator"], how="anti")
         merged = pl.concat([kept.select(RESULT_COLUMNS), merged], how="vertical_relaxed")
     merged = merged.sort("step", "evaluator", "metric", maintain_order=True)
-    partial = path.with_suffix(".parquet.partial")
-    merged.write_parquet(partial)
-    partial.replace(path)
+    _write_atomically(merged, path)
     json_path = path.with_suffix(".json")
     json_partial = json_path.with_suffix(".json.partial")
     json_partial.write_text(json.dumps(merged.to_dicts(), indent=1))
@@ -80,12 +147,20 @@ def store_results(results: pl.DataFrame, run_dir: Path, suite: str) -> Path:
     return path
 
 
+def _with_reference_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """Results written before the reference columns existed read with them empty."""
+    missing = [
+        pl.lit(None, dtype=pl.Float64).alias(c) for c in REFERENCE_COLUMNS if c not in frame.columns
+    ]
+    return frame.with_columns(missing) if missing else frame
+
+
 def read_results(run_dir: Path, suite: str = "mini", latest: bool = True) -> pl.DataFrame:
     """A run's stored evaluation rows; only those of its latest evaluated step when `latest`."""
     path = run_dir / "eval" / f"{suite}.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no {suite} results: run `mtv eval {run_dir}` first")
-    frame = pl.read_parquet(path)
+    frame = _with_reference_columns(pl.read_parquet(path))
     return frame.filter(pl.col("step") == pl.col("step").max()) if latest else frame
 
 
@@ -96,9 +171,11 @@ def evaluate_run(
     scenes: int | None = None,
     data: str | Path | None = None,
     limit: int | None = None,
+    reference: bool = True,
 ) -> Evaluation:
     """Evaluate a run (its latest checkpoint) or one checkpoint of it, frozen, and store the
-    results in the run directory. Unset arguments come from the run spec's `eval:` section."""
+    results in the run directory. Unset arguments come from the run spec's `eval:` section;
+    `reference`: also score the random-init model (see `run_suite`)."""
     model = FrozenModel.from_run(target)
     declared = model.spec.eval
     changes = {
@@ -120,7 +197,7 @@ def evaluate_run(
         first = err.errors()[0]
         where = format_loc(("eval", *first["loc"]))
         raise ValueError(f"{where}: {first['msg']}") from None
-    results = run_suite(model, settings)
+    results = run_suite(model, settings, reference)
     assert model.run_dir is not None  # from_run knows where the run is
     return Evaluation(results, store_results(results, model.run_dir, settings.suite))
 

@@ -6,6 +6,8 @@ model: class-encoding features must give ~100% zero-shot accuracy and R@1, rando
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import polars as pl
 import torch
 import torch.nn.functional as F
@@ -14,15 +16,46 @@ from torch import Tensor
 LOWER_IS_BETTER = frozenset({"rmse", "absrel"})  # every other metric: higher is better
 
 
-def result_rows(results: dict[str, dict[str, float]]) -> pl.DataFrame:
-    """{evaluator: {metric: value}} -> rows (evaluator, metric, value, higher_is_better)."""
+class Score(NamedTuple):
+    """A metric's value and what a trivial predictor scores on the same data: chance for
+    classification and retrieval, the majority class for probes, a constant depth for depth
+    (None where the evaluator knows no trivial predictor)."""
+
+    value: float
+    trivial: float | None = None
+
+
+Scores = dict[str, Score]
+
+
+def result_rows(results: dict[str, Scores]) -> pl.DataFrame:
+    """{evaluator: {metric: Score}} -> rows (evaluator, metric, value, trivial,
+    higher_is_better)."""
     rows = [
-        (evaluator, metric, float(value), metric not in LOWER_IS_BETTER)
+        (
+            evaluator,
+            metric,
+            float(score.value),
+            None if score.trivial is None else float(score.trivial),
+            metric not in LOWER_IS_BETTER,
+        )
         for evaluator, metrics in results.items()
-        for metric, value in metrics.items()
+        for metric, score in metrics.items()
     ]
-    schema = {"evaluator": pl.String, "metric": pl.String, "value": pl.Float64}
-    return pl.DataFrame(rows, schema={**schema, "higher_is_better": pl.Boolean}, orient="row")
+    schema = {
+        "evaluator": pl.String,
+        "metric": pl.String,
+        "value": pl.Float64,
+        "trivial": pl.Float64,
+        "higher_is_better": pl.Boolean,
+    }
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def majority_accuracy(train_labels: Tensor, test_labels: Tensor) -> float:
+    """Accuracy of always predicting the most frequent training label."""
+    majority = torch.bincount(train_labels.flatten()).argmax()
+    return float((test_labels == majority).float().mean())
 
 
 def zero_shot_accuracy(
@@ -83,6 +116,9 @@ def align_disparity(disparity: Tensor, depth: Tensor, valid: Tensor) -> Tensor:
     (affine-invariant) depth predictions are compared after."""
     out = []
     for pred, true, mask in zip(disparity.float(), depth.float(), valid, strict=True):
+        if mask.sum() < 2:  # a scale and a shift need two points
+            out.append(pred)
+            continue
         x, y = pred[mask], 1.0 / true[mask].clamp(min=1e-6)
         design = torch.stack([x, torch.ones_like(x)], dim=1)
         scale, shift = torch.linalg.lstsq(design, y[:, None]).solution.flatten()
@@ -90,14 +126,31 @@ def align_disparity(disparity: Tensor, depth: Tensor, valid: Tensor) -> Tensor:
     return torch.stack(out)
 
 
-def relative_depth_errors(disparity: Tensor, depth: Tensor, valid: Tensor) -> dict[str, float]:
+def constant_depth_errors(
+    train_depth: Tensor, train_valid: Tensor, test_depth: Tensor, test_valid: Tensor
+) -> dict[str, float]:
+    """RMSE and AbsRel of predicting the median valid training depth everywhere: the trivial
+    predictor a depth probe must beat to show it reads depth from the features."""
+    constant = train_depth[train_valid].float().median()
+    return depth_errors(torch.full_like(test_depth, float(constant)), test_depth, test_valid)
+
+
+def relative_depth_errors(
+    disparity: Tensor, depth: Tensor, valid: Tensor, max_depth: float
+) -> dict[str, float]:
     """Zero-shot relative depth (paper appendix B): per image, the predicted disparity is
-    aligned to the true disparity by least-squares scale and shift, turned into depth, and
-    scored by AbsRel and delta1 (share of pixels with max(p/t, t/p) < 1.25)."""
+    aligned to the true disparity by least-squares scale and shift over the valid pixels no
+    deeper than `max_depth`, turned into depth capped at `max_depth` (as NYUv2's protocol caps
+    at 10 m: an aligned disparity near or below 0 would otherwise be a depth of millions), and
+    scored there by AbsRel and delta1 (share of pixels with max(p/t, t/p) < 1.25). A constant
+    prediction aligns to the mean true disparity: the trivial reference."""
+    valid = valid & (depth <= max_depth)
     aligned = align_disparity(disparity, depth, valid)
     absrel, delta1 = [], []
     for pred, true, mask in zip(aligned, depth.float(), valid, strict=True):
-        pred_depth, true_depth = 1.0 / pred[mask].clamp(min=1e-6), true[mask]
+        if not mask.any():
+            continue
+        pred_depth, true_depth = 1.0 / pred[mask].clamp(min=1.0 / max_depth), true[mask]
         absrel.append(((pred_depth - true_depth).abs() / true_depth).mean())
         ratio = torch.maximum(pred_depth / true_depth, true_depth / pred_depth)
         delta1.append((ratio < 1.25).float().mean())
@@ -105,6 +158,18 @@ def relative_depth_errors(disparity: Tensor, depth: Tensor, valid: Tensor) -> di
         "absrel": float(torch.stack(absrel).mean()),
         "delta1": float(torch.stack(delta1).mean()),
     }
+
+
+def random_match_recall(
+    grid: tuple[int, int], target_xy: Tensor, thresholds: tuple[float, ...]
+) -> dict[str, float]:
+    """What `correspondence_recall` expects from a match drawn uniformly among the target's
+    patches: per query, the share of patch centres within each threshold of the truth."""
+    rows, cols = grid
+    ys, xs = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    centres = torch.stack([xs.flatten(), ys.flatten()], dim=1).float() + 0.5
+    error = torch.cdist(target_xy.float().reshape(-1, 2), centres)
+    return {f"recall@{t:g}px": float((error <= t).float().mean()) for t in thresholds}
 
 
 def correspondence_recall(

@@ -1,5 +1,11 @@
 """The `mini` evaluation suite: every evaluator on held-out mini-world scenes with exact ground
-truth (rendered in memory from a seed the training corpus never uses), in minutes on a CPU."""
+truth (rendered in memory from seeds the training corpus never uses), in a minute on a CPU.
+
+Two held-out sets: `scenes` multi-object scenes seen from two cameras (retrieval, probes,
+correspondence, depth), and `scenes` single-object scenes, whole images as in training, whose
+object's shape and colour are the labels of the zero-shot and pooled-embedding probes. Every
+metric comes with the score of a trivial predictor on the same data (`Score.trivial`).
+"""
 
 from __future__ import annotations
 
@@ -10,124 +16,187 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import torch
-import torch.nn.functional as F
 
 from mtv.eval.metrics import (
+    Score,
+    Scores,
     correspondence_recall,
+    random_match_recall,
     relative_depth_errors,
     result_rows,
     retrieval_recall,
     zero_shot_accuracy,
 )
 from mtv.eval.model import Features, FrozenModel, class_embeddings
-from mtv.eval.probes import depth_probe_errors, patch_depth, segmentation_probe_miou
+from mtv.eval.probes import (
+    classifier_probe_accuracy,
+    depth_probe_scores,
+    patch_depth,
+    segmentation_probe_scores,
+)
 from mtv.world.geometry import SHAPE_NAMES
 from mtv.world.render import CLASS_NAMES, RenderedView, render_views
-from mtv.world.scene import sample_scene
+from mtv.world.scene import COLORS, sample_scene
 
 EVAL_SEED = 1_000_003  # never a training seed: the suite's scenes are held out
-TEMPLATES = ("a {}.", "a photo of a {}.", "a rendering of a {}.", "a {} on the floor.")
+SINGLE_OBJECT_SEED = 1_000_033  # the held-out single-object scenes
+COLOR_NAMES = tuple(COLORS)
+# Zero-shot prompts in the captions' own language; a class's text embedding is the mean over
+# these templates and over every value of the other attribute ("a red cube", "a blue cube", ...
+# for the class "cube").
+TEMPLATES = ("a {}.", "a rendering of a {}.", "a {} on a floor.", "one object on a floor: a {}.")
+GALLERY = 100  # retrieval galleries: consecutive blocks of this many scenes
 MAX_PROBE_DEPTH = 20.0  # world units; about the 95th percentile of patch depth in the mini-world
 
 
 @dataclass
 class MiniData:
-    views: list[RenderedView]  # scene i's two views at 2i and 2i + 1
-    images: np.ndarray  # (N, H, W, 3)
+    views: list[RenderedView]  # multi-object scene i's two views at 2i and 2i + 1
+    images: np.ndarray  # (2 scenes, H, W, 3)
+    singles: list[RenderedView]  # single-object scenes whose object is visible, one view each
+    single_images: np.ndarray  # (len(singles), H, W, 3)
 
     @classmethod
     def render(cls, scenes: int, size: int) -> MiniData:
         items = [(sample_scene(EVAL_SEED, i, views=2), v) for i in range(scenes) for v in range(2)]
-        views = [
-            view
-            for start in range(0, len(items), 128)
-            for view in render_views(items[start : start + 128], size)
+        views = _render(items, size)
+        ones = [(sample_scene(SINGLE_OBJECT_SEED, i, n_objects=1), 0) for i in range(scenes)]
+        singles = [view for view in _render(ones, size) if len(view.boxes) == 1]
+        return cls(
+            views,
+            np.stack([v.rgb for v in views]),
+            singles,
+            np.stack([v.rgb for v in singles]) if singles else np.zeros((0, size, size, 3)),
+        )
+
+    def single_labels(self, attribute: str) -> torch.Tensor:
+        """The shape or colour class of each single-object scene's object."""
+        names = SHAPE_NAMES if attribute == "shape" else COLOR_NAMES
+        scenes = [
+            sample_scene(SINGLE_OBJECT_SEED, v.scene_index, n_objects=1) for v in self.singles
         ]
-        return cls(views, np.stack([v.rgb for v in views]))
+        return torch.tensor([names.index(getattr(s.objects[0], attribute)) for s in scenes])
 
 
-def zero_shot(model: FrozenModel, data: MiniData, features: Features) -> dict[str, float]:
-    """Classify object crops by shape with prompt-averaged class embeddings."""
-    crops, labels = [], []
-    size = data.images.shape[1]
-    for view in data.views:
-        for box, instance in zip(view.boxes, view.box_instances, strict=True):
-            x0, y0, x1, y1 = (box * size).round().astype(int)
-            if (x1 - x0) * (y1 - y0) < (size // 8) ** 2:
-                continue
-            side = int(max(x1 - x0, y1 - y0) * 1.2)
-            cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-            left, top = max(0, cx - side // 2), max(0, cy - side // 2)
-            crop = (
-                torch.from_numpy(view.rgb[top : top + side, left : left + side])
-                .permute(2, 0, 1)[None]
-                .float()
-            )
-            crops.append(
-                F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0]
-                .permute(1, 2, 0)
-                .round()
-                .byte()
-                .numpy()
-            )
-            labels.append(
-                SHAPE_NAMES.index(CLASS_NAMES[int(view.semantic[view.instance == instance][0])])
-            )
-    image = model.images(np.stack(crops)).pooled
-    text = class_embeddings(model, SHAPE_NAMES, TEMPLATES)
-    return zero_shot_accuracy(image, text, torch.tensor(labels))
+def _render(items: list, size: int) -> list[RenderedView]:
+    return [
+        view
+        for start in range(0, len(items), 128)
+        for view in render_views(items[start : start + 128], size)
+    ]
 
 
-def retrieval(model: FrozenModel, data: MiniData, features: Features) -> dict[str, float]:
-    first = torch.arange(0, len(data.views), 2)  # one view per scene: captions differ per scene
-    text = model.texts([data.views[i].caption for i in first.tolist()])
-    return retrieval_recall(features.pooled[first], text, torch.arange(len(first)))
+@dataclass
+class MiniFeatures:
+    views: Features  # of MiniData.images
+    singles: Features  # of MiniData.single_images
+
+
+def _attribute_texts(model: FrozenModel, attribute: str) -> torch.Tensor:
+    """One text embedding per class of `attribute`, averaged over the templates and the other
+    attribute's values."""
+    if attribute == "shape":
+        names = [[f"{c} {s}" for c in COLOR_NAMES] for s in SHAPE_NAMES]
+    else:
+        names = [[f"{c} {s}" for s in SHAPE_NAMES] for c in COLOR_NAMES]
+    flat = [phrase for group in names for phrase in group]
+    per_phrase = class_embeddings(model, flat, TEMPLATES)
+    return per_phrase.reshape(len(names), len(names[0]), -1).mean(1)
+
+
+def zero_shot(model: FrozenModel, data: MiniData, features: MiniFeatures) -> Scores:
+    """Single-object scenes classified by shape (7) and by colour (10) with prompt-ensembled
+    class texts; top-1 accuracy. Trivial: chance, 1/classes."""
+    out: Scores = {}
+    for attribute, count in (("shape", len(SHAPE_NAMES)), ("color", len(COLOR_NAMES))):
+        accuracy = zero_shot_accuracy(
+            features.singles.pooled,
+            _attribute_texts(model, attribute),
+            data.single_labels(attribute),
+            (1,),
+        )
+        out[f"{attribute}_top1"] = Score(accuracy["top1"], 1 / count)
+    return out
 
 
 def _halves(n: int) -> tuple[slice, slice]:
     return slice(0, n // 2), slice(n // 2, n)
 
 
-def segmentation(model: FrozenModel, data: MiniData, features: Features) -> dict[str, float]:
-    """Linear probe of patch tokens -> semantic class (sky, floor, 7 shapes); mIoU in pixels."""
+def pooled_probe(model: FrozenModel, data: MiniData, features: MiniFeatures) -> Scores:
+    """A linear probe of the pooled embedding on the single-object scenes (trained on the first
+    half, tested on the second): shape and colour accuracy. Global semantics that respond even
+    where the text tower has not learned the words yet. Trivial: the majority class."""
+    train, test = _halves(len(data.singles))
+    pooled = features.singles.pooled
+    out: Scores = {}
+    for attribute, count in (("shape", len(SHAPE_NAMES)), ("color", len(COLOR_NAMES))):
+        labels = data.single_labels(attribute)
+        out[f"{attribute}_acc"] = classifier_probe_accuracy(
+            pooled[train], labels[train], pooled[test], labels[test], count
+        )
+    return out
+
+
+def retrieval(model: FrozenModel, data: MiniData, features: MiniFeatures) -> Scores:
+    """Caption <-> scene retrieval within fixed galleries of GALLERY scenes (one view each;
+    scenes 0-99, 100-199, ...), recall averaged over the galleries. Trivial: k / gallery."""
+    first = torch.arange(0, len(data.views), 2)  # one view per scene: captions differ per scene
+    text = model.texts([data.views[i].caption for i in first.tolist()])
+    pooled = features.views.pooled[first]
+    size = min(GALLERY, len(first))
+    recalls: dict[str, list[float]] = {}
+    for start in range(0, len(first) - size + 1, size):
+        block = slice(start, start + size)
+        found = retrieval_recall(pooled[block], text[block], torch.arange(size))
+        for name, value in found.items():
+            recalls.setdefault(name, []).append(value)
+    return {
+        name: Score(float(np.mean(values)), int(name.rsplit("r", 1)[1]) / size)
+        for name, values in recalls.items()
+    }
+
+
+def segmentation(model: FrozenModel, data: MiniData, features: MiniFeatures) -> Scores:
+    """Linear probe of patch tokens -> semantic class (sky, floor, 7 shapes); mIoU in pixels.
+    Trivial: the most frequent class everywhere."""
     semantic = np.stack([v.semantic for v in data.views]).astype(np.int64)
     train, test = _halves(len(semantic))
-    patches = features.patches
-    miou = segmentation_probe_miou(
+    patches = features.views.patches
+    return segmentation_probe_scores(
         patches[train], semantic[train], patches[test], semantic[test], len(CLASS_NAMES)
     )
-    return {"miou": miou}
 
 
-def depth_probe(model: FrozenModel, data: MiniData, features: Features) -> dict[str, float]:
+def depth_probe(model: FrozenModel, data: MiniData, features: MiniFeatures) -> Scores:
     """[global ; patch] -> 256 depth bins (the paper's protocol), per patch of depth up to
-    `MAX_PROBE_DEPTH`; RMSE and AbsRel."""
+    `MAX_PROBE_DEPTH`; RMSE and AbsRel. Trivial: the median training depth everywhere."""
     depth = np.stack([v.depth for v in data.views])
-    target, whole = patch_depth(depth, np.isfinite(depth), features.patches.shape[1])
+    views = features.views
+    target, whole = patch_depth(depth, np.isfinite(depth), views.patches.shape[1])
     # Patches that see no sky, nearer than the cap (as NYUv2's 10 m): the floor near the horizon
     # reaches hundreds of units and would make RMSE a measure of a few patches.
     valid = whole & (target <= MAX_PROBE_DEPTH)
     train, test = _halves(len(depth))
-    return depth_probe_errors(
-        Features(features.pooled[train], features.patches[train]),
+    return depth_probe_scores(
+        Features(views.pooled[train], views.patches[train]),
         target[train],
         valid[train],
-        Features(features.pooled[test], features.patches[test]),
+        Features(views.pooled[test], views.patches[test]),
         target[test],
         valid[test],
     )
 
 
-def geometric_correspondence(
-    model: FrozenModel, data: MiniData, features: Features
-) -> dict[str, float]:
+def geometric_correspondence(model: FrozenModel, data: MiniData, features: MiniFeatures) -> Scores:
     """Object patch centres of view 0, reprojected into view 1 with the true depth and cameras
-    (where not occluded), matched by nearest patch feature; recall at pixel thresholds."""
+    (where not occluded), matched by nearest patch feature; recall at pixel thresholds.
+    Trivial: a match drawn uniformly among the target's patches."""
     size = data.images.shape[1]
-    grid = features.patches.shape[1]
+    grid = features.views.patches.shape[1]
     step = size / grid
     centres = (np.arange(grid) + 0.5) * step
-    sources, targets, truths = [], [], []
+    queries: list[tuple[int, int, int, int, np.ndarray]] = []  # source, row, col, target, xy
     for i in range(0, len(data.views), 2):
         first, second = data.views[i], data.views[i + 1]
         rows, cols = np.meshgrid(centres.astype(int), centres.astype(int), indexing="ij")
@@ -146,75 +215,87 @@ def geometric_correspondence(
         seen = inside & (
             np.abs(second.depth[px[..., 1], px[..., 0]] - cam2[..., 2]) < 0.02 * cam2[..., 2]
         )
-        for r, c in zip(*np.nonzero(seen), strict=True):
-            sources.append(features.patches[i, r, c])
-            targets.append(i + 1)
-            truths.append(xy[r, c])
-    if not sources:
-        return {}
-    return _recalls(features, sources, targets, truths, step, (size / 16, size / 8, size / 4))
+        queries += [(i, r, c, i + 1, xy[r, c]) for r, c in zip(*np.nonzero(seen), strict=True)]
+    return _recalls(features.views, queries, step, (size / 16, size / 8, size / 4))
 
 
 def _recalls(
     features: Features,
-    sources: list[torch.Tensor],
-    targets: list[int],
-    truths: list[np.ndarray],
+    queries: list[tuple[int, int, int, int, np.ndarray]],
     step: float,
     thresholds_px: tuple[float, ...],
-) -> dict[str, float]:
-    """Mean recall of nearest-patch matches; locations and thresholds in image pixels (the
-    matching itself runs on the patch grid, whose cells are `step` pixels wide)."""
-    found: dict[str, list[float]] = {f"recall@{t:g}px": [] for t in thresholds_px}
-    for source, target, truth in zip(sources, targets, truths, strict=True):
-        recall = correspondence_recall(
-            source[None],
-            features.patches[target],
-            torch.tensor(np.asarray([truth]) / step, dtype=torch.float32),
-            tuple(t / step for t in thresholds_px),
-        )
-        for name, value in zip(found, recall.values(), strict=True):
+) -> Scores:
+    """Mean recall of nearest-patch matches of (source image, row, col, target image, true xy)
+    queries; locations and thresholds in image pixels (the matching itself runs on the patch
+    grid, whose cells are `step` pixels wide). Queries into one target are matched at once."""
+    if not queries:
+        return {}
+    thresholds = tuple(t / step for t in thresholds_px)
+    names = [f"recall@{t:g}px" for t in thresholds_px]
+    found: dict[str, list[float]] = {name: [] for name in names}
+    chance: dict[str, list[float]] = {name: [] for name in names}
+    counts: list[int] = []
+    by_target: dict[int, list[tuple[int, int, int, np.ndarray]]] = {}
+    for source, row, col, target, xy in queries:
+        by_target.setdefault(target, []).append((source, row, col, xy))
+    patches = features.patches
+    for target, items in by_target.items():
+        sources = torch.stack([patches[s, r, c] for s, r, c, _ in items])
+        truth = torch.tensor(np.stack([xy for *_, xy in items]) / step, dtype=torch.float32)
+        recall = correspondence_recall(sources, patches[target], truth, thresholds)
+        random = random_match_recall(tuple(patches.shape[1:3]), truth, thresholds)  # type: ignore[arg-type]
+        for name, value, expected in zip(names, recall.values(), random.values(), strict=True):
             found[name].append(value)
-    return {name: float(np.mean(values)) for name, values in found.items()}
+            chance[name].append(expected)
+        counts.append(len(items))
+    weights = np.asarray(counts, dtype=np.float64)
+    return {
+        name: Score(
+            float(np.average(found[name], weights=weights)),
+            float(np.average(chance[name], weights=weights)),
+        )
+        for name in names
+    }
 
 
-def semantic_correspondence(
-    model: FrozenModel, data: MiniData, features: Features
-) -> dict[str, float]:
+def semantic_correspondence(model: FrozenModel, data: MiniData, features: MiniFeatures) -> Scores:
     """Keypoints of the same kind on different instances (different scenes): the nearest patch
-    feature in the other image must land within 10% of the image side (PCK@0.1)."""
+    feature in the other image must land within 10% of the image side (PCK@0.1). Trivial: a
+    match drawn uniformly among the target's patches."""
     size = data.images.shape[1]
-    grid = features.patches.shape[1]
+    grid = features.views.patches.shape[1]
     step = size / grid
     by_kind: dict[int, list[tuple[int, float, float]]] = {}
     for index, view in enumerate(data.views[0::2]):
         for _, kp_id, x, y, visible in view.keypoints:
             if visible:
                 by_kind.setdefault(int(kp_id), []).append((2 * index, float(x), float(y)))
-    sources, targets, truths = [], [], []
+    queries = []
     for points in by_kind.values():
         for (a, xa, ya), (b, xb, yb) in itertools.pairwise(points):
             row, col = min(int(ya / step), grid - 1), min(int(xa / step), grid - 1)
-            sources.append(features.patches[a, row, col])
-            targets.append(b)
-            truths.append(np.array([xb, yb]))
-    if not sources:
-        return {}
-    recall = _recalls(features, sources, targets, truths, step, (0.1 * size,))
-    return {"pck@0.1": next(iter(recall.values()))}
+            queries.append((a, row, col, b, np.array([xb, yb])))
+    recall = _recalls(features.views, queries, step, (0.1 * size,))
+    return {"pck@0.1": recall[f"recall@{0.1 * size:g}px"]} if recall else {}
 
 
-def relative_depth(model: FrozenModel, data: MiniData, features: Features) -> dict[str, float]:
-    """The run's own depth head, zero-shot: AbsRel and delta1 after scale-and-shift alignment."""
+def relative_depth(model: FrozenModel, data: MiniData, features: MiniFeatures) -> Scores:
+    """The run's own depth head, zero-shot: AbsRel and delta1 after scale-and-shift alignment,
+    up to `MAX_PROBE_DEPTH`. Trivial: a constant disparity map."""
     if not model.has_depth_head:
         return {}
     disparity = model.disparity(data.images)
     depth = torch.from_numpy(np.stack([v.depth for v in data.views]))
-    return relative_depth_errors(disparity, depth, torch.isfinite(depth))
+    valid = torch.isfinite(depth)
+    errors = relative_depth_errors(disparity, depth, valid, MAX_PROBE_DEPTH)
+    constant = relative_depth_errors(torch.ones_like(disparity), depth, valid, MAX_PROBE_DEPTH)
+    return {name: Score(value, constant[name]) for name, value in errors.items()}
 
 
-EVALUATORS: dict[str, Callable[[FrozenModel, MiniData, Features], dict[str, float]]] = {
+Evaluator = Callable[[FrozenModel, MiniData, MiniFeatures], Scores]
+EVALUATORS: dict[str, Evaluator] = {
     "zero_shot": zero_shot,
+    "pooled_probe": pooled_probe,
     "retrieval": retrieval,
     "segmentation": segmentation,
     "depth_probe": depth_probe,
@@ -222,18 +303,30 @@ EVALUATORS: dict[str, Callable[[FrozenModel, MiniData, Features], dict[str, floa
     "semantic_correspondence": semantic_correspondence,
     "relative_depth": relative_depth,
 }
+# Evaluators that read the text tower (a run without one cannot be measured by them).
+NEEDS_TEXT = frozenset({"zero_shot", "retrieval"})
 
 
 def run_mini_suite(
-    model: FrozenModel, only: list[str] | None = None, scenes: int = 120
+    model: FrozenModel,
+    only: list[str] | None = None,
+    scenes: int = 500,
+    data: MiniData | None = None,
 ) -> pl.DataFrame:
-    """Rows (evaluator, metric, value, higher_is_better) for the chosen evaluators."""
+    """Rows (evaluator, metric, value, trivial, higher_is_better) for the chosen evaluators.
+    `data`: the held-out scenes, when already rendered (e.g. for a second model)."""
     unknown = sorted(set(only or []) - set(EVALUATORS))
     if unknown:
         raise ValueError(f"unknown evaluator(s) {unknown}; known: {', '.join(EVALUATORS)}")
-    # Render at the training corpus's resolution when it is the mini-world.
-    size = getattr(model.spec.data.source, "image_size", model.size)
-    data = MiniData.render(scenes, size)
-    features = model.images(data.images)
+    if data is None:
+        data = MiniData.render(scenes, mini_size(model))
+    features = MiniFeatures(model.images(data.images), model.images(data.single_images))
     chosen = only or list(EVALUATORS)
+    if not model.has_text:
+        chosen = [name for name in chosen if name not in NEEDS_TEXT]
     return result_rows({name: EVALUATORS[name](model, data, features) for name in chosen})
+
+
+def mini_size(model: FrozenModel) -> int:
+    """The resolution the suite renders at: the training corpus's when it is the mini-world."""
+    return getattr(model.spec.data.source, "image_size", model.size)

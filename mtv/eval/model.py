@@ -56,6 +56,18 @@ class FrozenModel:
     def samples_seen(self) -> int:
         return self.step * self.spec.data.batch_size
 
+    @property
+    def has_text(self) -> bool:
+        return self.graph.student.text is not None and self.tokenizer is not None
+
+    def random_init(self) -> FrozenModel:
+        """The same model as the run had it at step 0 without training or `init_from`: the
+        weights `runtime.seed` draws (the reference every evaluation is read against)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.spec.runtime.seed)
+            graph = TaskGraph(self.spec, pretrained=False)
+        return FrozenModel(self.spec, graph.to(self.device), self.tokenizer, 0)
+
     @classmethod
     def from_run(cls, path: str | Path) -> FrozenModel:
         """A run directory (its latest complete checkpoint) or one checkpoint directory of a run
@@ -83,7 +95,7 @@ class FrozenModel:
 
     @torch.no_grad()
     def texts(self, texts: list[str], batch: int = 256) -> Tensor:
-        if self.graph.student.text is None or self.tokenizer is None:
+        if not self.has_text:
             raise ValueError("this run has no text tower (no vl or ground task)")
         out = [
             self.graph.student.text(self.tokenizer(texts[i : i + batch]).to(self.device))

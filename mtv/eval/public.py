@@ -17,6 +17,7 @@ patch for the depth probe, per pixel of the crop for mIoU.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,10 @@ from mtv.eval.formats import (
     read_image_folder,
 )
 from mtv.eval.metrics import (
+    Score,
+    Scores,
     correspondence_recall,
+    random_match_recall,
     relative_depth_errors,
     result_rows,
     retrieval_recall,
@@ -45,7 +49,7 @@ from mtv.eval.metrics import (
 )
 from mtv.eval.model import FrozenModel, class_embeddings
 from mtv.eval.nyuv2 import read_nyuv2
-from mtv.eval.probes import depth_probe_errors, patch_depth, segmentation_probe_miou
+from mtv.eval.probes import depth_probe_scores, patch_depth, segmentation_probe_scores
 from mtv.eval.spair import read_spair
 
 # Generic photo prompts (written for this toolkit): averaged per class after normalising.
@@ -63,6 +67,7 @@ TEMPLATES = (
 )
 
 T = TypeVar("T")
+NYU_MAX_DEPTH = 10.0  # metres: NYUv2's evaluation cap
 
 
 @dataclass
@@ -74,27 +79,42 @@ class TrainTest(Generic[T]):
 # Evaluators ------------------------------------------------------------------------------------
 
 
-def zero_shot(model: FrozenModel, data: ClassificationSet) -> dict[str, float]:
+def zero_shot(model: FrozenModel, data: ClassificationSet) -> Scores:
     """Top-1/top-5 of classifying each image by cosine similarity to its class's text embedding,
-    the mean of the normalised embeddings of TEMPLATES filled with the class name."""
+    the mean of the normalised embeddings of TEMPLATES filled with the class name. Trivial:
+    chance, k / classes."""
     image = model.images(data.images).pooled
     class_text = class_embeddings(model, data.class_names, TEMPLATES)
-    return zero_shot_accuracy(image, class_text, torch.from_numpy(data.labels))
+    found = zero_shot_accuracy(image, class_text, torch.from_numpy(data.labels))
+    classes = len(data.class_names)
+    return {name: Score(v, min(1.0, int(name[3:]) / classes)) for name, v in found.items()}
 
 
-def retrieval(model: FrozenModel, data: CaptionSet) -> dict[str, float]:
+def retrieval(model: FrozenModel, data: CaptionSet) -> Scores:
     """Image->text (any of the image's captions in the top k) and text->image (the caption's
-    image in the top k) recall at 1 and 5, over the whole split at once."""
+    image in the top k) recall at 1 and 5, over the whole split at once. Trivial: a random
+    ranking (i2t: 1 - C(T - c, k) / C(T, k) with c captions an image; t2i: k / images)."""
     image = model.images(data.images).pooled
     text = model.texts(data.captions)
-    return retrieval_recall(image, text, torch.from_numpy(data.caption_image))
+    found = retrieval_recall(image, text, torch.from_numpy(data.caption_image))
+    images, texts = len(data.images), len(data.captions)
+    per_image = np.bincount(data.caption_image, minlength=images)
+    out: Scores = {}
+    for name, value in found.items():
+        k = int(name.rsplit("r", 1)[1])
+        if name.startswith("i2t"):
+            misses = [math.comb(texts - c, k) / math.comb(texts, k) for c in per_image]
+            out[name] = Score(value, 1.0 - float(np.mean(misses)))
+        else:
+            out[name] = Score(value, min(1.0, k / images))
+    return out
 
 
-def segmentation(model: FrozenModel, data: TrainTest[SegmentationSet]) -> dict[str, float]:
+def segmentation(model: FrozenModel, data: TrainTest[SegmentationSet]) -> Scores:
     """`segmentation_probe_miou`: a linear patch probe fitted on the training split, mIoU on
     the validation split per pixel of the crop, the ignore label left out."""
     train, test = data.train, data.test
-    miou = segmentation_probe_miou(
+    return segmentation_probe_scores(
         model.images(train.images).patches,
         train.masks,
         model.images(test.images).patches,
@@ -102,10 +122,9 @@ def segmentation(model: FrozenModel, data: TrainTest[SegmentationSet]) -> dict[s
         train.n_classes,
         train.ignore_index,
     )
-    return {"miou": miou}
 
 
-def depth_probe(model: FrozenModel, data: TrainTest[DepthSet]) -> dict[str, float]:
+def depth_probe(model: FrozenModel, data: TrainTest[DepthSet]) -> Scores:
     """The paper's probe (`depth_probe_errors`): [global ; patch] token -> linear logits over
     256 depth bins spread over the training targets' range, trained by cross-entropy to the
     target bin; prediction = the softmax-weighted bin centre. RMSE (metres) and AbsRel over
@@ -114,12 +133,13 @@ def depth_probe(model: FrozenModel, data: TrainTest[DepthSet]) -> dict[str, floa
     grid = train.patches.shape[1]
     depth, valid = patch_depth(data.train.depth, data.train.valid, grid)
     target, keep = patch_depth(data.test.depth, data.test.valid, grid)
-    return depth_probe_errors(train, depth, valid, model.images(data.test.images), target, keep)
+    return depth_probe_scores(train, depth, valid, model.images(data.test.images), target, keep)
 
 
-def relative_depth(model: FrozenModel, data: TrainTest[DepthSet]) -> dict[str, float]:
+def relative_depth(model: FrozenModel, data: TrainTest[DepthSet]) -> Scores:
     """The run's own depth head, zero-shot on the test frames: per image least-squares scale
-    and shift in disparity, then AbsRel and delta1 (nothing when the run has no depth head)."""
+    and shift in disparity, then AbsRel and delta1 with depth capped at NYUv2's 10 m (nothing
+    when the run has no depth head). Trivial: a constant disparity map."""
     if not model.has_depth_head:
         return {}
     test = data.test
@@ -128,17 +148,20 @@ def relative_depth(model: FrozenModel, data: TrainTest[DepthSet]) -> dict[str, f
         return {}
     disparity = model.disparity(test.images[keep])
     valid = torch.from_numpy(test.valid[keep])
-    return relative_depth_errors(disparity, torch.from_numpy(test.depth[keep]), valid)
+    depth = torch.from_numpy(test.depth[keep])
+    errors = relative_depth_errors(disparity, depth, valid, NYU_MAX_DEPTH)
+    constant = relative_depth_errors(torch.ones_like(disparity), depth, valid, NYU_MAX_DEPTH)
+    return {name: Score(value, constant[name]) for name, value in errors.items()}
 
 
-def semantic_correspondence(model: FrozenModel, data: KeypointPairSet) -> dict[str, float]:
+def semantic_correspondence(model: FrozenModel, data: KeypointPairSet) -> Scores:
     """Each source keypoint's patch feature is matched to the nearest (cosine) patch of the
     target image; a match is right when the patch centre is within the pair's threshold
     (alpha * max side of the target box) of the true keypoint. PCK over all keypoints."""
     patches = model.images(data.images).patches
     grid = patches.shape[1]
     step = data.images.shape[1] / grid  # pixels per patch
-    hits = total = 0.0
+    hits = chance = total = 0.0
     for pair in data.pairs:
         if not len(pair.source_xy):
             continue
@@ -150,11 +173,15 @@ def semantic_correspondence(model: FrozenModel, data: KeypointPairSet) -> dict[s
             torch.from_numpy(pair.target_xy / step),
             (pair.threshold / step,),
         )
+        random = random_match_recall(
+            (grid, grid), torch.from_numpy(pair.target_xy / step), (pair.threshold / step,)
+        )
         hits += next(iter(recall.values())) * len(cells)
+        chance += next(iter(random.values())) * len(cells)
         total += len(cells)
     if not total:
         return {}
-    return {f"pck@{data.alpha:g}": hits / total}
+    return {f"pck@{data.alpha:g}": Score(hits / total, chance / total)}
 
 
 # Registry --------------------------------------------------------------------------------------
@@ -166,7 +193,7 @@ class PublicSuite:
 
     description: str
     load: Callable[[Path, int, int | None], Any]
-    evaluators: dict[str, Callable[[FrozenModel, Any], dict[str, float]]]
+    evaluators: dict[str, Callable[[FrozenModel, Any], Scores]]
 
 
 def _train_test(read: Callable[..., T], train: str, test: str) -> Callable[..., TrainTest[T]]:
@@ -205,16 +232,25 @@ PUBLIC_SUITES: dict[str, PublicSuite] = {
 }
 
 
+def load_public_suite(name: str, path: str | Path, size: int, limit: int | None = None) -> Any:
+    """Read the benchmark at `path` in format `name` (at most `limit` samples a split) at
+    `size` pixels."""
+    if name not in PUBLIC_SUITES:
+        raise ValueError(f"unknown benchmark format {name!r}; known: {', '.join(PUBLIC_SUITES)}")
+    return PUBLIC_SUITES[name].load(Path(path), size, limit)
+
+
 def run_public_suite(
     model: FrozenModel,
     name: str,
     path: str | Path,
     only: list[str] | None = None,
     limit: int | None = None,
+    data: Any = None,
 ) -> pl.DataFrame:
-    """Read the benchmark at `path` in format `name` (at most `limit` samples a split) at the
-    model's input size and run the chosen evaluators; rows (evaluator, metric, value,
-    higher_is_better) as `run_mini_suite`'s."""
+    """Read the benchmark at `path` in format `name` (unless `data` holds it already, as
+    `load_public_suite` returns it) at the model's input size and run the chosen evaluators;
+    rows (evaluator, metric, value, trivial, higher_is_better) as `run_mini_suite`'s."""
     if name not in PUBLIC_SUITES:
         raise ValueError(f"unknown benchmark format {name!r}; known: {', '.join(PUBLIC_SUITES)}")
     suite = PUBLIC_SUITES[name]
@@ -223,6 +259,7 @@ def run_public_suite(
         raise ValueError(
             f"unknown evaluator(s) {unknown} for {name}; known: {', '.join(suite.evaluators)}"
         )
-    data = suite.load(Path(path), model.size, limit)
+    if data is None:
+        data = load_public_suite(name, path, model.size, limit)
     chosen = only or list(suite.evaluators)
     return result_rows({name: suite.evaluators[name](model, data) for name in chosen})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -15,6 +16,7 @@ from pydantic import (
 
 from mtv.specs.base import StrictModel
 from mtv.specs.model import ModelSpec
+from mtv.specs.oracle import OracleBoxesSpec, OracleDepthSpec
 from mtv.specs.tasks import TaskKind, TaskSpec, TaskSpecBase, task_spec_classes
 
 LabelKind = Literal["caption", "boxes", "depth"]
@@ -53,6 +55,27 @@ SourceSpec = Annotated[
 ]
 
 
+class OracleLabelsSpec(StrictModel):
+    """How a mini-world source is labelled on first use: the exact oracle, optionally degraded
+    by its noise model (to resemble real experts, or to study label quality)."""
+
+    depth: OracleDepthSpec = Field(default_factory=OracleDepthSpec)
+    boxes: OracleBoxesSpec = Field(default_factory=OracleBoxesSpec)
+    seed: int = Field(0, description="seed of the noise")
+
+    @property
+    def exact(self) -> bool:
+        return self == OracleLabelsSpec()
+
+    def store_name(self) -> str:
+        """`labels.zarr` for exact labels; a name per noise setting otherwise, so stores of
+        different label quality never overwrite or stand in for each other."""
+        if self.exact:
+            return "labels.zarr"
+        digest = hashlib.blake2b(self.model_dump_json().encode(), digest_size=5).hexdigest()
+        return f"labels-noisy-{digest}.zarr"
+
+
 class LabelsSpec(StrictModel):
     """Which pseudo-labels the data provides besides captions, and where they are stored."""
 
@@ -62,6 +85,39 @@ class LabelsSpec(StrictModel):
         description="labels the store provides (boxes = boxes + entity names; depth = relative "
         "disparity)",
     )
+    oracle: OracleLabelsSpec = Field(
+        default_factory=OracleLabelsSpec,
+        description="mini-world sources without `store`: the oracle (and its noise) that labels "
+        "them on first use, into SOURCE_ROOT/labels*.zarr",
+    )
+
+
+class PhotometricSpec(StrictModel):
+    """Colour augmentation of a view, as DINOv2 (defaults: DINOv2's values for its local crops).
+    Pixel values change, positions do not, so boxes and depth need no change."""
+
+    jitter_probability: float = Field(0.8, ge=0.0, le=1.0, description="colour jitter applied")
+    brightness: float = Field(0.4, ge=0.0, description="factor drawn from [1 - x, 1 + x]")
+    contrast: float = Field(0.4, ge=0.0, description="factor drawn from [1 - x, 1 + x]")
+    saturation: float = Field(0.2, ge=0.0, description="factor drawn from [1 - x, 1 + x]")
+    hue: float = Field(0.1, ge=0.0, le=0.5, description="hue shift drawn from [-x, x] turns")
+    grayscale_probability: float = Field(0.2, ge=0.0, le=1.0)
+    blur_probability: float = Field(
+        0.5, ge=0.0, le=1.0, description="DINOv2: 1.0 / 0.1 on its two global views, 0.5 local"
+    )
+    blur_sigma: tuple[float, float] = Field(
+        (0.1, 2.0), description="Gaussian sigma range, in pixels of the view at its output size"
+    )
+    solarize_probability: float = Field(
+        0.0, ge=0.0, le=1.0, description="DINOv2: 0.2 on its second global view"
+    )
+
+    @field_validator("blur_sigma")
+    @classmethod
+    def _check_sigma(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < value[0] <= value[1]:
+            raise ValueError(f"need 0 < low <= high, got {value}")
+        return value
 
 
 class ViewsSpec(StrictModel):
@@ -81,7 +137,20 @@ class ViewsSpec(StrictModel):
         description="a box is kept in a crop when at least this fraction of its area is inside",
     )
     hflip: bool = Field(
-        False, description="random horizontal flips (off: captions say 'left of' / 'right of')"
+        False,
+        description="random horizontal flips of the global view, boxes and depth moving with it "
+        "(off: captions say 'left of' / 'right of')",
+    )
+    local_hflip: bool = Field(
+        False, description="random horizontal flips of the local crops (DINOv2: on)"
+    )
+    global_photometric: PhotometricSpec | None = Field(
+        None,
+        description="colour augmentation of the global view, which every task reads (VL "
+        "included: captions name colours); null = none",
+    )
+    local_photometric: PhotometricSpec | None = Field(
+        None, description="colour augmentation of the local crops (distill only); null = none"
     )
 
     @field_validator("global_scale", "local_scale")
@@ -110,6 +179,17 @@ class DataSpec(StrictModel):
     views: ViewsSpec = Field(default_factory=ViewsSpec)
     loader: LoaderSpec = Field(default_factory=LoaderSpec)
     batch_size: int = Field(64, gt=0, description="global batch, summed over ranks")
+
+    @model_validator(mode="after")
+    def _oracle_needs_the_mini_world(self) -> DataSpec:
+        if not self.labels.oracle.exact and (
+            self.labels.store is not None or not isinstance(self.source, MiniWorldSourceSpec)
+        ):
+            raise ValueError(
+                "labels.oracle sets the noise of mini-world labels made on first use; with "
+                "another source or an explicit labels.store, make the store with `mtv label`"
+            )
+        return self
 
     def available_labels(self) -> frozenset[str]:
         """Labels every sample carries: captions always (image-text data), plus the store's."""
@@ -190,7 +270,12 @@ class EvalSpec(StrictModel):
     every_steps: int | None = Field(
         None, gt=0, description="evaluate during training every N steps (rank 0); null = off"
     )
-    scenes: int = Field(120, ge=4, description="held-out scenes of the mini suite")
+    scenes: int = Field(
+        500,
+        ge=4,
+        description="held-out scenes of the mini suite: multi-object scenes (two views each, "
+        "retrieval in galleries of 100) and as many single-object scenes (zero-shot, probes)",
+    )
     data: str | None = Field(None, description="the benchmark's root for a public suite")
     limit: int | None = Field(None, gt=0, description="read at most this many benchmark samples")
 

@@ -8,20 +8,7 @@ from pydantic import Field
 
 from mtv.specs.base import StrictModel
 from mtv.specs.experiment import MiniWorldSourceSpec, SourceSpec
-
-
-class OracleDepthSpec(StrictModel):
-    """Mini-world ground truth as relative disparity, optionally degraded to study label quality."""
-
-    kind: Literal["oracle"] = "oracle"
-    blur_sigma: float = Field(0.0, ge=0.0, description="Gaussian blur, in label pixels")
-    noise: float = Field(0.0, ge=0.0, description="multiplicative Gaussian noise (std)")
-    warp: float = Field(
-        0.0,
-        ge=0.0,
-        le=0.5,
-        description="random misregistration: shift and scale up to this fraction of the image",
-    )
+from mtv.specs.oracle import OracleBoxesSpec, OracleDepthSpec
 
 
 class DepthAnythingSpec(StrictModel):
@@ -32,16 +19,6 @@ class DepthAnythingSpec(StrictModel):
         description="local directory or cached id, e.g. depth-anything/Depth-Anything-V2-Large-hf"
     )
     device: str = "cpu"
-
-
-class OracleBoxesSpec(StrictModel):
-    """Mini-world ground-truth boxes and names, optionally degraded."""
-
-    kind: Literal["oracle"] = "oracle"
-    jitter: float = Field(0.0, ge=0.0, description="coordinate noise, as a fraction of box size")
-    miss_rate: float = Field(0.0, ge=0.0, le=1.0, description="probability a box is dropped")
-    false_rate: float = Field(0.0, ge=0.0, description="mean number of spurious boxes per image")
-    wrong_name_rate: float = Field(0.0, ge=0.0, le=1.0, description="probability a name is wrong")
 
 
 class OwlV2Spec(StrictModel):

@@ -7,6 +7,7 @@ A model is named by a preset (`size: B/16`); any field given next to it override
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -72,7 +73,25 @@ class TokenizerSpec(StrictModel):
 class TeacherSpec(StrictModel):
     """The EMA teacher used by `distill` and `masked`; it is never trained by gradient."""
 
-    momentum: float = Field(0.994, ge=0.0, le=1.0, description="fixed EMA momentum (paper: 0.994)")
+    momentum: float = Field(
+        0.994, ge=0.0, le=1.0, description="EMA momentum (at step 0 when scheduled; paper: 0.994)"
+    )
+    momentum_schedule: Literal["fixed", "cosine"] = Field(
+        "fixed",
+        description="fixed (the paper) or a cosine ramp from `momentum` at step 0 to "
+        "`final_momentum` at the last step (DINOv2: 0.992 -> 1). A fixed m leaves m^n of the "
+        "random initialisation in the teacher after n steps (0.994^200 = 0.30)",
+    )
+    final_momentum: float = Field(1.0, ge=0.0, le=1.0, description="end of the cosine ramp")
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """The momentum of the EMA update after optimiser step `step` (0-based)."""
+        if self.momentum_schedule == "fixed":
+            return self.momentum
+        progress = min(1.0, step / max(1, total_steps - 1))
+        return self.final_momentum - (self.final_momentum - self.momentum) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )
 
 
 _PRESETS: dict[str, dict[str, Any]] = {

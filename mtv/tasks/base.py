@@ -123,8 +123,18 @@ class Task(nn.Module, ABC):
         """Student heads the EMA teacher keeps a moving-average copy of."""
         return {}
 
-    def after_optimizer_step(self) -> None:
-        """Called after each optimiser step (e.g. to keep a parameter in range). Default: none."""
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers of some of this task's parameters, by name within the task
+        (the trainer gives them their own optimiser groups). Default: none, all at 1."""
+        return {}
+
+    def before_optimizer_step(self, step: int) -> None:
+        """Called after backward, before optimiser step `step` (0-based), e.g. to drop the
+        gradients of a part that must not move yet. Default: none."""
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Called after optimiser step `step` (e.g. to keep a parameter in range). Default:
+        none."""
 
     def teacher_targets(
         self,

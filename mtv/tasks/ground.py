@@ -132,7 +132,7 @@ class GroundTask(Task):
             spec.box_frequencies,
             spec.box_max_frequency,
         )
-        self.logits = LogitScaleBias(spec)
+        self.logits = LogitScaleBias(spec, env.batch_size)
 
     @classmethod
     def needs_for(cls, spec: Any, env: TaskEnv) -> TaskNeeds:
@@ -144,8 +144,11 @@ class GroundTask(Task):
             regions=spec.max_regions,
         )
 
-    def after_optimizer_step(self) -> None:
+    def after_optimizer_step(self, step: int) -> None:
         self.logits.clamp_()
+
+    def lr_scales(self) -> dict[str, float]:
+        return self.logits.lr_scales("logits.")
 
     def forward(self, inputs: StepInputs) -> TaskOutput:
         batch = inputs.batch

@@ -32,13 +32,21 @@ def sigmoid_pair_loss(
 
 
 class LogitScaleBias(nn.Module):
-    """Learnable t (used as exp(t), clamped) and b of a sigmoid loss."""
+    """Learnable t (used as exp(t), clamped) and b of a sigmoid loss. `global_batch` sizes a
+    batch-aware bias initialisation (`logit_bias_init: batch`)."""
 
-    def __init__(self, spec: SigmoidLossSpec):
+    def __init__(self, spec: SigmoidLossSpec, global_batch: int):
         super().__init__()
         self.logit_scale = nn.Parameter(torch.tensor(float(spec.logit_scale_init)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(spec.logit_bias_init)))
+        self.logit_bias = nn.Parameter(torch.tensor(spec.resolved_bias_init(global_batch)))
         self.scale_max = spec.logit_scale_max
+        self.lr_scale = spec.logit_lr_scale
+
+    def lr_scales(self, prefix: str = "") -> dict[str, float]:
+        """Learning-rate multipliers of t and b, by parameter name under `prefix`."""
+        if self.lr_scale == 1.0:
+            return {}
+        return {f"{prefix}logit_scale": self.lr_scale, f"{prefix}logit_bias": self.lr_scale}
 
     def scale(self) -> Tensor:
         return self.logit_scale.clamp(max=self.scale_max)

@@ -106,6 +106,11 @@ class SelfDistillationTask(Task):
     def ema_modules(self) -> dict[str, nn.Module]:
         return {"head": self.head}
 
+    def before_optimizer_step(self, step: int) -> None:
+        # No gradient, no update: the fused AdamW skips parameters whose grad is None.
+        if step < self.spec.freeze_prototypes_steps:
+            self.head.prototypes.grad = None
+
     def centred_targets(
         self, scores: Tensor, step: Tensor, weights: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:

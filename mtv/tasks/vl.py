@@ -45,7 +45,7 @@ class VLTask(Task):
 
     def __init__(self, spec: VLTaskSpec, env: TaskEnv):
         super().__init__(spec, env)
-        self.logits = LogitScaleBias(spec)
+        self.logits = LogitScaleBias(spec, env.batch_size)
 
     @classmethod
     def needs_for(cls, spec: Any, env: TaskEnv) -> TaskNeeds:
@@ -56,8 +56,11 @@ class VLTask(Task):
             labels=frozenset({"caption"}),
         )
 
-    def after_optimizer_step(self) -> None:
+    def after_optimizer_step(self, step: int) -> None:
         self.logits.clamp_()
+
+    def lr_scales(self) -> dict[str, float]:
+        return self.logits.lr_scales("logits.")
 
     def forward(self, inputs: StepInputs) -> TaskOutput:
         pooled = inputs.student[GLOBAL].pooled

@@ -74,15 +74,19 @@ def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = T
         corpus = _mini_world(source_spec, report) if is_main else WorldCorpus.open(source_spec.root)
         source: Any = TarShardSource(corpus.shards)
         root = Path(source_spec.root)
-        store_path = Path(spec.data.labels.store or root / "labels.zarr")
+        oracle = spec.data.labels.oracle
+        store_path = Path(spec.data.labels.store or root / oracle.store_name())
         if needs_labels and is_main and not _complete(store_path):
-            report(f"labelling the mini-world with the exact oracle into {store_path}")
+            quality = "exact" if oracle.exact else "noisy"
+            report(f"labelling the mini-world with the {quality} oracle into {store_path}")
+            kinds = spec.data.labels.kinds
             labels = LabelSpec(
                 source=source_spec,
                 output=str(store_path),
                 resolution=source_spec.image_size,
-                depth={"kind": "oracle"} if "depth" in spec.data.labels.kinds else None,  # type: ignore[arg-type]
-                boxes={"kind": "oracle"} if "boxes" in spec.data.labels.kinds else None,  # type: ignore[arg-type]
+                depth=oracle.depth if "depth" in kinds else None,
+                boxes=oracle.boxes if "boxes" in kinds else None,
+                seed=oracle.seed,
             )
             run_labelling(labels)
     else:

@@ -136,18 +136,19 @@ class Trainer:
         self.main = self.rank == 0
         self.device = _pick(spec.runtime.device, self.rank)
         self._prepare_run_dir(resume)
-        torch.manual_seed(spec.runtime.seed)  # the same initial weights on every rank
         self.data = self._data() if batches is None else None
         if self.data is not None and self.main:
             # The run keeps its own tokenizer: evaluation and export then need only the run.
             self.data.tokenizer.save(run_dir / "tokenizer.json")
+        # The same initial weights on every rank, and the ones `FrozenModel.random_init` draws.
+        torch.manual_seed(spec.runtime.seed)
         # A resumed run's checkpoint replaces the weights: model.init_from is not read again.
         self.graph = TaskGraph(spec, pretrained=not resume).to(self.device)
-        trainable = [p for p in self.graph.student.parameters() if p.requires_grad]
-        self.params = trainable
+        groups = self.graph.parameter_groups()
+        self.params = [p for group in groups for p in group["params"]]
         optim = spec.optim
         self.optimizer = torch.optim.AdamW(
-            trainable,
+            groups,
             lr=optim.lr,
             betas=optim.betas,
             eps=optim.eps,
@@ -269,7 +270,7 @@ class Trainer:
         spec = self.spec
         lr = spec.optim.lr * lr_factor(spec.schedule, self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
         accumulate = spec.optim.accumulate
         waited = time.perf_counter()
@@ -314,12 +315,15 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             row.update({"skipped": True, "nonfinite": ",".join(bad)})
             return row
+        self.graph.before_optimizer_step(self.step)
         clip = spec.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.params, clip if clip is not None else math.inf
         )
         self.optimizer.step()
-        self.graph.after_optimizer_step()
+        self.graph.after_optimizer_step(self.step)
+        if self.graph.teacher is not None:
+            row["teacher_momentum"] = self.graph.teacher_momentum(self.step)
         total = sum(self.graph.plan.weights[k] * v for k, v in losses.items())
         # Every logged tensor in one device-to-host copy, not one sync per value.
         logged = {"loss": total, **{f"loss/{k}": v for k, v in losses.items()}, **report}

@@ -150,10 +150,12 @@ def _cameras(rng: np.random.Generator, views: int) -> tuple[Camera, ...]:
     return tuple(cameras)
 
 
-def sample_scene(seed: int, index: int, views: int = 1) -> Scene:
-    """The scene number `index` of the world `seed`, with `views` cameras."""
+def sample_scene(seed: int, index: int, views: int = 1, n_objects: int | None = None) -> Scene:
+    """The scene number `index` of the world `seed`, with `views` cameras; `n_objects` fixes
+    the object count (otherwise drawn from 1..MAX_OBJECTS)."""
     rng = np.random.default_rng([seed, index])
-    objects = _place_objects(rng, int(rng.integers(1, MAX_OBJECTS + 1)))
+    drawn = int(rng.integers(1, MAX_OBJECTS + 1))
+    objects = _place_objects(rng, drawn if n_objects is None else n_objects)
     floor_colors = rng.choice(list(FLOOR_COLORS), size=2, replace=False)
     horizon = tuple(float(v) for v in rng.uniform(0.65, 0.95, size=3))
     zenith = tuple(float(v) for v in rng.uniform(0.15, 0.6, size=3) * np.array([0.7, 0.85, 1.0]))

@@ -1,0 +1,330 @@
+"""What `mtv sweep` writes after its runs: the analysis files in the sweep's folder and, when the
+sweep file names one, a Markdown report with its figures and table beside it
+(`benchmarks/results/reproduction.md` for the committed reproduction)."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+import polars as pl
+
+from mtv.analysis.report import _save, plot_synergy
+from mtv.analysis.sweep_report import (
+    _chosen,
+    comparisons,
+    final_rows,
+    plot_ladder,
+    plot_learning_curves,
+    run_summary,
+)
+from mtv.analysis.synergy import (
+    Estimate,
+    MissingRuns,
+    ladder_stats,
+    ladder_table,
+    synergy_table,
+    synergy_wide,
+    task_groups,
+)
+from mtv.analysis.verdicts import (
+    PAPER_COLUMNS,
+    PAPER_LADDER_B16_10M,
+    PAPER_SYNERGY_B16_10M,
+    Verdict,
+    verdicts,
+)
+from mtv.specs import load_spec
+
+if TYPE_CHECKING:
+    from mtv.specs.sweep import SweepSpec
+
+
+def _table_runs(final: pl.DataFrame, tables: list[str] | None) -> pl.DataFrame | None:
+    """The runs of the ladder and synergy tables: the named experiments, else all when their
+    task sets are distinct; None when neither applies."""
+    if tables is not None:
+        return final.filter(pl.col("experiment").is_in(tables))
+    sets = final.select("experiment", "tasks").unique("experiment")
+    groups = [task_groups(t) for t in sets["tasks"].to_list()]
+    return final if len(set(groups)) == len(groups) else None
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}g}"
+    )
+
+
+def _training_minutes(final: pl.DataFrame) -> dict[str, float]:
+    """Mean training wall time per experiment (at each run's median step rate)."""
+    minutes: dict[str, list[float]] = {}
+    for (experiment, run), _ in final.group_by("experiment", "run"):
+        metrics = pl.read_parquet(Path(run) / "metrics.parquet")
+        batch = load_spec(Path(run) / "spec.yaml").data.batch_size
+        rate = float(metrics["images_per_s"].drop_nulls().median())
+        minutes.setdefault(str(experiment), []).append(metrics.height * batch / rate / 60)
+    return {k: sum(v) / len(v) for k, v in minutes.items()}
+
+
+def _machine(final: pl.DataFrame) -> str:
+    run = Path(final["run"][0])
+    env = (
+        json.loads((run / "environment.json").read_text())
+        if (run / "environment.json").is_file()
+        else {}
+    )
+    torch = env.get("packages", {}).get("torch", "?")
+    return (
+        f"{env.get('host', platform.node())}: {env.get('device_name', '?')} "
+        f"({env.get('device', '?')}), "
+        f"world size {env.get('world_size', 1)}, torch {torch}"
+    )
+
+
+def _runs_section(
+    summary: pl.DataFrame, metrics: list[str], minutes: dict[str, float]
+) -> list[str]:
+    header = ["experiment", "tasks", "seeds", "train min", *metrics]
+    rows = []
+    for (experiment, variant), frame in summary.group_by(
+        "experiment", "variant", maintain_order=True
+    ):
+        values = {
+            r["metric"]: Estimate(r["mean"], r["se"], r["seeds"]).text()
+            for r in frame.iter_rows(named=True)
+        }
+        name = str(experiment) + (f" ({variant})" if variant else "")
+        rows.append(
+            [
+                name,
+                frame["tasks"][0],
+                str(frame["seeds"].max()),
+                _num(minutes.get(str(experiment)), 2),
+                *(values.get(m, "–") for m in metrics),
+            ]
+        )
+    for column, title in (("random_init", "random-init encoder"), ("trivial", "trivial predictor")):
+        refs = summary.group_by("metric").agg(pl.col(column).mean())
+        values = dict(refs.iter_rows())
+        rows.append([f"*{title}*", "", "", "", *(_num(values.get(m)) for m in metrics)])
+    return _md_table(header, rows)
+
+
+def _paper_ladder_rows(metrics: list[str], steps: list[str]) -> list[list[str]]:
+    rows = []
+    for step in steps:
+        paper = PAPER_LADDER_B16_10M.get(step)
+        if paper is None:
+            continue
+        cells = []
+        for metric in metrics:
+            column = PAPER_COLUMNS.get(metric)
+            cells.append("–" if column is None or column not in paper else f"({paper[column]:+g})")
+        rows.append([f"*paper B/16 10M: {step}*", *cells])
+    return rows
+
+
+def _ladder_section(runs: pl.DataFrame, metrics: list[str]) -> list[str]:
+    table = ladder_table(runs.filter(pl.col("metric").is_in(metrics)))
+    columns = [c for c in table.columns if c != "tasks"]
+    rows = [[r["tasks"], *(r.get(c) or "–" for c in columns)] for r in table.iter_rows(named=True)]
+    steps = [r["tasks"] for r in table.iter_rows(named=True)]
+    return _md_table(["tasks", *columns], rows + _paper_ladder_rows(columns, steps))
+
+
+def _synergy_section(matrix: pl.DataFrame) -> list[str]:
+    wide = synergy_wide(matrix)
+    columns = [c for c in wide.columns if c != "pair"]
+    rows = [[r["pair"], *(_cell(r.get(c)) for c in columns)] for r in wide.iter_rows(named=True)]
+    for pair, paper in PAPER_SYNERGY_B16_10M.items():
+        cells = []
+        for metric in columns:
+            column = "average" if metric == "average" else PAPER_COLUMNS.get(metric)
+            cells.append(
+                "–" if column is None or column not in paper else f"{paper[column] / 100:+.2f}"
+            )
+        rows.append([f"*paper B/16 10M: {pair}*", *cells])
+    return _md_table(["pair", *columns], rows)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "undefined" if math.isnan(value) else f"{value:+.2f}"
+    return str(value)
+
+
+def _verdict_section(found: list[Verdict]) -> list[str]:
+    return _md_table(
+        ["claim (paper)", "verdict", "evidence"],
+        [[v.claim, f"**{v.verdict}**", v.evidence] for v in found],
+    )
+
+
+def _comparison_section(frame: pl.DataFrame) -> list[str]:
+    lines = []
+    for (title,), rows in frame.group_by("comparison", maintain_order=True):
+        a, b = rows["a"][0], rows["b"][0]
+        lines.append(
+            f"**{title}** ({a} − {b}, gains paired by seed; lower-is-better metrics count "
+            "decreases):\n"
+        )
+        cells = [
+            Estimate(r["gain"], r["se"], r["seeds"]).text(signed=True)
+            for r in rows.iter_rows(named=True)
+        ]
+        lines += _md_table(rows["metric"].to_list(), [cells])
+        lines.append("")
+    return lines
+
+
+def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> list[Path]:
+    """The analysis of a finished sweep: OUT/summary.parquet (per experiment over seeds), the
+    ladder and synergy tables when the task sets form them, comparisons, figures; and the
+    Markdown report when the sweep names one. Returns the files written."""
+    matplotlib.use("Agg")
+    final = final_rows(results)
+    metrics = _chosen(final, spec.analysis.metrics)
+    written = []
+    summary = run_summary(final, metrics)
+    summary.write_parquet(out / "summary.parquet")
+    written.append(out / "summary.parquet")
+    runs = _table_runs(final, spec.analysis.tables)
+    ladder = matrix = None
+    found: list[Verdict] = []
+    if runs is not None:
+        try:
+            ladder = ladder_stats(runs.filter(pl.col("metric").is_in(metrics)))
+            ladder.write_parquet(out / "ladder.parquet")
+            written.append(out / "ladder.parquet")
+        except MissingRuns:
+            ladder = None
+        try:
+            matrix = synergy_table(runs.filter(pl.col("metric").is_in(metrics)))
+            matrix.write_parquet(out / "synergy.parquet")
+            written.append(out / "synergy.parquet")
+        except MissingRuns:
+            matrix = None
+        if ladder is not None and matrix is not None:
+            found = verdicts(runs, tuple(metrics))
+    compared = (
+        comparisons(final, spec.analysis.comparisons, metrics)
+        if spec.analysis.comparisons
+        else None
+    )
+    if spec.report is None:
+        return written
+    report = Path(spec.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    stem = report.with_suffix("")
+    figures: dict[str, Path] = {}
+    histories = results.group_by("run").agg(pl.col("step").n_unique()).get_column("step").max()
+    if histories is not None and histories > 1:
+        figures["curves"] = _save(
+            plot_learning_curves(results, metrics), Path(f"{stem}_curves.png")
+        )
+    pilots = [Path(p) / "results.parquet" for p in spec.analysis.pilot]
+    found_pilots = [pl.read_parquet(p) for p in pilots if p.is_file()]
+    pilot = pl.concat(found_pilots, how="diagonal_relaxed") if found_pilots else None
+    if pilot is not None:
+        figures["pilot"] = _save(
+            plot_learning_curves(pilot, metrics), Path(f"{stem}_pilot_curves.png")
+        )
+    if ladder is not None:
+        figures["ladder"] = _save(plot_ladder(ladder, summary), Path(f"{stem}_ladder.png"))
+    if matrix is not None:
+        figures["synergy"] = _save(plot_synergy(matrix), Path(f"{stem}_synergy.png"))
+    results.write_parquet(stem.with_suffix(".parquet"))
+    written += [*figures.values(), stem.with_suffix(".parquet")]
+    text = _markdown(spec, final, summary, metrics, runs, found, compared, figures, pilot, report)
+    report.write_text(text)
+    written.append(report)
+    return written
+
+
+def _markdown(
+    spec: SweepSpec,
+    final: pl.DataFrame,
+    summary: pl.DataFrame,
+    metrics: list[str],
+    runs: pl.DataFrame | None,
+    found: list[Verdict],
+    compared: pl.DataFrame | None,
+    figures: dict[str, Path],
+    pilot: pl.DataFrame | None,
+    report: Path,
+) -> str:
+    seeds = sorted(final["seed"].unique().to_list())
+    date = datetime.now(UTC).strftime("%Y-%m-%d")
+    lines = [
+        f"# {spec.name}\n",
+        f"{spec.description.strip()}\n" if spec.description else "",
+        f"Made by `mtv sweep` on {date}. Machine: {_machine(final)}. "
+        f"Seeds: {', '.join(map(str, seeds))} (each sets `runtime.seed` and `data.loader.seed`: "
+        "runs of one seed share initial weights and data order). "
+        f"Evaluation: suite `{spec.eval.suite}`, {spec.eval.scenes} held-out scenes. "
+        "Every number is mean ± standard error over seeds; differences between task sets are "
+        "paired by seed and marked *n.s.* when within two standard errors of zero (with 3 seeds "
+        "a lenient test, about p = 0.18 two-sided).\n",
+    ]
+    if found:
+        lines += ["## Verdicts\n", *_verdict_section(found), ""]
+    lines += [
+        "## Runs (final step)\n",
+        *_runs_section(summary, metrics, _training_minutes(final)),
+        "",
+    ]
+    if "curves" in figures:
+        lines += ["## Learning curves\n", f"![learning curves]({figures['curves'].name})\n"]
+    if pilot is not None:
+        lines += [
+            "## Pilot\n",
+            f"The pilot sweeps ({', '.join(spec.analysis.pilot)}): their runs and learning "
+            "curves (one seed each).\n",
+        ]
+        pilot_final = final_rows(pilot)
+        pilot_summary = run_summary(pilot_final, metrics)
+        lines += [*_runs_section(pilot_summary, metrics, _training_minutes(pilot_final)), ""]
+        lines.append(f"![pilot learning curves]({figures['pilot'].name})\n")
+    if runs is not None:
+        try:
+            lines += ["## Ablation ladder (Table 3 layout)\n", *_ladder_section(runs, metrics), ""]
+            if "ladder" in figures:
+                lines.append(f"![ladder]({figures['ladder'].name})\n")
+        except MissingRuns as err:
+            lines.append(f"(no ladder: {err})\n")
+        try:
+            matrix = synergy_table(runs.filter(pl.col("metric").is_in(metrics)))
+            lines += [
+                "## Task synergy (Table 4 layout, Eq. 4)\n",
+                "Synergy is defined only where the better single task's gain over VL stands out "
+                "of its noise; *n.s.* marks an excess dAB − max(dA, dB) within two SEs of zero.\n",
+                *_synergy_section(matrix),
+                "",
+            ]
+            if "synergy" in figures:
+                lines.append(f"![synergy]({figures['synergy'].name})\n")
+        except MissingRuns as err:
+            lines.append(f"(no synergy table: {err})\n")
+    if compared is not None and compared.height:
+        lines += ["## Comparisons\n", *_comparison_section(compared)]
+    lines += [
+        f"Aggregate of every run's evaluation history: `{report.with_suffix('.parquet').name}` "
+        f"(and `{spec.out}/results.parquet`); per-experiment summary: "
+        f"`{spec.out}/summary.parquet`.\n"
+    ]
+    return "\n".join(line for line in lines if line is not None) + "\n"

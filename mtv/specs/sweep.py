@@ -1,0 +1,127 @@
+"""The spec of a sweep (`mtv sweep SWEEP.yaml`): experiments x seeds x a grid of overrides, each
+an ordinary `mtv run` followed by `mtv eval`, on the local machine or a Slurm cluster."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from mtv.specs.base import StrictModel
+from mtv.specs.experiment import EvalSuite
+
+
+class LocalExecutorSpec(StrictModel):
+    """Runs the jobs one after another on this machine."""
+
+    kind: Literal["local"] = "local"
+    gpus_per_job: int = Field(
+        0, ge=0, description="> 1: each job is `torchrun --standalone --nproc_per_node=N`"
+    )
+
+
+class SlurmExecutorSpec(StrictModel):
+    """Submits the jobs to Slurm through submitit, one node per job; `cluster: local` runs them
+    with submitit's local executor instead (what the tests use)."""
+
+    kind: Literal["slurm"] = "slurm"
+    cluster: Literal["slurm", "local"] = "slurm"
+    folder: str = Field(
+        "submitit", description="submitit's logs and job files, relative to the sweep's `out`"
+    )
+    partition: str | None = None
+    account: str | None = None
+    gpus_per_job: int = Field(1, ge=0, description="GPUs of the node (torchrun when > 1)")
+    cpus_per_job: int = Field(8, gt=0)
+    mem_gb: int = Field(64, gt=0)
+    timeout_min: int = Field(24 * 60, gt=0)
+    max_parallel: int = Field(64, gt=0, description="Slurm array parallelism")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="further `slurm_*` parameters of submitit, verbatim"
+    )
+
+
+ExecutorSpec = Annotated[LocalExecutorSpec | SlurmExecutorSpec, Field(discriminator="kind")]
+
+
+class SweepEvalSpec(StrictModel):
+    """How every run of the sweep is evaluated (replaces the experiments' own `eval:`)."""
+
+    suite: EvalSuite = "mini"
+    scenes: int = Field(500, ge=4)
+    only: list[str] = Field(default_factory=list)
+    data: str | None = None
+    limit: int | None = Field(None, gt=0)
+
+
+class ComparisonSpec(StrictModel):
+    """Two experiments of the sweep compared paired by seed (a - b), e.g. exact against noisy
+    labels for the same task set."""
+
+    a: str = Field(description="experiment name (file stem)")
+    b: str = Field(description="experiment name (file stem)")
+    title: str
+
+
+class SweepAnalysisSpec(StrictModel):
+    """What the aggregate and the report show."""
+
+    tables: list[str] | None = Field(
+        None,
+        description="experiments (file stems) that form the ladder and synergy tables, one per "
+        "task set; default: every experiment, when their task sets differ",
+    )
+    comparisons: list[ComparisonSpec] = Field(default_factory=list)
+    metrics: list[str] | None = Field(
+        None,
+        description="the headline metrics (`evaluator/metric`) of tables and verdicts; default: "
+        "the mini suite's counterparts of the paper's columns",
+    )
+    pilot: list[str] = Field(
+        default_factory=list,
+        description="other sweeps' `out` folders whose learning curves the report shows",
+    )
+
+
+class SweepSpec(StrictModel):
+    """A grid of runs: every experiment x every grid point x every seed. A seed sets
+    `runtime.seed` and `data.loader.seed`, so runs of one seed share initial weights (where the
+    task sets' modules agree) and data order: task sets are compared paired by seed."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    out: str = Field(description="the sweep's folder: runs, aggregate results, logs")
+    experiments: list[str] = Field(
+        min_length=1, description="experiment files, relative to the sweep file"
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    set: list[str] = Field(
+        default_factory=list, description="`--set` overrides applied to every run"
+    )
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="field -> values; every combination is a variant of every experiment",
+    )
+    eval: SweepEvalSpec = Field(default_factory=SweepEvalSpec)
+    executor: ExecutorSpec = Field(default_factory=LocalExecutorSpec)
+    analysis: SweepAnalysisSpec = Field(default_factory=SweepAnalysisSpec)
+    report: str | None = Field(
+        None,
+        description="a Markdown report of the aggregate (runs, learning curves, ladder, synergy, "
+        "verdicts) with its figures and tables beside it, relative to the current directory",
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds repeat: {value}")
+        return value
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_axes(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [name for name, values in value.items() if not values]
+        if empty:
+            raise ValueError(f"grid axes without values: {empty}")
+        return value

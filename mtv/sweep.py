@@ -1,0 +1,371 @@
+"""Sweeps: a grid of experiments x overrides x seeds, each job an ordinary `mtv run` followed by
+`mtv eval` in a child process, on this machine one after another or on Slurm through submitit.
+
+A job is complete when its run directory holds `sweep-job.json` naming the same experiment,
+overrides and evaluation: started again (after a crash, a `kill -9`, or with more seeds), a
+sweep skips complete jobs, resumes stopped runs from their last checkpoint (`--resume`) and runs
+the rest; then it collects every run's results into one table (`results.parquet`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mtv.analysis.reproduction import write_sweep_analysis
+from mtv.eval import read_results
+from mtv.specs import load_spec
+from mtv.specs.loading import load_yaml_model
+from mtv.specs.sweep import LocalExecutorSpec, SlurmExecutorSpec, SweepEvalSpec, SweepSpec
+from mtv.train.checkpoint import latest_checkpoint
+
+MARKER = "sweep-job.json"
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot be planned or some of its jobs failed (the message names them)."""
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    experiment: str  # the experiment file's stem
+    path: Path  # the experiment file
+    variant: str  # the grid point, e.g. "optim.lr=0.001"; "" without a grid
+    seed: int
+    overrides: tuple[str, ...]  # every `--set` of the run
+    run_dir: Path
+    evaluation: SweepEvalSpec
+    gpus: int = 0
+
+    @property
+    def label(self) -> str:
+        return "/".join(p for p in (self.experiment, self.variant, f"seed {self.seed}") if p)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes a finished job this job: change any of it and the job runs again."""
+        return {
+            "experiment": str(self.path),
+            "overrides": list(self.overrides),
+            "eval": self.evaluation.model_dump(mode="json"),
+        }
+
+    def complete(self) -> bool:
+        marker = self.run_dir / MARKER
+        if not marker.is_file():
+            return False
+        try:
+            return json.loads(marker.read_text()) == self.identity()
+        except json.JSONDecodeError:
+            return False
+
+    def _mtv(self) -> list[str]:
+        if self.gpus > 1:
+            return [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={self.gpus}",
+                "-m",
+                "mtv_cli.main",
+            ]
+        return [sys.executable, "-m", "mtv_cli.main"]
+
+    def run_command(self) -> list[str]:
+        command = [*self._mtv(), "run", str(self.path), "--out", str(self.run_dir)]
+        command += [arg for override in self.overrides for arg in ("--set", override)]
+        if latest_checkpoint(self.run_dir) is not None:
+            command.append("--resume")
+        return command
+
+    def eval_command(self) -> list[str]:
+        evaluation = self.evaluation
+        command = [sys.executable, "-m", "mtv_cli.main", "eval", str(self.run_dir)]
+        command += ["--suite", evaluation.suite, "--scenes", str(evaluation.scenes)]
+        command += [arg for name in evaluation.only for arg in ("--only", name)]
+        if evaluation.data is not None:
+            command += ["--data", evaluation.data]
+        if evaluation.limit is not None:
+            command += ["--limit", str(evaluation.limit)]
+        return command
+
+
+def _value_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def _variants(grid: dict[str, list[Any]]) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, overrides) of every grid point; one unnamed point without a grid."""
+    if not grid:
+        return [("", ())]
+    axes = list(grid)
+    out = []
+    for values in itertools.product(*(grid[axis] for axis in axes)):
+        pairs = [f"{axis}={_value_text(value)}" for axis, value in zip(axes, values, strict=True)]
+        out.append(("+".join(pairs), tuple(pairs)))
+    return out
+
+
+def _folder_name(variant: str) -> str:
+    """A grid point as one path component (unsafe characters replaced, long names hashed)."""
+    safe = "".join(c if c.isalnum() or c in "._=+-" else "_" for c in variant)
+    if len(safe) > 80:
+        safe = safe[:60] + "-" + hashlib.blake2b(variant.encode(), digest_size=6).hexdigest()
+    return safe
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
+    """The validated sweep file. Raises SpecError naming the file and field."""
+    return load_yaml_model(path, SweepSpec, overrides)
+
+
+def plan_sweep(spec: SweepSpec, sweep_file: str | Path) -> list[SweepJob]:
+    """Every job of the sweep, in order: experiment, then grid point, then seed. Each
+    experiment (with every override) is validated here, so a typo fails before any training."""
+    base = Path(sweep_file).resolve().parent
+    out = Path(spec.out)
+    gpus = spec.executor.gpus_per_job
+    jobs = []
+    problems = []
+    paths = []
+    for entry in spec.experiments:
+        path = (base / entry).resolve()
+        if not path.is_file():
+            problems.append(f"experiments: {entry} (looked for {path}) does not exist")
+        paths.append(path)
+    # Seed-major order: a sweep stopped halfway has whole seeds of every experiment to analyse.
+    for seed in spec.seeds:
+        for path in paths:
+            for variant, grid_overrides in _variants(spec.grid):
+                overrides = (
+                    *spec.set,
+                    *grid_overrides,
+                    f"runtime.seed={seed}",
+                    f"data.loader.seed={seed}",
+                )
+                folder = out / path.stem
+                if variant:
+                    folder = folder / _folder_name(variant)
+                jobs.append(
+                    SweepJob(
+                        path.stem,
+                        path,
+                        variant,
+                        seed,
+                        overrides,
+                        folder / f"seed-{seed}",
+                        spec.eval,
+                        gpus,
+                    )
+                )
+    stems = [path.stem for path in paths]
+    if len(set(stems)) != len(stems):
+        problems.append(f"experiments: two files share a name ({stems}); run folders would clash")
+    if problems:
+        raise SweepError("; ".join(problems))
+    for seed_zero in jobs[: len(paths) * len(_variants(spec.grid))]:
+        load_spec(seed_zero.path, seed_zero.overrides)  # raises SpecError naming the field
+    return jobs
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to kill it when the sweep process dies, so a killed
+    sweep never leaves a training run behind that a restarted sweep would race."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _call(command: list[str], log: Path) -> None:
+    with log.open("a") as stream:
+        stream.write("$ " + " ".join(command) + "\n")
+        stream.flush()
+        done = subprocess.run(
+            command,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+            env={**os.environ, "COLUMNS": "200"},
+            check=False,
+        )
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise SweepError(
+            f"`{' '.join(command[2:4])}` exited with {done.returncode}: {' | '.join(tail)}"
+        )
+
+
+def trained(job: SweepJob) -> bool:
+    """Whether the job's run has its final checkpoint."""
+    checkpoint = latest_checkpoint(job.run_dir)
+    if checkpoint is None:
+        return False
+    steps = load_spec(job.run_dir / "spec.yaml").schedule.steps
+    return int(checkpoint.name.rsplit("-", 1)[1]) >= steps
+
+
+def run_job(job: SweepJob) -> str:
+    """Train (resuming a stopped run; nothing when it is trained) and evaluate one job, then
+    mark it complete. Returns the job's label. Both commands log to RUN/sweep.log."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    log = job.run_dir / "sweep.log"
+    if not trained(job):
+        _call(job.run_command(), log)
+    _call(job.eval_command(), log)
+    partial = job.run_dir / (MARKER + ".partial")
+    partial.write_text(json.dumps(job.identity()))
+    partial.replace(job.run_dir / MARKER)
+    return job.label
+
+
+Progress = Callable[[str], None]
+
+
+def run_local(jobs: list[SweepJob], report: Progress) -> list[tuple[SweepJob, str]]:
+    """Run the jobs one after another; (job, error) of those that failed."""
+    failures = []
+    for index, job in enumerate(jobs, start=1):
+        where = f"[{index}/{len(jobs)}] {job.label}"
+        state = (
+            "evaluating"
+            if trained(job)
+            else "resuming"
+            if latest_checkpoint(job.run_dir)
+            else "training"
+        )
+        report(f"{where}: {state}")
+        try:
+            run_job(job)
+        except SweepError as err:
+            failures.append((job, str(err)))
+            report(f"{where}: failed ({err}); see {job.run_dir / 'sweep.log'}")
+            continue
+        report(f"{where}: done")
+    return failures
+
+
+def run_submitit(
+    jobs: list[SweepJob], executor: SlurmExecutorSpec, out: Path, report: Progress
+) -> list[tuple[SweepJob, str]]:
+    """Submit the jobs as one array through submitit (Slurm, or its local executor) and wait."""
+    import submitit
+
+    folder = out / executor.folder
+    backend = submitit.AutoExecutor(
+        folder=folder, cluster=None if executor.cluster == "slurm" else "local"
+    )
+    parameters: dict[str, Any] = {
+        "timeout_min": executor.timeout_min,
+        "gpus_per_node": executor.gpus_per_job,
+        "cpus_per_task": executor.cpus_per_job,
+        "mem_gb": executor.mem_gb,
+        "tasks_per_node": 1,  # torchrun starts the ranks of a multi-GPU job
+        "slurm_array_parallelism": executor.max_parallel,
+        **{f"slurm_{k}": v for k, v in executor.extra.items()},
+    }
+    if executor.partition:
+        parameters["slurm_partition"] = executor.partition
+    if executor.account:
+        parameters["slurm_account"] = executor.account
+    backend.update_parameters(**parameters)
+    submitted = backend.map_array(run_job, jobs)
+    report(f"submitted {len(submitted)} job(s) to {executor.cluster} (logs: {folder})")
+    failures = []
+    for job, handle in zip(jobs, submitted, strict=True):
+        try:
+            handle.result()
+            report(f"{job.label}: done")
+        except Exception as err:  # submitit re-raises the job's error, whatever its type
+            text = str(err).strip()
+            failures.append((job, text.splitlines()[-1] if text else repr(err)))
+            report(f"{job.label}: failed; see {job.run_dir / 'sweep.log'}")
+    return failures
+
+
+@dataclass
+class SweepOutcome:
+    jobs: list[SweepJob]
+    skipped: list[SweepJob]  # complete before this invocation
+    failures: list[tuple[SweepJob, str]]
+    results: Path | None  # the aggregate table (None when some job failed)
+    written: list[Path]  # the analysis and report files made from it
+
+
+def run_sweep(
+    spec: SweepSpec, sweep_file: str | Path, report: Progress = print, reevaluate: bool = False
+) -> SweepOutcome:
+    """Run every incomplete job of the sweep, then aggregate the results of all of them.
+    `reevaluate`: evaluate complete jobs again too (their training is not repeated), e.g.
+    after the evaluation code changed."""
+    jobs = plan_sweep(spec, sweep_file)
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skipped = [] if reevaluate else [job for job in jobs if job.complete()]
+    pending = [job for job in jobs if job not in skipped]
+    report(f"{spec.name}: {len(jobs)} job(s), {len(skipped)} complete, {len(pending)} to run")
+    executor = spec.executor
+    if not pending:
+        failures: list[tuple[SweepJob, str]] = []
+    elif isinstance(executor, LocalExecutorSpec):
+        failures = run_local(pending, report)
+    else:
+        failures = run_submitit(pending, executor, out, report)
+    results, written = None, []
+    if not failures:
+        results = out / "results.parquet"
+        frame = collect_sweep(jobs)
+        partial = results.with_suffix(".parquet.partial")
+        frame.write_parquet(partial)
+        partial.replace(results)
+        written = write_sweep_analysis(frame, spec, out)
+    return SweepOutcome(jobs, skipped, failures, results, written)
+
+
+def collect_sweep(jobs: list[SweepJob]) -> pl.DataFrame:
+    """One row per (job, evaluated step, metric): every run's evaluation history (its final
+    step, and the steps evaluated during training), with the job's experiment, variant, seed,
+    task kinds and run directory."""
+    frames = []
+    for job in jobs:
+        kinds = [t.kind for t in load_spec(job.run_dir / "spec.yaml").tasks]
+        rows = read_results(job.run_dir, job.evaluation.suite, latest=False).select(
+            pl.lit(job.experiment).alias("experiment"),
+            pl.lit(job.variant).alias("variant"),
+            pl.lit(job.seed).alias("seed"),
+            pl.lit(kinds).alias("tasks"),
+            pl.lit(str(job.run_dir)).alias("run"),
+            (pl.col("evaluator") + "/" + pl.col("metric")).alias("metric"),
+            "value",
+            "trivial",
+            "random_init",
+            "higher_is_better",
+            "step",
+            "samples_seen",
+        )
+        frames.append(rows)
+    return pl.concat(frames, how="vertical_relaxed")
+
+
+__all__ = [
+    "MARKER",
+    "SweepError",
+    "SweepJob",
+    "SweepOutcome",
+    "collect_sweep",
+    "load_sweep",
+    "plan_sweep",
+    "run_job",
+    "run_sweep",
+]

@@ -1,0 +1,166 @@
+"""`mtv sweep`: the grid it plans, a sweep killed with kill -9 and started again (complete jobs
+skipped, the rest finished), the submitit executor through its local executor, and the
+aggregate it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+from mtv_cli.main import app
+from typer.testing import CliRunner
+
+from mtv.specs import SpecError
+from mtv.sweep import MARKER, load_sweep, plan_sweep, run_sweep
+from mtv.world.corpus import render_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sweep") / "mini"
+    render_corpus(root, 64, size=32, seed=0)
+    return root
+
+
+def write_sweep(folder: Path, corpus: Path, **fields: object) -> Path:
+    spec = {
+        "name": "test",
+        "out": str(folder / "out"),
+        "experiments": [str(ROOT / "experiments" / "smoke.yaml")],
+        "seeds": [0, 1, 2],
+        "set": [
+            f"data.source.root={corpus}",
+            "data.loader.workers=0",
+            "schedule.steps=2",
+            "schedule.warmup_steps=1",
+            "tasks=[vl, depth]",
+        ],
+        "eval": {"scenes": 4, "only": ["retrieval", "depth_probe"]},
+        **fields,
+    }
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_the_grid_is_experiments_by_grid_points_by_seeds(tmp_path: Path, corpus: Path) -> None:
+    path = write_sweep(
+        tmp_path,
+        corpus,
+        experiments=[str(ROOT / "experiments" / n) for n in ("smoke.yaml", "base.yaml")],
+        grid={"optim.lr": [1e-3, 2e-3], "data.views.global_scale": [[0.5, 1.0]]},
+        seeds=[3, 4],
+    )
+    jobs = plan_sweep(load_sweep(path), path)
+    assert len(jobs) == 2 * 2 * 2
+    first = jobs[0]
+    assert first.experiment == "smoke" and first.seed == 3
+    assert first.variant == "optim.lr=0.001+data.views.global_scale=[0.5, 1.0]"
+    assert "runtime.seed=3" in first.overrides and "data.loader.seed=3" in first.overrides
+    assert first.run_dir == tmp_path / "out" / "smoke" / first.run_dir.parent.name / "seed-3"
+    assert len({j.run_dir for j in jobs}) == len(jobs)
+    assert "--resume" not in first.run_command()
+
+
+def test_a_bad_override_or_experiment_is_refused_before_any_run(
+    tmp_path: Path, corpus: Path
+) -> None:
+    path = write_sweep(tmp_path, corpus, grid={"optim.lrr": [1.0]})
+    with pytest.raises(SpecError, match="lrr"):
+        plan_sweep(load_sweep(path), path)
+    result = runner.invoke(
+        app, ["sweep", str(write_sweep(tmp_path, corpus, experiments=["nope.yaml"]))]
+    )
+    assert result.exit_code == 2 and "nope.yaml" in result.output
+
+
+def _sweep_process(path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mtv_cli.main", "sweep", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_skips_complete_jobs_and_finishes_the_rest(
+    tmp_path: Path, corpus: Path
+) -> None:
+    path = write_sweep(tmp_path, corpus)
+    jobs = plan_sweep(load_sweep(path), path)
+    process = _sweep_process(path)
+    deadline = time.monotonic() + 300
+    while not (jobs[0].run_dir / MARKER).is_file():
+        assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the first job did not finish in time"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not all(job.complete() for job in jobs)  # killed before the end
+    first_marker = (jobs[0].run_dir / MARKER).stat().st_mtime_ns
+    first_checkpoint = sorted((jobs[0].run_dir / "checkpoints").iterdir())[-1].stat().st_mtime_ns
+    time.sleep(1.0)  # a child left behind would still be writing: none may be
+    assert not any(
+        (job.run_dir / "sweep.log").is_file()
+        and (job.run_dir / "sweep.log").stat().st_mtime > time.time() - 0.5
+        for job in jobs
+    )
+
+    again = _sweep_process(path)
+    output, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, output
+    assert "3 job(s), 1 complete, 2 to run" in output or "3 job(s), 2 complete, 1 to run" in output
+    assert all(job.complete() for job in jobs)
+    assert (jobs[0].run_dir / MARKER).stat().st_mtime_ns == first_marker  # not run again
+    assert (
+        sorted((jobs[0].run_dir / "checkpoints").iterdir())[-1].stat().st_mtime_ns
+        == first_checkpoint
+    )
+    results = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert sorted(results["seed"].unique().to_list()) == [0, 1, 2]
+    assert set(results["metric"]) >= {"retrieval/i2t_r1", "depth_probe/rmse"}
+    assert results["step"].unique().to_list() == [2]
+    marker = json.loads((jobs[1].run_dir / MARKER).read_text())
+    assert "runtime.seed=1" in marker["overrides"]
+
+    third = _sweep_process(path)
+    output, _ = third.communicate(timeout=300)
+    assert third.returncode == 0 and "3 complete, 0 to run" in output
+
+
+@pytest.mark.slow
+def test_the_submitit_executor_runs_the_jobs(tmp_path: Path, corpus: Path) -> None:
+    path = write_sweep(
+        tmp_path,
+        corpus,
+        seeds=[0, 1],
+        executor={"kind": "slurm", "cluster": "local", "gpus_per_job": 0, "timeout_min": 10},
+    )
+    messages: list[str] = []
+    outcome = run_sweep(load_sweep(path), path, report=messages.append)
+    assert not outcome.failures, outcome.failures
+    assert all(job.complete() for job in outcome.jobs)
+    assert any("submitted 2 job(s) to local" in m for m in messages)
+    assert (tmp_path / "out" / "submitit").is_dir()
+    frame = pl.read_parquet(outcome.results)  # type: ignore[arg-type]
+    assert sorted(frame["seed"].unique().to_list()) == [0, 1]
+
+
+def test_sweep_help_names_the_executors() -> None:
+    result = runner.invoke(app, ["sweep", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "skips complete jobs" in text and "Slurm" in text and "--reevaluate" in text
