@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from mtv.analysis.reproduction import write_sweep_analysis
-from mtv.eval import read_results
+from mtv.eval import RESULT_COLUMNS, read_results
 from mtv.specs import load_spec
 from mtv.specs.loading import load_yaml_model
 from mtv.specs.sweep import LocalExecutorSpec, SlurmExecutorSpec, SweepEvalSpec, SweepSpec
@@ -340,19 +340,15 @@ def collect_sweep(jobs: list[SweepJob]) -> pl.DataFrame:
     frames = []
     for job in jobs:
         kinds = [t.kind for t in load_spec(job.run_dir / "spec.yaml").tasks]
-        rows = read_results(job.run_dir, job.evaluation.suite, latest=False).select(
+        history = read_results(job.run_dir, job.evaluation.suite, latest=False)
+        rows = history.select(
             pl.lit(job.experiment).alias("experiment"),
             pl.lit(job.variant).alias("variant"),
             pl.lit(job.seed).alias("seed"),
             pl.lit(kinds).alias("tasks"),
             pl.lit(str(job.run_dir)).alias("run"),
             (pl.col("evaluator") + "/" + pl.col("metric")).alias("metric"),
-            "value",
-            "trivial",
-            "random_init",
-            "higher_is_better",
-            "step",
-            "samples_seen",
+            *(c for c in RESULT_COLUMNS if c not in ("suite", "evaluator", "metric")),
         )
         frames.append(rows)
     return pl.concat(frames, how="vertical_relaxed")

@@ -68,9 +68,10 @@ def test_extends_merges_mappings_and_replaces_lists() -> None:
     assert spec.task_kinds() == ["vl", "distill", "masked", "koleo", "depth"]
     # task_defaults from the base file size every distill/masked head of the extending files
     distill = next(t for t in spec.tasks if isinstance(t, DistillTaskSpec))
-    assert distill.n_prototypes == 4096 and distill.hidden_dim == 512
+    assert distill.n_prototypes == 1024 and distill.hidden_dim == 256
     # ... and fields not in the defaults keep the paper's values
     assert distill.student_temp == 0.1 and distill.teacher_temp_start == 0.04
+    assert distill.teacher_temp == 0.04  # the protocol's calibration (paper: 0.07)
     smoke = load_spec(ROOT / "experiments" / "smoke.yaml")
     # a nested mapping merges key by key: the smoke file sets the size, the base the kind
     assert smoke.data.source.kind == "miniworld" and smoke.data.source.image_size == 32
@@ -114,7 +115,7 @@ def test_overrides_by_path_index_and_task_kind() -> None:
     assert spec.optim.lr == 1e-3
     assert spec.tasks[1].n_prototypes == 128
     assert spec.tasks[0].weight == 0.5
-    assert spec.model.encoder.image_size == 128 and spec.model.encoder.width == 192
+    assert spec.model.encoder.image_size == 128 and spec.model.encoder.width == 128
     assert spec.runtime.compile is False
     replaced = load_spec(path, ["tasks=[vl, depth]"])
     assert replaced.task_kinds() == ["vl", "depth"]
@@ -238,9 +239,14 @@ def test_task_defaults_are_validated_where_they_are_written(tmp_path: Path) -> N
 def test_resolved_yaml_shows_only_the_defaults_set() -> None:
     text = spec_to_yaml(load_spec(ROOT / "experiments" / "smoke.yaml"))
     defaults = yaml.safe_load(text)["task_defaults"]
+    # smoke.yaml sizes the heads; base.yaml calibrates the rest: both, and nothing else.
+    calibration = {"teacher_temp": 0.04, "freeze_prototypes_steps": 30}
+    head = {"n_prototypes": 256, "hidden_dim": 64, "bottleneck_dim": 32, **calibration}
     assert defaults == {
-        "distill": {"n_prototypes": 256, "hidden_dim": 64, "bottleneck_dim": 32},
-        "masked": {"n_prototypes": 256, "hidden_dim": 64, "bottleneck_dim": 32},
+        "vl": {"logit_bias_init": "batch"},
+        "ground": {"logit_bias_init": "batch"},
+        "distill": head,
+        "masked": head,
     }
 
 

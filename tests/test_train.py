@@ -48,7 +48,12 @@ def test_smoke_run_through_the_cli(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "finished 5 steps" in result.output and str(out / "metrics.parquet") in result.output
-    assert (data / "world.json").is_file() and (data / "labels.zarr").is_dir()
+    assert (data / "world.json").is_file()
+    # The protocol's expert-like noisy labels have a store of their own, named by the noise.
+    spec = load_spec(SMOKE)
+    assert not spec.data.labels.oracle.exact
+    assert (data / spec.data.labels.oracle.store_name()).is_dir()
+    assert "labelling the mini-world with the noisy oracle" in result.output
     metrics = pl.read_parquet(out / "metrics.parquet")
     assert metrics["step"].to_list() == [0, 1, 2, 3, 4]
     for column in (

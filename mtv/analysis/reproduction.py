@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +38,7 @@ from mtv.analysis.verdicts import (
     PAPER_LADDER_B16_10M,
     PAPER_SYNERGY_B16_10M,
     Verdict,
+    short_name,
     verdicts,
 )
 from mtv.specs import load_spec
@@ -97,7 +99,7 @@ def _machine(final: pl.DataFrame) -> str:
 def _runs_section(
     summary: pl.DataFrame, metrics: list[str], minutes: dict[str, float]
 ) -> list[str]:
-    header = ["experiment", "tasks", "seeds", "train min", *metrics]
+    header = ["experiment", "tasks", "seeds", "train min", *map(short_name, metrics)]
     rows = []
     for (experiment, variant), frame in summary.group_by(
         "experiment", "variant", maintain_order=True
@@ -139,15 +141,16 @@ def _paper_ladder_rows(metrics: list[str], steps: list[str]) -> list[list[str]]:
 
 def _ladder_section(runs: pl.DataFrame, metrics: list[str]) -> list[str]:
     table = ladder_table(runs.filter(pl.col("metric").is_in(metrics)))
-    columns = [c for c in table.columns if c != "tasks"]
+    columns = [m for m in metrics if m in table.columns]
     rows = [[r["tasks"], *(r.get(c) or "–" for c in columns)] for r in table.iter_rows(named=True)]
     steps = [r["tasks"] for r in table.iter_rows(named=True)]
-    return _md_table(["tasks", *columns], rows + _paper_ladder_rows(columns, steps))
+    header = ["tasks", *map(short_name, columns)]
+    return _md_table(header, rows + _paper_ladder_rows(columns, steps))
 
 
-def _synergy_section(matrix: pl.DataFrame) -> list[str]:
+def _synergy_section(matrix: pl.DataFrame, metrics: list[str]) -> list[str]:
     wide = synergy_wide(matrix)
-    columns = [c for c in wide.columns if c != "pair"]
+    columns = [m for m in [*metrics, "average"] if m in wide.columns]
     rows = [[r["pair"], *(_cell(r.get(c)) for c in columns)] for r in wide.iter_rows(named=True)]
     for pair, paper in PAPER_SYNERGY_B16_10M.items():
         cells = []
@@ -157,7 +160,7 @@ def _synergy_section(matrix: pl.DataFrame) -> list[str]:
                 "–" if column is None or column not in paper else f"{paper[column] / 100:+.2f}"
             )
         rows.append([f"*paper B/16 10M: {pair}*", *cells])
-    return _md_table(["pair", *columns], rows)
+    return _md_table(["pair", *map(short_name, columns)], rows)
 
 
 def _cell(value: object) -> str:
@@ -192,6 +195,22 @@ def _comparison_section(frame: pl.DataFrame) -> list[str]:
     return lines
 
 
+def _table_file(
+    make: Callable[[pl.DataFrame], pl.DataFrame],
+    runs: pl.DataFrame,
+    path: Path,
+    written: list[Path],
+) -> pl.DataFrame | None:
+    """`make(runs)` written to `path`; None when the runs lack a task set it needs."""
+    try:
+        table = make(runs)
+    except MissingRuns:
+        return None
+    table.write_parquet(path)
+    written.append(path)
+    return table
+
+
 def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> list[Path]:
     """The analysis of a finished sweep: OUT/summary.parquet (per experiment over seeds), the
     ladder and synergy tables when the task sets form them, comparisons, figures; and the
@@ -207,18 +226,9 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
     ladder = matrix = None
     found: list[Verdict] = []
     if runs is not None:
-        try:
-            ladder = ladder_stats(runs.filter(pl.col("metric").is_in(metrics)))
-            ladder.write_parquet(out / "ladder.parquet")
-            written.append(out / "ladder.parquet")
-        except MissingRuns:
-            ladder = None
-        try:
-            matrix = synergy_table(runs.filter(pl.col("metric").is_in(metrics)))
-            matrix.write_parquet(out / "synergy.parquet")
-            written.append(out / "synergy.parquet")
-        except MissingRuns:
-            matrix = None
+        chosen = runs.filter(pl.col("metric").is_in(metrics))
+        ladder = _table_file(ladder_stats, chosen, out / "ladder.parquet", written)
+        matrix = _table_file(synergy_table, chosen, out / "synergy.parquet", written)
         if ladder is not None and matrix is not None:
             found = verdicts(runs, tuple(metrics))
     compared = (
@@ -313,7 +323,7 @@ def _markdown(
                 "## Task synergy (Table 4 layout, Eq. 4)\n",
                 "Synergy is defined only where the better single task's gain over VL stands out "
                 "of its noise; *n.s.* marks an excess dAB − max(dA, dB) within two SEs of zero.\n",
-                *_synergy_section(matrix),
+                *_synergy_section(matrix, metrics),
                 "",
             ]
             if "synergy" in figures:

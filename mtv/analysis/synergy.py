@@ -100,7 +100,9 @@ def task_groups(kinds: Iterable[str]) -> tuple[str, ...]:
 
 
 def label(groups: Sequence[str]) -> str:
-    return " + ".join(["VL", *(g.capitalize() if g != "ssl" else "SSL" for g in groups)])
+    """'VL + SSL + Ground + Depth': the groups in the paper's order."""
+    ordered = sorted(groups, key=lambda g: list(GROUPS).index(g) if g in GROUPS else len(GROUPS))
+    return " + ".join(["VL", *(g.capitalize() if g != "ssl" else "SSL" for g in ordered)])
 
 
 def by_task_set(results: pl.DataFrame) -> dict[TaskSet, PerSeed]:

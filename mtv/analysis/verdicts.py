@@ -20,7 +20,9 @@ import polars as pl
 from mtv.analysis.synergy import by_task_set, label, paired, synergy_table
 
 # The mini suite's counterparts of the paper's Table 3/4 columns (and the pooled-embedding
-# probes, a global measure the paper does not have), in the paper's order.
+# probes, a global measure the paper does not have), in the paper's order. NYUv2's linear depth
+# probe has two: the paper's linear probe, and a DPT probe on frozen features, which can see
+# depth where per-patch tokens do not carry their position (see mtv.eval.probes).
 PAPER_COLUMNS: dict[str, str | None] = {
     "zero_shot/shape_top1": "IN-1k",
     "zero_shot/color_top1": "IN-1k",
@@ -32,8 +34,29 @@ PAPER_COLUMNS: dict[str, str | None] = {
     "geometric_correspondence/recall@8px": "NAVI",
     "semantic_correspondence/pck@0.1": "SPair",
     "depth_probe/rmse": "NYUv2",
+    "depth_dpt_probe/rmse": "NYUv2",
 }
 HEADLINE = tuple(PAPER_COLUMNS)
+# Column titles of the report's tables.
+SHORT_NAMES: dict[str, str] = {
+    "zero_shot/shape_top1": "0-shot shape",
+    "zero_shot/color_top1": "0-shot colour",
+    "pooled_probe/shape_acc": "probe shape",
+    "pooled_probe/color_acc": "probe colour",
+    "retrieval/t2i_r1": "T→I R@1",
+    "retrieval/i2t_r1": "I→T R@1",
+    "segmentation/miou": "seg mIoU",
+    "geometric_correspondence/recall@8px": "geo R@8px",
+    "semantic_correspondence/pck@0.1": "PCK@0.1",
+    "depth_probe/rmse": "depth lin. RMSE ↓",
+    "depth_dpt_probe/rmse": "depth DPT RMSE ↓",
+}
+
+
+def short_name(metric: str) -> str:
+    return SHORT_NAMES.get(metric, metric)
+
+
 FAMILIES: dict[str, tuple[str, ...]] = {
     "semantic": (
         "zero_shot/shape_top1",
@@ -49,8 +72,9 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "geometric_correspondence/recall@8px",
         "semantic_correspondence/pck@0.1",
         "depth_probe/rmse",
+        "depth_dpt_probe/rmse",
     ),
-    "pixel-level": ("segmentation/miou", "depth_probe/rmse"),
+    "pixel-level": ("segmentation/miou", "depth_probe/rmse", "depth_dpt_probe/rmse"),
 }
 # The paper's increments for ViT-B/16 on 10M samples (Table 3), by column, per ladder step;
 # NYUv2 is RMSE (a decrease is a gain).
@@ -133,7 +157,7 @@ def _step_verdict(results: pl.DataFrame, claim: Claim, metrics: tuple[str, ...])
         state = _family_state(changes)
         states.append(state)
         shown = ", ".join(
-            f"{m.split('/')[-1]} {mean:+.3g}±{se:.2g}{'' if sig else ' n.s.'}"
+            f"{short_name(m)} {mean:+.3g}±{se:.2g}{'' if sig else ' n.s.'}"
             for m, mean, se, sig in changes
         )
         parts.append(f"{family} {state} ({shown})")

@@ -106,17 +106,11 @@ def run_suite(model: FrozenModel, settings: EvalSpec, reference: bool = True) ->
         )
     else:
         results = results.with_columns(random_init)
-    return results.select(
+    return results.with_columns(
         pl.lit(settings.suite).alias("suite"),
-        "evaluator",
-        "metric",
-        "value",
-        "trivial",
-        "random_init",
-        "higher_is_better",
         pl.lit(model.step).alias("step"),
         pl.lit(model.samples_seen).alias("samples_seen"),
-    )
+    ).select(RESULT_COLUMNS)
 
 
 def _write_atomically(frame: pl.DataFrame, path: Path) -> None:

@@ -31,9 +31,11 @@ from mtv.eval.model import Features, FrozenModel, class_embeddings
 from mtv.eval.probes import (
     classifier_probe_accuracy,
     depth_probe_scores,
+    dpt_depth_probe_scores,
     patch_depth,
     segmentation_probe_scores,
 )
+from mtv.tasks.depth import default_depth_layers
 from mtv.world.geometry import SHAPE_NAMES
 from mtv.world.render import CLASS_NAMES, RenderedView, render_views
 from mtv.world.scene import COLORS, sample_scene
@@ -188,6 +190,37 @@ def depth_probe(model: FrozenModel, data: MiniData, features: MiniFeatures) -> S
     )
 
 
+def depth_dpt_probe(model: FrozenModel, data: MiniData, features: MiniFeatures) -> Scores:
+    """A fresh DPT head trained on the frozen encoder's 4 tapped layers (DINOv2's DPT depth
+    evaluation; the linear probe's counterpart with spatial context), metric depth per 2 x 2
+    pixel block up to `MAX_PROBE_DEPTH`; RMSE and AbsRel. Trivial: the median training depth
+    everywhere."""
+    taps = default_depth_layers(model.graph.student.encoder.spec.depth)
+    maps, grid = model.layers(data.images, taps)
+    # At half the image resolution (2 x 2 pixel blocks, valid where all 4 are): a quarter of
+    # the decoder's work at the finest scale, which dominates the probe's cost on a CPU.
+    depth, valid = _half_resolution(np.stack([v.depth for v in data.views]))
+    train, test = _halves(len(depth))
+    return dpt_depth_probe_scores(
+        [m[train] for m in maps],
+        depth[train],
+        valid[train],
+        [m[test] for m in maps],
+        depth[test],
+        valid[test],
+        grid,
+    )
+
+
+def _half_resolution(depth: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, S, S) depth (inf for sky) -> (N, S/2, S/2) mean depth of each 2 x 2 block and
+    whether the block is finite and no deeper than `MAX_PROBE_DEPTH` everywhere."""
+    blocks = torch.from_numpy(depth).unflatten(1, (-1, 2)).unflatten(3, (-1, 2))
+    mean = blocks.mean(dim=(2, 4))
+    valid = (torch.isfinite(blocks) & (blocks <= MAX_PROBE_DEPTH)).all(4).all(2)
+    return torch.where(valid, mean, 0.0), valid
+
+
 def geometric_correspondence(model: FrozenModel, data: MiniData, features: MiniFeatures) -> Scores:
     """Object patch centres of view 0, reprojected into view 1 with the true depth and cameras
     (where not occluded), matched by nearest patch feature; recall at pixel thresholds.
@@ -299,6 +332,7 @@ EVALUATORS: dict[str, Evaluator] = {
     "retrieval": retrieval,
     "segmentation": segmentation,
     "depth_probe": depth_probe,
+    "depth_dpt_probe": depth_dpt_probe,
     "geometric_correspondence": geometric_correspondence,
     "semantic_correspondence": semantic_correspondence,
     "relative_depth": relative_depth,

@@ -94,6 +94,22 @@ class FrozenModel:
         return Features(torch.cat(pooled), torch.cat(patches))
 
     @torch.no_grad()
+    def layers(
+        self, images: np.ndarray, layers: list[int], batch: int = 64
+    ) -> tuple[list[Tensor], tuple[int, int]]:
+        """(N, H, W, 3) uint8 -> the normed tokens (N, T, D) of each 1-based layer, and the
+        patch grid."""
+        encoder = self.graph.student.encoder
+        out: list[list[Tensor]] = [[] for _ in layers]
+        grid = (0, 0)
+        for start in range(0, len(images), batch):
+            result = encoder(self._pixels(images[start : start + batch]), layers=layers, pool=False)
+            grid = result.grid
+            for i, layer in enumerate(layers):
+                out[i].append(result.layers[layer].float().cpu())
+        return [torch.cat(chunks) for chunks in out], grid
+
+    @torch.no_grad()
     def texts(self, texts: list[str], batch: int = 256) -> Tensor:
         if not self.has_text:
             raise ValueError("this run has no text tower (no vl or ground task)")

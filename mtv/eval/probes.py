@@ -276,3 +276,53 @@ def depth_probe_scores(
     errors = depth_errors(predicted, test_depth.flatten(1), test_valid.flatten(1))
     constant = constant_depth_errors(train_depth, train_valid, test_depth, test_valid)
     return {name: Score(value, constant[name]) for name, value in errors.items()}
+
+
+def dpt_depth_probe_scores(
+    train_layers: list[Tensor],
+    train_depth: Tensor,
+    train_valid: Tensor,
+    test_layers: list[Tensor],
+    test_depth: Tensor,
+    test_valid: Tensor,
+    grid: tuple[int, int],
+    steps: int = 150,
+    lr: float = 2e-3,
+    batch: int = 16,
+    seed: int = 0,
+) -> Scores:
+    """Metric depth from frozen features *with spatial context*: a fresh DPT head (the depth
+    task's own architecture) trained on the frozen encoder's 4 tapped layers (each (N, T, D)),
+    as DINOv2's DPT depth evaluation, by the log-depth SigLoss; RMSE and AbsRel per pixel over
+    the valid test pixels of (N, H, W) depth maps. Trivial: the median training depth.
+
+    Where depth is mostly a matter of where a pixel is in the image and of the camera (as in the
+    mini-world), per-patch tokens that do not encode their position cannot show depth to a
+    linear probe; a convolutional decoder sees the whole map and can."""
+    from mtv.tasks.depth import DPTHead, default_features  # eval reads the task's head
+
+    width = train_layers[0].shape[-1]
+    size = tuple(train_depth.shape[-2:])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = DPTHead(width, default_features(width), (width // 8, width // 4, width // 2, width))
+    norms = [Standardize(width) for _ in train_layers]
+    for norm, layer in zip(norms, train_layers, strict=True):
+        norm.fit_(layer)
+
+    def predict(layers: list[Tensor], index: Tensor | slice) -> Tensor:
+        inputs = [norm(layer[index]) for norm, layer in zip(norms, layers, strict=True)]
+        return head(inputs, grid, size)[:, 0].clamp(-10, 10).exp()  # type: ignore[arg-type]
+
+    def loss(index: Tensor) -> Tensor:
+        keep = train_valid[index]
+        return log_depth_sig_loss(predict(train_layers, index)[keep], train_depth[index][keep])
+
+    _train(head, train_layers[0], loss, steps, lr, batch, seed)
+    with torch.no_grad():
+        predicted = torch.cat(
+            [predict(test_layers, slice(i, i + 64)) for i in range(0, len(test_depth), 64)]
+        )
+    errors = depth_errors(predicted, test_depth, test_valid)
+    constant = constant_depth_errors(train_depth, train_valid, test_depth, test_valid)
+    return {name: Score(value, constant[name]) for name, value in errors.items()}

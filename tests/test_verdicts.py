@@ -1,0 +1,142 @@
+"""The verdicts on the paper's claims and the sweep report, on planted results: a step that lifts
+every family is reproduced, one that hurts a family contradicted, noise inconclusive; the report
+carries the verdicts, the tables with their standard errors and the paper's numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from mtv.analysis.reproduction import write_sweep_analysis
+from mtv.analysis.verdicts import FAMILIES, verdicts
+from mtv.specs import spec_to_yaml
+from mtv.specs.sweep import SweepSpec
+from tests.helpers import tiny_spec
+
+SSL = ["vl", "distill", "masked", "koleo"]
+SETS = {
+    "vl": ["vl"],
+    "vl_ssl": SSL,
+    "vl_ground": ["vl", "ground"],
+    "vl_depth": ["vl", "depth"],
+    "vl_ssl_ground": [*SSL, "ground"],
+    "vl_ssl_depth": [*SSL, "depth"],
+    "vl_ground_depth": ["vl", "ground", "depth"],
+    "vl_ssl_ground_depth": [*SSL, "ground", "depth"],
+}
+SEED_NOISE = {0: -0.01, 1: 0.0, 2: 0.012}
+LOWER = {"depth_probe/rmse", "depth_dpt_probe/rmse"}
+
+
+def planted(effects: dict[str, dict[str, float]], wobble: float = 0.0) -> pl.DataFrame:
+    """Every headline metric at 0.5 for VL; `effects[experiment][family]` adds to that
+    family's metrics (subtracts for lower-is-better ones, so a positive effect is a gain);
+    `wobble` is added with alternating signs to every experiment but VL."""
+    rows = []
+    metrics = sorted({m for family in FAMILIES.values() for m in family})
+    for experiment, tasks in SETS.items():
+        for seed, noise in SEED_NOISE.items():
+            # The sign alternates by seed and by the parity of the name's length, so that
+            # neighbouring ladder steps wobble against each other.
+            sign = 1 if (seed + len(experiment)) % 2 else -1
+            jitter = 0.0 if experiment == "vl" else wobble * sign
+            for metric in metrics:
+                effect = sum(
+                    value
+                    for family, value in effects.get(experiment, {}).items()
+                    if metric in FAMILIES[family]
+                )
+                lower = metric in LOWER
+                value = 0.5 + noise + jitter + (-effect if lower else effect)
+                rows.append(
+                    {
+                        "experiment": experiment,
+                        "variant": "",
+                        "seed": seed,
+                        "tasks": tasks,
+                        "run": f"{experiment}-{seed}",
+                        "metric": metric,
+                        "value": value,
+                        "trivial": 0.1,
+                        "random_init": 0.2,
+                        "higher_is_better": not lower,
+                        "step": 10,
+                        "samples_seen": 640,
+                    }
+                )
+    return pl.DataFrame(rows)
+
+
+PAPER_LIKE = {
+    "vl_ssl": {"semantic": 0.1, "dense": 0.1},
+    "vl_ground": {"semantic": 0.04, "dense": 0.03},
+    "vl_depth": {"dense": 0.05},
+    "vl_ssl_ground": {"semantic": 0.16, "dense": 0.15},
+    "vl_ssl_depth": {"semantic": 0.12, "dense": 0.2},
+    "vl_ground_depth": {"semantic": 0.05, "dense": 0.1},
+    "vl_ssl_ground_depth": {"semantic": 0.17, "dense": 0.25},
+}
+
+
+def test_a_paper_like_result_reproduces_every_claim() -> None:
+    found = {v.claim: v for v in verdicts(planted(PAPER_LIKE))}
+    assert {v.verdict for v in found.values()} == {"reproduced"}, found
+    ssl = found["SSL lifts both semantic and dense metrics"]
+    assert "semantic lifted" in ssl.evidence and "dense lifted" in ssl.evidence
+
+
+def test_a_step_that_hurts_a_family_is_contradicted_and_noise_is_inconclusive() -> None:
+    hurting = {**PAPER_LIKE, "vl_ssl_ground_depth": {"semantic": 0.17, "dense": 0.1}}
+    found = {v.claim: v.verdict for v in verdicts(planted(hurting))}
+    assert found["Depth refines pixel-level metrics"] == "contradicted"
+    # Ground's step within a wobble of 0.05 per seed: nothing stands out of the noise.
+    noisy = {**PAPER_LIKE, "vl_ssl_ground": {"semantic": 0.101, "dense": 0.101}}
+    found = {v.claim: v.verdict for v in verdicts(planted(noisy, wobble=0.05))}
+    assert found["Grounding lifts retrieval and dense metrics"] == "inconclusive"
+    interfering = {
+        k: {f: -abs(x) for f, x in v.items()} if "_" in k[3:] else v for k, v in PAPER_LIKE.items()
+    }
+    found = {v.claim: v.verdict for v in verdicts(planted(interfering))}
+    assert found["Average pairwise synergy is positive"] == "contradicted"
+
+
+def _fake_runs(frame: pl.DataFrame) -> pl.DataFrame:
+    """Run folders with what the report reads besides the results: spec, metrics, machine."""
+    for run, seed in frame.select("run", "seed").unique().iter_rows():
+        folder = Path(run)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "spec.yaml").write_text(spec_to_yaml(tiny_spec(["vl"], runtime={"seed": seed})))
+        pl.DataFrame({"step": [0, 1], "images_per_s": [100.0, 100.0]}).write_parquet(
+            folder / "metrics.parquet"
+        )
+        (folder / "environment.json").write_text(
+            json.dumps({"host": "test", "device": "cpu", "device_name": "x86"})
+        )
+    return frame
+
+
+def test_the_report_carries_verdicts_tables_and_references(tmp_path: Path) -> None:
+    frame = planted(PAPER_LIKE).with_columns(
+        (pl.lit(str(tmp_path / "runs") + "/") + pl.col("run")).alias("run")
+    )
+    _fake_runs(frame)
+    spec = SweepSpec(
+        name="planted",
+        out=str(tmp_path / "out"),
+        experiments=["x.yaml"],
+        seeds=[0, 1, 2],
+        report=str(tmp_path / "results" / "planted.md"),
+    )
+    (tmp_path / "out").mkdir()
+    written = write_sweep_analysis(frame, spec, tmp_path / "out")
+    names = {p.name for p in written}
+    assert {"summary.parquet", "ladder.parquet", "synergy.parquet", "planted.md"} <= names
+    assert {"planted_ladder.png", "planted_synergy.png", "planted.parquet"} <= names
+    text = (tmp_path / "results" / "planted.md").read_text()
+    assert "## Verdicts" in text and text.count("**reproduced**") == 4
+    assert "Table 3 layout" in text and "Table 4 layout" in text
+    assert "*paper B/16 10M: VL + SSL*" in text and "(+7.5)" in text  # the paper's increments
+    assert "*random-init encoder*" in text and "*trivial predictor*" in text
+    assert "± " in text and "Seeds: 0, 1, 2" in text
