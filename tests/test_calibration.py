@@ -52,7 +52,7 @@ def test_batch_aware_bias_matches_the_share_of_positive_pairs() -> None:
     assert fixed.student.tasks["vl"].logits.logit_bias.item() == -3.0
 
 
-def test_logit_parameters_get_their_own_learning_rate() -> None:
+def test_logit_parameters_get_their_own_learning_rate(tmp_path: Path) -> None:
     spec = tiny_spec([{"kind": "vl", "logit_lr_scale": 10.0}, "ground"])
     graph = TaskGraph(spec)
     groups = graph.parameter_groups()
@@ -62,7 +62,7 @@ def test_logit_parameters_get_their_own_learning_rate() -> None:
     assert sum(len(g["params"]) for g in groups) == sum(
         1 for p in graph.student.parameters() if p.requires_grad
     )
-    trainer = Trainer(spec, Path("unused"), batches=iter([]), report=lambda _: None)
+    trainer = Trainer(spec, tmp_path / "run", batches=iter([]), report=lambda _: None)
     trainer.stream = itertools.repeat((random_batch(trainer.graph), None))
     trainer.step = 5
     row = trainer.train_step()
@@ -101,7 +101,7 @@ def test_the_graph_moves_the_teacher_with_the_scheduled_momentum() -> None:
     torch.testing.assert_close(teacher, 0.9 * before + 0.1 * student)
 
 
-def test_prototypes_stay_frozen_for_the_first_steps() -> None:
+def test_prototypes_stay_frozen_for_the_first_steps(tmp_path: Path) -> None:
     spec = tiny_spec(
         ["vl", "distill", "masked", "koleo"],
         task_defaults={
@@ -114,7 +114,7 @@ def test_prototypes_stay_frozen_for_the_first_steps() -> None:
             for kind in ("distill", "masked")
         },
     )
-    trainer = Trainer(spec, Path("unused"), batches=iter([]), report=lambda _: None)
+    trainer = Trainer(spec, tmp_path / "run", batches=iter([]), report=lambda _: None)
     trainer.stream = itertools.repeat((random_batch(trainer.graph), None))
     tasks = trainer.graph.student.tasks
     prototypes = {k: tasks[k].head.prototypes for k in ("distill", "masked")}

@@ -125,6 +125,26 @@ def _runs_section(
     return _md_table(header, rows)
 
 
+def _baseline_section(summary: pl.DataFrame) -> list[str]:
+    """The VL-only baseline's headline numbers beside its references, in words."""
+    baseline = summary.filter(pl.col("tasks") == "VL")
+    if not baseline.height:
+        return []
+    parts = []
+    for row in baseline.iter_rows(named=True):
+        value = Estimate(row["mean"], row["se"], row["seeds"]).text()
+        parts.append(
+            f"{short_name(row['metric'])} {value} (trivial {_num(row['trivial'])}, random init "
+            f"{_num(row['random_init'])})"
+        )
+    return [
+        "## The VL-only baseline\n",
+        f"What the other tasks are added to ({baseline['experiment'][0]}): "
+        + "; ".join(parts)
+        + ".\n",
+    ]
+
+
 def _paper_ladder_rows(metrics: list[str], steps: list[str]) -> list[list[str]]:
     rows = []
     for step in steps:
@@ -293,6 +313,7 @@ def _markdown(
     ]
     if found:
         lines += ["## Verdicts\n", *_verdict_section(found), ""]
+    lines += _baseline_section(summary)
     lines += [
         "## Runs (final step)\n",
         *_runs_section(summary, metrics, _training_minutes(final)),
