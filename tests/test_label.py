@@ -21,6 +21,9 @@ from mtv_cli.main import app
 from typer.testing import CliRunner
 
 from mtv.label import LabelSpecError, LabelStore, check_store, noun_phrases, run_labelling
+from mtv.label.quality import box_iou, label_quality
+from mtv.specs import SpecError, load_spec
+from mtv.specs.experiment import OracleLabelsSpec
 from mtv.specs.label import LabelSpec
 from mtv.world.corpus import GroundTruth, render_corpus
 
@@ -346,3 +349,37 @@ def test_tiny_transformers_experts_label_the_rendered_corpus(corpus: Path, tmp_p
     assert names and all(n for n in names)  # names come from the captions' noun phrases
     result = runner.invoke(app, ["label", "check", str(tmp_path / "hf.zarr")])
     assert result.exit_code == 0, result.output
+
+
+def test_label_quality_scores_exact_labels_perfect_and_noise_as_noise(
+    corpus: Path, tmp_path: Path
+) -> None:
+    truth = GroundTruth(corpus / "groundtruth.zarr")
+    exact, _ = run_labelling(job(corpus, tmp_path / "exact.zarr", resolution=32))
+    perfect = label_quality(exact, truth)
+    assert perfect["box_recall"] == 1.0 and perfect["box_precision"] == 1.0
+    assert perfect["name_accuracy"] == 1.0 and perfect["depth_absrel"] < 1e-3
+    noise = {
+        "depth": {"kind": "oracle", "blur_sigma": 1.0, "noise": 0.1, "warp": 0.05},
+        "boxes": {"kind": "oracle", "miss_rate": 0.5, "false_rate": 1.0, "wrong_name_rate": 0.5},
+    }
+    noisy, _ = run_labelling(job(corpus, tmp_path / "noisy.zarr", resolution=32, **noise))
+    degraded = label_quality(noisy, truth)
+    assert 0.3 < degraded["box_recall"] < 0.7  # half the boxes missed
+    assert degraded["box_precision"] < 0.9 and degraded["name_accuracy"] < 0.8
+    assert degraded["depth_absrel"] > 0.02 and degraded["depth_delta1"] < 1.0
+    boxes = np.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    assert box_iou(boxes, boxes[:1]).tolist() == [[1.0], [0.0]]
+
+
+def test_noisy_oracle_labels_get_a_store_of_their_own() -> None:
+    exact = OracleLabelsSpec()
+    noisy = OracleLabelsSpec.model_validate({"depth": {"noise": 0.1}})
+    other = OracleLabelsSpec.model_validate({"depth": {"noise": 0.2}})
+    assert exact.exact and exact.store_name() == "labels.zarr"
+    assert noisy.store_name() != other.store_name() and noisy.store_name().startswith("labels-")
+    with pytest.raises(SpecError, match="labels.oracle sets the noise of mini-world labels"):
+        load_spec(
+            Path(__file__).resolve().parents[1] / "experiments" / "base.yaml",
+            ["data.labels.store=/somewhere.zarr"],
+        )
