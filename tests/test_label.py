@@ -378,7 +378,7 @@ def test_noisy_oracle_labels_get_a_store_of_their_own() -> None:
     other = OracleLabelsSpec.model_validate({"depth": {"noise": 0.2}})
     assert exact.exact and exact.store_name() == "labels.zarr"
     assert noisy.store_name() != other.store_name() and noisy.store_name().startswith("labels-")
-    with pytest.raises(SpecError, match="labels.oracle sets the noise of mini-world labels"):
+    with pytest.raises(SpecError, match=r"labels\.oracle sets the noise of mini-world labels"):
         load_spec(
             Path(__file__).resolve().parents[1] / "experiments" / "base.yaml",
             ["data.labels.store=/somewhere.zarr"],
