@@ -106,15 +106,16 @@ def _value_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
 
-def _variants(grid: dict[str, list[Any]]) -> list[tuple[str, tuple[str, ...]]]:
-    """(name, overrides) of every grid point; one unnamed point without a grid."""
-    if not grid:
-        return [("", ())]
-    axes = list(grid)
+def _variants(spec: SweepSpec) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, overrides) of every variant: each of the `points` (or none) combined with every
+    combination of the `grid` axes; one unnamed variant when there are neither."""
+    axes = list(spec.grid)
     out = []
-    for values in itertools.product(*(grid[axis] for axis in axes)):
-        pairs = [f"{axis}={_value_text(value)}" for axis, value in zip(axes, values, strict=True)]
-        out.append(("+".join(pairs), tuple(pairs)))
+    for point in spec.points or [{}]:
+        for values in itertools.product(*(spec.grid[axis] for axis in axes)):
+            chosen = [*point.items(), *zip(axes, values, strict=True)]
+            pairs = [f"{field}={_value_text(value)}" for field, value in chosen]
+            out.append(("+".join(pairs), tuple(pairs)))
     return out
 
 
@@ -148,7 +149,7 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path) -> list[SweepJob]:
     # Seed-major order: a sweep stopped halfway has whole seeds of every experiment to analyse.
     for seed in spec.seeds:
         for path in paths:
-            for variant, grid_overrides in _variants(spec.grid):
+            for variant, grid_overrides in _variants(spec):
                 overrides = (
                     *spec.set,
                     *grid_overrides,
@@ -175,7 +176,7 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path) -> list[SweepJob]:
         problems.append(f"experiments: two files share a name ({stems}); run folders would clash")
     if problems:
         raise SweepError("; ".join(problems))
-    for seed_zero in jobs[: len(paths) * len(_variants(spec.grid))]:
+    for seed_zero in jobs[: len(paths) * len(_variants(spec))]:
         load_spec(seed_zero.path, seed_zero.overrides)  # raises SpecError naming the field
     return jobs
 

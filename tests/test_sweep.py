@@ -164,3 +164,20 @@ def test_sweep_help_names_the_executors() -> None:
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert "skips complete jobs" in text and "Slurm" in text and "--reevaluate" in text
+
+
+def test_points_are_variants_that_do_not_form_a_grid(tmp_path: Path, corpus: Path) -> None:
+    path = write_sweep(
+        tmp_path,
+        corpus,
+        points=[{"schedule.steps": 4}, {"optim.lr": 0.002, "data.batch_size": 4}],
+        grid={"optim.weight_decay": [0.0, 0.1]},
+        seeds=[0],
+    )
+    variants = [job.variant for job in plan_sweep(load_sweep(path), path)]
+    assert variants == [
+        "schedule.steps=4+optim.weight_decay=0.0",
+        "schedule.steps=4+optim.weight_decay=0.1",
+        "optim.lr=0.002+data.batch_size=4+optim.weight_decay=0.0",
+        "optim.lr=0.002+data.batch_size=4+optim.weight_decay=0.1",
+    ]

@@ -102,6 +102,11 @@ class SweepSpec(StrictModel):
         default_factory=dict,
         description="field -> values; every combination is a variant of every experiment",
     )
+    points: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="explicit variants (field -> value each), for settings that do not form a "
+        "grid; combined with every grid combination",
+    )
     eval: SweepEvalSpec = Field(default_factory=SweepEvalSpec)
     executor: ExecutorSpec = Field(default_factory=LocalExecutorSpec)
     analysis: SweepAnalysisSpec = Field(default_factory=SweepAnalysisSpec)
