@@ -37,6 +37,7 @@ from mtv.analysis.verdicts import (
     PAPER_COLUMNS,
     PAPER_LADDER_B16_10M,
     PAPER_SYNERGY_B16_10M,
+    PAPER_SYNERGY_METRICS,
     Verdict,
     short_name,
     verdicts,
@@ -215,6 +216,11 @@ def _comparison_section(frame: pl.DataFrame) -> list[str]:
     return lines
 
 
+def _paper_synergy(runs: pl.DataFrame) -> pl.DataFrame:
+    """The synergy table with the average over the counterparts of the paper's columns."""
+    return synergy_table(runs, average_over=PAPER_SYNERGY_METRICS)
+
+
 def _table_file(
     make: Callable[[pl.DataFrame], pl.DataFrame],
     runs: pl.DataFrame,
@@ -248,7 +254,7 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
     if runs is not None:
         chosen = runs.filter(pl.col("metric").is_in(metrics))
         ladder = _table_file(ladder_stats, chosen, out / "ladder.parquet", written)
-        matrix = _table_file(synergy_table, chosen, out / "synergy.parquet", written)
+        matrix = _table_file(_paper_synergy, chosen, out / "synergy.parquet", written)
         if ladder is not None and matrix is not None:
             found = verdicts(runs, tuple(metrics))
     compared = (
@@ -339,11 +345,13 @@ def _markdown(
         except MissingRuns as err:
             lines.append(f"(no ladder: {err})\n")
         try:
-            matrix = synergy_table(runs.filter(pl.col("metric").is_in(metrics)))
+            matrix = _paper_synergy(runs.filter(pl.col("metric").is_in(metrics)))
             lines += [
                 "## Task synergy (Table 4 layout, Eq. 4)\n",
                 "Synergy is defined only where the better single task's gain over VL stands out "
-                "of its noise; *n.s.* marks an excess dAB − max(dA, dB) within two SEs of zero.\n",
+                "of its noise; *n.s.* marks an excess dAB − max(dA, dB) within two SEs of zero. "
+                "The average is over the counterparts of the paper's Table 4 columns (not the "
+                "pooled-embedding or DPT probes).\n",
                 *_synergy_section(matrix, metrics),
                 "",
             ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -163,13 +163,16 @@ def _require(runs: dict[TaskSet, PerSeed], needed: dict[TaskSet, str], what: str
 
 
 def synergy_table(
-    results: pl.DataFrame, pairs: Sequence[tuple[str, str]] | None = None
+    results: pl.DataFrame,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    average_over: Collection[str] | None = None,
 ) -> pl.DataFrame:
     """Rows (task_a, task_b, metric, synergy and its SE, gains with their SEs, excess =
     dAB - max(dA, dB) with its SE, defined, significant, seeds) for every pair and metric, plus
-    an `average` row per pair: the mean over the metrics where synergy is defined, with an SE
-    over seeds of the per-seed average of excess / best gain. `significant`: the excess differs
-    from 0 by more than two SEs (None with one seed or where synergy is undefined)."""
+    an `average` row per pair: the mean over the metrics where synergy is defined (of those in
+    `average_over`, when given), with an SE over seeds of the per-seed average of
+    excess / best gain. `significant`: the excess differs from 0 by more than two SEs (None
+    with one seed or where synergy is undefined)."""
     runs = by_task_set(results)
     direction = _direction(results)
     pairs = pairs or list(itertools.combinations(sorted(GROUPS), 2))
@@ -195,7 +198,7 @@ def synergy_table(
             excess = paired(rab, best_runs, metric, higher)
             defined = best.positive
             value = (gab.mean - best.mean) / best.mean if defined else math.nan
-            if defined:
+            if defined and (average_over is None or metric in average_over):
                 for seed in sorted(set(rab) & set(best_runs)):
                     if metric in rab[seed] and metric in best_runs[seed]:
                         ratio = gain(rab[seed][metric], best_runs[seed][metric], higher) / best.mean
