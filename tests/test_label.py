@@ -383,3 +383,22 @@ def test_noisy_oracle_labels_get_a_store_of_their_own() -> None:
             Path(__file__).resolve().parents[1] / "experiments" / "base.yaml",
             ["data.labels.store=/somewhere.zarr"],
         )
+
+
+def test_label_quality_command_measures_a_store_and_refuses_another_corpus(
+    corpus: Path, tmp_path: Path
+) -> None:
+    noise = {"boxes": {"kind": "oracle", "miss_rate": 0.5}}
+    run_labelling(job(corpus, tmp_path / "noisy.zarr", **noise))
+    result = runner.invoke(
+        app, ["label", "quality", str(tmp_path / "noisy.zarr"), "--world", str(corpus)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "box_recall" in result.output and "depth_absrel" in result.output
+    other = tmp_path / "other"
+    render_corpus(other, 4, size=32, views=1, seed=5, shard_size=16)
+    # A corpus of 4 images: the store's other keys are not in it.
+    wrong = runner.invoke(
+        app, ["label", "quality", str(tmp_path / "noisy.zarr"), "--world", str(other)]
+    )
+    assert wrong.exit_code == 2 and "a store of another corpus" in wrong.output
