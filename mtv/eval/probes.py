@@ -293,8 +293,9 @@ def dpt_depth_probe_scores(
 ) -> Scores:
     """Metric depth from frozen features *with spatial context*: a fresh DPT head (the depth
     task's own architecture) trained on the frozen encoder's 4 tapped layers (each (N, T, D)),
-    as DINOv2's DPT depth evaluation, by the log-depth SigLoss; RMSE and AbsRel per pixel over
-    the valid test pixels of (N, H, W) depth maps. Trivial: the median training depth.
+    as DINOv2's DPT depth evaluation, by the log-depth SigLoss (`steps` minibatches, at most 3
+    per training image); RMSE and AbsRel per pixel over the valid test pixels of (N, H, W)
+    depth maps. Trivial: the median training depth.
 
     Where depth is mostly a matter of where a pixel is in the image and of the camera (as in the
     mini-world), per-patch tokens that do not encode their position cannot show depth to a
@@ -318,6 +319,8 @@ def dpt_depth_probe_scores(
         keep = train_valid[index]
         return log_depth_sig_loss(predict(train_layers, index)[keep], train_depth[index][keep])
 
+    # A handful of training images (smoke-sized evaluations) is fitted in a few passes.
+    steps = min(steps, max(10, 3 * len(train_depth)))
     _train(head, train_layers[0], loss, steps, lr, batch, seed)
     with torch.no_grad():
         predicted = torch.cat(
