@@ -261,7 +261,13 @@ def run_submitit(
     jobs: list[SweepJob], executor: SlurmExecutorSpec, out: Path, report: Progress
 ) -> list[tuple[SweepJob, str]]:
     """Submit the jobs as one array through submitit (Slurm, or its local executor) and wait."""
-    import submitit
+    try:
+        import submitit
+    except ImportError as err:
+        raise SweepError(
+            "the slurm executor submits through submitit, which is not installed here: "
+            "pip install 'mtv[slurm]' (or choose `executor: {kind: local}`)"
+        ) from err
 
     folder = out / executor.folder
     backend = submitit.AutoExecutor(

@@ -19,7 +19,7 @@ from mtv_cli.main import app
 from typer.testing import CliRunner
 
 from mtv.specs import SpecError
-from mtv.sweep import MARKER, load_sweep, plan_sweep, run_sweep
+from mtv.sweep import MARKER, SweepError, load_sweep, plan_sweep, run_sweep
 from mtv.world.corpus import render_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,3 +181,13 @@ def test_points_are_variants_that_do_not_form_a_grid(tmp_path: Path, corpus: Pat
         "optim.lr=0.002+data.batch_size=4+optim.weight_decay=0.0",
         "optim.lr=0.002+data.batch_size=4+optim.weight_decay=0.1",
     ]
+
+
+def test_the_slurm_executor_without_submitit_is_one_clear_error(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "submitit", None)  # makes `import submitit` fail
+    path = write_sweep(tmp_path, corpus, seeds=[0], executor={"kind": "slurm", "cluster": "local"})
+    with pytest.raises(SweepError, match=r"mtv\[slurm\]"):
+        run_sweep(load_sweep(path), path, report=lambda _: None)
+    assert not (tmp_path / "out" / "smoke").exists()  # refused before any job ran
