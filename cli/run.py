@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +16,13 @@ from rich.table import Table
 from mtv.data.loader import TooManyBadSamples
 from mtv.experiment import load_experiment
 from mtv.specs import SpecError
-from mtv.train import DataPreparationError, Trainer, TrainingError, default_run_dir
+from mtv.train import (
+    DataPreparationError,
+    Interrupted,
+    Trainer,
+    TrainingError,
+    default_run_dir,
+)
 
 
 class _View:
@@ -83,14 +90,25 @@ def run(
 
     try:
         trainer = Trainer(spec, run_dir, resume=resume, report=report, on_step=view)
-        console.print(f"run directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+        if trainer.main:
+            console.print(f"run directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
         if view.live is not None:
             with view.live:
                 summary = trainer.run()
         else:
             summary = trainer.run()
+    except Interrupted as err:
+        again = " ".join(
+            ["mtv run", shlex.quote(str(experiment)), "--out", shlex.quote(str(run_dir))]
+            + [f"--set {shlex.quote(o)}" for o in overrides or ()]
+            + ["--resume"]
+        )
+        console.print(f"{escape(str(err))}\nresume with: {escape(again)}", highlight=False)
+        raise typer.Exit(code=130 if err.signal == "SIGINT" else 143) from None
     except (TrainingError, DataPreparationError, TooManyBadSamples) as err:
         raise fail(str(err)) from None
+    if not trainer.main:  # one voice per run: rank 0 speaks for all
+        return
     losses = ", ".join(
         f"{k.split('/', 1)[1] if '/' in k else 'total'} {v:.4f}" for k, v in summary.last.items()
     )

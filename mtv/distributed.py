@@ -43,6 +43,21 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     return funcol.all_reduce(x.detach(), "sum", dist.group.WORLD)
 
 
+def resolve_backend(choice: str, device_type: str) -> str:
+    """The process-group backend for `runtime.distributed.backend`: `auto` is nccl when the run
+    trains on CUDA and gloo on the CPU; an explicit choice is kept."""
+    if choice == "auto":
+        return "nccl" if device_type == "cuda" else "gloo"
+    return choice
+
+
+def local_rank() -> int:
+    """This process's index on its node (torchrun's `LOCAL_RANK`; 0 when run plainly)."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def init_from_environment(backend: str = "gloo") -> tuple[int, int]:
     """(rank, world size) from torchrun's environment, starting the process group when there is
     more than one process; (0, 1) when run plainly."""

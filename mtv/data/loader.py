@@ -22,6 +22,7 @@ from mtv.data.sources import CorruptImageError, decode_image
 from mtv.data.store import LabelStore
 from mtv.data.views import ViewRequest, crop_boxes, crop_image, crop_map, sample_crop
 from mtv.models.tokenizer import TextTokenizer
+from mtv.signals import ignore_stop_signals
 from mtv.specs.experiment import DataSpec
 
 log = logging.getLogger("mtv.data")
@@ -309,5 +310,6 @@ def build_stream(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         pin_memory=pin_memory,
+        worker_init_fn=ignore_stop_signals,
     )
     return BatchStream(loader, data.loader.max_bad_fraction)

@@ -3,10 +3,18 @@ with exact resume, metrics, and gradient-interaction probes."""
 
 from mtv.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mtv.train.prepare import DataPreparationError, RunData, prepare_data
-from mtv.train.trainer import NonFiniteLoss, RunSummary, Trainer, TrainingError, default_run_dir
+from mtv.train.trainer import (
+    Interrupted,
+    NonFiniteLoss,
+    RunSummary,
+    Trainer,
+    TrainingError,
+    default_run_dir,
+)
 
 __all__ = [
     "DataPreparationError",
+    "Interrupted",
     "NonFiniteLoss",
     "RunData",
     "RunSummary",

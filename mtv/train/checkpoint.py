@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,33 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path / STATE, map_location="cpu", weights_only=True)
+
+
+class CheckpointError(RuntimeError):
+    """No complete checkpoint of a run can be read."""
+
+
+REQUIRED = ("step", "graph", "optimizer", "loader", "rng", "critical")
+
+
+def load_latest_readable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
+    """The newest complete checkpoint that reads back whole, and its state. A checkpoint that
+    does not (a disk error, a file truncated after it was marked complete) is passed over with a
+    warning naming it, for the one before it."""
+    found = complete_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint")
+    problems = []
+    for path in reversed(found):
+        try:
+            state = load_checkpoint(path)
+            missing = [key for key in REQUIRED if key not in state]
+            if missing:
+                raise ValueError(f"it lacks {', '.join(missing)}")
+        except Exception as err:  # torch.load reports damage as several error types
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            problems.append(f"{path.name} ({reason})")
+            warn(f"warning: checkpoint {path} cannot be read ({reason}); trying the one before")
+            continue
+        return path, state
+    raise CheckpointError(f"no checkpoint of {run_dir} can be read: {'; '.join(problems)}")

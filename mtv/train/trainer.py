@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import platform
+import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,12 +28,19 @@ from torch.nn.parallel import DistributedDataParallel
 import mtv
 from mtv.batch import Batch
 from mtv.data.loader import build_stream
-from mtv.distributed import init_from_environment, is_distributed
+from mtv.distributed import init_from_environment, is_distributed, local_rank, resolve_backend
 from mtv.graph import TaskGraph
+from mtv.signals import StopRequest
 from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.loading import spec_to_yaml
-from mtv.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mtv.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_latest_readable,
+    save_checkpoint,
+)
 from mtv.train.diagnostics import gradient_probe
+from mtv.train.lock import RunLock, RunLocked
 from mtv.train.metrics import MetricsLog
 from mtv.train.prepare import RunData, prepare_data
 from mtv.train.schedule import lr_factor
@@ -43,6 +52,14 @@ class TrainingError(RuntimeError):
 
 class NonFiniteLoss(TrainingError):
     """Too many consecutive steps had a non-finite loss."""
+
+
+class Interrupted(TrainingError):
+    """A stop signal ended the run early, after a checkpoint (`signal`: SIGINT or SIGTERM)."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal = signal_name
 
 
 # What a resume must not change: it would train another model or see other batches.
@@ -82,13 +99,22 @@ def _environment(device: torch.device, world: int) -> dict[str, Any]:
     }
 
 
-def _pick(value: str, rank: int) -> torch.device:
+def _pick(value: str) -> torch.device:
+    """The training device: on CUDA, the GPU of this process's `LOCAL_RANK` (torchrun's
+    convention), made the current device so that collectives and allocations go to it."""
     if value == "auto":
         value = "cuda" if torch.cuda.is_available() else "cpu"
     if value == "cuda":
         if not torch.cuda.is_available():
             raise TrainingError("runtime.device: cuda was asked for, but no CUDA device is visible")
-        return torch.device("cuda", rank % torch.cuda.device_count())
+        index = local_rank()
+        if index >= torch.cuda.device_count():
+            raise TrainingError(
+                f"LOCAL_RANK {index} has no GPU: {torch.cuda.device_count()} visible; start at "
+                "most one process per GPU (torchrun --nproc-per-node)"
+            )
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 
@@ -111,6 +137,21 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     ]
 
 
+def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each value averaged over the ranks (each saw its own shard of the data)."""
+    if not is_distributed() or not values:
+        return values
+    names = sorted(values)
+    # On the training device: nccl reduces CUDA tensors only.
+    tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return dict(zip(names, (tensor / dist.get_world_size()).tolist(), strict=True))
+
+
+def _silent(message: str) -> None:
+    del message
+
+
 def _barrier() -> None:
     if is_distributed():
         dist.barrier()
@@ -130,12 +171,16 @@ class Trainer:
         neither prepared nor loaded (benchmarks time the real step this way without the loader;
         such a trainer cannot checkpoint, having no loader position to save)."""
         self.spec, self.run_dir, self.report, self.on_step = spec, run_dir, report, on_step
+        self.device = _pick(spec.runtime.device)
         self.rank, self.world = init_from_environment(
-            "nccl" if spec.runtime.distributed.backend == "nccl" else "gloo"
+            resolve_backend(spec.runtime.distributed.backend, self.device.type)
         )
         self.main = self.rank == 0
-        self.device = _pick(spec.runtime.device, self.rank)
-        self._prepare_run_dir(resume)
+        if not self.main:  # one voice per run: the other ranks neither print nor write
+            self.report = _silent
+            warnings.filterwarnings("ignore")  # rank 0 shows the same ones
+        self.lock = RunLock(run_dir)
+        self._restored = self._prepare_run_dir(resume)
         self.data = self._data() if batches is None else None
         if self.data is not None and self.main:
             # The run keeps its own tokenizer: evaluation and export then need only the run.
@@ -177,20 +222,47 @@ class Trainer:
             self._resume()
 
     # ------------------------------------------------------------------ setup
-    def _prepare_run_dir(self, resume: bool) -> None:
+    def _prepare_run_dir(self, resume: bool) -> tuple[Path, dict[str, Any]] | None:
+        """Lock the run directory, and accept or refuse the run before anything in it is
+        written: a refused resume leaves the directory exactly as it was."""
+        if self.main:
+            try:
+                self.lock.acquire(f"mtv run {self.spec.name}")
+            except RunLocked as err:
+                raise TrainingError(str(err)) from None
+        try:
+            restored = self._accept(resume)
+        except BaseException:
+            self.lock.release()
+            raise
+        if self.main:
+            (self.run_dir / "spec.yaml").write_text(spec_to_yaml(self.spec))
+            env = _environment(self.device, self.world)
+            (self.run_dir / "environment.json").write_text(json.dumps(env, indent=1))
+        return restored
+
+    def _accept(self, resume: bool) -> tuple[Path, dict[str, Any]] | None:
         existing = latest_checkpoint(self.run_dir)
         if existing is not None and not resume:
             raise TrainingError(
                 f"{self.run_dir} already holds a run (checkpoint {existing.name}); pass --resume "
                 "to continue it, or --out to start a new one elsewhere"
             )
-        if resume and existing is None:
+        if not resume:
+            return None
+        if existing is None:
             raise TrainingError(f"--resume: {self.run_dir} has no complete checkpoint to resume")
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "spec.yaml").write_text(spec_to_yaml(self.spec))
-            env = _environment(self.device, self.world)
-            (self.run_dir / "environment.json").write_text(json.dumps(env, indent=1))
+        try:
+            path, state = load_latest_readable(self.run_dir, self.report)
+        except CheckpointError as err:
+            raise TrainingError(f"--resume: {err}") from None
+        differences = _differences(state["critical"], _critical(self.spec, self.world))
+        if differences:
+            raise TrainingError(
+                f"--resume: the spec differs from {path.name}'s in what matters: "
+                + "; ".join(differences)
+            )
+        return path, state
 
     def _data(self) -> RunData:
         if self.main:
@@ -221,15 +293,9 @@ class Trainer:
             self.graph.wrap_teacher(lambda fn: torch.compile(fn, backend=backend))
 
     def _resume(self) -> None:
-        path = latest_checkpoint(self.run_dir)
-        assert path is not None
-        state = load_checkpoint(path)
-        differences = _differences(state["critical"], _critical(self.spec, self.world))
-        if differences:
-            raise TrainingError(
-                "--resume: the spec differs from the checkpoint's in what matters: "
-                + "; ".join(differences)
-            )
+        assert self._restored is not None
+        path, state = self._restored
+        self._restored = None  # the state is large; keep no second copy of the weights
         self.graph.load_state_dict(state["graph"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.stream.load_state_dict(state["loader"][self.rank])
@@ -364,6 +430,20 @@ class Trainer:
                 )
 
     def run(self) -> RunSummary:
+        """Train to `schedule.steps`. A SIGINT or SIGTERM stops it after the current step with a
+        checkpoint and the metrics on disk, raising `Interrupted`."""
+        stop = StopRequest().install()
+        try:
+            return self._loop(stop)
+        finally:
+            stop.restore()
+            self.close()
+
+    def close(self) -> None:
+        """Let go of the run directory (`run` does so when it ends)."""
+        self.lock.release()
+
+    def _loop(self, stop: StopRequest) -> RunSummary:
         spec = self.spec
         started = time.perf_counter()
         streak, last = 0, {}
@@ -391,14 +471,36 @@ class Trainer:
             self.step += 1
             if self.on_step is not None and self.main:
                 self.on_step(row)
+            saved = False
             if self.step % spec.output.checkpoint_every == 0 or self.step == spec.schedule.steps:
                 self.save()
+                saved = True
             every = spec.eval.every_steps
             if every is not None and self.step % every == 0 and self.main:
                 self.evaluate()
+            signalled = self._agreed_stop(stop)
+            if signalled and self.step < spec.schedule.steps:
+                if not saved:
+                    self.save()
+                raise Interrupted(
+                    f"stopped by {signalled} after step {self.step} of {spec.schedule.steps}; "
+                    f"the checkpoint and metrics of every finished step are in {self.run_dir}",
+                    signalled,
+                )
         if self.main:
             self.metrics.flush()
+        last = _mean_over_ranks(last, self.device)
         return RunSummary(self.run_dir, self.step, last, time.perf_counter() - started)
+
+    def _agreed_stop(self, stop: StopRequest) -> str:
+        """The signal's name when any rank was asked to stop (all ranks stop at the same step,
+        or the others would wait in a collective forever); "" otherwise."""
+        if self.world == 1:
+            return stop.name
+        flag = torch.tensor([float(stop.signal or 0)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        number = int(flag.item())
+        return signal.Signals(number).name if number else ""
 
     def evaluate(self) -> None:
         """Run the spec's `eval` suite on the student as it is now and add the results to the

@@ -1,0 +1,209 @@
+"""Fault injection for runs: a second run on a locked directory, Ctrl-C / SIGTERM mid-run, a
+refused resume, a corrupt newest checkpoint, and what each rank of a 2-process run prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from mtv.distributed import resolve_backend
+from mtv.specs import load_spec
+from mtv.train import Trainer, TrainingError, latest_checkpoint
+from mtv.train.checkpoint import STATE, complete_checkpoints
+from mtv.train.lock import LOCK_NAME, RunLock
+from mtv.world.corpus import render_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+CLI = [sys.executable, "-c", "from mtv_cli.main import app; app()"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
+    spec = load_spec(SMOKE)
+    root = tmp_path_factory.mktemp("faults") / "mini"
+    render_corpus(root, spec.data.source.n_images, size=spec.data.source.image_size, seed=0)
+    # Label once here, so that the runs below time training only.
+    Trainer(
+        load_spec(SMOKE, [f"data.source.root={root}", "schedule.steps=1"]),
+        root.parent / "prepare",
+        report=lambda m: None,
+    ).run()
+    return str(root)
+
+
+def smoke(corpus: str, *extra: str):  # type: ignore[no-untyped-def]
+    return load_spec(SMOKE, [f"data.source.root={corpus}", "data.loader.workers=0", *extra])
+
+
+def _command(corpus: str, out: Path, *extra: str) -> list[str]:
+    sets = [
+        f"data.source.root={corpus}",
+        "schedule.steps=16",
+        "output.checkpoint_every=4",
+        "data.loader.workers=1",  # a Ctrl-C reaches the loader's worker too
+        "runtime.precision=fp32",
+        *extra,
+    ]
+    return [*CLI, "run", str(SMOKE), "--out", str(out), *(a for s in sets for a in ("--set", s))]
+
+
+def _wait_for_checkpoint(run: Path, process: subprocess.Popen, step: int) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        found = latest_checkpoint(run)
+        if found is not None and int(found.name.split("-")[1]) >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint of step {step} appeared (exit code {process.poll()})")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus: str, tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
+    out = tmp_path_factory.mktemp("whole") / "run"
+    whole = subprocess.run(_command(corpus, out), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    return pl.read_parquet(out / "metrics.parquet")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_saves_every_finished_step_and_resume_repeats_the_losses(
+    corpus: str, uninterrupted: pl.DataFrame, tmp_path: Path, stop: signal.Signals
+) -> None:
+    run = tmp_path / "stopped"
+    # Its own process group, signalled as a terminal's Ctrl-C or Slurm's preemption would.
+    first = subprocess.Popen(
+        _command(corpus, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    _wait_for_checkpoint(run, first, 4)
+    spec_before = (run / "spec.yaml").read_bytes()
+
+    # A second run into the same directory is refused by the lock, naming the holder.
+    second = subprocess.run(_command(corpus, run), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"pid {first.pid}" in lines[0] and "in use" in lines[0], lines
+    assert (run / "spec.yaml").read_bytes() == spec_before
+
+    os.killpg(first.pid, stop)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == (130 if stop == signal.SIGINT else 143), out + err
+    assert "Traceback" not in err
+    assert f"stopped by {stop.name} after step" in out and "resume with: mtv run" in out
+    steps = int(latest_checkpoint(run).name.split("-")[1])  # type: ignore[union-attr]
+    assert 4 <= steps < 16
+    metrics = pl.read_parquet(run / "metrics.parquet")
+    assert metrics["step"].to_list() == list(range(steps))  # every finished step, no more
+
+    resumed = subprocess.run(
+        [*_command(corpus, run), "--resume"], capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = uninterrupted, pl.read_parquet(run / "metrics.parquet")
+    assert a["step"].to_list() == b["step"].to_list() == list(range(16))
+    for column in [c for c in a.columns if c.startswith("loss")]:
+        assert (a[column] - b[column]).abs().max() <= 1e-6, column
+
+
+def test_a_refused_resume_writes_nothing(corpus: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    Trainer(smoke(corpus, "schedule.steps=2"), run, report=lambda m: None).run()
+    files = [p for p in run.iterdir() if p.is_file() and p.name != LOCK_NAME]  # the holder's
+    before = {p.name: p.read_bytes() for p in files}
+    changed = smoke(corpus, "schedule.steps=4", "data.batch_size=4")
+    with pytest.raises(TrainingError, match=r"--resume: the spec differs .*data\.batch_size"):
+        Trainer(changed, run, resume=True, report=lambda m: None)
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p in files}
+    assert after == before  # spec.yaml, environment.json and metrics byte for byte
+    # and the lock was let go: the unchanged spec resumes
+    assert Trainer(smoke(corpus, "schedule.steps=3"), run, resume=True).run().steps == 3
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(
+    corpus: str, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    spec = smoke(corpus, "schedule.steps=3", "output.checkpoint_every=1", "output.keep_last=3")
+    Trainer(spec, run, report=lambda m: None).run()
+    newest = complete_checkpoints(run)[-1]
+    state = newest / STATE
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated on disk
+    messages: list[str] = []
+    resumed = Trainer(
+        smoke(corpus, "schedule.steps=4", "output.checkpoint_every=1"),
+        run,
+        resume=True,
+        report=messages.append,
+    )
+    assert resumed.step == 2
+    resumed.close()  # lets go of the run directory without training
+    assert any("step-00000003" in m and "cannot be read" in m for m in messages), messages
+    for path in complete_checkpoints(run):
+        path.joinpath(STATE).write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match=r"no checkpoint of .* can be read"):
+        Trainer(spec, run, resume=True, report=lambda m: None)
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = RunLock(run)
+    # What a killed run leaves: the file naming it, and no flock (the kernel dropped it).
+    run.mkdir()
+    (run / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": "elsewhere"}))
+    dead.kill()
+    dead.wait()
+    holder.acquire()
+    assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
+    holder.release()
+
+
+def test_backend_auto_is_nccl_on_cuda_and_gloo_on_cpu() -> None:
+    assert resolve_backend("auto", "cuda") == "nccl"
+    assert resolve_backend("auto", "cpu") == "gloo"
+    assert resolve_backend("gloo", "cuda") == "gloo"  # an explicit choice is kept
+    assert resolve_backend("nccl", "cuda") == "nccl"
+
+
+def test_the_trainer_starts_the_resolved_backend(
+    corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mtv.train.trainer as trainer_module
+
+    asked: list[str] = []
+
+    def record(backend: str) -> tuple[int, int]:
+        asked.append(backend)
+        return 0, 1
+
+    monkeypatch.setattr(trainer_module, "init_from_environment", record)
+    Trainer(smoke(corpus, "schedule.steps=1", "runtime.device=cpu"), tmp_path / "run")
+    assert asked == ["gloo"]
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_speak_with_one_voice(corpus: str, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "-m", "mtv_cli.main", "run", str(SMOKE), "--out", str(out),
+        "--set", f"data.source.root={corpus}", "--set", "schedule.steps=2",
+        "--set", "data.loader.workers=0", "--set", "data.batch_size=8",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"}
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("run directory:") == 2  # rank 0: at the start and the end
+    assert result.stdout.count("finished 2 steps") == 1
+    assert json.loads((out / "environment.json").read_text())["world_size"] == 2
