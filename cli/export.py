@@ -25,13 +25,16 @@ def export(
     tokenizer: Annotated[
         Path | None, typer.Option("--tokenizer", help="tokenizer.json (default: the run's)")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="write into a non-empty OUT (replacing its files)")
+    ] = False,
 ) -> None:
     """Export a trained run for other libraries (hf-siglip: transformers' SiglipModel)."""
     if fmt not in FORMATS:
         raise fail(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     try:
-        result = FORMATS[fmt](source, out, tokenizer)
-    except (FileNotFoundError, ValueError, ImportError) as err:
+        result = FORMATS[fmt](source, out, tokenizer, overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
         raise fail(str(err)) from None
     except SpecError as err:
         raise fail(err) from None

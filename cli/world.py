@@ -38,7 +38,7 @@ def world_render(
     try:
         prepare_output(out, overwrite)
     except FileExistsError as err:
-        raise fail(f"{err} (use --overwrite)") from None
+        raise fail(str(err)) from None
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("render", total=n * views, rate="-")
 

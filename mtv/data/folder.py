@@ -8,6 +8,7 @@ front, so `keys()`, `len()` and `get(key)` need no scan.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import fsspec
 import polars as pl
+from fsspec.implementations.local import LocalFileSystem
 
 from mtv.data.sources import (
     DuplicateKeyError,
@@ -61,6 +63,10 @@ class FolderSource:
         self._root_path = root_path.rstrip("/")
         if not self._fs.isdir(self._root_path):
             raise FileNotFoundError(f"image folder not found: {root}")
+        # On a local disk a relative path can still leave the root through a symlink.
+        self._real_root = (
+            os.path.realpath(self._root_path) if isinstance(self._fs, LocalFileSystem) else None
+        )
         present = self._list_files() if check_files else None
         self._entries: dict[str, _Entry] = {}
         for row, values in self._read_rows():
@@ -96,6 +102,11 @@ class FolderSource:
         entry = self._entries.get(key)
         if entry is None:
             raise KeyError(f"no sample {key!r} in {self.captions}")
+        if self._escapes(entry.file):  # made a symlink after the listing
+            raise FileNotFoundError(
+                f"row {entry.row} of {self.captions}: {entry.file!r} now leaves {self.root} "
+                "through a symlink; not read"
+            )
         try:
             with self._fs.open(f"{self._root_path}/{entry.file}", "rb") as file:
                 image = file.read()
@@ -107,6 +118,12 @@ class FolderSource:
         extension = posixpath.splitext(entry.file)[1].lstrip(".").lower()
         origin = f"{self.root}/{entry.file}"
         return Sample(key, image, entry.caption, dict(entry.meta), origin, extension)
+
+    def _escapes(self, file: str) -> bool:
+        if self._real_root is None:
+            return False
+        real = os.path.realpath(os.path.join(self._root_path, file))
+        return not real.startswith(self._real_root + os.sep)
 
     def _list_files(self) -> set[str]:
         prefix = f"{self._root_path}/"
@@ -171,6 +188,9 @@ class FolderSource:
             self.on_problem(where, f"row {row}: file {file!r} is absolute or leaves the root")
             return
         file = posixpath.normpath(file)
+        if self._escapes(file):
+            self.on_problem(where, f"row {row}: file {file!r} is a symlink that leaves the root")
+            return
         if key is None:
             key = posixpath.splitext(file)[0]
         elif isinstance(key, int) and not isinstance(key, bool):

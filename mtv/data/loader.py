@@ -24,6 +24,7 @@ from mtv.data.views import ViewRequest, crop_boxes, crop_image, crop_map, sample
 from mtv.models.tokenizer import TextTokenizer
 from mtv.signals import ignore_stop_signals
 from mtv.specs.experiment import DataSpec
+from mtv.specs.limits import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("mtv.data")
 # torchdata 0.11 calls an API that torch 2.13 deprecates; the warning means nothing to our users.
@@ -128,6 +129,7 @@ class KeyedDataset(Dataset):
         store: LabelStore | None,
         builder: ViewBuilder,
         seed: int,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         self.source, self.keys, self.store, self.builder, self.seed = (
             source,
@@ -136,6 +138,7 @@ class KeyedDataset(Dataset):
             builder,
             seed,
         )
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -159,7 +162,7 @@ class KeyedDataset(Dataset):
             key = self.keys[(index + attempt) % len(self.keys)]
             sample = self.source.get(key)
             try:
-                image = decode_image(sample)
+                image = decode_image(sample, self.max_pixels)
             except CorruptImageError as err:
                 skipped.append((key, err.reason))
                 continue
@@ -299,7 +302,8 @@ def build_stream(
         )
     keys = list(keys if keys is not None else (store.keys if store is not None else source.keys()))
     seed = data.loader.seed
-    dataset = KeyedDataset(source, keys, store, ViewBuilder(data, request, tokenizer), seed)
+    builder = ViewBuilder(data, request, tokenizer)
+    dataset = KeyedDataset(source, keys, store, builder, seed, data.loader.max_pixels)
     workers = data.loader.workers
     loader = StatefulDataLoader(
         dataset,

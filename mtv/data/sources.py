@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from mtv.specs.experiment import FolderSourceSpec, MiniWorldSourceSpec, ShardsSourceSpec
+from mtv.specs.limits import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from mtv.data.folder import FolderSource
@@ -85,15 +86,25 @@ def is_unsafe_path(name: str) -> bool:
     return name.startswith(("/", "\\")) or ".." in PurePosixPath(name.replace("\\", "/")).parts
 
 
-def decode_image(sample: Sample) -> np.ndarray:
+def decode_image(sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode `sample.image` to an (H, W, 3) uint8 RGB array, EXIF orientation applied.
 
     The image is fully loaded here, so a truncated or corrupt file raises `CorruptImageError`
-    (naming the key and origin) instead of failing later or decoding with grey fill.
+    (naming the key and origin) instead of failing later or decoding with grey fill. So does an
+    image of more than `max_pixels` pixels, before any of it is decoded.
     """
     _check_truncated_flag()
     try:
-        with Image.open(io.BytesIO(sample.image), formats=DECODE_FORMATS) as image:
+        with warnings.catch_warnings():
+            # Pillow warns about bombs only above 89 MP; `max_pixels` is the limit here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(sample.image), formats=DECODE_FORMATS)
+        with opened as image:
+            if image.width * image.height > max_pixels:
+                raise ValueError(
+                    f"{image.width}x{image.height} pixels, more than the limit of {max_pixels:,} "
+                    "(data.loader.max_pixels)"
+                )
             image.load()  # forces the whole decode: truncation is detected here
             return _to_rgb_array(_upright(image))
     except Exception as error:  # Pillow raises OSError, ValueError, SyntaxError, struct.error...

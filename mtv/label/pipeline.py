@@ -196,7 +196,8 @@ def _label_chunk(
         for row, key in enumerate(keys[offset : offset + spec.batch_size], start=offset):
             sample = source.get(key)
             try:
-                inputs.append(LabelInput(key, decode_image(sample), sample.caption))
+                image = decode_image(sample, spec.max_pixels)
+                inputs.append(LabelInput(key, image, sample.caption))
                 rows.append(row)
             except CorruptImageError as err:
                 status[row] = STATUS_UNDECODABLE

@@ -309,10 +309,20 @@ def export_siglip(
 
 
 def export_run(
-    source: str | Path, out: str | Path, tokenizer: str | Path | None = None
+    source: str | Path,
+    out: str | Path,
+    tokenizer: str | Path | None = None,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export the student of a run (latest checkpoint) or of one checkpoint; the tokenizer is the
-    run's (found as `FrozenModel.from_run` finds it) unless `tokenizer` names a file."""
+    run's (found as `FrozenModel.from_run` finds it) unless `tokenizer` names a file. A non-empty
+    `out` is refused unless `overwrite` (which replaces the files an export writes, no others)."""
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+        raise FileExistsError(
+            f"{target} exists and is not empty; pass --overwrite to replace the exported files "
+            "in it, or choose another folder"
+        )
     # Imported here: mtv.graph imports this module (model.init_from).
     from mtv.train.restore import load_trained_run
 

@@ -6,6 +6,11 @@ from pydantic import BaseModel, ConfigDict
 
 
 class StrictModel(BaseModel):
-    """A pydantic model that rejects unknown keys and validates on assignment."""
+    """A pydantic model that rejects unknown keys, NaN and infinities, and validates on
+    assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # `allow_inf_nan=False`: a `.nan` learning rate or an `.inf` loss weight is a typo that
+    # would otherwise train silently into NaNs.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -15,6 +16,7 @@ from pydantic import (
 )
 
 from mtv.specs.base import StrictModel
+from mtv.specs.limits import DEFAULT_MAX_PIXELS
 from mtv.specs.model import ModelSpec
 from mtv.specs.oracle import OracleBoxesSpec, OracleDepthSpec
 from mtv.specs.tasks import TaskKind, TaskSpec, TaskSpecBase, task_spec_classes
@@ -27,7 +29,9 @@ class MiniWorldSourceSpec(StrictModel):
 
     kind: Literal["miniworld"] = "miniworld"
     n_images: int = Field(4000, gt=0)
-    image_size: int = Field(64, gt=0, description="rendered resolution (pixels)")
+    image_size: int = Field(
+        64, gt=0, le=1024, description="rendered resolution (pixels; the renderer's limit 1024)"
+    )
     views_per_scene: int = Field(1, gt=0)
     seed: int = 0
     root: str = Field("data/miniworld", description="where the rendered corpus is cached")
@@ -171,6 +175,12 @@ class LoaderSpec(StrictModel):
         description="stop the run when more than this fraction of samples cannot be decoded",
     )
     seed: int = Field(0, description="seed of shuffling and augmentation")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        gt=0,
+        description="an image with more pixels is skipped as undecodable before it is decoded "
+        "(a small file can decode to gigabytes)",
+    )
 
 
 class DataSpec(StrictModel):
@@ -328,7 +338,10 @@ class ExperimentSpec(StrictModel):
     (`- distill`) means that task with its defaults, and `task_defaults` sets fields for every task
     of a kind (so a base file can size the heads once for all the experiments that extend it)."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(
+        min_length=1,
+        description="the run's name: one folder under output.root (letters, digits, . _ + -)",
+    )
     description: str = ""
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -342,6 +355,18 @@ class ExperimentSpec(StrictModel):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str) -> str:
+        # The default run directory is output.root / name: a separator or `..` would put the
+        # run (and what it overwrites) outside output.root.
+        if not re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*", value):
+            raise ValueError(
+                f"{value!r} is not a run name: letters, digits, '.', '_', '+' and '-' only, not "
+                "starting with '.' (it names one folder under output.root)"
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod

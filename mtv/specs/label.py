@@ -8,6 +8,7 @@ from pydantic import Field
 
 from mtv.specs.base import StrictModel
 from mtv.specs.experiment import MiniWorldSourceSpec, SourceSpec
+from mtv.specs.limits import DEFAULT_MAX_PIXELS
 from mtv.specs.oracle import OracleBoxesSpec, OracleDepthSpec
 
 
@@ -53,3 +54,8 @@ class LabelSpec(StrictModel):
     batch_size: int = Field(32, gt=0, description="images per expert call")
     chunk_size: int = Field(256, gt=0, description="images per store chunk (the resume unit)")
     seed: int = Field(0, description="seed of the oracle's noise")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        gt=0,
+        description="an image with more pixels is recorded as undecodable, not decoded",
+    )

@@ -4,6 +4,7 @@ expert read by key. `world.json`, written last, marks the corpus complete."""
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import shutil
@@ -156,11 +157,32 @@ class _GroundTruthWriter:
 
 
 def prepare_output(out: Path, overwrite: bool) -> None:
-    """Refuse to write into a non-empty folder unless asked to replace it."""
+    """Refuse to write into a non-empty folder unless asked to replace it; even then, only a
+    mini-world corpus (a folder with its manifest) is deleted, never an unrelated folder."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; refusing to replace it")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+            raise FileExistsError(
+                f"{out} exists and is not empty; refusing to replace it (use --overwrite)"
+            )
+        names = [p.name for p in out.iterdir()] if out.is_dir() else []
+        foreign = [n for n in names if not _written_by_mtv(n)] if out.is_dir() else [out.name]
+        if foreign:
+            raise FileExistsError(
+                f"{out} is not only a mini-world corpus (it holds {', '.join(sorted(foreign)[:5])}"
+                "); --overwrite replaces only what mtv wrote, so nothing was deleted: remove it "
+                "yourself or choose another folder"
+            )
+        shutil.rmtree(out)
+
+
+def _written_by_mtv(name: str) -> bool:
+    """What rendering writes into a corpus, and what training derives beside it (label stores,
+    the tokenizer); a partly rendered corpus has some of these and no manifest yet."""
+    return (
+        name in ("shards", "groundtruth.zarr", MANIFEST)
+        or fnmatch.fnmatch(name, "labels*.zarr")
+        or fnmatch.fnmatch(name, "tokenizer*.json")
+    )
 
 
 def render_corpus(

@@ -1,0 +1,101 @@
+"""Hostile and careless input: names that escape `output.root`, NaN in specs, `--overwrite` on
+folders mtv did not write, symlinks out of a folder source, decompression bombs."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from mtv_cli.main import app
+from PIL import Image
+from typer.testing import CliRunner
+
+from mtv.data import FolderSource
+from mtv.data.sources import CorruptImageError, Sample, decode_image
+from mtv.specs import SpecError, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "..", "a\\b", "x y"])
+def test_a_run_name_is_one_folder_name(name: str) -> None:
+    with pytest.raises(SpecError, match=r"name.*not a run name") as info:
+        load_spec(SMOKE, [f"name={name}"])
+    assert any(p.source == f"--set name={name}" for p in info.value.problems)
+    assert load_spec(SMOKE, ["name=vl_ssl+depth-2.b"]).name == "vl_ssl+depth-2.b"
+
+
+@pytest.mark.parametrize(
+    "override", ["optim.lr=.nan", "tasks.0.weight=.inf", "optim.grad_clip=.inf"]
+)
+def test_non_finite_numbers_are_refused(override: str) -> None:
+    with pytest.raises(SpecError, match="finite"):
+        load_spec(SMOKE, [override])
+
+
+def test_overwrite_replaces_only_a_corpus(tmp_path: Path) -> None:
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    result = runner.invoke(app, ["world", "render", str(precious), "--n", "2", "--overwrite"])
+    assert result.exit_code == 2
+    assert "nothing was deleted" in " ".join(result.output.split())
+    assert (precious / "chapter1.tex").read_text() == "years of work"
+
+    corpus = tmp_path / "corpus"
+    for _ in range(2):  # the second time over an existing corpus, which --overwrite replaces
+        result = runner.invoke(
+            app, ["world", "render", str(corpus), "--n", "2", "--size", "16", "--overwrite"]
+        )
+        assert result.exit_code == 0, result.output
+    assert (corpus / "world.json").is_file()
+
+
+def test_export_refuses_a_non_empty_folder(tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = runner.invoke(app, ["export", str(tmp_path / "some-run"), str(out)])
+    assert result.exit_code == 2
+    assert "--overwrite" in result.output and "not empty" in result.output
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 20, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_folder_source_refuses_symlinks_out_of_its_root(tmp_path: Path) -> None:
+    root, outside = tmp_path / "images", tmp_path / "secret.png"
+    root.mkdir()
+    (root / "inside.png").write_bytes(_png((8, 8)))
+    outside.write_bytes(_png((8, 8)))
+    (root / "link.png").symlink_to(outside)
+    (root / "sub").mkdir()
+    (root / "sub" / "ok.png").symlink_to(root / "inside.png")  # a link within the root is fine
+    rows = [{"file": f, "caption": "a thing"} for f in ("inside.png", "link.png", "sub/ok.png")]
+    captions = root / "captions.jsonl"
+    captions.write_text("\n".join(json.dumps(r) for r in rows))
+    problems: list[tuple[str, str]] = []
+    source = FolderSource(str(root), str(captions), on_problem=lambda k, r: problems.append((k, r)))
+    assert source.keys() == ["inside", "sub/ok"]
+    assert len(problems) == 1 and "link.png" in problems[0][1] and "symlink" in problems[0][1]
+    # a link made after the listing is not followed either
+    (root / "inside.png").unlink()
+    (root / "inside.png").symlink_to(outside)
+    with pytest.raises(FileNotFoundError, match="symlink"):
+        source.get("inside")
+
+
+def test_images_above_the_pixel_limit_are_refused_before_decoding() -> None:
+    sample = Sample("big", _png((300, 200)), "a big image", {}, "test://big.png", "png")
+    with pytest.raises(CorruptImageError, match=r"300x200 pixels.*max_pixels"):
+        decode_image(sample, max_pixels=50_000)
+    assert decode_image(sample, max_pixels=60_000).shape == (200, 300, 3)
+    assert load_spec(SMOKE).data.loader.max_pixels == 40_000_000
