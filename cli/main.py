@@ -10,7 +10,7 @@ import typer
 from mtv_cli.evaluate import evaluate, scaling, synergy
 from mtv_cli.export import export
 from mtv_cli.label import label_app
-from mtv_cli.output import console, errors, fail, report
+from mtv_cli.output import console, errors, fail, report, run_guarded, set_debug
 from mtv_cli.run import run
 from mtv_cli.sweep import sweep
 from mtv_cli.world import world_app
@@ -50,10 +50,25 @@ SetOption = Annotated[
 @app.callback(invoke_without_command=True)
 def main(
     version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="show the full traceback of an error (also: MTV_DEBUG=1)",
+            envvar="MTV_DEBUG",
+        ),
+    ] = False,
 ) -> None:
+    if debug:
+        set_debug()
     if version:
         console.print(f"mtv {mtv.__version__}")
         raise typer.Exit()
+
+
+def entry() -> None:
+    """The `mtv` command: every error that reaches the top is one line (see `mtv_cli.output`)."""
+    run_guarded(app)
 
 
 @spec_app.command("validate")
@@ -122,4 +137,4 @@ def spec_schema(
 
 
 if __name__ == "__main__":
-    app()
+    entry()

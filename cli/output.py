@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -24,3 +29,40 @@ def fail(message: str | SpecError) -> typer.Exit:
     for line in message.problems if isinstance(message, SpecError) else [message]:
         report(str(line))
     return typer.Exit(code=2)
+
+
+_debug = {"on": os.environ.get("MTV_DEBUG", "") not in ("", "0")}
+
+
+def set_debug() -> None:
+    _debug["on"] = True
+
+
+def one_line(err: BaseException) -> str:
+    """The error's own message on one line; the type only when the message does not speak for
+    itself (an empty message, or an exception mtv did not anticipate)."""
+    text = " ".join(str(err).split())
+    if isinstance(err, (OSError, ValueError, RuntimeError, KeyError, ImportError)) and text:
+        if isinstance(err, OSError) and err.strerror and err.filename:
+            return f"{err.filename}: {err.strerror}"
+        return text.strip("\"'") if isinstance(err, KeyError) else text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def run_guarded(command: Callable[[], object]) -> None:
+    """Run the command line; an exception that no command handled becomes one line on stderr
+    (and exit code 1), the traceback only with --debug or MTV_DEBUG=1. Ctrl-C outside training
+    (which stops gracefully by itself) exits with 130 and one line."""
+    try:
+        command()
+    except KeyboardInterrupt:
+        if _debug["on"]:
+            raise
+        errors.print("interrupted", highlight=False)
+        sys.exit(130)
+    except Exception as err:  # the last resort: whatever it is, the user gets one line
+        if _debug["on"]:
+            traceback.print_exc()
+            sys.exit(1)
+        report(f"{one_line(err)} (rerun with --debug for the traceback)")
+        sys.exit(1)

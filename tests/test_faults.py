@@ -23,7 +23,7 @@ from mtv.world.corpus import render_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
-CLI = [sys.executable, "-c", "from mtv_cli.main import app; app()"]
+CLI = [sys.executable, "-c", "from mtv_cli.main import entry; entry()"]
 
 
 @pytest.fixture(scope="module")

@@ -240,7 +240,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
         spec_text.replace("OUTPUT", str(tmp_path / "killed.zarr"))
     )
     (tmp_path / "whole.yaml").write_text(spec_text.replace("OUTPUT", str(tmp_path / "whole.zarr")))
-    mtv = [sys.executable, "-c", "from mtv_cli.main import app; app()"]
+    mtv = [sys.executable, "-c", "from mtv_cli.main import entry; entry()"]
     env = {**os.environ, "COLUMNS": "100"}
     proc = subprocess.Popen(
         [*mtv, "label", str(tmp_path / "killed.yaml")],

@@ -429,3 +429,44 @@ def test_default_problem_report_is_a_warning_not_an_error(tmp_path: Path) -> Non
         assert list(TarShardSource(url)) == []
     assert [type(w.message) for w in caught] == [SkippedSampleWarning]
     assert "lonely" in str(caught[0].message)
+
+
+@pytest.mark.parametrize("where", ["header", "data"])
+def test_a_shard_cut_short_is_reported_with_the_offset(tmp_path: Path, where: str) -> None:
+    png = encode(noise(0, 32), "PNG")
+    members = [m for k in range(6) for m in sample_members(f"{k:03d}", png, f"caption {k}")]
+    path = tmp_path / "cut.tar"
+    write_shard(path, members)
+    with tarfile.open(path) as tar:
+        member = tar.getmember("004.png")
+    # Inside the 512-byte header of 004.png (tarfile alone would stop there in silence), or
+    # inside its data.
+    cut = member.offset + 200 if where == "header" else member.offset_data + 100
+    path.write_bytes(path.read_bytes()[:cut])
+    for read in ("index", "stream"):
+        problems = Problems()
+        source = TarShardSource(str(path), on_problem=problems)
+        keys = source.keys() if read == "index" else [s.key for s in source]
+        assert keys == ["000", "001", "002", "003"], (read, keys)
+        text = " ".join(reason for _, reason in problems)
+        assert str(path) in [w for w, _ in problems] or "004" in [w for w, _ in problems]
+        assert "ends early" in text or "damaged shard" in text or "is cut" in text, text
+        if where == "header":
+            assert f"byte {member.offset}" in text and "ends early" in text, (read, text)
+
+
+def test_complete_shards_report_nothing(tmp_path: Path) -> None:
+    png = encode(noise(0, 16), "PNG")
+    path = write_shard(tmp_path / "ok.tar", sample_members("a", png, "x"))
+    problems = Problems()
+    source = TarShardSource(path, on_problem=problems)
+    assert source.keys() == ["a"] and [s.key for s in source] == ["a"] and problems == []
+
+
+def test_a_bad_caption_is_an_unusable_sample_not_a_crash(tmp_path: Path) -> None:
+    png = encode(noise(0, 16), "PNG")
+    members = [("bad.png", png), ("bad.txt", b"\xff\xfe caf\xe9"), *sample_members("ok", png, "x")]
+    source = TarShardSource(write_shard(tmp_path / "s.tar", members))
+    with pytest.raises(sources_module.UnusableSample, match=r"'bad'.*UTF-8"):
+        source.get("bad")
+    assert source.get("ok").caption == "x"

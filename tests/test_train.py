@@ -83,7 +83,7 @@ def test_kill_9_then_resume_repeats_the_same_losses(corpus: str, tmp_path: Path)
         "data.loader.workers=0",
         "runtime.precision=fp32",
     ]
-    base = [sys.executable, "-c", "from mtv_cli.main import app; app()", "run", str(SMOKE)]
+    base = [sys.executable, "-c", "from mtv_cli.main import entry; entry()", "run", str(SMOKE)]
     for s in sets:
         base += ["--set", s]
     whole = subprocess.run(

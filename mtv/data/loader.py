@@ -18,7 +18,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from mtv.batch import Batch, name_id
 from mtv.data.photometric import augment
-from mtv.data.sources import CorruptImageError, decode_image
+from mtv.data.sources import UnusableSample, decode_image
 from mtv.data.store import LabelStore
 from mtv.data.views import ViewRequest, crop_boxes, crop_image, crop_map, sample_crop
 from mtv.models.tokenizer import TextTokenizer
@@ -160,10 +160,10 @@ class KeyedDataset(Dataset):
         skipped: list[tuple[str, str]] = []
         for attempt in range(MAX_SUBSTITUTES):
             key = self.keys[(index + attempt) % len(self.keys)]
-            sample = self.source.get(key)
             try:
+                sample = self.source.get(key)
                 image = decode_image(sample, self.max_pixels)
-            except CorruptImageError as err:
+            except UnusableSample as err:
                 skipped.append((key, err.reason))
                 continue
             generator = _generator(self.seed, epoch, index)

@@ -25,6 +25,7 @@ from mtv.data.sources import (
     DuplicateKeyError,
     ProblemCallback,
     Sample,
+    UnusableSample,
     expand_braces,
     is_unsafe_path,
     warn_problem,
@@ -138,7 +139,8 @@ class TarShardSource:
 
     def _iter_shard(self, url: str, seen: dict[str, str] | None) -> Iterator[Sample]:
         with self._open(url) as stream:
-            groups = self._groups(stream, url, "r|*", seen)
+            size = _size_if_uncompressed(stream)
+            groups = self._groups(stream, url, "r|*", seen, size)
             while (group := self._next_group(groups, url)) is not None:
                 key, parts = group
                 try:
@@ -157,11 +159,13 @@ class TarShardSource:
         for url in self._shards:
             with self._open(url) as stream:
                 _refuse_compressed(stream, url)
-                groups = self._groups(stream, url, "r:", seen)
+                size = _size_if_uncompressed(stream)
+                groups = self._groups(stream, url, "r:", seen, size)
                 while (group := self._next_group(groups, url)) is not None:
                     key, parts = group
                     try:
                         image_format = _check_parts(parts)
+                        _check_inside(parts, size)
                     except _SampleProblem as problem:
                         self.on_problem(key, f"{problem} (shard {url})")
                         continue
@@ -193,7 +197,7 @@ class TarShardSource:
         try:
             return _make_sample(key, ref.shard, ref.image_format, data)
         except _SampleProblem as problem:
-            raise ValueError(f"sample {key!r} in {ref.shard}: {problem}") from None
+            raise UnusableSample(key, ref.shard, str(problem)) from None
 
     def keys(self) -> list[str]:
         """Every usable key, in shard order (builds the index on first use)."""
@@ -247,12 +251,27 @@ class TarShardSource:
             raise FileNotFoundError(f"shard not found: {url}") from None
 
     def _groups(
-        self, stream: IO[bytes], url: str, mode: str, seen: dict[str, str] | None
+        self,
+        stream: IO[bytes],
+        url: str,
+        mode: str,
+        seen: dict[str, str] | None,
+        size: int | None,
     ) -> Iterator[tuple[str, _Parts]]:
         """Adjacent members grouped by key. Mode "r|*" streams data (any compression), "r:"
-        seeks over it and yields headers only. Keys are claimed in `seen` unless it is None."""
+        seeks over it and yields headers only. Keys are claimed in `seen` unless it is None.
+        `size` (of an uncompressed shard): the end of the archive is checked against it."""
         with tarfile.open(fileobj=stream, mode=mode) as tar:  # type: ignore[call-overload]
             yield from self._group_members(tar, url, mode.startswith("r|"), seen)
+            if size is not None and size - tar.offset < 2 * _BLOCK:
+                # tarfile takes a header cut short for the end of the archive and stops without
+                # a word; a complete archive ends with two zero blocks after its last member.
+                self.on_problem(
+                    url,
+                    f"shard ends early: cut at byte {size} inside the member that starts at "
+                    f"byte {tar.offset}; the samples after it are lost (damaged or incomplete "
+                    "copy?)",
+                )
 
     def _group_members(
         self, tar: tarfile.TarFile, url: str, read: bool, seen: dict[str, str] | None
@@ -338,6 +357,28 @@ def _make_sample(key: str, url: str, image_format: str, data: dict[str, Any]) ->
         if not isinstance(meta, dict):
             raise _SampleProblem(f"{key}.json holds a {type(meta).__name__}, not an object")
     return Sample(key, data[image_format], caption, meta, url, image_format)
+
+
+def _size_if_uncompressed(stream: IO[bytes]) -> int | None:
+    """The byte size of a seekable, uncompressed shard (None otherwise: then tarfile's offsets
+    count decompressed bytes, and the end cannot be checked against the size)."""
+    try:
+        head = stream.read(6)
+        size = stream.seek(0, 2)
+        stream.seek(0)
+    except (OSError, ValueError):
+        return None
+    return None if any(head.startswith(m) for m in _COMPRESSION_MAGIC) else size
+
+
+def _check_inside(parts: _Parts, size: int | None) -> None:
+    """A sample whose data runs past the end of its shard (cut inside it) is unusable."""
+    for info, _ in parts.values():
+        if size is not None and info.offset_data + info.size > size:
+            raise _SampleProblem(
+                f"member {info.name!r} is cut: its data ends at byte "
+                f"{info.offset_data + info.size}, the shard at {size}"
+            )
 
 
 def _refuse_compressed(stream: IO[bytes], url: str) -> None:

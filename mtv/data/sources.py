@@ -42,18 +42,27 @@ class SkippedSampleWarning(UserWarning):
     """The default report of a sample a source skipped (missing image, caption or file)."""
 
 
-class CorruptImageError(Exception):
-    """An image that Pillow cannot fully decode (truncated, corrupt, unsupported format)."""
+class UnusableSample(Exception):
+    """A sample that cannot be trained on (its caption is not UTF-8, its metadata not JSON, its
+    image undecodable): loaders skip and count it, labelling records it as undecodable."""
+
+    what = "cannot use sample"
 
     def __init__(self, key: str, origin: str, reason: str):
         self.key = key
         self.origin = origin
         self.reason = reason
-        super().__init__(f"cannot decode the image of sample {key!r} (from {origin}): {reason}")
+        super().__init__(f"{self.what} {key!r} (from {origin}): {reason}")
 
     def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
         # Rebuilt from its three fields when it crosses a process boundary (loader workers).
         return (type(self), (self.key, self.origin, self.reason))
+
+
+class CorruptImageError(UnusableSample):
+    """An image that Pillow cannot fully decode (truncated, corrupt, unsupported format)."""
+
+    what = "cannot decode the image of sample"
 
 
 class DuplicateKeyError(ValueError):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtv.data import CorruptImageError, FolderSource, TarShardSource, decode_image, open_source
+from mtv.data import FolderSource, TarShardSource, UnusableSample, decode_image, open_source
 from mtv.data.store import STATUS_OK, STATUS_UNDECODABLE, ChunkLabels, LabelStore, keys_digest
 from mtv.label.base import BoxExpert, BoxLabel, DepthExpert, DepthLabel, LabelInput, Tagger
 from mtv.label.oracle import OracleBoxes, OracleDepth
@@ -194,12 +194,12 @@ def _label_chunk(
         tick = time.perf_counter()
         inputs, rows = [], []
         for row, key in enumerate(keys[offset : offset + spec.batch_size], start=offset):
-            sample = source.get(key)
             try:
+                sample = source.get(key)
                 image = decode_image(sample, spec.max_pixels)
                 inputs.append(LabelInput(key, image, sample.caption))
                 rows.append(row)
-            except CorruptImageError as err:
+            except UnusableSample as err:
                 status[row] = STATUS_UNDECODABLE
                 stats.skipped.append((key, err.reason))
                 if on_skip is not None:

@@ -226,10 +226,16 @@ class Trainer:
         """Lock the run directory, and accept or refuse the run before anything in it is
         written: a refused resume leaves the directory exactly as it was."""
         if self.main:
+            if self.run_dir.exists() and not self.run_dir.is_dir():
+                raise TrainingError(f"the run directory {self.run_dir} is a file, not a folder")
             try:
                 self.lock.acquire(f"mtv run {self.spec.name}")
             except RunLocked as err:
                 raise TrainingError(str(err)) from None
+            except OSError as err:
+                raise TrainingError(
+                    f"cannot write the run directory {self.run_dir}: {err.strerror or err}"
+                ) from None
         try:
             restored = self._accept(resume)
         except BaseException:
