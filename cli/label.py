@@ -15,8 +15,8 @@ from typer.core import TyperGroup
 
 from mtv.data.store import LabelStore
 from mtv.distributed import init_from_environment
-from mtv.label.check import check_store
-from mtv.label.pipeline import LabelSpecError, resolve_source, run_labelling
+from mtv.label.check import check_store, recorded_source
+from mtv.label.pipeline import LabelSpecError, describe_source, resolve_source, run_labelling
 from mtv.label.quality import label_quality
 from mtv.specs import SpecError
 from mtv.specs.label import LabelSpec
@@ -97,26 +97,41 @@ def label_check(
         Path | None, typer.Option("--spec", help="also check keys against this job's source")
     ] = None,
 ) -> None:
-    """Validate a label store; print every bad sample by key."""
+    """Validate a label store: read every chunk, match it against the source it labelled (the
+    one it records, or --spec's) and print every bad sample by key."""
     try:
         store = LabelStore.open(store_path)
-        source_keys = None
         if spec_file is not None:
-            source_keys = resolve_source(load_yaml_model(spec_file, LabelSpec))[0].keys()
+            job = load_yaml_model(spec_file, LabelSpec)
+            source: Any = resolve_source(job)[0]
+            source_name = describe_source(job.source)
+        else:
+            source, source_name = recorded_source(store)
     except SpecError as err:
-        raise fail(str(err)) from None
+        raise fail(err) from None
     except (FileNotFoundError, ValueError, LabelSpecError) as err:
-        raise fail(str(err)) from None
-    problems = check_store(store, source_keys)
-    for problem in problems:
-        errors.print(f"[red]bad[/] {escape(str(problem))}", highlight=False, soft_wrap=True)
-    summary = f"{len(store.keys)} samples, kinds {', '.join(store.attrs['kinds'])}"
-    if problems:
+        if spec_file is not None or not isinstance(err, (FileNotFoundError, LabelSpecError)):
+            raise fail(str(err)) from None
         errors.print(
-            f"{escape(str(store_path))}: {len(problems)} problem(s); {summary}", highlight=False
+            f"[yellow]note[/]: the source was not checked: {escape(str(err))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        source, source_name = None, ""
+    problems = check_store(store, source, source_name)
+    fatal = [p for p in problems if p.fatal]
+    for problem in problems:
+        tag = "[red]bad[/]" if problem.fatal else "[yellow]note[/]"
+        errors.print(f"{tag} {escape(str(problem))}", highlight=False, soft_wrap=True)
+    checked = f"against {source_name}" if source is not None else "source not checked"
+    summary = f"{len(store.keys)} samples, kinds {', '.join(store.attrs['kinds'])}, {checked}"
+    if fatal:
+        errors.print(
+            f"{escape(str(store_path))}: {len(fatal)} problem(s); {escape(summary)}",
+            highlight=False,
         )
         raise typer.Exit(code=1)
-    console.print(f"[green]ok[/] {escape(str(store_path))}: {summary}", highlight=False)
+    console.print(f"[green]ok[/] {escape(str(store_path))}: {escape(summary)}", highlight=False)
 
 
 @label_app.command("quality")

@@ -20,14 +20,18 @@ import zarr
 from mtv_cli.main import app
 from typer.testing import CliRunner
 
+from mtv.data import TarShardSource
+from mtv.data.store import LabelStoreDamaged
 from mtv.label import LabelSpecError, LabelStore, check_store, noun_phrases, run_labelling
 from mtv.label.quality import box_iou, label_quality
 from mtv.specs import SpecError, load_spec
 from mtv.specs.experiment import OracleLabelsSpec
 from mtv.specs.label import LabelSpec
-from mtv.world.corpus import GroundTruth, render_corpus
+from mtv.train import DataPreparationError, prepare_data
+from mtv.world.corpus import GroundTruth, WorldCorpus, render_corpus
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +118,20 @@ def test_noise_model_is_seeded_by_key(corpus: Path, tmp_path: Path) -> None:
     assert gap > 0.01
 
 
+class OtherKeys:
+    """The corpus's source, short of its first key and with one key more."""
+
+    def __init__(self, corpus: Path, keys: list[str]):
+        self.source = TarShardSource(WorldCorpus.open(corpus).shards)
+        self._keys = [*keys[1:], "extra"]
+
+    def keys(self) -> list[str]:
+        return self._keys
+
+    def fingerprint(self, key: str) -> str:
+        return "new" if key == "extra" else self.source.fingerprint(key)
+
+
 def test_check_names_every_bad_sample(corpus: Path, tmp_path: Path) -> None:
     store, _ = run_labelling(job(corpus, tmp_path / "labels.zarr"))
     keys = store.keys
@@ -126,7 +144,8 @@ def test_check_names_every_bad_sample(corpus: Path, tmp_path: Path) -> None:
     values[offsets[5]] = [0.2, 0.2, 1.4, 0.5]
     root["boxes/values"][:] = values
     problems = [
-        str(p) for p in check_store(LabelStore.open(tmp_path / "labels.zarr"), [*keys[1:], "extra"])
+        str(p)
+        for p in check_store(LabelStore.open(tmp_path / "labels.zarr"), OtherKeys(corpus, keys))
     ]
     assert f"{keys[3]}: depth: NaN or inf values" in problems
     assert any(
@@ -136,6 +155,58 @@ def test_check_names_every_bad_sample(corpus: Path, tmp_path: Path) -> None:
     assert "extra: keys: in the source but not in the store" in problems
     result = runner.invoke(app, ["label", "check", str(tmp_path / "labels.zarr")])
     assert result.exit_code == 1 and keys[3] in result.output
+
+
+def test_check_names_the_samples_of_a_deleted_chunk_and_reads_fail(
+    corpus: Path, tmp_path: Path
+) -> None:
+    store, _ = run_labelling(job(corpus, tmp_path / "labels.zarr", chunk_size=16))
+    assert check_store(store, TarShardSource(WorldCorpus.open(corpus).shards)) == []
+    chunk = store.root["depth"].chunks[0]  # samples per stored depth chunk
+    (tmp_path / "labels.zarr" / "depth" / "c" / "1" / "0" / "0").unlink()
+    lost = store.keys[chunk : 2 * chunk]
+    result = runner.invoke(
+        app, ["label", "check", str(tmp_path / "labels.zarr")], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 1
+    for key in lost:
+        assert f"{key}: depth: chunk 1 is missing" in result.output
+    assert store.keys[0] not in result.output
+    assert "against miniworld" in result.output  # the store's own record of its source
+    reopened = LabelStore.open(tmp_path / "labels.zarr")
+    with pytest.raises(LabelStoreDamaged, match=rf"{lost[0]}.*chunk 1 of depth .*is missing"):
+        reopened.depth(lost[0])  # never zeros read as valid depth
+    assert reopened.depth(store.keys[0])[1].any()
+    # a cut chunk file: named too
+    path = tmp_path / "labels.zarr" / "depth_valid" / "c" / "0" / "0" / "0"
+    path.write_bytes(path.read_bytes()[:5])
+    problems = [str(p) for p in check_store(reopened)]
+    assert f"{store.keys[0]}: depth_valid: chunk 0 cannot be read" in " ".join(problems)
+
+
+def test_a_store_of_another_corpus_with_the_same_keys_is_refused(
+    corpus: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-world"
+    render_corpus(other, 40, size=32, views=1, seed=4, shard_size=16)  # same keys, other scenes
+    store, _ = run_labelling(job(other, tmp_path / "labels.zarr"))
+    here = TarShardSource(WorldCorpus.open(corpus).shards)
+    assert store.keys == here.keys()
+    problems = check_store(store, here)
+    assert len([p for p in problems if p.field == "fingerprint"]) >= 35
+    spec = load_spec(
+        ROOT / "experiments" / "smoke.yaml",
+        [
+            f"data.source.root={corpus}",
+            "data.source.n_images=40",
+            "data.source.image_size=32",
+            "data.source.seed=3",
+            f"data.labels.store={tmp_path / 'labels.zarr'}",
+            "data.labels.oracle={}",  # an explicit store is not made from the oracle's noise
+        ],
+    )
+    with pytest.raises(DataPreparationError, match=r"differ from the ones the label store"):
+        prepare_data(spec, report=lambda m: None)
 
 
 def test_resume_with_another_job_is_refused(corpus: Path, tmp_path: Path) -> None:
@@ -190,7 +261,8 @@ def test_a_truncated_image_is_skipped_and_counted(corpus: Path, tmp_path: Path) 
     key = victim.split(".")[0]
     assert [k for k, _ in stats.skipped] == [key]
     assert store.status(key) == 1 and not store.depth(key)[1].any()
-    assert stats.images == 15 and check_store(store) == []
+    assert stats.images == 15 and [p for p in check_store(store) if p.fatal] == []
+    assert [(p.key, p.fatal) for p in check_store(store)] == [(key, False)]  # named, not fatal
 
 
 def test_labels_do_not_depend_on_shard_order(corpus: Path, tmp_path: Path) -> None:
@@ -402,3 +474,29 @@ def test_label_quality_command_measures_a_store_and_refuses_another_corpus(
         app, ["label", "quality", str(tmp_path / "noisy.zarr"), "--world", str(other)]
     )
     assert wrong.exit_code == 2 and "a store of another corpus" in wrong.output
+
+
+class GrownSource(OtherKeys):
+    """The corpus's source with one sample more than the store labelled."""
+
+    def __init__(self, corpus: Path, keys: list[str]):
+        super().__init__(corpus, keys)
+        self._keys = [*keys, "extra"]
+
+
+def test_training_keys_leave_out_unlabelled_and_undecodable_samples_and_say_so(
+    corpus: Path, tmp_path: Path
+) -> None:
+    from mtv.train.prepare import _labelled_keys
+
+    store, _ = run_labelling(job(corpus, tmp_path / "labels.zarr"))
+    keys = store.keys
+    zarr.open_group(str(tmp_path / "labels.zarr"), mode="r+")["status"][2] = 1  # undecodable
+    store = LabelStore.open(tmp_path / "labels.zarr")
+    said: list[str] = []
+    chosen = _labelled_keys(store, GrownSource(corpus, keys), said.append)
+    assert chosen == [k for k in keys if k != keys[2]]
+    assert any("1 sample(s) of the source have no labels" in m and "'extra'" in m for m in said)
+    assert any("could not decode are left out" in m and keys[2] in m for m in said)
+    with pytest.raises(DataPreparationError, match=r"labels 1 sample\(s\) the source"):
+        _labelled_keys(store, OtherKeys(corpus, keys), said.append)  # lacks the store's first

@@ -68,6 +68,7 @@ class FolderSource:
             os.path.realpath(self._root_path) if isinstance(self._fs, LocalFileSystem) else None
         )
         present = self._list_files() if check_files else None
+        self._sizes: dict[str, int] = present or {}
         self._entries: dict[str, _Entry] = {}
         for row, values in self._read_rows():
             self._add(row, values, present)
@@ -125,11 +126,18 @@ class FolderSource:
         real = os.path.realpath(os.path.join(self._root_path, file))
         return not real.startswith(self._real_root + os.sep)
 
-    def _list_files(self) -> set[str]:
+    def fingerprint(self, key: str) -> str:
+        """What identifies the sample's content without reading the image: its file, the file's
+        byte size (when the root was listed) and its caption."""
+        entry = self._entries[key]
+        return f"{entry.file}:{self._sizes.get(entry.file, -1)}:{entry.caption}"
+
+    def _list_files(self) -> dict[str, int]:
+        """Every file under the root (relative path -> byte size), in one recursive listing."""
         prefix = f"{self._root_path}/"
         return {
-            path[len(prefix) :]
-            for path in self._fs.find(self._root_path)
+            path[len(prefix) :]: int(info.get("size") or 0)
+            for path, info in self._fs.find(self._root_path, detail=True).items()
             if path.startswith(prefix)
         }
 
@@ -178,7 +186,7 @@ class FolderSource:
         except FileNotFoundError:
             raise FileNotFoundError(f"captions file not found: {self.captions}") from None
 
-    def _add(self, row: int, values: dict[str, Any], present: set[str] | None) -> None:
+    def _add(self, row: int, values: dict[str, Any], present: dict[str, int] | None) -> None:
         where = f"{self.captions}:{row}"
         file, caption, key = values.get("file"), values.get("caption"), values.get("key")
         if not isinstance(file, str) or not file:

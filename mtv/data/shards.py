@@ -199,6 +199,14 @@ class TarShardSource:
         except _SampleProblem as problem:
             raise UnusableSample(key, ref.shard, str(problem)) from None
 
+    def fingerprint(self, key: str) -> str:
+        """What identifies the sample's content without reading it: its members' formats and
+        byte sizes, from the index (another corpus with the same keys differs in them)."""
+        index = self._index if self._index is not None else self.build_index()
+        ref = index[key]
+        meta = ref.meta.size if ref.meta is not None else -1
+        return f"{ref.image_format}:{ref.image.size}:{ref.caption.size}:{meta}"
+
     def keys(self) -> list[str]:
         """Every usable key, in shard order (builds the index on first use)."""
         return list(self._index if self._index is not None else self.build_index())

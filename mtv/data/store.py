@@ -29,8 +29,14 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
-FORMAT, VERSION = "mtv-labels", 1
+from mtv.data.provenance import content_digest
+
+FORMAT, VERSION = "mtv-labels", 2
+# Version 2: every chunk of every array is written (none elided for equalling the fill value), so
+# a missing chunk file is damage, not zeros; `fingerprints` records the labelled corpus.
+DENSE = ("status", "depth", "depth_valid")
 CONVENTIONS = {
     "depth": "relative disparity (larger = nearer), affine-invariant; per-image min-max "
     "normalised to [0, 1] over valid pixels; the map covers the whole original image",
@@ -41,12 +47,24 @@ READ_ROWS = 16  # samples per Zarr chunk of the dense maps
 BOX_ROWS = 16384  # boxes per Zarr chunk of the flat box arrays
 
 
+class LabelStoreDamaged(RuntimeError):
+    """A chunk of a label store is missing or unreadable (the message names the samples)."""
+
+
+def chunk_exists(array: zarr.Array, index: int) -> bool:
+    """Whether chunk `index` (along the first axis) of `array` is stored."""
+    key = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
+    path = f"{array.store_path.path}/{key}" if array.store_path.path else key
+    return bool(sync(array.store_path.store.exists(path)))
+
+
 class CachedArray:
     """Row reads from a Zarr array through an LRU cache of decoded chunks: the fixed cost of a
-    Zarr read (~1 ms) is paid once per chunk, not once per sample."""
+    Zarr read (~1 ms) is paid once per chunk, not once per sample. With `strict`, a chunk that
+    is not stored raises `LabelStoreDamaged` instead of reading as the fill value."""
 
-    def __init__(self, array: zarr.Array, cached: int = 16):
-        self.array, self.rows, self.cached = array, array.chunks[0], cached
+    def __init__(self, array: zarr.Array, cached: int = 16, strict: bool = False):
+        self.array, self.rows, self.cached, self.strict = array, array.chunks[0], cached, strict
         self._chunks: dict[int, np.ndarray] = {}
 
     def _chunk(self, index: int) -> np.ndarray:
@@ -55,8 +73,19 @@ class CachedArray:
         else:
             if len(self._chunks) >= self.cached:
                 self._chunks.pop(next(iter(self._chunks)))
-            self._chunks[index] = self.array[index * self.rows : (index + 1) * self.rows]
+            self._chunks[index] = self._read(index)
         return self._chunks[index]
+
+    def _read(self, index: int) -> np.ndarray:
+        rows = slice(index * self.rows, (index + 1) * self.rows)
+        where = f"chunk {index} of {self.array.name.strip('/')} (rows {rows.start}-{rows.stop - 1})"
+        if self.strict and not chunk_exists(self.array, index):
+            raise LabelStoreDamaged(f"{where} is missing")
+        try:
+            return self.array[rows]
+        except Exception as err:  # codecs report damage as many error types
+            reason = f"{type(err).__name__}: {err}"
+            raise LabelStoreDamaged(f"{where} cannot be read ({reason})") from err
 
     def __getitem__(self, rows: int | slice) -> np.ndarray:
         if isinstance(rows, int):
@@ -138,41 +167,54 @@ class LabelStore:
         chunk_size: int,
         experts: dict[str, Any],
         source: dict[str, Any],
+        fingerprints: np.ndarray,
     ) -> LabelStore:
+        """`fingerprints`: per key, what the source says about the sample (see
+        `mtv.data.provenance`), so the store can later tell whether a source is its corpus."""
         if len(set(keys)) != len(keys):
             raise ValueError("the source has duplicate keys; a label store needs unique keys")
-        root = zarr.open_group(str(path), mode="w")
-        n = len(keys)
-        _strings(root, "keys", keys, 65536)
-        root.create_array("status", shape=(n,), chunks=(chunk_size,), dtype="uint8", fill_value=0)
-        n_chunks = max(1, -(-n // chunk_size))
-        # Zarr chunks of a few samples, so a random read decodes little; a labelling chunk
-        # spans whole Zarr chunks, so ranks writing different labelling chunks never share one.
-        storage_rows = READ_ROWS if chunk_size % READ_ROWS == 0 else chunk_size
-        root.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
-        if "depth" in kinds:
-            spatial = {
-                "shape": (n, resolution, resolution),
-                "chunks": (storage_rows, resolution, resolution),
-            }
-            root.create_array("depth", dtype="float16", fill_value=0.0, **spatial)
-            root.create_array("depth_valid", dtype="bool", fill_value=False, **spatial)
-        root.attrs.update(
-            {
-                "format": FORMAT,
-                "version": VERSION,
-                "kinds": sorted(kinds),
-                "resolution": resolution,
-                "chunk_size": chunk_size,
-                "experts": experts,
-                "source": source,
-                "keys_digest": keys_digest(keys),
-                "conventions": CONVENTIONS,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "complete": False,
-            }
-        )
-        return cls(path, root)
+        if len(fingerprints) != len(keys):
+            raise ValueError(f"{len(fingerprints)} fingerprints for {len(keys)} keys")
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            root = zarr.open_group(str(path), mode="w")
+            n = len(keys)
+            _strings(root, "keys", keys, 65536)
+            root.create_array("fingerprints", data=np.asarray(fingerprints, dtype=np.uint64))
+            root.create_array(
+                "status", shape=(n,), chunks=(chunk_size,), dtype="uint8", fill_value=0
+            )
+            n_chunks = max(1, -(-n // chunk_size))
+            # Zarr chunks of a few samples, so a random read decodes little; a labelling chunk
+            # spans whole Zarr chunks, so ranks writing different labelling chunks never share one.
+            storage_rows = READ_ROWS if chunk_size % READ_ROWS == 0 else chunk_size
+            root.create_array(
+                "done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False
+            )
+            if "depth" in kinds:
+                spatial = {
+                    "shape": (n, resolution, resolution),
+                    "chunks": (storage_rows, resolution, resolution),
+                }
+                # NaN fill: a chunk that was never written reads as NaN, never as valid depth.
+                root.create_array("depth", dtype="float16", fill_value=np.nan, **spatial)
+                root.create_array("depth_valid", dtype="bool", fill_value=False, **spatial)
+            root.attrs.update(
+                {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "kinds": sorted(kinds),
+                    "resolution": resolution,
+                    "chunk_size": chunk_size,
+                    "experts": experts,
+                    "source": source,
+                    "keys_digest": keys_digest(keys),
+                    "content_digest": content_digest(np.asarray(fingerprints, dtype=np.uint64)),
+                    "conventions": CONVENTIONS,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "complete": False,
+                }
+            )
+            return cls(path, root)
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> LabelStore:
@@ -200,6 +242,10 @@ class LabelStore:
 
     def write_chunk(self, chunk: int, labels: ChunkLabels) -> None:
         """Write one chunk's labels, then its done marker (so a kill leaves it unmarked)."""
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            self._write_chunk(chunk, labels)
+
+    def _write_chunk(self, chunk: int, labels: ChunkLabels) -> None:
         start, stop = self.chunk_range(chunk)
         self.root["status"][start:stop] = labels.status
         if labels.depth is not None:
@@ -229,6 +275,10 @@ class LabelStore:
     def finalize(self) -> None:
         """Consolidate the chunks' boxes into flat values + offsets and mark the store complete.
         Idempotent: a kill during it is mended by running it again."""
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            self._finalize()
+
+    def _finalize(self) -> None:
         done = self.done()
         if not done.all():
             missing = np.flatnonzero(~done)
@@ -269,15 +319,44 @@ class LabelStore:
         except KeyError:
             raise KeyError(f"no labels for key {key!r} in {self.path}") from None
 
+    @property
+    def strict(self) -> bool:
+        """Whether every chunk must be stored (format 2 writes them all)."""
+        return int(self.attrs.get("version", 1)) >= 2
+
     def _reader(self, name: str) -> CachedArray:
         if name not in self._readers:
-            self._readers[name] = CachedArray(self.root[name])
+            self._readers[name] = CachedArray(self.root[name], strict=self.strict)
         return self._readers[name]
 
+    def missing_chunks(self) -> dict[str, list[int]]:
+        """Per dense array, the chunks (along the sample axis) that are not stored; empty for a
+        sound store. Lists the store once per array; reads no data."""
+        if not self.strict:
+            return {}
+        missing = {}
+        for name in (n for n in DENSE if n in self.root):
+            array = self.root[name]
+            count = -(-array.shape[0] // array.chunks[0])
+            if array.nchunks_initialized < count:
+                missing[name] = [c for c in range(count) if not chunk_exists(array, c)]
+        return missing
+
+    def keys_of_chunk(self, name: str, chunk: int) -> list[str]:
+        rows = self.root[name].chunks[0]
+        return self.keys[chunk * rows : (chunk + 1) * rows]
+
     def depth(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(disparity (R, R) float32 in [0, 1], valid (R, R) bool) of one sample."""
+        """(disparity (R, R) float32 in [0, 1], valid (R, R) bool) of one sample; a sample whose
+        chunk is missing or damaged raises `LabelStoreDamaged` naming it."""
         i = self._row(key)
-        return self._reader("depth")[i].astype(np.float32), self._reader("depth_valid")[i]
+        try:
+            return self._reader("depth")[i].astype(np.float32), self._reader("depth_valid")[i]
+        except LabelStoreDamaged as err:
+            raise LabelStoreDamaged(
+                f"label store {self.path}: the depth of sample {key!r} cannot be read: {err}; "
+                f"`mtv label check {self.path}` names every damaged sample"
+            ) from None
 
     def boxes(self, key: str) -> BoxLabel:
         if not self.complete:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
-from mtv.data.store import STATUS_OK, STATUS_UNDECODABLE, LabelStore
+from mtv.data.provenance import FingerprintedSource, match_store
+from mtv.data.store import DENSE, STATUS_OK, STATUS_UNDECODABLE, LabelStore, chunk_exists
+from mtv.label.pipeline import LabelSpecError, describe_source, open_label_source
+from mtv.specs.experiment import SourceSpec
 
 
 @dataclass(frozen=True)
@@ -15,17 +18,20 @@ class StoreProblem:
     key: str  # the sample's key, or "" for the store as a whole
     field: str
     message: str
+    fatal: bool = True  # False: worth knowing (e.g. an undecodable image), not a defect
 
     def __str__(self) -> str:
         return f"{self.key or '(store)'}: {self.field}: {self.message}"
 
 
 def check_store(
-    store: LabelStore, source_keys: Iterable[str] | None = None, chunk: int = 4096
+    store: LabelStore, source: FingerprintedSource | None = None, source_name: str = "the source"
 ) -> list[StoreProblem]:
-    """Every problem of the store: incomplete labelling, depth maps of the wrong shape or with
-    NaN/inf or values outside [0, 1], boxes outside [0, 1] or inverted, empty names, scores out
-    of range, broken offsets, and (given the source's keys) keys missing on either side."""
+    """Every problem of the store: incomplete labelling, missing or unreadable chunks (every
+    chunk is read), depth maps of the wrong shape or with NaN/inf or values outside [0, 1], boxes
+    outside [0, 1] or inverted, empty names, scores out of range, broken offsets, and, given the
+    source, keys missing on either side and samples whose content differs from what was
+    labelled. Samples labelling could not decode are listed as not fatal."""
     problems: list[StoreProblem] = []
     keys = store.keys
     n = len(keys)
@@ -36,39 +42,95 @@ def check_store(
         )
     if not store.complete:
         problems.append(StoreProblem("", "complete", "the store was never finalised"))
+    unreadable = _check_chunks(store, problems)
     status = store.root["status"][:]
     for i in np.flatnonzero(~np.isin(status, [STATUS_OK, STATUS_UNDECODABLE])):
-        problems.append(StoreProblem(keys[i], "status", f"unknown status {status[i]}"))
+        if keys[i] not in unreadable:
+            problems.append(StoreProblem(keys[i], "status", f"unknown status {status[i]}"))
+    for i in np.flatnonzero(status == STATUS_UNDECODABLE):
+        note = "image undecodable when labelled; training leaves it out"
+        problems.append(StoreProblem(keys[i], "status", note, fatal=False))
     if "depth" in store.attrs["kinds"]:
-        problems += _check_depth(store, chunk)
+        problems += _check_depth(store, unreadable)
     if "boxes" in store.attrs["kinds"] and store.complete:
         problems += _check_boxes(store)
-    if source_keys is not None:
-        source = set(source_keys)
-        problems += [StoreProblem(k, "keys", "not in the source") for k in keys if k not in source]
-        stored = set(keys)
-        problems += [
-            StoreProblem(k, "keys", "in the source but not in the store")
-            for k in sorted(source - stored)
-        ]
+    if source is not None:
+        problems += _check_source(store, source, source_name)
     if len(set(keys)) != n:
         problems.append(StoreProblem("", "keys", "duplicate keys"))
     return problems
 
 
-def _check_depth(store: LabelStore, chunk: int) -> list[StoreProblem]:
+def recorded_source(store: LabelStore) -> tuple[FingerprintedSource, str]:
+    """The source the store says it labelled, opened; `LabelSpecError` (or the source's own
+    error) when it cannot be."""
+    recorded = store.attrs.get("source")
+    try:
+        spec = TypeAdapter(SourceSpec).validate_python(recorded)
+    except ValidationError as err:
+        raise LabelSpecError(
+            f"{store.path} records no readable source ({err.error_count()} error(s)); give the "
+            "labelling job with --spec"
+        ) from None
+    source, _ = open_label_source(spec, "the store's recorded source")
+    return source, describe_source(spec)
+
+
+def _check_source(
+    store: LabelStore, source: FingerprintedSource, source_name: str
+) -> list[StoreProblem]:
+    match = match_store(store, source, source_name)
+    if match.legacy:
+        return [StoreProblem("", "fingerprints", match.refused)]
+    changed = "differs from the sample the store labelled: same key, other content"
+    return (
+        [StoreProblem(k, "keys", "not in the source") for k in match.not_in_source]
+        + [StoreProblem(k, "fingerprint", changed) for k in match.changed]
+        + [StoreProblem(k, "keys", "in the source but not in the store") for k in match.unlabelled]
+    )
+
+
+def _check_chunks(store: LabelStore, problems: list[StoreProblem]) -> set[str]:
+    """Read every chunk of the dense arrays; name each sample of a missing or unreadable one.
+    Returns those samples' keys (their values are not checked further)."""
+    bad: set[str] = set()
+    if not store.complete:
+        return bad  # chunks not labelled yet are reported as such
+    for name in (n for n in DENSE if n in store.root):
+        array = store.root[name]
+        rows = array.chunks[0]
+        for chunk in range(-(-array.shape[0] // rows)):
+            keys = store.keys[chunk * rows : (chunk + 1) * rows]
+            if store.strict and not chunk_exists(array, chunk):
+                reason = f"chunk {chunk} is missing"
+            else:
+                try:
+                    array[chunk * rows : (chunk + 1) * rows]
+                    continue
+                except Exception as err:  # codecs report damage as many error types
+                    reason = f"chunk {chunk} cannot be read ({type(err).__name__})"
+            problems += [StoreProblem(k, name, reason) for k in keys]
+            bad.update(keys)
+    return bad
+
+
+def _check_depth(store: LabelStore, skip: set[str], block_rows: int = 4096) -> list[StoreProblem]:
     problems = []
     depth, valid = store.root["depth"], store.root["depth_valid"]
     resolution = store.attrs["resolution"]
     expected = (len(store.keys), resolution, resolution)
     if depth.shape != expected or valid.shape != expected:
         return [StoreProblem("", "depth", f"shape {depth.shape}, expected {expected}")]
-    for start in range(0, len(store.keys), chunk):
-        block = depth[start : start + chunk].astype(np.float32)
+    for start in range(0, len(store.keys), block_rows):
+        try:
+            block = depth[start : start + block_rows].astype(np.float32)
+        except Exception:  # a damaged chunk in this block: already named, one by one
+            continue
         finite = np.isfinite(block).all(axis=(1, 2))
         in_range = ((block >= 0) & (block <= 1)).all(axis=(1, 2)) | ~finite
         for i in np.flatnonzero(~finite):
-            problems.append(StoreProblem(store.keys[start + i], "depth", "NaN or inf values"))
+            if store.keys[start + i] not in skip:
+                problems.append(StoreProblem(store.keys[start + i], "depth", "NaN or inf values"))
         for i in np.flatnonzero(~in_range):
             problems.append(StoreProblem(store.keys[start + i], "depth", "values outside [0, 1]"))
     return problems

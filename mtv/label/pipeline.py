@@ -18,7 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from mtv.data import FolderSource, TarShardSource, UnusableSample, decode_image, open_source
-from mtv.data.store import STATUS_OK, STATUS_UNDECODABLE, ChunkLabels, LabelStore, keys_digest
+from mtv.data.provenance import match_store, sample_fingerprints
+from mtv.data.store import (
+    STATUS_OK,
+    STATUS_UNDECODABLE,
+    VERSION,
+    ChunkLabels,
+    LabelStore,
+    keys_digest,
+)
 from mtv.label.base import BoxExpert, BoxLabel, DepthExpert, DepthLabel, LabelInput, Tagger
 from mtv.label.oracle import OracleBoxes, OracleDepth
 from mtv.label.tagger import CaptionTagger
@@ -42,18 +50,33 @@ class LabelStats:
         self.seconds[part] = self.seconds.get(part, 0.0) + seconds
 
 
+def describe_source(source: Any) -> str:
+    """A source spec as a reader would name it."""
+    for name in ("root", "urls"):
+        if hasattr(source, name):
+            return f"{source.kind} {getattr(source, name)}"
+    return str(source.kind)
+
+
 def resolve_source(spec: LabelSpec) -> tuple[TarShardSource | FolderSource, GroundTruth | None]:
     """The sample source, and the ground truth when it is a rendered mini-world corpus."""
-    if isinstance(spec.source, MiniWorldSourceSpec):
+    return open_label_source(spec.source, "source")
+
+
+def open_label_source(
+    source: Any, field_name: str
+) -> tuple[TarShardSource | FolderSource, GroundTruth | None]:
+    """A source spec opened (`field_name` is where errors point)."""
+    if isinstance(source, MiniWorldSourceSpec):
         try:
-            corpus = WorldCorpus.open(spec.source.root)
+            corpus = WorldCorpus.open(source.root)
         except FileNotFoundError as err:
             raise LabelSpecError(
-                f"source.root: {err}. Render it with `mtv world render {spec.source.root} "
-                f"--n {spec.source.n_images} --size {spec.source.image_size}`"
+                f"{field_name}.root: {err}. Render it with `mtv world render {source.root} "
+                f"--n {source.n_images} --size {source.image_size}`"
             ) from None
         return TarShardSource(corpus.shards), GroundTruth(corpus.groundtruth)
-    return open_source(spec.source), None
+    return open_source(source), None
 
 
 def build_experts(
@@ -140,7 +163,11 @@ def _barrier() -> None:
 
 
 def open_or_create_store(
-    spec: LabelSpec, keys: list[str], experts: dict[str, Any], rank: int
+    spec: LabelSpec,
+    source: TarShardSource | FolderSource,
+    keys: list[str],
+    experts: dict[str, Any],
+    rank: int,
 ) -> LabelStore:
     kinds = [k for k, e in (("depth", spec.depth), ("boxes", spec.boxes)) if e is not None]
     expected = {
@@ -162,8 +189,17 @@ def open_or_create_store(
                 spec.chunk_size,
                 experts,
                 source=spec.source.model_dump(mode="json"),
+                fingerprints=sample_fingerprints(source, keys),
             )
         _check_resume(store, expected)
+        if store.attrs.get("version") != VERSION:
+            raise LabelSpecError(
+                f"output: {store.path} is a label store of format {store.attrs.get('version')}, "
+                f"this mtv writes format {VERSION}; delete it to label again"
+            )
+        match = match_store(store, source, describe_source(spec.source))
+        if match.refused:
+            raise LabelSpecError(f"output: {match.refused}")
     _barrier()
     if rank != 0:
         store = LabelStore.open(spec.output, mode="r+")
@@ -247,7 +283,7 @@ def run_labelling(
     source, truth = resolve_source(spec)
     experts = build_experts(spec, truth)
     keys = source.keys()
-    store = open_or_create_store(spec, keys, _experts_record(*experts), rank)
+    store = open_or_create_store(spec, source, keys, _experts_record(*experts), rank)
     done = store.done()
     mine = [c for c in range(store.n_chunks) if c % world_size == rank]
     todo = [c for c in mine if not done[c]]

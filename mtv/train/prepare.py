@@ -7,13 +7,17 @@ labelled with `mtv label` when their tasks need labels.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mtv.data import TarShardSource, open_source
-from mtv.data.store import LabelStore
+from mtv.data.provenance import match_store
+from mtv.data.store import STATUS_OK, LabelStore
 from mtv.label.pipeline import run_labelling
 from mtv.models.tokenizer import TextTokenizer, load_or_train_tokenizer
 from mtv.specs.experiment import ExperimentSpec, MiniWorldSourceSpec
@@ -31,6 +35,7 @@ class RunData:
     store: LabelStore | None
     tokenizer: TextTokenizer
     root: Path  # where derived files (tokenizer) live
+    keys: list[str]  # the samples to train on: labelled, decodable, in the source
 
 
 Report = Callable[[str], None]
@@ -76,6 +81,11 @@ def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = T
         root = Path(source_spec.root)
         oracle = spec.data.labels.oracle
         store_path = Path(spec.data.labels.store or root / oracle.store_name())
+        if needs_labels and is_main and spec.data.labels.store is None and _legacy(store_path):
+            # A store mtv made itself beside the corpus, before stores recorded what they
+            # labelled: made again (the oracle is deterministic), not trusted blindly.
+            report(f"{store_path} predates label-store provenance (format 1); labelling again")
+            shutil.rmtree(store_path)
         if needs_labels and is_main and not _complete(store_path):
             quality = "exact" if oracle.exact else "noisy"
             report(f"labelling the mini-world with the {quality} oracle into {store_path}")
@@ -103,6 +113,7 @@ def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = T
                 "`mtv label` before training"
             )
     store = LabelStore.open(store_path) if needs_labels else None
+    keys = source.keys()
     if store is not None:
         missing = [k for k in spec.data.labels.kinds if k not in store.attrs["kinds"]]
         if missing:
@@ -110,6 +121,7 @@ def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = T
                 f"data.labels.kinds: the store {store_path} has {store.attrs['kinds']}, "
                 f"not {missing}"
             )
+        keys = _labelled_keys(store, source, report if is_main else _quiet)
     text = spec.model.text
     tokenizer_path = Path(spec.model.tokenizer.path or root / "tokenizer.json")
     tokenizer = load_or_train_tokenizer(
@@ -119,7 +131,48 @@ def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = T
         text.context_length,
         spec.model.tokenizer.lowercase,
     )
-    return RunData(source, store, tokenizer, root)
+    return RunData(source, store, tokenizer, root, keys)
+
+
+def _quiet(message: str) -> None:
+    del message
+
+
+def _labelled_keys(store: LabelStore, source: Any, report: Report) -> list[str]:
+    """The store's keys to train on, after checking that the store labelled this very source and
+    is whole; says what is left out and why."""
+    match = match_store(store, source, str(getattr(source, "root", None) or source))
+    if match.refused:
+        raise DataPreparationError(f"data.labels.store: {match.refused}")
+    damaged = store.missing_chunks()
+    if damaged:
+        name, chunks = next(iter(damaged.items()))
+        keys = store.keys_of_chunk(name, chunks[0])
+        raise DataPreparationError(
+            f"data.labels.store: {store.path} is damaged: {sum(map(len, damaged.values()))} "
+            f"chunk(s) missing (first: {name} chunk {chunks[0]}, samples {keys[0]!r} to "
+            f"{keys[-1]!r}); `mtv label check {store.path}` names every sample, and labelling "
+            "into a new store replaces them"
+        )
+    if match.note:
+        report(f"warning: {match.note}")
+    status = store.root["status"][:]
+    undecodable = [store.keys[i] for i in np.flatnonzero(status != STATUS_OK)]
+    if undecodable:
+        shown = ", ".join(repr(k) for k in undecodable[:3])
+        report(
+            f"{len(undecodable)} sample(s) that labelling could not decode are left out "
+            f"({shown}{' ...' if len(undecodable) > 3 else ''})"
+        )
+    left_out = set(undecodable)
+    return [k for k in store.keys if k not in left_out]
+
+
+def _legacy(path: Path) -> bool:
+    try:
+        return LabelStore.open(path).attrs.get("version", 1) < 2
+    except (FileNotFoundError, ValueError):
+        return False
 
 
 def _complete(path: Path) -> bool:

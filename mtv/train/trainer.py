@@ -213,6 +213,7 @@ class Trainer:
                 self.data.tokenizer,
                 self.rank,
                 self.world,
+                keys=self.data.keys,
                 accumulate=optim.accumulate,
                 pin_memory=self.device.type == "cuda",
             )
