@@ -22,8 +22,9 @@ from mtv.graph import TaskGraph
 from mtv.models.hf_siglip import export_run, export_siglip, load_hf_siglip
 from mtv.models.tokenizer import TextTokenizer
 from mtv.models.vit import VisionTransformer
-from mtv.specs import spec_to_yaml
+from mtv.specs import load_spec, spec_to_yaml
 from mtv.train.checkpoint import save_checkpoint
+from mtv.train.prepare import _tokenizer_path
 from tests.helpers import tiny_spec
 
 transformers = pytest.importorskip("transformers")
@@ -128,6 +129,19 @@ def test_tokenizer_and_image_processor_give_mtv_inputs(
     pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
     expected = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # FrozenModel's
     torch.testing.assert_close(pixels, expected, atol=1e-6, rtol=0)
+
+
+def test_an_exported_tokenizer_read_back_by_mtv_gives_the_runs_rows(
+    run: Path, exported: tuple[Path, TaskGraph]
+) -> None:
+    """`model.init_from` runs tokenize with the export's tokenizer.json, which pads, truncates
+    and appends EOS for transformers: mtv must undo that and get the exporting run's rows."""
+    out, _ = exported
+    ours = TextTokenizer.from_file(run / "tokenizer.json", 16)
+    again = TextTokenizer.from_file(out / "tokenizer.json", 16)
+    assert torch.equal(again(TEXTS), ours(TEXTS))
+    spec = load_spec(run / "spec.yaml", [f"model.init_from={out}", "model.tokenizer.path=null"])
+    assert _tokenizer_path(spec, None, run, lambda m: None) == out / "tokenizer.json"
 
 
 def test_init_from_loads_the_export_into_student_and_teacher(

@@ -12,7 +12,7 @@ from mtv_cli.main import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from mtv.data import FolderSource
+from mtv.data import FolderSource, TarShardSource
 from mtv.data.sources import CorruptImageError, Sample, decode_image
 from mtv.specs import SpecError, load_spec
 
@@ -99,3 +99,16 @@ def test_images_above_the_pixel_limit_are_refused_before_decoding() -> None:
         decode_image(sample, max_pixels=50_000)
     assert decode_image(sample, max_pixels=60_000).shape == (200, 300, 3)
     assert load_spec(SMOKE).data.loader.max_pixels == 40_000_000
+
+
+def test_a_cached_tokenizer_is_never_reused_for_other_captions(tmp_path: Path) -> None:
+    from mtv.train.prepare import captions_digest
+    from mtv.world.corpus import render_corpus
+
+    names = []
+    for seed in (0, 0, 1):
+        root = tmp_path / f"world-{len(names)}"
+        corpus = render_corpus(root, 6, size=16, seed=seed)
+        names.append(captions_digest(TarShardSource(corpus.shards), 256, True))
+    assert names[0] == names[1] != names[2]  # the same corpus again, then another one
+    assert captions_digest(TarShardSource(corpus.shards), 512, True) != names[2]

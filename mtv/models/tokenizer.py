@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from torch import Tensor
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -25,6 +33,7 @@ class TextTokenizer:
             raise ValueError(f"tokenizer lacks the special token(s) {missing}")
         self.pad_id = tokenizer.token_to_id(PAD)
         self.eos_id = tokenizer.token_to_id(EOS)
+        _undo_export(tokenizer, self.eos_id)
 
     @classmethod
     def train(
@@ -76,6 +85,18 @@ class TextTokenizer:
     def decode(self, ids: Tensor) -> str:
         keep = [int(i) for i in ids if int(i) not in (self.pad_id, self.eos_id)]
         return self.tokenizer.decode(keep).strip()
+
+
+def _undo_export(tokenizer: Tokenizer, eos_id: int) -> None:
+    """A tokenizer.json written by `mtv export` (e.g. the one beside a `model.init_from`
+    checkpoint) pads, truncates and appends EOS for `transformers`; mtv does those itself, so
+    they are switched off here and the rows come out as the exporting run made them."""
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    appended = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, eos_id)])
+    processor = tokenizer.post_processor
+    if processor is not None and processor.__getstate__() == appended.__getstate__():
+        tokenizer.post_processor = None
 
 
 def load_or_train_tokenizer(

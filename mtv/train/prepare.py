@@ -7,6 +7,7 @@ labelled with `mtv label` when their tasks need labels.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mtv.data import TarShardSource, open_source
-from mtv.data.provenance import match_store
+from mtv.data.provenance import content_digest, match_store, sample_fingerprints
 from mtv.data.store import STATUS_OK, LabelStore
 from mtv.label.pipeline import run_labelling
 from mtv.models.tokenizer import TextTokenizer, load_or_train_tokenizer
@@ -123,7 +124,7 @@ def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = T
             )
         keys = _labelled_keys(store, source, report if is_main else _quiet)
     text = spec.model.text
-    tokenizer_path = Path(spec.model.tokenizer.path or root / "tokenizer.json")
+    tokenizer_path = _tokenizer_path(spec, source, root, report if is_main else _quiet)
     tokenizer = load_or_train_tokenizer(
         tokenizer_path,
         lambda: (s.caption for s in source),
@@ -132,6 +133,37 @@ def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = T
         spec.model.tokenizer.lowercase,
     )
     return RunData(source, store, tokenizer, root, keys)
+
+
+def _tokenizer_path(spec: ExperimentSpec, source: Any, root: Path, report: Report) -> Path:
+    """The tokenizer a run uses: the spec's file; else the one exported beside `model.init_from`
+    (its text tower was trained with it); else one trained on this source's captions, cached
+    under a name that digests the source, so another data set never reuses it."""
+    if spec.model.tokenizer.path:
+        return Path(spec.model.tokenizer.path)
+    init = spec.model.init_from
+    if init is not None and (Path(init) / "tokenizer.json").is_file():
+        return Path(init) / "tokenizer.json"
+    if init is not None:
+        report(
+            f"warning: model.init_from: {init} has no tokenizer.json; if its text tower is used, "
+            "set model.tokenizer.path to the tokenizer it was trained with (a tokenizer trained "
+            "here on the captions would not match it)"
+        )
+    lowercase = spec.model.tokenizer.lowercase
+    digest = captions_digest(source, spec.model.text.vocab_size, lowercase)
+    return root / f"tokenizer-{digest}.json"
+
+
+def captions_digest(source: Any, vocab_size: int, lowercase: bool) -> str:
+    """What a tokenizer trained on `source`'s captions depends on, as a short digest: the
+    source's samples (keys and content fingerprints) and the training settings."""
+    keys = source.keys()
+    digest = hashlib.sha256()
+    digest.update(content_digest(sample_fingerprints(source, keys)).encode())
+    digest.update("\0".join(keys).encode())
+    digest.update(f"{vocab_size}:{lowercase}".encode())
+    return digest.hexdigest()[:12]
 
 
 def _quiet(message: str) -> None:
