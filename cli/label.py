@@ -101,6 +101,9 @@ def label_check(
     one it records, or --spec's) and print every bad sample by key."""
     try:
         store = LabelStore.open(store_path)
+    except (FileNotFoundError, ValueError) as err:
+        raise fail(str(err)) from None
+    try:
         if spec_file is not None:
             job = load_yaml_model(spec_file, LabelSpec)
             source: Any = resolve_source(job)[0]

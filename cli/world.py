@@ -21,7 +21,7 @@ def world_render(
         Path, typer.Argument(help="output folder (shards/, groundtruth.zarr, world.json)")
     ],
     n: Annotated[int, typer.Option("--n", min=1, help="number of scenes")] = 1000,
-    size: Annotated[int, typer.Option("--size", min=8, help="image side in pixels")] = 64,
+    size: Annotated[int, typer.Option("--size", min=8, max=1024, help="image side in pixels")] = 64,
     views: Annotated[int, typer.Option("--views", min=1, help="cameras per scene")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="world seed")] = 0,
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="images per shard")] = 1000,

@@ -112,3 +112,27 @@ def test_a_cached_tokenizer_is_never_reused_for_other_captions(tmp_path: Path) -
         names.append(captions_digest(TarShardSource(corpus.shards), 256, True))
     assert names[0] == names[1] != names[2]  # the same corpus again, then another one
     assert captions_digest(TarShardSource(corpus.shards), 512, True) != names[2]
+
+
+def test_errors_are_one_line_without_debug(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cli = [sys.executable, "-c", "from mtv_cli.main import entry; entry()"]
+    cases = [  # (arguments, expected exit code, words of the message)
+        (["run", str(SMOKE), "--out", str(blocker)], 2, "is a file, not a folder"),
+        (["world", "render", str(blocker / "corpus"), "--n", "2"], 1, str(blocker)),
+        (["label", "check", str(tmp_path / "nowhere.zarr")], 2, "no label store"),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "MTV_DEBUG"}
+    for arguments, code, words in cases:
+        result = subprocess.run([*cli, *arguments], capture_output=True, text=True, env=env)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == code, (arguments, result.stderr)
+        assert len(lines) == 1 and words in lines[0], (arguments, lines)
+        assert "Traceback" not in result.stdout + result.stderr
+    debug = subprocess.run([*cli, "--debug", *cases[1][0]], capture_output=True, text=True, env=env)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr

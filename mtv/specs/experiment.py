@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from mtv.specs.base import StrictModel
-from mtv.specs.limits import DEFAULT_MAX_PIXELS
+from mtv.specs.limits import DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE
 from mtv.specs.model import ModelSpec
 from mtv.specs.oracle import OracleBoxesSpec, OracleDepthSpec
 from mtv.specs.tasks import TaskKind, TaskSpec, TaskSpecBase, task_spec_classes
@@ -127,9 +127,14 @@ class PhotometricSpec(StrictModel):
 class ViewsSpec(StrictModel):
     """Crop geometry of the views the tasks ask for."""
 
-    global_size: int | None = Field(None, gt=0, description="default: model.encoder.image_size")
+    global_size: int | None = Field(
+        None, gt=0, le=MAX_IMAGE_SIDE, description="default: model.encoder.image_size"
+    )
     local_size: int | None = Field(
-        None, gt=0, description="default: 3/7 of the global size, on the patch grid (96 at 224)"
+        None,
+        gt=0,
+        le=MAX_IMAGE_SIDE,
+        description="default: 3/7 of the global size, on the patch grid (96 at 224)",
     )
     global_scale: tuple[float, float] = Field((0.32, 1.0), description="area fraction range")
     local_scale: tuple[float, float] = Field((0.05, 0.32), description="area fraction range")

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from mtv.specs.base import StrictModel
 from mtv.specs.experiment import MiniWorldSourceSpec, SourceSpec
-from mtv.specs.limits import DEFAULT_MAX_PIXELS
+from mtv.specs.limits import DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE
 from mtv.specs.oracle import OracleBoxesSpec, OracleDepthSpec
 
 
@@ -50,7 +50,9 @@ class LabelSpec(StrictModel):
     depth: DepthExpertSpec | None = Field(default_factory=OracleDepthSpec)
     boxes: BoxExpertSpec | None = Field(default_factory=OracleBoxesSpec)
     tagger: CaptionTaggerSpec = Field(default_factory=CaptionTaggerSpec)
-    resolution: int = Field(64, gt=0, description="side of the stored depth maps")
+    resolution: int = Field(
+        64, gt=0, le=MAX_IMAGE_SIDE, description="side of the stored depth maps"
+    )
     batch_size: int = Field(32, gt=0, description="images per expert call")
     chunk_size: int = Field(256, gt=0, description="images per store chunk (the resume unit)")
     seed: int = Field(0, description="seed of the oracle's noise")

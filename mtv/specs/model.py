@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from mtv.specs.base import StrictModel
+from mtv.specs.limits import MAX_IMAGE_SIDE
 
 
 class TransformerSpec(StrictModel):
@@ -35,7 +36,10 @@ class EncoderSpec(TransformerSpec):
     """A SigLIP-style ViT: patch embedding, learned positions, pre-norm blocks, final norm,
     MAP pooling."""
 
-    image_size: int = Field(224, gt=0, description="training resolution of global views (pixels)")
+    # The bound keeps a typo (224000) from passing validation and failing to allocate later.
+    image_size: int = Field(
+        224, gt=0, le=MAX_IMAGE_SIDE, description="training resolution of global views (pixels)"
+    )
     patch_size: int = Field(16, gt=0)
 
     @model_validator(mode="after")
