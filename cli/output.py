@@ -41,7 +41,14 @@ def set_debug() -> None:
 def one_line(err: BaseException) -> str:
     """The error's own message on one line; the type only when the message does not speak for
     itself (an empty message, or an exception mtv did not anticipate)."""
-    text = " ".join(str(err).split())
+    raw = str(err)
+    if "Original Traceback" in raw:
+        # Re-raised from a DataLoader worker: the worker's own error is the last line,
+        # `module.Type: message`.
+        last = raw.strip().splitlines()[-1]
+        kind, _, message = last.partition(": ")
+        return f"{kind.rsplit('.', 1)[-1]}: {message}" if message else last
+    text = " ".join(raw.split())
     if isinstance(err, (OSError, ValueError, RuntimeError, KeyError, ImportError)) and text:
         if isinstance(err, OSError) and err.strerror and err.filename:
             return f"{err.filename}: {err.strerror}"

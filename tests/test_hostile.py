@@ -136,3 +136,19 @@ def test_errors_are_one_line_without_debug(tmp_path: Path) -> None:
         assert "Traceback" not in result.stdout + result.stderr
     debug = subprocess.run([*cli, "--debug", *cases[1][0]], capture_output=True, text=True, env=env)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_an_error_from_a_loader_worker_is_its_own_last_line() -> None:
+    from mtv_cli.output import one_line
+
+    text = (
+        "Caught LabelStoreDamaged in DataLoader worker process 0.\n"
+        'Original Traceback (most recent call last):\n  File "x.py", line 1, in f\n'
+        "mtv.data.store.LabelStoreDamaged: the depth of sample 'k' cannot be read"
+    )
+    assert one_line(RuntimeError(text)) == (
+        "LabelStoreDamaged: the depth of sample 'k' cannot be read"
+    )
+    assert one_line(FileNotFoundError(2, "No such file or directory", "/x")) == (
+        "/x: No such file or directory"
+    )
