@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-import mtv
 from mtv.batch import Batch
 from mtv.data.loader import build_stream
 from mtv.distributed import init_from_environment, is_distributed, local_rank, resolve_backend
@@ -33,16 +30,12 @@ from mtv.graph import TaskGraph
 from mtv.signals import StopRequest
 from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.loading import spec_to_yaml
-from mtv.train.checkpoint import (
-    CheckpointError,
-    latest_checkpoint,
-    load_latest_readable,
-    save_checkpoint,
-)
+from mtv.train.checkpoint import save_checkpoint
 from mtv.train.diagnostics import gradient_probe
 from mtv.train.lock import RunLock, RunLocked
 from mtv.train.metrics import MetricsLog
 from mtv.train.prepare import RunData, prepare_data
+from mtv.train.rundir import RunRefused, accept_run, critical_settings, environment
 from mtv.train.schedule import lr_factor
 
 
@@ -62,10 +55,6 @@ class Interrupted(TrainingError):
         self.signal = signal_name
 
 
-# What a resume must not change: it would train another model or see other batches.
-RESUME_CRITICAL = ("tasks", "model", "data.batch_size", "data.source", "optim.accumulate")
-
-
 @dataclass
 class RunSummary:
     run_dir: Path
@@ -75,28 +64,6 @@ class RunSummary:
 
 
 Event = Callable[[dict[str, Any]], None]
-
-
-def _environment(device: torch.device, world: int) -> dict[str, Any]:
-    packages = {}
-    for name in ("torch", "numpy", "pydantic", "zarr", "polars", "torchdata", "transformers"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    device_name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    )
-    return {
-        "mtv": mtv.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "host": platform.node(),
-        "device": str(device),
-        "device_name": device_name or platform.machine(),
-        "world_size": world,
-        "packages": packages,
-    }
 
 
 def _pick(value: str) -> torch.device:
@@ -116,25 +83,6 @@ def _pick(value: str) -> torch.device:
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu")
-
-
-def _critical(spec: ExperimentSpec, world: int) -> dict[str, Any]:
-    data = spec.model_dump(mode="json")
-    out: dict[str, Any] = {"world_size": world}
-    for path in RESUME_CRITICAL:
-        node: Any = data
-        for part in path.split("."):
-            node = node[part]
-        out[path] = node
-    return out
-
-
-def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    return [
-        f"{key} (checkpoint: {json.dumps(saved.get(key))[:120]}, now: {json.dumps(value)[:120]})"
-        for key, value in current.items()
-        if saved.get(key) != value
-    ]
 
 
 def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -238,38 +186,18 @@ class Trainer:
                     f"cannot write the run directory {self.run_dir}: {err.strerror or err}"
                 ) from None
         try:
-            restored = self._accept(resume)
+            restored = accept_run(self.run_dir, self.spec, self.world, resume, self.report)
+        except RunRefused as err:
+            self.lock.release()
+            raise TrainingError(str(err)) from None
         except BaseException:
             self.lock.release()
             raise
         if self.main:
             (self.run_dir / "spec.yaml").write_text(spec_to_yaml(self.spec))
-            env = _environment(self.device, self.world)
+            env = environment(self.device, self.world)
             (self.run_dir / "environment.json").write_text(json.dumps(env, indent=1))
         return restored
-
-    def _accept(self, resume: bool) -> tuple[Path, dict[str, Any]] | None:
-        existing = latest_checkpoint(self.run_dir)
-        if existing is not None and not resume:
-            raise TrainingError(
-                f"{self.run_dir} already holds a run (checkpoint {existing.name}); pass --resume "
-                "to continue it, or --out to start a new one elsewhere"
-            )
-        if not resume:
-            return None
-        if existing is None:
-            raise TrainingError(f"--resume: {self.run_dir} has no complete checkpoint to resume")
-        try:
-            path, state = load_latest_readable(self.run_dir, self.report)
-        except CheckpointError as err:
-            raise TrainingError(f"--resume: {err}") from None
-        differences = _differences(state["critical"], _critical(self.spec, self.world))
-        if differences:
-            raise TrainingError(
-                f"--resume: the spec differs from {path.name}'s in what matters: "
-                + "; ".join(differences)
-            )
-        return path, state
 
     def _data(self) -> RunData:
         if self.main:
@@ -325,7 +253,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "loader": loader_states,
                 "rng": {"cpu": torch.get_rng_state()},
-                "critical": _critical(self.spec, self.world),
+                "critical": critical_settings(self.spec, self.world),
             }
             # Metrics first: a complete checkpoint then always has its rows on disk (a kill
             # between the two would otherwise lose them; resume drops rows past the checkpoint).

@@ -1,0 +1,97 @@
+"""A run directory: whether a run may start or resume in it, and what it records about the
+machine. Decided before anything in the directory is written."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import mtv
+from mtv.specs.experiment import ExperimentSpec
+from mtv.train.checkpoint import CheckpointError, latest_checkpoint, load_latest_readable
+
+
+class RunRefused(RuntimeError):
+    """The run may not start or resume in this directory (the message says why)."""
+
+
+# What a resume must not change: it would train another model or see other batches.
+RESUME_CRITICAL = ("tasks", "model", "data.batch_size", "data.source", "optim.accumulate")
+
+
+def environment(device: torch.device, world: int) -> dict[str, Any]:
+    """What `environment.json` records: versions, platform, host, device and world size."""
+    packages = {}
+    for name in ("torch", "numpy", "pydantic", "zarr", "polars", "torchdata", "transformers"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    )
+    return {
+        "mtv": mtv.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": platform.node(),
+        "device": str(device),
+        "device_name": device_name or platform.machine(),
+        "world_size": world,
+        "packages": packages,
+    }
+
+
+def critical_settings(spec: ExperimentSpec, world: int) -> dict[str, Any]:
+    data = spec.model_dump(mode="json")
+    out: dict[str, Any] = {"world_size": world}
+    for path in RESUME_CRITICAL:
+        node: Any = data
+        for part in path.split("."):
+            node = node[part]
+        out[path] = node
+    return out
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    return [
+        f"{key} (checkpoint: {json.dumps(saved.get(key))[:120]}, now: {json.dumps(value)[:120]})"
+        for key, value in current.items()
+        if saved.get(key) != value
+    ]
+
+
+def accept_run(
+    run_dir: Path, spec: ExperimentSpec, world: int, resume: bool, warn: Callable[[str], None]
+) -> tuple[Path, dict[str, Any]] | None:
+    """Whether `spec` may train into `run_dir`, decided before anything there is written: a new
+    run needs a directory without checkpoints; a resume needs a readable checkpoint (the newest
+    that reads back whole) whose critical settings equal the spec's. Returns that checkpoint and
+    its state for a resume, None for a new run; raises `RunRefused` naming why not."""
+    existing = latest_checkpoint(run_dir)
+    if existing is not None and not resume:
+        raise RunRefused(
+            f"{run_dir} already holds a run (checkpoint {existing.name}); pass --resume "
+            "to continue it, or --out to start a new one elsewhere"
+        )
+    if not resume:
+        return None
+    if existing is None:
+        raise RunRefused(f"--resume: {run_dir} has no complete checkpoint to resume")
+    try:
+        path, state = load_latest_readable(run_dir, warn)
+    except CheckpointError as err:
+        raise RunRefused(f"--resume: {err}") from None
+    differences = _differences(state["critical"], critical_settings(spec, world))
+    if differences:
+        raise RunRefused(
+            f"--resume: the spec differs from {path.name}'s in what matters: "
+            + "; ".join(differences)
+        )
+    return path, state
