@@ -313,3 +313,44 @@ def test_json_schema_describes_the_task_union() -> None:
         }
     )
     assert schema["additionalProperties"] is False
+
+
+def test_an_own_data_experiment_is_extends_plus_a_data_block(tmp_path: Path) -> None:
+    """A source of another kind starts a fresh mapping: nothing of the mini-world survives."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        f"extends: {ROOT / 'experiments' / 'vl_ssl_depth.yaml'}\n"
+        "name: my_photos\n"
+        "data:\n"
+        "  source: {kind: folder, root: photos, captions: captions.jsonl}\n"
+        "  labels: {store: photos/labels.zarr}\n"
+    )
+    spec = load_spec(path)
+    assert spec.data.source.model_dump() == {
+        "kind": "folder",
+        "root": "photos",
+        "captions": "captions.jsonl",
+    }
+    assert (
+        spec.data.batch_size
+        == load_spec(ROOT / "experiments" / "vl_ssl_depth.yaml").data.batch_size
+    )
+    assert spec.data.labels.store == "photos/labels.zarr"
+
+
+def test_replace_tag_replaces_a_mapping_instead_of_merging(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text("name: b\ntasks: [vl]\noptim: {lr: 0.002, weight_decay: 0.1}\n")
+    merged, replaced = tmp_path / "merged.yaml", tmp_path / "replaced.yaml"
+    merged.write_text("extends: base.yaml\noptim: {lr: 0.003}\n")
+    replaced.write_text("extends: base.yaml\noptim: !replace {lr: 0.003}\n")
+    assert load_spec(merged).optim.weight_decay == 0.1  # merged: the base's field kept
+    assert load_spec(replaced).optim.weight_decay == 0.0  # replaced: back to the default
+    assert load_spec(replaced).optim.lr == 0.003
+    # a mapping of the same kind still merges
+    same = tmp_path / "same.yaml"
+    base.write_text(
+        "name: b\ntasks: [vl]\ndata: {source: {kind: miniworld, n_images: 10, seed: 3}}\n"
+    )
+    same.write_text("extends: base.yaml\ndata: {source: {kind: miniworld, n_images: 20}}\n")
+    assert load_spec(same).data.source.seed == 3

@@ -195,17 +195,6 @@ class DataSpec(StrictModel):
     loader: LoaderSpec = Field(default_factory=LoaderSpec)
     batch_size: int = Field(64, gt=0, description="global batch, summed over ranks")
 
-    @model_validator(mode="after")
-    def _oracle_needs_the_mini_world(self) -> DataSpec:
-        if not self.labels.oracle.exact and (
-            self.labels.store is not None or not isinstance(self.source, MiniWorldSourceSpec)
-        ):
-            raise ValueError(
-                "labels.oracle sets the noise of mini-world labels made on first use; with "
-                "another source or an explicit labels.store, make the store with `mtv label`"
-            )
-        return self
-
     def available_labels(self) -> frozenset[str]:
         """Labels every sample carries: captions always (image-text data), plus the store's."""
         return frozenset({"caption", *self.labels.kinds})

@@ -87,6 +87,18 @@ _StrictLoader.add_constructor(
 )
 
 
+class Replace(dict):  # type: ignore[type-arg]
+    """A mapping tagged `!replace`: it replaces the base file's mapping instead of merging
+    into it (`data: !replace {...}` drops every `data` field of the base)."""
+
+
+def _replacing_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> Replace:
+    return Replace(_mapping_without_duplicates(loader, node))
+
+
+_StrictLoader.add_constructor("!replace", _replacing_mapping)
+
+
 def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_StrictLoader)
 
@@ -134,15 +146,35 @@ def _record(provenance: dict[Loc, str], loc: Loc, value: Any, source: str) -> No
             _record(provenance, (*loc, index), item, source)
 
 
+def _replaces(base: Any, value: Any) -> bool:
+    """Whether `value` replaces `base` rather than merging into it: anything but two mappings;
+    a mapping tagged `!replace`; a mapping of another `kind` (a folder source does not keep
+    a mini-world source's `n_images`)."""
+    if not (isinstance(value, dict) and isinstance(base, dict)):
+        return True
+    if isinstance(value, Replace):
+        return True
+    return "kind" in value and "kind" in base and value["kind"] != base["kind"]
+
+
+def _plain(value: Any) -> Any:
+    """`Replace` markers dropped, once merging is done."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 def _merge(
     base: dict[str, Any], top: dict[str, Any], provenance: dict[Loc, str], source: str, at: Loc = ()
 ) -> dict[str, Any]:
-    """Deep-merge `top` over `base`: mappings merge key by key; anything else (lists too)
-    replaces."""
+    """Deep-merge `top` over `base`: mappings merge key by key, unless `_replaces` says the new
+    one replaces the old; anything else (lists too) replaces."""
     out = dict(base)
     for key, value in top.items():
         loc = (*at, key)
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if not _replaces(out.get(key), value):
             out[key] = _merge(out[key], value, provenance, source, loc)
         else:
             _forget(provenance, loc)
@@ -346,6 +378,7 @@ def _read_and_validate(
     raw = _load_with_extends(path, provenance, (), None)
     for text in overrides:
         _apply_override(raw, text, provenance)
+    raw = _plain(raw)
     try:
         return model.model_validate(raw), raw, provenance
     except ValidationError as err:

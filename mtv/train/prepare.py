@@ -113,6 +113,13 @@ def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = T
                 f"data.labels.store: {store_path} is missing or incomplete; make it with "
                 "`mtv label` before training"
             )
+    oracle_unused = spec.data.labels.store is not None or not isinstance(
+        source_spec, MiniWorldSourceSpec
+    )
+    if needs_labels and oracle_unused and not spec.data.labels.oracle.exact and is_main:
+        # The noise is a way of making mini-world labels on first use (often inherited from
+        # experiments/base.yaml); a store made by `mtv label` has the labels its job made.
+        report(f"note: data.labels.oracle is not used: the labels come from the store {store_path}")
     store = LabelStore.open(store_path) if needs_labels else None
     keys = source.keys()
     if store is not None:
