@@ -366,7 +366,7 @@ def test_folder_source_parquet(tmp_path: Path) -> None:
         "png",
     )
     pl.DataFrame({"file": ["a.png"]}).write_parquet(tmp_path / "bad.parquet")
-    with pytest.raises(ValueError, match="no column caption"):
+    with pytest.raises(ValueError, match=r"has columns file; needed.*caption or text"):
         FolderSource(str(tmp_path), str(tmp_path / "bad.parquet"))
 
 
@@ -388,7 +388,8 @@ def test_folder_source_bad_captions(tmp_path: Path) -> None:
     unsafe = tmp_path / "unsafe.jsonl"
     unsafe.write_text('{"file": "../../etc/passwd", "caption": "c"}\n{"caption": "no file"}\n')
     problems = Problems()
-    assert len(FolderSource(str(tmp_path), str(unsafe), on_problem=problems)) == 0
+    with pytest.raises(ValueError, match=r"no usable sample in 2 row\(s\).*leaves the root"):
+        FolderSource(str(tmp_path), str(unsafe), on_problem=problems)  # zero samples: an error
     assert [where for where, _ in problems] == [f"{unsafe}:1", f"{unsafe}:2"]
 
 
@@ -470,3 +471,36 @@ def test_a_bad_caption_is_an_unusable_sample_not_a_crash(tmp_path: Path) -> None
     with pytest.raises(sources_module.UnusableSample, match=r"'bad'.*UTF-8"):
         source.get("bad")
     assert source.get("ok").caption == "x"
+
+
+@pytest.mark.parametrize("layout", ["metadata.jsonl", "metadata.csv", "metadata.parquet"])
+def test_hugging_face_imagefolder_is_found_without_being_named(tmp_path: Path, layout: str) -> None:
+    rows = make_folder(tmp_path)
+    table = pl.DataFrame(
+        {"file_name": [r["file"] for r in rows], "text": [r["caption"] for r in rows]}
+    )
+    if layout.endswith(".jsonl"):
+        (tmp_path / layout).write_text("".join(json.dumps(r) + "\n" for r in table.to_dicts()))
+    elif layout.endswith(".csv"):
+        table.write_csv(tmp_path / layout)
+    else:
+        table.write_parquet(tmp_path / layout)
+    source = open_source(FolderSourceSpec(root=str(tmp_path)))
+    assert source.keys() == ["img/photo0", "img/sub/photo1", "img/photo2", "img/sub/photo3"]
+    assert source.get("img/photo2").caption == "photo 2" and source.get("img/photo2").meta == {}
+
+
+def test_captions_path_is_relative_to_the_root_and_a_text_column_can_be_named(
+    tmp_path: Path,
+) -> None:
+    rows = make_folder(tmp_path / "photos")
+    lines = [json.dumps({"file": r["file"], "alt": r["caption"]}) for r in rows]
+    (tmp_path / "photos" / "pairs.jsonl").write_text("\n".join(lines))
+    spec = FolderSourceSpec(
+        root=str(tmp_path / "photos"), captions="pairs.jsonl", text_column="alt"
+    )
+    assert open_source(spec).get("img/photo0").caption == "photo 0"
+    with pytest.raises(ValueError, match=r"no usable sample in 4 row.*no `caption` string"):
+        open_source(FolderSourceSpec(root=str(tmp_path / "photos"), captions="pairs.jsonl"))
+    with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
+        open_source(FolderSourceSpec(root=str(tmp_path / "photos" / "img")))

@@ -1,8 +1,11 @@
-"""A folder of images with a captions file (`.jsonl` or `.parquet`), read through fsspec.
+"""A folder of images with a captions file (`.jsonl`, `.csv` or `.parquet`), read through fsspec.
 
 Each captions row has `file` (relative to the root) and `caption`, optionally `key` (default: `file`
-without its extension); other columns become the sample's `meta`. The rows are read once, up
-front, so `keys()`, `len()` and `get(key)` need no scan.
+without its extension); other columns become the sample's `meta`. Hugging Face's `imagefolder`
+layout works as it is: `metadata.jsonl` / `metadata.csv` / `metadata.parquet` in the root, found
+without being named, with `file_name` for the file and `text` (or any named column) for the
+caption. A relative captions path is relative to the root. The rows are read once, up front, so
+`keys()`, `len()` and `get(key)` need no scan.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from mtv.data.sources import (
     warn_problem,
 )
 
-_RESERVED_COLUMNS = ("file", "caption", "key")
+FILE_COLUMNS = ("file", "file_name")  # mtv's, Hugging Face imagefolder's
+CAPTION_COLUMNS = ("caption", "text")
+METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 
 
 @dataclass(frozen=True)
@@ -49,20 +54,29 @@ class FolderSource:
     def __init__(
         self,
         root: str,
-        captions: str,
+        captions: str | None = None,
         storage_options: dict[str, Any] | None = None,
         *,
         on_problem: ProblemCallback | None = None,
         check_files: bool = True,
+        text_column: str | None = None,
     ):
         self.root = root.rstrip("/") or root
-        self.captions = captions
         self.storage_options = dict(storage_options or {})
-        self.on_problem: ProblemCallback = warn_problem if on_problem is None else on_problem
+        reported = warn_problem if on_problem is None else on_problem
+        self._problems: list[tuple[str, str]] = []
+
+        def problem(where: str, reason: str) -> None:
+            self._problems.append((where, reason))
+            reported(where, reason)
+
+        self.on_problem: ProblemCallback = problem
         self._fs, root_path = fsspec.core.url_to_fs(self.root, **self.storage_options)
         self._root_path = root_path.rstrip("/")
         if not self._fs.isdir(self._root_path):
             raise FileNotFoundError(f"image folder not found: {root}")
+        self.captions = self._captions_file(captions)
+        self.text_column = text_column
         # On a local disk a relative path can still leave the root through a symlink.
         self._real_root = (
             os.path.realpath(self._root_path) if isinstance(self._fs, LocalFileSystem) else None
@@ -70,8 +84,33 @@ class FolderSource:
         present = self._list_files() if check_files else None
         self._sizes: dict[str, int] = present or {}
         self._entries: dict[str, _Entry] = {}
+        self._columns: tuple[str, str] | None = None
+        rows = 0
         for row, values in self._read_rows():
+            rows += 1
             self._add(row, values, present)
+        if not self._entries:
+            why = f"first: {self._problems[0][1]}" if self._problems else "the file has no rows"
+            raise ValueError(
+                f"{self.captions}: no usable sample in {rows} row(s) ({why}); each row needs "
+                f"a file ({' or '.join(FILE_COLUMNS)}) under {self.root} and a caption "
+                f"({self.text_column or ' or '.join(CAPTION_COLUMNS)})"
+            )
+
+    def _captions_file(self, captions: str | None) -> str:
+        """The captions file: as given (relative to the root unless absolute or a URL), else
+        the imagefolder metadata file found in the root."""
+        if captions is None:
+            for name in METADATA_FILES:
+                if self._fs.isfile(f"{self._root_path}/{name}"):
+                    return f"{self.root}/{name}"
+            raise FileNotFoundError(
+                f"{self.root} has no {', '.join(METADATA_FILES)} (Hugging Face imagefolder); "
+                "name the captions file with data.source.captions"
+            )
+        if "://" in captions or posixpath.isabs(captions):
+            return captions
+        return f"{self.root}/{captions}"
 
     def __repr__(self) -> str:
         return f"FolderSource({self.root!r}, {self.captions!r}, {len(self)} samples)"
@@ -145,9 +184,9 @@ class FolderSource:
         name = self.captions.lower()
         if name.endswith(".jsonl"):
             return self._read_jsonl()
-        if name.endswith(".parquet"):
-            return self._read_parquet()
-        raise ValueError(f"captions must be a .jsonl or .parquet file, got {self.captions}")
+        if name.endswith((".parquet", ".csv")):
+            return self._read_table()
+        raise ValueError(f"captions must be a .jsonl, .csv or .parquet file, got {self.captions}")
 
     def _read_jsonl(self) -> Iterator[tuple[int, dict[str, Any]]]:
         with self._open_captions() as file:
@@ -166,19 +205,38 @@ class FolderSource:
                     )
                 yield line_number, values
 
-    def _read_parquet(self) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _read_table(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        csv = self.captions.lower().endswith(".csv")
         with self._open_captions() as file:
             try:
-                frame = pl.read_parquet(file)
+                frame = pl.read_csv(file) if csv else pl.read_parquet(file)
             except (pl.exceptions.PolarsError, OSError) as error:
-                raise ValueError(f"cannot read {self.captions} as parquet: {error}") from None
-        missing = [column for column in ("file", "caption") if column not in frame.columns]
-        if missing:
-            raise ValueError(
-                f"{self.captions} has no column {', '.join(missing)} (columns: "
-                f"{', '.join(frame.columns)}; needed: file, caption, optional key)"
-            )
+                kind = "CSV" if csv else "parquet"
+                raise ValueError(f"cannot read {self.captions} as {kind}: {error}") from None
+        self._pick_columns(frame.columns)
         yield from enumerate(frame.iter_rows(named=True), start=1)
+
+    def _row_columns(self, values: dict[str, Any]) -> tuple[str, str]:
+        """A jsonl row's (file, caption) columns: the first of each kind it has."""
+        file = next((c for c in FILE_COLUMNS if c in values), FILE_COLUMNS[0])
+        texts = [self.text_column] if self.text_column else list(CAPTION_COLUMNS)
+        return file, next((c for c in texts if c in values), texts[0])
+
+    def _pick_columns(self, columns: Iterable[str]) -> tuple[str, str]:
+        """(file column, caption column) of the captions file, chosen once from its columns."""
+        if self._columns is None:
+            names = list(columns)
+            files = [c for c in FILE_COLUMNS if c in names]
+            texts = [self.text_column] if self.text_column else list(CAPTION_COLUMNS)
+            found = [c for c in texts if c in names]
+            if not files or not found:
+                needed = " or ".join(texts)
+                raise ValueError(
+                    f"{self.captions} has columns {', '.join(names)}; needed: a file column "
+                    f"({' or '.join(FILE_COLUMNS)}), a caption column ({needed}), optional key"
+                )
+            self._columns = (files[0], found[0])
+        return self._columns
 
     def _open_captions(self) -> Any:
         try:
@@ -188,9 +246,13 @@ class FolderSource:
 
     def _add(self, row: int, values: dict[str, Any], present: dict[str, int] | None) -> None:
         where = f"{self.captions}:{row}"
-        file, caption, key = values.get("file"), values.get("caption"), values.get("key")
+        file_column, caption_column = self._columns or self._row_columns(values)
+        file, caption = values.get(file_column), values.get(caption_column)
+        key = values.get("key")
         if not isinstance(file, str) or not file:
-            self.on_problem(where, f"row {row} has no `file` (a path relative to {self.root})")
+            self.on_problem(
+                where, f"row {row} has no `{file_column}` (a path relative to {self.root})"
+            )
             return
         if is_unsafe_path(file):
             self.on_problem(where, f"row {row}: file {file!r} is absolute or leaves the root")
@@ -207,7 +269,7 @@ class FolderSource:
             self.on_problem(where, f"row {row}: `key` must be a non-empty string, got {key!r}")
             return
         if not isinstance(caption, str):
-            self.on_problem(key, f"row {row} of {self.captions} has no `caption` string")
+            self.on_problem(key, f"row {row} of {self.captions} has no `{caption_column}` string")
             return
         if present is not None and file not in present:
             self.on_problem(
@@ -220,5 +282,6 @@ class FolderSource:
                 f"key {key!r} is on rows {self._entries[key].row} and {row} of {self.captions}: "
                 "keys must be unique, since labels are joined to images by key"
             )
-        meta = {name: value for name, value in values.items() if name not in _RESERVED_COLUMNS}
+        used = (file_column, caption_column, "key")
+        meta = {name: value for name, value in values.items() if name not in used}
         self._entries[key] = _Entry(file, caption.strip(), meta, row)

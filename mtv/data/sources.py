@@ -226,7 +226,13 @@ def open_source(
     if isinstance(spec, ShardsSourceSpec):
         return TarShardSource(spec.urls, storage_options, on_problem=on_problem)
     if isinstance(spec, FolderSourceSpec):
-        return FolderSource(spec.root, spec.captions, storage_options, on_problem=on_problem)
+        return FolderSource(
+            spec.root,
+            spec.captions,
+            storage_options,
+            on_problem=on_problem,
+            text_column=spec.text_column,
+        )
     if isinstance(spec, MiniWorldSourceSpec):
         raise ValueError(
             "the mini-world corpus is not read directly: `mtv world render OUT` renders it into "

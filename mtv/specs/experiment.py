@@ -47,11 +47,20 @@ class ShardsSourceSpec(StrictModel):
 
 
 class FolderSourceSpec(StrictModel):
-    """A folder of images with captions in a .jsonl or .parquet file."""
+    """A folder of images with captions in a .jsonl, .csv or .parquet file (Hugging Face's
+    imagefolder layout included)."""
 
     kind: Literal["folder"] = "folder"
     root: str
-    captions: str = Field(description="a .jsonl or .parquet file with `key`/`file` and `caption`")
+    captions: str | None = Field(
+        None,
+        description="a .jsonl, .csv or .parquet file with `file` (or `file_name`), `caption` (or "
+        "`text`) and optional `key`; relative to root; null: root/metadata.jsonl, .csv or "
+        ".parquet (Hugging Face imagefolder)",
+    )
+    text_column: str | None = Field(
+        None, description="the caption column, if neither `caption` nor `text`"
+    )
 
 
 SourceSpec = Annotated[
