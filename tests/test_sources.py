@@ -28,7 +28,12 @@ from mtv.data import (
     expand_braces,
     open_source,
 )
-from mtv.specs.experiment import FolderSourceSpec, MiniWorldSourceSpec, ShardsSourceSpec
+from mtv.specs.experiment import (
+    FolderSourceSpec,
+    MiniWorldSourceSpec,
+    ParquetSourceSpec,
+    ShardsSourceSpec,
+)
 
 
 def noise(seed: int, size: int = 16) -> np.ndarray:
@@ -502,5 +507,41 @@ def test_captions_path_is_relative_to_the_root_and_a_text_column_can_be_named(
     assert open_source(spec).get("img/photo0").caption == "photo 0"
     with pytest.raises(ValueError, match=r"no usable sample in 4 row.*no `caption` string"):
         open_source(FolderSourceSpec(root=str(tmp_path / "photos"), captions="pairs.jsonl"))
-    with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"metadata\.jsonl"):
         open_source(FolderSourceSpec(root=str(tmp_path / "photos" / "img")))
+
+
+def test_parquet_with_image_bytes_in_both_common_layouts(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = [encode(noise(i), "PNG") for i in range(5)]
+    captions = [f"photo {i}" for i in range(5)]
+    # img2dataset: `jpg` bytes, `caption`, `key`; two files, small row groups
+    for part, rows in enumerate([range(0, 3), range(3, 5)]):
+        table = pa.table(
+            {
+                "key": [f"{i:09d}" for i in rows],
+                "jpg": [images[i] for i in rows],
+                "caption": [captions[i] for i in rows],
+            }
+        )
+        pq.write_table(table, tmp_path / f"{part:05d}.parquet", row_group_size=2)
+    spec = ParquetSourceSpec(urls=[str(tmp_path / "{00000..00001}.parquet")])
+    source = open_source(spec)
+    assert source.keys() == [f"{i:09d}" for i in range(5)]
+    sample = source.get("000000003")
+    assert sample.caption == "photo 3" and sample.image == images[3]
+    assert decode_image(sample).shape == (16, 16, 3)
+    # Hugging Face datasets: `image` as {bytes, path}, `text`, no key column
+    struct = [{"bytes": images[i], "path": f"{i}.png"} for i in range(5)]
+    hf = tmp_path / "hf" / "train-00000.parquet"
+    hf.parent.mkdir()
+    pq.write_table(pa.table({"image": struct, "text": captions}), hf)
+    source = open_source(ParquetSourceSpec(urls=[str(hf)]))
+    assert source.keys()[:2] == ["train-00000/0", "train-00000/1"]
+    assert source.get("train-00000/4").image == images[4]
+    assert [s.caption for s in source] == captions
+    pq.write_table(pa.table({"image": struct}), tmp_path / "hf" / "no-text.parquet")
+    with pytest.raises(ValueError, match=r"needed: image bytes.*and a caption"):
+        open_source(ParquetSourceSpec(urls=[str(tmp_path / "hf" / "no-text.parquet")]))

@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from mtv.specs.experiment import FolderSourceSpec, MiniWorldSourceSpec, ShardsSourceSpec
+from mtv.specs.experiment import (
+    FolderSourceSpec,
+    MiniWorldSourceSpec,
+    ParquetSourceSpec,
+    ShardsSourceSpec,
+)
 from mtv.specs.limits import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -213,7 +218,7 @@ def _malformed(pattern: str, reason: str) -> ValueError:
 
 
 def open_source(
-    spec: ShardsSourceSpec | FolderSourceSpec | MiniWorldSourceSpec,
+    spec: ShardsSourceSpec | FolderSourceSpec | ParquetSourceSpec | MiniWorldSourceSpec,
     *,
     on_problem: ProblemCallback | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -232,6 +237,17 @@ def open_source(
             storage_options,
             on_problem=on_problem,
             text_column=spec.text_column,
+        )
+    if isinstance(spec, ParquetSourceSpec):
+        from mtv.data.parquet import ParquetSource
+
+        return ParquetSource(  # type: ignore[return-value]
+            spec.urls,
+            storage_options,
+            image_column=spec.image_column,
+            text_column=spec.text_column,
+            key_column=spec.key_column,
+            on_problem=on_problem,
         )
     if isinstance(spec, MiniWorldSourceSpec):
         raise ValueError(

@@ -63,8 +63,27 @@ class FolderSourceSpec(StrictModel):
     )
 
 
+class ParquetSourceSpec(StrictModel):
+    """Parquet files with the image bytes inside (img2dataset's and Hugging Face `datasets`'
+    layouts)."""
+
+    kind: Literal["parquet"] = "parquet"
+    urls: list[str] = Field(
+        min_length=1, description="paths or URLs; brace ranges such as {0000..0099} expand"
+    )
+    image_column: str | None = Field(
+        None, description="null: the first of image, jpg, png, webp, img (bytes, or a struct "
+        "with `bytes` as `datasets` writes)"
+    )  # fmt: skip
+    text_column: str | None = Field(None, description="null: the first of caption, text, txt")
+    key_column: str | None = Field(
+        "key", description="the key column if present; else keys are FILE_STEM/ROW"
+    )
+
+
 SourceSpec = Annotated[
-    MiniWorldSourceSpec | ShardsSourceSpec | FolderSourceSpec, Field(discriminator="kind")
+    MiniWorldSourceSpec | ShardsSourceSpec | FolderSourceSpec | ParquetSourceSpec,
+    Field(discriminator="kind"),
 ]
 
 
