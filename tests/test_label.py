@@ -500,3 +500,45 @@ def test_training_keys_leave_out_unlabelled_and_undecodable_samples_and_say_so(
     assert any("could not decode are left out" in m and keys[2] in m for m in said)
     with pytest.raises(DataPreparationError, match=r"labels 1 sample\(s\) the source"):
         _labelled_keys(store, OtherKeys(corpus, keys), said.append)  # lacks the store's first
+
+
+def test_a_grown_source_labels_only_its_new_samples(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mtv.label import pipeline
+
+    shards = WorldCorpus.open(corpus).shards
+    extra = tmp_path / "one-more.tar"  # one sample of the third shard, as a grown folder would
+    with tarfile.open(shards[2]) as src, tarfile.open(extra, "w") as dst:
+        first = src.getmembers()[0].name.split(".")[0]
+        for member in src.getmembers():
+            if member.name.split(".")[0] == first:
+                dst.addfile(member, src.extractfile(member))
+    original = pipeline.resolve_source
+    urls = [list(shards[:2])]
+
+    def growing_source(s: LabelSpec):  # type: ignore[no-untyped-def]
+        source, truth = original(s)
+        return type(source)(urls[0]), truth
+
+    monkeypatch.setattr(pipeline, "resolve_source", growing_source)
+    spec = job(corpus, tmp_path / "labels.zarr", chunk_size=8)
+    store, stats = run_labelling(spec)
+    assert stats.images == 32 and store.complete
+    before = store_arrays(tmp_path / "labels.zarr")
+    urls[0] = [*shards[:2], str(extra)]
+    store, stats = run_labelling(spec)
+    assert stats.images == 1 and store.complete
+    assert store.keys == [*before["keys"].tolist(), first]
+    after = store_arrays(tmp_path / "labels.zarr")
+    for name in ("status", "depth", "depth_valid"):
+        np.testing.assert_array_equal(after[name][:32], before[name], err_msg=name)
+    count = int(before["boxes/offsets"][-1])
+    np.testing.assert_array_equal(after["boxes/values"][:count], before["boxes/values"])
+    assert after["boxes/offsets"][-1] > count  # the new sample's boxes follow the old ones
+    grown = TarShardSource(urls[0])
+    assert [p for p in check_store(store, grown) if p.fatal] == []
+    assert store.depth(first)[1].any()
+    urls[0] = list(shards[:1])  # a shrunk source is another corpus: refused
+    with pytest.raises(LabelSpecError, match="does not have"):
+        run_labelling(spec)

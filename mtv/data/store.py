@@ -234,8 +234,53 @@ class LabelStore:
         return int(self.root["done"].shape[0])
 
     def chunk_range(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.chunk_size
-        return start, min(start + self.chunk_size, len(self.keys))
+        """Rows [start, stop) of labelling chunk `chunk`: regular, of `chunk_size`, until the
+        store grew; a grown store's new rows form chunks of their own (`chunk_starts`)."""
+        starts = self.attrs.get("chunk_starts")
+        if starts is None:
+            start = chunk * self.chunk_size
+            return start, min(start + self.chunk_size, len(self.keys))
+        stop = starts[chunk + 1] if chunk + 1 < len(starts) else len(self.keys)
+        return int(starts[chunk]), int(stop)
+
+    def grow(self, new_keys: Sequence[str], fingerprints: np.ndarray) -> list[int]:
+        """Append samples a grown source has added: their rows follow the old ones, in new
+        labelling chunks, so the old labels are not rewritten. The store is incomplete until
+        those chunks are labelled and `finalize` runs again. Returns the new chunks."""
+        if set(new_keys) & set(self.index) or len(set(new_keys)) != len(new_keys):
+            raise ValueError("grow: the new keys must be new and unique")
+        old, added = len(self.keys), len(new_keys)
+        starts = self.attrs.get("chunk_starts") or [
+            self.chunk_range(c)[0] for c in range(self.n_chunks)
+        ]
+        first_new = len(starts)
+        starts = [*starts, *range(old, old + added, self.chunk_size)]
+        keys = [*self.keys, *new_keys]
+        prints = np.concatenate(
+            [self.root["fingerprints"][:], np.asarray(fingerprints, dtype=np.uint64)]
+        )
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            _strings(self.root, "keys", keys, 65536)
+            self.root.create_array("fingerprints", data=prints, overwrite=True)
+            for name in (n for n in DENSE if n in self.root):
+                array = self.root[name]
+                array.resize((old + added, *array.shape[1:]))
+            self.root["done"].resize((len(starts),))
+            self.root["done"][first_new:] = False
+        update = {
+            "chunk_starts": starts,
+            "keys_digest": keys_digest(keys),
+            "content_digest": content_digest(prints),
+            "complete": False,
+            "grown": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.root.attrs.update(update)
+        self.attrs.update(update)
+        self.keys = keys
+        self.index = {key: i for i, key in enumerate(keys)}
+        self._offsets = None
+        self._readers.clear()
+        return list(range(first_new, len(starts)))
 
     def done(self) -> np.ndarray:
         return self.root["done"][:]

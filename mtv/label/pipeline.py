@@ -25,7 +25,6 @@ from mtv.data.store import (
     VERSION,
     ChunkLabels,
     LabelStore,
-    keys_digest,
 )
 from mtv.label.base import BoxExpert, BoxLabel, DepthExpert, DepthLabel, LabelInput, Tagger
 from mtv.label.oracle import OracleBoxes, OracleDepth
@@ -171,7 +170,6 @@ def open_or_create_store(
 ) -> LabelStore:
     kinds = [k for k, e in (("depth", spec.depth), ("boxes", spec.boxes)) if e is not None]
     expected = {
-        "keys_digest": keys_digest(keys),
         "kinds": sorted(kinds),
         "resolution": spec.resolution,
         "chunk_size": spec.chunk_size,
@@ -191,15 +189,18 @@ def open_or_create_store(
                 source=spec.source.model_dump(mode="json"),
                 fingerprints=sample_fingerprints(source, keys),
             )
-        _check_resume(store, expected)
         if store.attrs.get("version") != VERSION:
             raise LabelSpecError(
                 f"output: {store.path} is a label store of format {store.attrs.get('version')}, "
                 f"this mtv writes format {VERSION}; delete it to label again"
             )
+        _check_resume(store, expected)
         match = match_store(store, source, describe_source(spec.source))
         if match.refused:
             raise LabelSpecError(f"output: {match.refused}")
+        if match.unlabelled:
+            # A grown source: its new samples are appended and labelled, the rest left alone.
+            store.grow(match.unlabelled, sample_fingerprints(source, match.unlabelled))
     _barrier()
     if rank != 0:
         store = LabelStore.open(spec.output, mode="r+")
