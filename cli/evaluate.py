@@ -77,7 +77,20 @@ def evaluate(
     ] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="evaluators to run")] = None,
     data: Annotated[
-        Path | None, typer.Option("--data", help="the benchmark's root (public suites)")
+        Path | None,
+        typer.Option(
+            "--data",
+            help="the benchmark's root (public suites); held-out image-text data (source "
+            "suite): a folder, .parquet or .tar",
+        ),
+    ] = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option("--classes", help="source suite: class names, one a line (zero-shot)"),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="source suite: the eval data's label store (depth)"),
     ] = None,
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="read at most N benchmark samples")
@@ -90,7 +103,9 @@ def evaluate(
 
     Unset options come from the run spec's `eval:` section (suite `mini` by default)."""
     try:
-        results, path = evaluate_run(target, suite, only, scenes, data, limit)
+        results, path = evaluate_run(
+            target, suite, only, scenes, data, limit, classes=classes, labels=labels
+        )
     except (FileNotFoundError, ValueError) as err:
         raise fail(str(err)) from None
     name, step = results["suite"][0], results["step"][0]

@@ -49,6 +49,14 @@ def _suite_on_data(model: FrozenModel, settings: EvalSpec) -> Callable[[FrozenMo
     if settings.suite == "mini":
         data = MiniData.render(settings.scenes, mini_size(model))
         return lambda m: run_mini_suite(m, only, data=data)
+    if settings.suite == "source":
+        from mtv.eval.source import SourceData, run_source_suite
+
+        assert settings.data is not None  # EvalSpec refuses the suite without data
+        held_out = SourceData.read(
+            settings.data, model.size, settings.classes, settings.labels, settings.limit
+        )
+        return lambda m: run_source_suite(m, held_out, only)
     from mtv.eval.public import load_public_suite, run_public_suite
 
     assert settings.data is not None  # EvalSpec refuses a public suite without data
@@ -58,7 +66,8 @@ def _suite_on_data(model: FrozenModel, settings: EvalSpec) -> Callable[[FrozenMo
 
 def _settings_key(settings: EvalSpec) -> str:
     """What the suite's data depends on: reference rows are reused only for the same."""
-    return json.dumps({k: getattr(settings, k) for k in ("suite", "scenes", "data", "limit")})
+    keys = ("suite", "scenes", "data", "limit", "classes", "labels")
+    return json.dumps({k: getattr(settings, k) for k in keys})
 
 
 def _cached_reference(
@@ -166,6 +175,8 @@ def evaluate_run(
     data: str | Path | None = None,
     limit: int | None = None,
     reference: bool = True,
+    classes: str | Path | None = None,
+    labels: str | Path | None = None,
 ) -> Evaluation:
     """Evaluate a run (its latest checkpoint) or one checkpoint of it, frozen, and store the
     results in the run directory. Unset arguments come from the run spec's `eval:` section;
@@ -180,6 +191,8 @@ def evaluate_run(
             "scenes": scenes,
             "data": None if data is None else str(data),
             "limit": limit,
+            "classes": None if classes is None else str(classes),
+            "labels": None if labels is None else str(labels),
         }.items()
         if value is not None
     }

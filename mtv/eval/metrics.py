@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOWER_IS_BETTER = frozenset({"rmse", "absrel"})  # every other metric: higher is better
+# Every other metric: higher is better.
+LOWER_IS_BETTER = frozenset({"rmse", "absrel", "aligned_mae"})
 
 
 class Score(NamedTuple):

@@ -287,7 +287,9 @@ class RuntimeSpec(StrictModel):
     )
 
 
-EvalSuite = Literal["mini", "imagenet_folder", "coco_karpathy", "ade20k", "nyuv2", "spair"]
+EvalSuite = Literal[
+    "mini", "source", "imagenet_folder", "coco_karpathy", "ade20k", "nyuv2", "spair"
+]
 
 
 class EvalSpec(StrictModel):
@@ -308,13 +310,24 @@ class EvalSpec(StrictModel):
         description="held-out scenes of the mini suite: multi-object scenes (two views each, "
         "retrieval in galleries of 100) and as many single-object scenes (zero-shot, probes)",
     )
-    data: str | None = Field(None, description="the benchmark's root for a public suite")
+    data: str | None = Field(
+        None,
+        description="the benchmark's root for a public suite; for `source`, held-out image-text "
+        "data: a folder (captions file or Hugging Face metadata), .parquet or .tar",
+    )
     limit: int | None = Field(None, gt=0, description="read at most this many benchmark samples")
+    classes: str | None = Field(
+        None, description="`source` suite: a text file of class names, one a line (zero_shot)"
+    )
+    labels: str | None = Field(
+        None, description="`source` suite: a label store of the eval data (relative_depth)"
+    )
 
     @model_validator(mode="after")
     def _public_suites_need_data(self) -> EvalSpec:
         if self.suite != "mini" and self.data is None:
-            raise ValueError(f"suite {self.suite!r} reads a benchmark: set eval.data to its root")
+            what = "held-out image-text data" if self.suite == "source" else "a benchmark"
+            raise ValueError(f"suite {self.suite!r} reads {what}: set eval.data to its root")
         return self
 
 
