@@ -20,7 +20,10 @@ from rich.table import Table
 
 import mtv
 from mtv.experiment import load_experiment
-from mtv.specs import SpecError, experiment_json_schema, spec_to_yaml
+from mtv.specs import SPEC_KINDS, SpecError, json_schema, spec_kind, spec_to_yaml
+from mtv.specs.label import LabelSpec
+from mtv.specs.loading import load_yaml_model
+from mtv.sweep import load_sweep, plan_sweep
 
 app = typer.Typer(
     name="mtv",
@@ -29,7 +32,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-spec_app = typer.Typer(help="Validate, show and describe experiment specs.", no_args_is_help=True)
+spec_app = typer.Typer(
+    help="Validate, show and describe spec files (experiments, labelling jobs, sweeps).",
+    no_args_is_help=True,
+)
 app.add_typer(spec_app, name="spec")
 app.add_typer(world_app, name="world")
 app.add_typer(label_app, name="label")
@@ -73,24 +79,32 @@ def entry() -> None:
 
 @spec_app.command("validate")
 def spec_validate(
-    files: Annotated[list[Path], typer.Argument(help="experiment YAML files")],
+    files: Annotated[list[Path], typer.Argument(help="experiment, label or sweep YAML files")],
     overrides: SetOption = None,
 ) -> None:
-    """Check experiment files: fields, types, task kinds, labels and task conflicts."""
+    """Check spec files, each recognised by its shape: experiments (fields, types, task kinds,
+    labels and task conflicts), labelling jobs (`mtv label`) and sweeps (`mtv sweep`)."""
     failed = 0
     for path in files:
         try:
-            experiment = load_experiment(path, overrides or ())
+            kind = spec_kind(path)
+            if kind == "experiment":
+                experiment = load_experiment(path, overrides or ())
+                what = f"{experiment.spec.name}: {', '.join(experiment.plan.kinds)}"
+            elif kind == "label":
+                job = load_yaml_model(path, LabelSpec, overrides or ())
+                experts = [e.kind for e in (job.depth, job.boxes) if e is not None]
+                what = f"labelling job: {job.source.kind} -> {job.output}, {', '.join(experts)}"
+            else:
+                sweep = load_sweep(path, overrides or ())
+                what = f"sweep {sweep.name}: {len(plan_sweep(sweep, path))} job(s)"
         except SpecError as err:
             failed += 1
             for problem in err.problems:
                 report(str(problem))
             continue
-        kinds = ", ".join(experiment.plan.kinds)
         console.print(
-            f"[green]ok[/] {path} ({experiment.spec.name}: {kinds})",
-            highlight=False,
-            soft_wrap=True,
+            f"[green]ok[/] {escape(str(path))} ({escape(what)})", highlight=False, soft_wrap=True
         )
     if failed:
         errors.print(f"{failed} of {len(files)} file(s) failed", highlight=False)
@@ -126,9 +140,14 @@ def spec_show(
 @spec_app.command("schema")
 def spec_schema(
     out: Annotated[Path | None, typer.Option("--out", help="write to a file")] = None,
+    kind: Annotated[
+        str, typer.Option("--kind", help=f"one of: {', '.join(SPEC_KINDS)}")
+    ] = "experiment",
 ) -> None:
-    """The JSON schema of experiment files (for editor completion and validation)."""
-    text = json.dumps(experiment_json_schema(), indent=2)
+    """The JSON schema of experiment, label or sweep files (editor completion, validation)."""
+    if kind not in SPEC_KINDS:
+        raise fail(f"--kind: {kind!r} is none of {', '.join(SPEC_KINDS)}")
+    text = json.dumps(json_schema(kind), indent=2)
     if out is None:
         typer.echo(text)
     else:

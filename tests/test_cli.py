@@ -83,3 +83,19 @@ def test_show_of_a_bad_file_exits_nonzero() -> None:
     result = runner.invoke(app, ["spec", "show", "no/such/file.yaml"])
     assert result.exit_code == 2
     assert "file not found" in result.output
+
+
+def test_spec_validate_recognises_label_and_sweep_files_by_shape(tmp_path: Path) -> None:
+    job = tmp_path / "label.yaml"
+    job.write_text("source: {kind: miniworld, root: data/miniworld}\noutput: x.zarr\n")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("source: {kind: miniworld}\noutput: x.zarr\nresolutio: 64\n")
+    sweep = ROOT / "experiments" / "sweeps" / "pilot.yaml"
+    result = runner.invoke(app, ["spec", "validate", str(job), str(sweep)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "labelling job: miniworld" in result.output and "sweep pilot: 4 job(s)" in result.output
+    result = runner.invoke(app, ["spec", "validate", str(typo)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "did you mean 'resolution'" in result.output
+    for kind, field in (("label", "resolution"), ("sweep", "seeds"), ("experiment", "tasks")):
+        schema = json.loads(runner.invoke(app, ["spec", "schema", "--kind", kind]).output)
+        assert field in schema["properties"], kind

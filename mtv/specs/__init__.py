@@ -12,12 +12,15 @@ from mtv.specs.experiment import (
     ViewsSpec,
 )
 from mtv.specs.loading import (
+    SPEC_KINDS,
     ResolvedSpec,
     SpecError,
     SpecProblem,
     experiment_json_schema,
+    json_schema,
     load_spec,
     resolve_spec,
+    spec_kind,
     spec_to_yaml,
 )
 from mtv.specs.model import EncoderSpec, ModelSpec, TeacherSpec, TextSpec, TokenizerSpec
@@ -34,6 +37,7 @@ from mtv.specs.tasks import (
 )
 
 __all__ = [
+    "SPEC_KINDS",
     "TASK_KINDS",
     "DataSpec",
     "DepthTaskSpec",
@@ -61,7 +65,9 @@ __all__ = [
     "VLTaskSpec",
     "ViewsSpec",
     "experiment_json_schema",
+    "json_schema",
     "load_spec",
     "resolve_spec",
+    "spec_kind",
     "spec_to_yaml",
 ]

@@ -419,6 +419,36 @@ def experiment_json_schema() -> dict[str, Any]:
     return schema
 
 
+SPEC_KINDS = ("experiment", "label", "sweep")
+
+
+def spec_kind(path: str | Path) -> str:
+    """What a spec file is, by its shape: a sweep lists `experiments`; a labelling job has a
+    `source` and an `output` and no `tasks`; anything else is an experiment (which may inherit
+    everything through `extends:`). Raises SpecError for an unreadable file."""
+    data = _read_yaml(Path(path), None)
+    if "experiments" in data:
+        return "sweep"
+    if "output" in data and "source" in data and "tasks" not in data and "extends" not in data:
+        return "label"
+    return "experiment"
+
+
+def json_schema(kind: str = "experiment") -> dict[str, Any]:
+    """The JSON schema of one kind of spec file (see `SPEC_KINDS`), for editors."""
+    if kind == "experiment":
+        return experiment_json_schema()
+    if kind == "label":
+        from mtv.specs.label import LabelSpec
+
+        return LabelSpec.model_json_schema()
+    if kind == "sweep":
+        from mtv.specs.sweep import SweepSpec
+
+        return SweepSpec.model_json_schema()
+    raise ValueError(f"unknown spec kind {kind!r}; known: {', '.join(SPEC_KINDS)}")
+
+
 def spec_to_yaml(spec: ExperimentSpec) -> str:
     """The fully resolved spec as YAML (every default written out)."""
     data = spec.model_dump(mode="json")
