@@ -194,9 +194,10 @@ def test_the_trainer_starts_the_resolved_backend(
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_speak_with_one_voice(corpus: str, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
+    mtv = str(Path(sys.executable).parent / "mtv")  # the installed command, as the README runs it
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        "-m", "mtv_cli.main", "run", str(SMOKE), "--out", str(out),
+        "--no-python", mtv, "run", str(SMOKE), "--out", str(out),
         "--set", f"data.source.root={corpus}", "--set", "schedule.steps=2",
         "--set", "data.loader.workers=0", "--set", "data.batch_size=8",
     ]  # fmt: skip
