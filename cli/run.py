@@ -36,14 +36,14 @@ class _View:
     def _eta(self, step: int) -> str:
         self.first = step if self.first is None else self.first
         done = step - self.first + 1
-        left = (time.perf_counter() - self.started) / max(done, 1) * (self.total - step - 1)
+        left = (time.perf_counter() - self.started) / max(done, 1) * (self.total - step)
         return time.strftime("%H:%M:%S", time.gmtime(max(left, 0)))
 
     def __call__(self, row: dict[str, Any]) -> None:
         step = row["step"]
         losses = {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("loss/")}
         if self.live is not None:
-            table = Table(title=f"step {step + 1}/{self.total}  eta {self._eta(step)}")
+            table = Table(title=f"step {step}/{self.total}  eta {self._eta(step)}")
             for name in ("total", *losses, "images/s", "data wait"):
                 table.add_column(name, justify="right")
             table.add_row(
@@ -53,11 +53,11 @@ class _View:
                 f"{100 * row.get('data_wait_fraction', 0):.0f}%",
             )
             self.live.update(table)
-        elif (step + 1) % self.log_every == 0 or step + 1 == self.total or step == 0:
+        elif step % self.log_every == 0 or step == self.total or step == 1:
             parts = " ".join(f"{k} {v:.3f}" for k, v in losses.items())
             total = row.get("loss", float("nan"))
             console.print(
-                f"step {step + 1}/{self.total} loss {total:.3f} | {parts} | "
+                f"step {step}/{self.total} loss {total:.3f} | {parts} | "
                 f"{row.get('images_per_s', 0):.0f} img/s | wait "
                 f"{100 * row.get('data_wait_fraction', 0):.0f}% | eta {self._eta(step)}",
                 highlight=False,

@@ -103,14 +103,14 @@ def test_a_stop_signal_saves_every_finished_step_and_resume_repeats_the_losses(
     steps = int(latest_checkpoint(run).name.split("-")[1])  # type: ignore[union-attr]
     assert 4 <= steps < 16
     metrics = pl.read_parquet(run / "metrics.parquet")
-    assert metrics["step"].to_list() == list(range(steps))  # every finished step, no more
+    assert metrics["step"].to_list() == list(range(1, steps + 1))  # every finished step
 
     resumed = subprocess.run(
         [*_command(corpus, run), "--resume"], capture_output=True, text=True, timeout=600
     )
     assert resumed.returncode == 0, resumed.stderr
     a, b = uninterrupted, pl.read_parquet(run / "metrics.parquet")
-    assert a["step"].to_list() == b["step"].to_list() == list(range(16))
+    assert a["step"].to_list() == b["step"].to_list() == list(range(1, 17))
     for column in [c for c in a.columns if c.startswith("loss")]:
         assert (a[column] - b[column]).abs().max() <= 1e-6, column
 

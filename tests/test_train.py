@@ -55,7 +55,7 @@ def test_smoke_run_through_the_cli(tmp_path: Path) -> None:
     assert (data / spec.data.labels.oracle.store_name()).is_dir()
     assert "labelling the mini-world with the noisy oracle" in result.output
     metrics = pl.read_parquet(out / "metrics.parquet")
-    assert metrics["step"].to_list() == [0, 1, 2, 3, 4]
+    assert metrics["step"].to_list() == [1, 2, 3, 4, 5]  # as the console and step-5 number them
     for column in (
         "loss",
         "lr",
@@ -114,7 +114,7 @@ def test_kill_9_then_resume_repeats_the_same_losses(corpus: str, tmp_path: Path)
     assert "resumed" in resumed.stdout
     a = pl.read_parquet(tmp_path / "whole" / "metrics.parquet")
     b = pl.read_parquet(tmp_path / "killed" / "metrics.parquet")
-    assert a["step"].to_list() == b["step"].to_list() == list(range(12))
+    assert a["step"].to_list() == b["step"].to_list() == list(range(1, 13))
     for column in [c for c in a.columns if c.startswith("loss")]:
         assert (a[column] - b[column]).abs().max() <= 1e-6, column
 

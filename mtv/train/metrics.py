@@ -18,6 +18,7 @@ class MetricsLog:
         self.rows: list[dict[str, Any]] = []
 
     def resume(self, last_step: int) -> None:
+        """Keep the rows of steps 1..last_step (the checkpoint's), dropping any logged after it."""
         if self.path.is_file():
             frame = pl.read_parquet(self.path).filter(pl.col("step") <= last_step)
             self.rows = frame.to_dicts()

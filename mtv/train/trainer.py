@@ -236,7 +236,7 @@ class Trainer:
         self.stream.load_state_dict(state["loader"][self.rank])
         torch.set_rng_state(state["rng"]["cpu"])
         self.step = int(state["step"])
-        self.metrics.resume(self.step - 1)
+        self.metrics.resume(self.step)
         self.report(f"resumed {self.run_dir} at step {self.step} from {path.name}")
 
     # ------------------------------------------------------------------ checkpoints
@@ -311,7 +311,9 @@ class Trainer:
             for name, value in out.losses.items():
                 losses[name] = losses.get(name, 0) + value.detach() / accumulate
             report = out.report
-        row: dict[str, Any] = {"step": self.step, "lr": lr}
+        # `step` counts the optimiser steps done with this row's, 1..schedule.steps: the numbers
+        # of the console, the checkpoints (step-N) and the evaluations (taken after step N).
+        row: dict[str, Any] = {"step": self.step + 1, "lr": lr}
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             row.update({"skipped": True, "nonfinite": ",".join(bad)})
