@@ -103,9 +103,10 @@ def evaluate(
 
     Unset options come from the run spec's `eval:` section (suite `mini` by default)."""
     try:
-        results, path = evaluate_run(
-            target, suite, only, scenes, data, limit, classes=classes, labels=labels
-        )
+        with console.status(f"evaluating {escape(str(target))} (and its random-init reference)"):
+            results, path = evaluate_run(
+                target, suite, only, scenes, data, limit, classes=classes, labels=labels
+            )
     except (FileNotFoundError, ValueError) as err:
         raise fail(str(err)) from None
     name, step = results["suite"][0], results["step"][0]

@@ -13,8 +13,16 @@ from rich.markup import escape
 
 from mtv.specs import SpecError
 
-console = Console()
-errors = Console(stderr=True)
+
+def _width(stream: object) -> int | None:
+    """Rich's width: the terminal's; when piped, 200 columns (rich would assume 80 and fold wide
+    tables character by character) unless COLUMNS says otherwise."""
+    tty = getattr(stream, "isatty", lambda: False)()
+    return None if tty or "COLUMNS" in os.environ else 200
+
+
+console = Console(width=_width(sys.stdout))
+errors = Console(stderr=True, width=_width(sys.stderr))
 
 
 def report(message: str) -> None:
