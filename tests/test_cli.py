@@ -99,3 +99,14 @@ def test_spec_validate_recognises_label_and_sweep_files_by_shape(tmp_path: Path)
     for kind, field in (("label", "resolution"), ("sweep", "seeds"), ("experiment", "tasks")):
         schema = json.loads(runner.invoke(app, ["spec", "schema", "--kind", kind]).output)
         assert field in schema["properties"], kind
+
+
+def test_tables_are_wide_when_piped(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from mtv_cli.output import _width
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert _width(io.StringIO()) == 200  # piped: rich alone would fold tables at 80
+    monkeypatch.setenv("COLUMNS", "120")
+    assert _width(io.StringIO()) is None  # the user's COLUMNS wins
