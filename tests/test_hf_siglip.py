@@ -234,3 +234,58 @@ def test_export_cli_writes_the_directory_and_refuses_bad_input(
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # as if mtv[hf] were missing
     result = runner.invoke(app, ["export", str(run), str(tmp_path / "y")])
     assert result.exit_code == 2 and "pip install 'mtv[hf]'" in result.output
+
+
+def test_a_siglip_export_tags_images_zero_shot(exported: tuple[Path, TaskGraph]) -> None:
+    """The SigLIP tagger's probabilities are SiglipModel's own sigmoid(logits_per_image), and its
+    tags the most probable ones above the threshold."""
+    from mtv.label.base import LabelInput
+    from mtv.label.hf import SiglipTagger
+
+    out, _ = exported
+    vocabulary = ["cube", "sphere", "red ball", "tree", "car"]
+    images = np.random.default_rng(1).integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
+    inputs = [LabelInput(f"k{i}", image, "") for i, image in enumerate(images)]
+    tagger = SiglipTagger(str(out), vocabulary, threshold=0.0, max_tags=3)
+    probabilities = tagger.probabilities(inputs)
+    model = transformers.SiglipModel.from_pretrained(out)
+    processor = transformers.AutoProcessor.from_pretrained(out)
+    batch = processor(
+        text=[f"a photo of a {t}." for t in vocabulary],
+        images=list(images),
+        padding="max_length",
+        truncation=True,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        expected = torch.sigmoid(model(**batch).logits_per_image)
+    torch.testing.assert_close(probabilities, expected, atol=1e-5, rtol=1e-4)
+    tags = tagger.tags(inputs)
+    for row, names in zip(expected, tags, strict=True):
+        assert names == [vocabulary[i] for i in row.argsort(descending=True)[:3].tolist()]
+    assert SiglipTagger(str(out), vocabulary, threshold=1.0).tags(inputs) == [[], [], []]
+    assert tagger.info().name == "siglip_tagger"
+
+
+def test_a_labelling_job_can_tag_with_a_siglip_model(
+    exported: tuple[Path, TaskGraph], tmp_path: Path
+) -> None:
+    from mtv.label.hf import SiglipTagger
+    from mtv.label.pipeline import LabelSpecError, build_experts
+    from mtv.specs.label import LabelSpec
+
+    out, _ = exported
+    vocabulary = tmp_path / "tags.txt"
+    vocabulary.write_text("# things\ncube\n\nsphere\n")
+    job = {
+        "source": {"kind": "folder", "root": str(tmp_path)},
+        "output": str(tmp_path / "labels.zarr"),
+        "depth": None,
+        "boxes": None,
+        "tagger": {"kind": "siglip", "model": str(out), "vocabulary": str(vocabulary)},
+    }
+    _, _, tagger = build_experts(LabelSpec.model_validate(job), None)
+    assert isinstance(tagger, SiglipTagger) and tagger.vocabulary == ["cube", "sphere"]
+    job["tagger"]["vocabulary"] = str(tmp_path / "missing.txt")  # type: ignore[index]
+    with pytest.raises(LabelSpecError, match=r"tagger\.vocabulary: cannot read"):
+        build_experts(LabelSpec.model_validate(job), None)

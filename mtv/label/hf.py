@@ -19,7 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtv.label.base import BoxExpert, BoxLabel, DepthExpert, DepthLabel, ExpertInfo, LabelInput
+from mtv.label.base import (
+    BoxExpert,
+    BoxLabel,
+    DepthExpert,
+    DepthLabel,
+    ExpertInfo,
+    LabelInput,
+    Tagger,
+)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -282,3 +290,69 @@ class Owlv2Expert(BoxExpert):
             names=[names[int(j)] for j in labels[order]],
             scores=scores[order],
         )
+
+
+class SiglipTagger(Tagger):
+    """Zero-shot image tagging with a SigLIP-format model (as RAM++ tags images for OWLv2 in the
+    paper; RAM++ does not install here): every tag of a vocabulary is scored by the model's
+    sigmoid image-text probability, and the tags at or above `threshold` (at most `max_tags`,
+    most probable first) are the image's entity names. `mtv export` writes such a model."""
+
+    def __init__(
+        self,
+        model: str,
+        vocabulary: Sequence[str],
+        threshold: float = 0.3,
+        max_tags: int = 8,
+        template: str = "a photo of a {}.",
+        device: str = "cpu",
+        dtype: str = "float32",
+    ):
+        if not vocabulary:
+            raise ValueError("the SigLIP tagger needs a non-empty tag vocabulary")
+        self.source, self.vocabulary = model, list(vocabulary)
+        self.threshold, self.max_tags, self.template = threshold, max_tags, template
+        self.device = torch.device(device)
+        self.processor, self.network = _load(
+            model, "SigLIP tagger", "AutoProcessor", "SiglipModel", dtype
+        )
+        self.network.to(self.device).eval()
+        prompts = [template.format(tag) for tag in self.vocabulary]
+        text = self.processor(
+            text=prompts, padding="max_length", truncation=True, return_tensors="pt"
+        )
+        with torch.no_grad():
+            ids = text["input_ids"].to(self.device)
+            features = _pooled(self.network.get_text_features(input_ids=ids))
+        self.text = F.normalize(features.float(), dim=-1)
+
+    def info(self) -> ExpertInfo:
+        settings = {
+            "threshold": self.threshold,
+            "max_tags": self.max_tags,
+            "template": self.template,
+            "vocabulary": len(self.vocabulary),
+        }
+        return ExpertInfo("siglip_tagger", _version(self.network, self.source), settings)
+
+    @torch.no_grad()
+    def probabilities(self, inputs: Sequence[LabelInput]) -> torch.Tensor:
+        """(len(inputs), len(vocabulary)) sigmoid probabilities, as SiglipModel computes them."""
+        pixels = self.processor(images=[item.image for item in inputs], return_tensors="pt")
+        pixels = pixels["pixel_values"].to(self.device, self.network.dtype)
+        features = _pooled(self.network.get_image_features(pixel_values=pixels))
+        image = F.normalize(features.float(), dim=-1)
+        logits = image @ self.text.T * self.network.logit_scale.exp().float()
+        return torch.sigmoid(logits + self.network.logit_bias.float()).cpu()
+
+    def tags(self, inputs: Sequence[LabelInput]) -> list[list[str]]:
+        out = []
+        for row in self.probabilities(inputs):
+            order = row.argsort(descending=True)[: self.max_tags]
+            out.append([self.vocabulary[i] for i in order.tolist() if row[i] >= self.threshold])
+        return out
+
+
+def _pooled(output: Any) -> torch.Tensor:
+    """The embedding of `get_*_features`: a tensor, or (newer transformers) an output object."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output

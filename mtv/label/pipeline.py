@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,27 @@ def build_experts(
 
         b = spec.boxes
         boxes = Owlv2Expert(b.model, device=b.device, threshold=b.threshold, max_boxes=b.max_boxes)
-    return depth, boxes, CaptionTagger()
+    tagger: Tagger = CaptionTagger()
+    if spec.tagger.kind == "siglip":
+        from mtv.label.hf import SiglipTagger
+
+        t = spec.tagger
+        tagger = SiglipTagger(
+            t.model, read_vocabulary(t.vocabulary), t.threshold, t.max_tags, t.template, t.device
+        )
+    return depth, boxes, tagger
+
+
+def read_vocabulary(path: str) -> list[str]:
+    """Tags, one a line (blank lines and `#` comments ignored)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise LabelSpecError(f"tagger.vocabulary: cannot read {path}: {err.strerror}") from None
+    tags = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not tags:
+        raise LabelSpecError(f"tagger.vocabulary: {path} lists no tag")
+    return tags
 
 
 def to_label_resolution(label: DepthLabel, resolution: int) -> tuple[np.ndarray, np.ndarray]:

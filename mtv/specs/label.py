@@ -38,6 +38,22 @@ class CaptionTaggerSpec(StrictModel):
     kind: Literal["caption"] = "caption"
 
 
+class SiglipTaggerSpec(StrictModel):
+    """Entity names = the tags of a vocabulary that a SigLIP-format model (e.g. an `mtv export`)
+    finds in the image, zero-shot, by its sigmoid image-text probability."""
+
+    kind: Literal["siglip"] = "siglip"
+    model: str = Field(description="a local SigLIP directory (config, weights, processor)")
+    vocabulary: str = Field(description="a text file of tags, one a line")
+    threshold: float = Field(0.3, ge=0.0, le=1.0, description="least sigmoid probability kept")
+    max_tags: int = Field(8, gt=0)
+    template: str = Field("a photo of a {}.", description="the prompt each tag fills")
+    device: str = "cpu"
+
+
+TaggerSpec = Annotated[CaptionTaggerSpec | SiglipTaggerSpec, Field(discriminator="kind")]
+
+
 DepthExpertSpec = Annotated[OracleDepthSpec | DepthAnythingSpec, Field(discriminator="kind")]
 BoxExpertSpec = Annotated[OracleBoxesSpec | OwlV2Spec, Field(discriminator="kind")]
 
@@ -49,7 +65,7 @@ class LabelSpec(StrictModel):
     output: str = Field(description="the Zarr label store to write (resumed if it exists)")
     depth: DepthExpertSpec | None = Field(default_factory=OracleDepthSpec)
     boxes: BoxExpertSpec | None = Field(default_factory=OracleBoxesSpec)
-    tagger: CaptionTaggerSpec = Field(default_factory=CaptionTaggerSpec)
+    tagger: TaggerSpec = Field(default_factory=CaptionTaggerSpec)
     resolution: int = Field(
         64, gt=0, le=MAX_IMAGE_SIDE, description="side of the stored depth maps"
     )
