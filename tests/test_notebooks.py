@@ -30,3 +30,23 @@ def test_notebook_runs_top_to_bottom(
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure was drawn"
+
+
+def test_synergy_notebook_on_a_partial_set_of_runs_says_what_is_missing(
+    ladder_runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    for name in ("vl", "vl_ssl"):  # a sweep that has only just begun
+        shutil.copytree(ladder_runs[name], tmp_path / name)
+    monkeypatch.setenv("MTV_RUNS", str(tmp_path))
+    monkeypatch.setenv("MTV_EVAL_SCENES", "6")
+    path = next(p for p in NOTEBOOKS if p.name == "synergy.ipynb")
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": path.parent}}
+    ).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = " ".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "missing" in printed.lower()
