@@ -164,6 +164,10 @@ def test_own_photos_from_labels_to_transformers(
     top1 = results.filter(pl.col("evaluator") == "zero_shot")["trivial"][0]
     assert top1 == pytest.approx(1 / 10)  # the held-out photos: ten classes, equally many
 
+    # 4b. the depth-and-features notebook shows these photos and their pseudo-depth
+    if form == "folder":
+        _notebook_shows_own_data(tmp_path)
+
     # 5. export, and load it with transformers
     _ok(["export", str(run), str(tmp_path / "export")])
     model = transformers.SiglipModel.from_pretrained(tmp_path / "export")
@@ -175,3 +179,23 @@ def test_own_photos_from_labels_to_transformers(
         return_tensors="pt",
     )
     assert model(**inputs).logits_per_image.shape == (1, 1)
+
+
+def _notebook_shows_own_data(runs: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = ROOT / "notebooks" / "depth_and_features.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    os.environ["MTV_RUNS"] = str(runs)  # the kernel inherits the environment
+    try:
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": ROOT}}
+        ).execute()
+    finally:
+        del os.environ["MTV_RUNS"]
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = " ".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "the run's own data (folder)" in printed and "pseudo-disparity" in printed
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # depth panel + PCA grid

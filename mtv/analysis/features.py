@@ -38,22 +38,50 @@ def depth_from_disparity(disparity: Tensor, depth: Tensor, valid: Tensor) -> Ten
     return 1.0 / align_disparity(disparity, depth, valid).clamp(min=1e-6)
 
 
+def fit_affine(prediction: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Each map of `prediction` (N, H, W) mapped by the scale and shift that fit `target` best
+    (least squares over the valid pixels): how a relative map is compared with another."""
+    out = torch.empty_like(prediction, dtype=torch.float32)
+    for i, (p, t, m) in enumerate(zip(prediction.double(), target.double(), valid, strict=True)):
+        design = torch.stack([p[m], torch.ones_like(p[m])], dim=1)
+        if len(design) < 2:
+            out[i] = p.float()
+            continue
+        scale, shift = torch.linalg.lstsq(design, t[m][:, None]).solution[:, 0]
+        out[i] = (p * scale + shift).float()
+    return out
+
+
 def plot_depth_and_pca(
-    model: FrozenModel, images: np.ndarray, depth: np.ndarray, columns: int | None = None
+    model: FrozenModel,
+    images: np.ndarray,
+    depth: np.ndarray | None = None,
+    columns: int | None = None,
+    disparity: np.ndarray | None = None,
 ) -> Figure:
-    """Rows = images; columns = input, ground-truth depth, the run's depth prediction (aligned;
-    only when the run has a depth head) and the PCA map of its patch features."""
+    """Rows = images; columns = input, the reference (exact `depth`, or a label store's pseudo
+    `disparity` for the user's own data), the run's depth prediction aligned to it (only when
+    the run has a depth head) and the PCA map of its patch features."""
     import matplotlib.pyplot as plt
 
     features = model.images(images)
     colours = pca_rgb(features.patches)
-    truth = torch.from_numpy(depth).float()
-    panels = ["input", "depth (truth)"]
+    if depth is None and disparity is None:
+        raise ValueError("plot_depth_and_pca needs the exact depth or a pseudo-disparity")
+    as_disparity = depth is None
+    truth = torch.from_numpy(depth if depth is not None else disparity).float()  # type: ignore[arg-type]
+    kind = "disparity (labels)" if as_disparity else "depth"
+    panels = ["input", f"{kind} (truth)" if not as_disparity else kind]
     predicted = None
     if model.has_depth_head:
         valid = torch.isfinite(truth)
-        predicted = depth_from_disparity(model.disparity(images), truth.nan_to_num(1.0), valid)
-        panels.append("depth (predicted)")
+        raw = model.disparity(images)
+        predicted = (
+            fit_affine(raw, truth.nan_to_num(0.0), valid)
+            if as_disparity
+            else depth_from_disparity(raw, truth.nan_to_num(1.0), valid)
+        )
+        panels.append(f"{kind.split(' ')[0]} (predicted)")
     panels.append("patch-feature PCA")
     fig, axes = plt.subplots(
         len(images), len(panels), figsize=(2.2 * len(panels), 2.2 * len(images)), squeeze=False
@@ -66,14 +94,59 @@ def plot_depth_and_pca(
             shown.append(predicted[row].numpy())
         shown.append(colours[row])
         for col, (ax, image) in enumerate(zip(axes[row], shown, strict=True)):
-            is_depth = panels[col].startswith("depth")
-            ax.imshow(image, cmap="magma_r" if is_depth else None, vmin=low, vmax=high)
+            is_map = panels[col].startswith(("depth", "disparity"))
+            # Near is bright either way: depth reversed, disparity as it is.
+            cmap = ("magma" if as_disparity else "magma_r") if is_map else None
+            ax.imshow(image, cmap=cmap, vmin=low, vmax=high)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(panels[col], fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def notebook_images(model: FrozenModel, n: int) -> tuple[np.ndarray, dict[str, np.ndarray], str]:
+    """Images a notebook shows for a run, at the model's input size, with their depth reference:
+    held-out mini-world scenes and their exact depth when the run trained on the mini-world;
+    else the first `n` readable samples of the run's own source, with the pseudo-disparity of
+    its label store when it has depth (keyword `disparity`), else no reference. Returns
+    (images, the keywords of `plot_depth_and_pca`, a line saying what they are)."""
+    from PIL import Image
+
+    from mtv.data.sources import UnusableSample, decode_image, open_source
+    from mtv.data.store import LabelStore
+    from mtv.eval.mini import MiniData
+    from mtv.specs.experiment import MiniWorldSourceSpec
+
+    spec = model.spec
+    if isinstance(spec.data.source, MiniWorldSourceSpec):
+        data = MiniData.render(scenes=n, size=spec.data.source.image_size)
+        depth = np.stack([view.depth for view in data.views[0::2]])
+        return data.images[0::2], {"depth": depth}, "held-out mini-world scenes, exact depth"
+    source = open_source(spec.data.source)
+    store_path = spec.data.labels.store
+    store = LabelStore.open(store_path) if store_path else None
+    with_depth = store is not None and "depth" in store.attrs["kinds"]
+    images, maps = [], []
+    size = model.size
+    keys: list[str] = source.keys()  # a source, not a dict: its sample keys in order
+    for key in keys:
+        if len(images) == n:
+            break
+        try:
+            image = decode_image(source.get(key))
+        except UnusableSample:
+            continue
+        images.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC)))
+        if with_depth:
+            disparity, valid = store.depth(key)  # type: ignore[union-attr]
+            resized = Image.fromarray(np.where(valid, disparity, np.nan).astype(np.float32))
+            maps.append(np.asarray(resized.resize((size, size), Image.NEAREST)))
+    what = f"the run's own data ({spec.data.source.kind}), first {len(images)} samples"
+    if not with_depth:
+        return np.stack(images), {}, what + "; no depth labels"
+    return np.stack(images), {"disparity": np.stack(maps)}, what + ", pseudo-disparity labels"
 
 
 def plot_pca_grid(models: dict[str, FrozenModel], images: np.ndarray) -> Figure:
