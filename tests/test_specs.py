@@ -326,7 +326,7 @@ def test_an_own_data_experiment_is_extends_plus_a_data_block(tmp_path: Path) -> 
         "  labels: {store: photos/labels.zarr}\n"
     )
     spec = load_spec(path)
-    assert spec.data.source.model_dump() == {
+    assert spec.data.source.model_dump(exclude_defaults=True) == {
         "kind": "folder",
         "root": "photos",
         "captions": "captions.jsonl",
