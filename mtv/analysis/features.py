@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from mtv.eval.metrics import align_disparity
+from mtv.eval.mini import MiniData
 from mtv.eval.model import FrozenModel
 
 if TYPE_CHECKING:
@@ -74,6 +75,14 @@ def plot_depth_and_pca(
                 ax.set_title(panels[col], fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_held_out_scenes(model: FrozenModel, scenes: int = 3) -> Figure:
+    """`plot_depth_and_pca` of held-out mini-world scenes (one view each, the `mini` suite's
+    seed) at the model's input size: the figure training logs with its evaluations."""
+    data = MiniData.render(scenes=scenes, size=model.size)
+    depth = np.stack([view.depth for view in data.views[0::2]])
+    return plot_depth_and_pca(model, data.images[0::2], depth)
 
 
 def plot_pca_grid(models: dict[str, FrozenModel], images: np.ndarray) -> Figure:
