@@ -149,6 +149,14 @@ def notebook_images(model: FrozenModel, n: int) -> tuple[np.ndarray, dict[str, n
     return np.stack(images), {"disparity": np.stack(maps)}, what + ", pseudo-disparity labels"
 
 
+def plot_held_out_scenes(model: FrozenModel, scenes: int = 3) -> Figure | None:
+    """`plot_depth_and_pca` of the images `notebook_images` picks for the run (held-out
+    mini-world scenes, or its own data): the figure training logs with its evaluations; None
+    when there is no depth reference to draw against."""
+    images, reference, _ = notebook_images(model, scenes)
+    return plot_depth_and_pca(model, images, **reference) if reference else None
+
+
 def plot_pca_grid(models: dict[str, FrozenModel], images: np.ndarray) -> Figure:
     """Rows = runs, columns = the input images then their patch-feature PCA maps (fitted per
     run, jointly over its images): how each task set organises the same scenes."""

@@ -331,11 +331,28 @@ class EvalSpec(StrictModel):
         return self
 
 
+LoggerName = Literal["parquet", "tensorboard", "wandb", "mlflow"]
+
+
 class OutputSpec(StrictModel):
     root: str = Field("runs", description="run directories are made under this folder")
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(500, gt=0)
     keep_last: int = Field(3, gt=0)
+    loggers: list[LoggerName] = Field(
+        ["parquet"],
+        description="where per-step metrics and evaluations go: parquet (RUN/metrics.parquet), "
+        "tensorboard (RUN/tensorboard), wandb (offline in RUN/wandb unless WANDB_MODE says "
+        "otherwise), mlflow (RUN/mlruns unless MLFLOW_TRACKING_URI is set). parquet is always "
+        "on: it is added when the list leaves it out",
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _parquet_always(cls, value: list[str]) -> list[str]:
+        # metrics.parquet is what resume, the analysis and the sweeps read: never optional.
+        # A repeated name would log every value twice; dict.fromkeys drops it, keeping order.
+        return list(dict.fromkeys(["parquet", *value]))
 
 
 def _defaults_of(cls: type[TaskSpecBase]) -> type[StrictModel]:

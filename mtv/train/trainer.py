@@ -33,6 +33,7 @@ from mtv.specs.loading import spec_to_yaml
 from mtv.train.checkpoint import save_checkpoint
 from mtv.train.diagnostics import gradient_probe
 from mtv.train.lock import RunLock, RunLocked
+from mtv.train.loggers import LoggerError, Loggers, Outcome, check_available, open_loggers
 from mtv.train.metrics import MetricsLog
 from mtv.train.prepare import RunData, prepare_data
 from mtv.train.rundir import RunRefused, accept_run, critical_settings, environment
@@ -127,6 +128,11 @@ class Trainer:
         if not self.main:  # one voice per run: the other ranks neither print nor write
             self.report = _silent
             warnings.filterwarnings("ignore")  # rank 0 shows the same ones
+        try:  # a tracker's missing package stops the run before anything is written
+            check_available(spec.output.loggers if self.main else ())
+        except LoggerError as err:
+            raise TrainingError(str(err)) from None
+        self.loggers = Loggers()  # opened by `run`, on rank 0
         self.lock = RunLock(run_dir)
         self._restored = self._prepare_run_dir(resume)
         self.data = self._data() if batches is None else None
@@ -367,13 +373,26 @@ class Trainer:
                 )
 
     def run(self) -> RunSummary:
-        """Train to `schedule.steps`. A SIGINT or SIGTERM stops it after the current step with a
-        checkpoint and the metrics on disk, raising `Interrupted`."""
+        """Train to `schedule.steps`, with the trackers of `output.loggers` open meanwhile (rank 0).
+        A SIGINT or SIGTERM stops it after the current step with a checkpoint and the metrics on
+        disk, raising `Interrupted`."""
         stop = StopRequest().install()
+        outcome: Outcome = "failed"
         try:
-            return self._loop(stop)
+            if self.main:
+                try:
+                    self.loggers = open_loggers(self.spec, self.run_dir, self.step, self.report)
+                except LoggerError as err:
+                    raise TrainingError(str(err)) from None
+            summary = self._loop(stop)
+            outcome = "finished"
+            return summary
+        except Interrupted:
+            outcome = "interrupted"
+            raise
         finally:
             stop.restore()
+            self.loggers.close(outcome)
             self.close()
 
     def close(self) -> None:
@@ -394,6 +413,7 @@ class Trainer:
                 )
                 if streak >= spec.runtime.nonfinite_patience:
                     self.metrics.add(row)
+                    self.loggers.log_row(row)
                     if self.main:
                         self.metrics.flush()
                     raise NonFiniteLoss(
@@ -405,6 +425,7 @@ class Trainer:
                 last = {k: v for k, v in row.items() if k.startswith("loss")}
                 self._check_collapse(row)
             self.metrics.add(row)
+            self.loggers.log_row(row)
             self.step += 1
             if self.on_step is not None and self.main:
                 self.on_step(row)
@@ -450,6 +471,7 @@ class Trainer:
         model = FrozenModel(self.spec, self.graph, self.data.tokenizer, self.step)
         try:
             results = run_suite(model, self.spec.eval)
+            self.loggers.log_eval(self.step, results, model)  # its figure runs the eval-mode model
         finally:
             self.graph.student.train()
         store_results(results, self.run_dir, self.spec.eval.suite)
