@@ -149,7 +149,7 @@ def test_every_tracker_holds_the_metrics_and_a_resume_continues_them(
     [(step, width, height)] = tensorboard_images(run, "eval/depth_and_pca")
     assert step == 3 and width > 100 and height > 100
 
-    # As if killed after logging step 4 but before checkpoint 5: the resume repeats 3 and 4.
+    # As if killed after logging step 5 but before checkpoint 5: the resume repeats 4 and 5.
     shutil.rmtree(run / "checkpoints" / "step-00000005")
     Trainer(smoke(corpus, *sets), run, resume=True, report=messages.append).run()
     assert not [m for m in messages if "warning" in m], messages
@@ -157,33 +157,33 @@ def test_every_tracker_holds_the_metrics_and_a_resume_continues_them(
     assert (run / "mlflow-run-id.txt").read_text().strip() == mlflow_id
 
     metrics = pl.read_parquet(run / "metrics.parquet")
-    assert metrics["step"].to_list() == [0, 1, 2, 3, 4]
+    assert metrics["step"].to_list() == [1, 2, 3, 4, 5]
     expected = {name: dict(zip(metrics["step"], metrics[name], strict=True)) for name in LOSSES}
     evals = pl.read_parquet(run / "eval" / "mini.parquet")
     assert evals["step"].unique().to_list() == [3]
     expected_eval = {EVAL + m: v for m, v in evals.select("metric", "value").rows()}
     assert len(expected_eval) >= 2
 
-    # TensorBoard: one value per step (the resume's purge hid the first run's 3 and 4), and the
+    # TensorBoard: one value per step (the resume's purge hid the first run's 4 and 5), and the
     # evaluation at the checkpoint's step still there.
     board = tensorboard_scalars(run)
     for name, values in expected.items():
-        assert [step for step, _ in board[name]] == [0, 1, 2, 3, 4], name
+        assert [step for step, _ in board[name]] == [1, 2, 3, 4, 5], name
         assert all(close(v, values[s]) for s, v in board[name]), name
     for key in ("lr", "grad_norm", "images_per_s", "data_wait_fraction", "distill/teacher_entropy"):
-        assert [step for step, _ in board[key]] == [0, 1, 2, 3, 4], key
-        assert all(close(v, metrics[key][s]) for s, v in board[key]), key
+        assert [step for step, _ in board[key]] == [1, 2, 3, 4, 5], key
+        assert all(close(v, metrics[key][s - 1]) for s, v in board[key]), key
     for key, value in expected_eval.items():
         [(step, logged)] = board[key]
         assert step == 3 and close(logged, value), key
 
-    # W&B: two offline runs with one id; the first has steps 0-4 and the evaluation at 3, the
-    # resumed one steps 3 and 4.
+    # W&B: two offline runs with one id; the first has steps 1-5 and the evaluation at 3, the
+    # resumed one steps 4 and 5.
     files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 2
     first, second = (wandb_history(path) for path in files)
     assert first[0] == second[0] == wandb_id
-    for rows, steps in ((first[1], [0, 1, 2, 3, 4]), (second[1], [3, 4])):
+    for rows, steps in ((first[1], [1, 2, 3, 4, 5]), (second[1], [4, 5])):
         assert [step for step, _ in rows] == steps
         for step, values in rows:
             for name in LOSSES:
@@ -191,7 +191,7 @@ def test_every_tracker_holds_the_metrics_and_a_resume_continues_them(
     [at_3] = [values for step, values in first[1] if step == 3]
     assert {k: v for k, v in at_3.items() if k.startswith("eval/")} == pytest.approx(expected_eval)
 
-    # MLflow: one run, in RUN/mlruns; the resume appended steps 3 and 4 again (the same values:
+    # MLflow: one run, in RUN/mlruns; the resume appended steps 4 and 5 again (the same values:
     # the resume is exact), and the run's params are the spec's. The total loss is `loss/total`
     # there (its file store cannot have a metric `loss` beside the folder of `loss/<task>`).
     client = MlflowClient((run / "mlruns").resolve().as_uri())
@@ -202,7 +202,7 @@ def test_every_tracker_holds_the_metrics_and_a_resume_continues_them(
     for name, values in expected.items():
         key = MLFLOW_TOTALS.get(name, name)
         history = [(m.step, m.value) for m in client.get_metric_history(mlflow_id, key)]
-        assert sorted({step for step, _ in history}) == [0, 1, 2, 3, 4], name
+        assert sorted({step for step, _ in history}) == [1, 2, 3, 4, 5], name
         assert all(close(v, values[s]) for s, v in history), name
     for key, value in expected_eval.items():
         [metric] = client.get_metric_history(mlflow_id, key)

@@ -124,15 +124,11 @@ class TensorBoardLogger:
     def __init__(self, spec: ExperimentSpec, run_dir: Path, start_step: int):
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step: TensorBoard hides what earlier writers logged at or after this step (a
-        # resume repeats the steps after its checkpoint; a new run replaces it all).
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step)
-        # That hides the evaluation at the checkpoint's own step too, which a resume does not
-        # repeat: it is logged again from the run's evaluation history.
-        history = run_dir / "eval" / f"{spec.eval.suite}.parquet"
-        if start_step > 0 and history.is_file():
-            frame = pl.read_parquet(history).filter(pl.col("step") == start_step)
-            self.log_scalars(start_step, eval_scalars(frame))
+        # purge_step: TensorBoard hides what earlier writers logged at or after this step. Rows
+        # are numbered 1..N, so a resume from checkpoint step-K repeats steps K+1.. (its rows
+        # and evaluations up to K stay); a new run (K = 0) replaces everything.
+        del spec
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
 
     def log_scalars(self, step: int, values: dict[str, float]) -> None:
         for key, value in values.items():
