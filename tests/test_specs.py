@@ -326,11 +326,11 @@ def test_an_own_data_experiment_is_extends_plus_a_data_block(tmp_path: Path) -> 
         "  labels: {store: photos/labels.zarr}\n"
     )
     spec = load_spec(path)
+    assert spec.data.source.kind == "folder"
     assert spec.data.source.model_dump(exclude_defaults=True) == {
-        "kind": "folder",
         "root": "photos",
         "captions": "captions.jsonl",
-    }
+    }  # nothing of the mini-world source (n_images, image_size, seed) survived
     assert (
         spec.data.batch_size
         == load_spec(ROOT / "experiments" / "vl_ssl_depth.yaml").data.batch_size
