@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from mtv.batch import Batch
@@ -11,6 +13,14 @@ from mtv.tasks import CAPTION_TEXT, MASKED, REGION_TEXT
 from mtv.tasks.masked import draw_patch_mask
 
 ALL_TASKS = ["vl", "distill", "masked", "koleo", "ground", "depth"]
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
+
+
+def smoke(corpus: str, *extra: str) -> ExperimentSpec:
+    """The smoke experiment on the mini-world at `corpus`, loading in the main process."""
+    from mtv.specs import load_spec
+
+    return load_spec(SMOKE, [f"data.source.root={corpus}", "data.loader.workers=0", *extra])
 
 
 def tiny_spec(

@@ -15,33 +15,14 @@ import polars as pl
 import pytest
 
 from mtv.distributed import resolve_backend
-from mtv.specs import load_spec
 from mtv.train import Trainer, TrainingError, latest_checkpoint
 from mtv.train.checkpoint import STATE, complete_checkpoints
 from mtv.train.lock import LOCK_NAME, RunLock
-from mtv.world.corpus import render_corpus
+from tests.helpers import smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 CLI = [sys.executable, "-c", "from mtv_cli.main import entry; entry()"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
-    spec = load_spec(SMOKE)
-    root = tmp_path_factory.mktemp("faults") / "mini"
-    render_corpus(root, spec.data.source.n_images, size=spec.data.source.image_size, seed=0)
-    # Label once here, so that the runs below time training only.
-    Trainer(
-        load_spec(SMOKE, [f"data.source.root={root}", "schedule.steps=1"]),
-        root.parent / "prepare",
-        report=lambda m: None,
-    ).run()
-    return str(root)
-
-
-def smoke(corpus: str, *extra: str):  # type: ignore[no-untyped-def]
-    return load_spec(SMOKE, [f"data.source.root={corpus}", "data.loader.workers=0", *extra])
 
 
 def _command(corpus: str, out: Path, *extra: str) -> list[str]:

@@ -14,28 +14,15 @@ import pytest
 from mtv_cli.main import app
 from typer.testing import CliRunner
 
-from mtv.specs import load_spec
 from mtv.specs.loading import SpecError
 from mtv.train import Trainer, TrainingError
 from mtv.train.loggers import MLFLOW_TOTALS, scalars
-from mtv.world.corpus import render_corpus
+from tests.helpers import smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 LOSSES = ("loss", "loss/vl", "loss/depth", "loss/distill")
 EVAL = "eval/mini/retrieval/"
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
-    spec = load_spec(SMOKE)
-    root = tmp_path_factory.mktemp("loggers") / "mini"
-    render_corpus(root, spec.data.source.n_images, size=spec.data.source.image_size, seed=0)
-    return str(root)
-
-
-def smoke(corpus: str, *extra: str):  # type: ignore[no-untyped-def]
-    return load_spec(SMOKE, [f"data.source.root={corpus}", "data.loader.workers=0", *extra])
 
 
 @pytest.fixture

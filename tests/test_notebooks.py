@@ -16,6 +16,15 @@ def test_there_are_notebooks() -> None:
     assert {"loss_curves.ipynb", "depth_and_features.ipynb", "synergy.ipynb"} <= names
 
 
+def execute(path: Path) -> list:  # type: ignore[type-arg]
+    """Run a notebook top to bottom in a fresh kernel; its code cells' outputs."""
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": path.parent}}
+    ).execute()
+    return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(
     path: Path, ladder_runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
@@ -23,11 +32,7 @@ def test_notebook_runs_top_to_bottom(
     # The kernel inherits this environment: the notebooks read their runs from MTV_RUNS.
     monkeypatch.setenv("MTV_RUNS", str(next(iter(ladder_runs.values())).parent))
     monkeypatch.setenv("MTV_EVAL_SCENES", "6")
-    notebook = nbformat.read(path, as_version=4)
-    NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": path.parent}}
-    ).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    outputs = execute(path)
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure was drawn"
 
@@ -41,12 +46,7 @@ def test_synergy_notebook_on_a_partial_set_of_runs_says_what_is_missing(
         shutil.copytree(ladder_runs[name], tmp_path / name)
     monkeypatch.setenv("MTV_RUNS", str(tmp_path))
     monkeypatch.setenv("MTV_EVAL_SCENES", "6")
-    path = next(p for p in NOTEBOOKS if p.name == "synergy.ipynb")
-    notebook = nbformat.read(path, as_version=4)
-    NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": path.parent}}
-    ).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    outputs = execute(next(p for p in NOTEBOOKS if p.name == "synergy.ipynb"))
     assert not [o for o in outputs if o.output_type == "error"]
     printed = " ".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "missing" in printed.lower()

@@ -19,25 +19,12 @@ from typer.testing import CliRunner
 
 from mtv.specs import load_spec
 from mtv.train import NonFiniteLoss, Trainer, TrainingError, latest_checkpoint
-from mtv.world.corpus import render_corpus
 from tests import train_workers
+from tests.helpers import smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The smoke experiment's mini-world, rendered once (labels are made by the first run)."""
-    spec = load_spec(SMOKE)
-    root = tmp_path_factory.mktemp("train") / "mini"
-    render_corpus(root, spec.data.source.n_images, size=spec.data.source.image_size, seed=0)
-    return str(root)
-
-
-def smoke(corpus: str, *extra: str):  # type: ignore[no-untyped-def]
-    return load_spec(SMOKE, [f"data.source.root={corpus}", "data.loader.workers=0", *extra])
 
 
 def test_smoke_run_through_the_cli(tmp_path: Path) -> None:
