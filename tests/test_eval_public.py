@@ -449,7 +449,14 @@ def test_spair_missing_keys_and_bad_images_are_named(tmp_path: Path) -> None:
 
 
 def test_registry_names_and_argument_errors(tmp_path: Path) -> None:
-    assert set(PUBLIC_SUITES) == {"imagenet_folder", "coco_karpathy", "ade20k", "nyuv2", "spair"}
+    assert set(PUBLIC_SUITES) == {
+        "imagenet_folder",
+        "coco_karpathy",
+        "ade20k",
+        "nyuv2",
+        "spair",
+        "navi",
+    }
     with pytest.raises(ValueError, match="unknown benchmark format 'coco'"):
         run_public_suite(PlantedModel(), "coco", tmp_path)
     with pytest.raises(ValueError, match=r"unknown evaluator\(s\) \['zero_shot'\] for spair"):

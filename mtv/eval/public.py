@@ -9,6 +9,7 @@
 | nyuv2 | `nyu_depth_v2_labeled.mat` | depth_probe: [global ; patch] -> 256 bins, RMSE/AbsRel; |
 |  |  | relative_depth: the run's depth head, zero-shot AbsRel/delta1 |
 | spair | SPair-71k, test pairs | semantic_correspondence: nearest patch, PCK@0.1 of the box |
+| navi | NAVI multiview scenes | geometric_correspondence: nearest patch, recall@px (Probe3D) |
 
 Probes and metrics are those of `mtv.eval.probes` / `mtv.eval.metrics`, so numbers are measured
 at the model's input size (images resized and centre-cropped, see `mtv.eval.formats`), per
@@ -17,6 +18,7 @@ patch for the depth probe, per pixel of the crop for mIoU.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ from mtv.eval.metrics import (
     zero_shot_accuracy,
 )
 from mtv.eval.model import FrozenModel, class_embeddings
+from mtv.eval.navi import ViewPairSet, pair_batches, read_navi
 from mtv.eval.nyuv2 import read_nyuv2
 from mtv.eval.probes import depth_probe_scores, patch_depth, segmentation_probe_scores
 from mtv.eval.spair import read_spair
@@ -68,6 +71,8 @@ TEMPLATES = (
 
 T = TypeVar("T")
 NYU_MAX_DEPTH = 10.0  # metres: NYUv2's evaluation cap
+ROTATION_BINS = (0, 30, 60, 90, 120)  # degrees: Probe3D's bins of NAVI pairs' relative rotation
+PAIRS_PER_BATCH = 256  # NAVI pairs whose images' features are held at once
 
 
 @dataclass
@@ -184,6 +189,51 @@ def semantic_correspondence(model: FrozenModel, data: KeypointPairSet) -> Scores
     return {f"pck@{data.alpha:g}": Score(hits / total, chance / total)}
 
 
+def geometric_correspondence(model: FrozenModel, data: ViewPairSet) -> Scores:
+    """NAVI pairs (`mtv.eval.navi`): each ground-truth point of the source view takes the
+    feature of the patch containing it, matched to the nearest (cosine) patch of the target
+    view; a match is right when that patch's centre lies within a threshold of the point's true
+    location. Recall at size/16, size/8 and size/4 pixels (the mini suite's thresholds), the
+    mean over pairs (each pair weighs the same, as Probe3D's fixed number of matches a pair),
+    and at size/8 per bin of relative rotation (Probe3D's 0-30-60-90-120 degrees; empty bins
+    left out). Trivial: a match drawn uniformly among the target's patches."""
+    size = data.images.shape[1]
+    thresholds_px = (size / 16, size / 8, size / 4)
+    names = [f"recall@{t:g}px" for t in thresholds_px]
+    found, chance, angles = [], [], []
+    for images, batch in pair_batches(data, PAIRS_PER_BATCH):
+        patches = model.images(data.images[images]).patches
+        row = {int(image): n for n, image in enumerate(images)}
+        grid = tuple(patches.shape[1:3])
+        step = size / grid[1]  # pixels per patch (square images, square grid)
+        thresholds = tuple(t / step for t in thresholds_px)
+        for pair in batch:
+            if not len(pair.source_xy):
+                continue
+            cells = np.minimum((pair.source_xy / step).astype(np.int64), grid[1] - 1)
+            queries = patches[row[pair.source], cells[:, 1], cells[:, 0]]
+            truth = torch.from_numpy(pair.target_xy / step)
+            recall = correspondence_recall(queries, patches[row[pair.target]], truth, thresholds)
+            random = random_match_recall(grid, truth, thresholds)  # type: ignore[arg-type]
+            found.append(list(recall.values()))
+            chance.append(list(random.values()))
+            angles.append(pair.rotation)
+    if not found:
+        return {}
+    hits, trivial, rotation = np.array(found), np.array(chance), np.array(angles)
+    out = {
+        name: Score(float(hits[:, k].mean()), float(trivial[:, k].mean()))
+        for k, name in enumerate(names)
+    }
+    for low, high in itertools.pairwise(ROTATION_BINS):
+        inside = (rotation >= low) & (rotation < high)
+        if inside.any():
+            out[f"{names[1]}_{low}-{high}deg"] = Score(
+                float(hits[inside, 1].mean()), float(trivial[inside, 1].mean())
+            )
+    return out
+
+
 # Registry --------------------------------------------------------------------------------------
 
 
@@ -228,6 +278,11 @@ PUBLIC_SUITES: dict[str, PublicSuite] = {
         "SPair-71k test pairs: semantic correspondence PCK@0.1 (target box)",
         lambda path, size, limit: read_spair(path, size, "test", limit),
         {"semantic_correspondence": semantic_correspondence},
+    ),
+    "navi": PublicSuite(
+        "NAVI multiview pairs: geometric correspondence recall@px, by relative rotation",
+        lambda path, size, limit: read_navi(path, size, limit),
+        {"geometric_correspondence": geometric_correspondence},
     ),
 }
 

@@ -288,7 +288,7 @@ class RuntimeSpec(StrictModel):
 
 
 EvalSuite = Literal[
-    "mini", "source", "imagenet_folder", "coco_karpathy", "ade20k", "nyuv2", "spair"
+    "mini", "source", "imagenet_folder", "coco_karpathy", "ade20k", "nyuv2", "spair", "navi"
 ]
 
 
