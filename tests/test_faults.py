@@ -189,3 +189,16 @@ def test_two_ranks_under_torchrun_speak_with_one_voice(corpus: str, tmp_path: Pa
     assert result.stdout.count("run directory:") == 2  # rank 0: at the start and the end
     assert result.stdout.count("finished 2 steps") == 1
     assert json.loads((out / "environment.json").read_text())["world_size"] == 2
+
+
+def test_metrics_of_a_run_started_before_one_based_steps_are_renumbered(tmp_path: Path) -> None:
+    from mtv.train.metrics import MetricsLog
+
+    path = tmp_path / "metrics.parquet"
+    pl.DataFrame({"step": [0, 1, 2, 3], "loss": [4.0, 3.0, 2.0, 1.0]}).write_parquet(path)
+    log = MetricsLog(path)
+    log.resume(2)  # checkpoint step-2: the old rows of steps 0 and 1 are steps 1 and 2
+    assert [(r["step"], r["loss"]) for r in log.rows] == [(1, 4.0), (2, 3.0)]
+    pl.DataFrame({"step": [1, 2, 3], "loss": [4.0, 3.0, 2.0]}).write_parquet(path)
+    log.resume(2)  # already numbered from 1: kept as it is
+    assert [(r["step"], r["loss"]) for r in log.rows] == [(1, 4.0), (2, 3.0)]

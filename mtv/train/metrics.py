@@ -18,10 +18,14 @@ class MetricsLog:
         self.rows: list[dict[str, Any]] = []
 
     def resume(self, last_step: int) -> None:
-        """Keep the rows of steps 1..last_step (the checkpoint's), dropping any logged after it."""
+        """Keep the rows of steps 1..last_step (the checkpoint's), dropping any logged after it.
+        A file written before rows were numbered from 1 (its first step is 0) is renumbered,
+        so a run started with an older mtv resumes with one numbering throughout."""
         if self.path.is_file():
-            frame = pl.read_parquet(self.path).filter(pl.col("step") <= last_step)
-            self.rows = frame.to_dicts()
+            frame = pl.read_parquet(self.path)
+            if frame.height and frame["step"].min() == 0:
+                frame = frame.with_columns(pl.col("step") + 1)
+            self.rows = frame.filter(pl.col("step") <= last_step).to_dicts()
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
