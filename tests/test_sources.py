@@ -505,7 +505,10 @@ def test_captions_path_is_relative_to_the_root_and_a_text_column_can_be_named(
         root=str(tmp_path / "photos"), captions="pairs.jsonl", text_column="alt"
     )
     assert open_source(spec).get("img/photo0").caption == "photo 0"
-    with pytest.raises(ValueError, match=r"no usable sample in 4 row.*no `caption` string"):
+    with (
+        pytest.warns(sources_module.SkippedSampleWarning, match="no `caption` string"),
+        pytest.raises(ValueError, match=r"no usable sample in 4 row.*no `caption` string"),
+    ):
         open_source(FolderSourceSpec(root=str(tmp_path / "photos"), captions="pairs.jsonl"))
     with pytest.raises(FileNotFoundError, match=r"metadata\.jsonl"):
         open_source(FolderSourceSpec(root=str(tmp_path / "photos" / "img")))
