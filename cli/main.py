@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from mtv_cli.data import data_app
 from mtv_cli.evaluate import evaluate, scaling, synergy
 from mtv_cli.export import export
 from mtv_cli.label import label_app
@@ -39,6 +40,7 @@ spec_app = typer.Typer(
 app.add_typer(spec_app, name="spec")
 app.add_typer(world_app, name="world")
 app.add_typer(label_app, name="label")
+app.add_typer(data_app, name="data")
 app.command("run")(run)
 app.command("eval")(evaluate)
 app.command("export")(export)

@@ -1,7 +1,8 @@
 """Data: image-text sources over fsspec (tar shards, image folders) and image decoding."""
 
 from mtv.data.folder import FolderSource
-from mtv.data.shards import MemberRef, Span, TarShardSource, split_member_name
+from mtv.data.shard_index import StaleIndexWarning
+from mtv.data.shards import MemberRef, SidecarReport, Span, TarShardSource, split_member_name
 from mtv.data.sources import (
     CorruptImageError,
     DuplicateKeyError,
@@ -22,8 +23,10 @@ __all__ = [
     "MemberRef",
     "ProblemCallback",
     "Sample",
+    "SidecarReport",
     "SkippedSampleWarning",
     "Span",
+    "StaleIndexWarning",
     "TarShardSource",
     "UnusableSample",
     "decode_image",

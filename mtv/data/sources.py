@@ -229,7 +229,9 @@ def open_source(
     from mtv.data.shards import TarShardSource
 
     if isinstance(spec, ShardsSourceSpec):
-        return TarShardSource(spec.urls, storage_options, on_problem=on_problem)
+        return TarShardSource(
+            spec.urls, storage_options, on_problem=on_problem, index_threads=spec.index_threads
+        )
     if isinstance(spec, FolderSourceSpec):
         return FolderSource(
             spec.root,

@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from mtv.specs.base import StrictModel
-from mtv.specs.limits import DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE
+from mtv.specs.limits import DEFAULT_INDEX_THREADS, DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE
 from mtv.specs.model import ModelSpec
 from mtv.specs.oracle import OracleBoxesSpec, OracleDepthSpec
 from mtv.specs.tasks import TaskKind, TaskSpec, TaskSpecBase, task_spec_classes
@@ -43,6 +43,14 @@ class ShardsSourceSpec(StrictModel):
     kind: Literal["shards"] = "shards"
     urls: list[str] = Field(
         min_length=1, description="paths or URLs; brace ranges such as {0000..0099} expand"
+    )
+    index_threads: int = Field(
+        DEFAULT_INDEX_THREADS,
+        ge=1,
+        le=1024,
+        description="shards listed at once when the key index is built (each from its "
+        "SHARD.tar.idx.json sidecar, or by scanning its tar headers): waiting on storage, not "
+        "CPU, so more than the cores; 1 lists them one after the other",
     )
 
 

@@ -10,3 +10,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # tokens per image, far past any setting that trains; larger is a typo that would pass
 # validation and fail to allocate).
 MAX_IMAGE_SIDE = 4096
+
+# Shards listed at once while a tar-shard source builds its key index: threads that mostly wait
+# on storage (a sidecar read or header scan is a round trip or two to an object store), so many
+# more than the cores; 16 hides 20 ms of latency per request at ~400 shards/s.
+DEFAULT_INDEX_THREADS = 16

@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 from PIL import Image
 
+from mtv.data.shard_index import scan_shard, write_sidecar
 from mtv.world import geometry
 from mtv.world.render import CLASS_NAMES, KEYPOINT_IDS, RenderedView, render_views, sample_key
 from mtv.world.scene import COLORS, FLOORS, MATERIALS, SIZES, sample_scene
@@ -49,6 +50,13 @@ class WorldCorpus:
                 "interrupted render leaves none): render it again with `mtv world render`"
             )
         return cls(root, json.loads(path.read_text()))
+
+
+def _close_shard(tar: tarfile.TarFile, path: Path) -> None:
+    """Close a finished shard and write its sidecar index (`SHARD.tar.idx.json`), so that sources
+    list it without scanning it."""
+    tar.close()
+    write_sidecar(scan_shard(str(path)))
 
 
 def _tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
@@ -213,7 +221,7 @@ def render_corpus(
         for view in rendered:
             if tar is None or in_shard == shard_size:
                 if tar is not None:
-                    tar.close()
+                    _close_shard(tar, out / shards[-1])
                 shards.append(f"shards/world-{len(shards):06d}.tar")
                 # Closed when the shard is full, or after the last batch.
                 tar = tarfile.open(out / shards[-1], "w")  # noqa: SIM115
@@ -225,7 +233,7 @@ def render_corpus(
         if progress is not None:
             progress(len(rendered))
     if tar is not None:
-        tar.close()
+        _close_shard(tar, out / shards[-1])
     manifest = {
         "format": "mtv-miniworld",
         "version": FORMAT_VERSION,
