@@ -34,8 +34,12 @@ class _View:
         self.live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
 
     def _eta(self, step: int) -> str:
-        self.first = step if self.first is None else self.first
-        done = step - self.first + 1
+        # Timed from the first step this process trained, not from start-up: data preparation
+        # (rendering, labelling, a resume's loading) would otherwise inflate the estimate.
+        if self.first is None:
+            self.first, self.started = step, time.perf_counter()
+            return "-"
+        done = step - self.first
         left = (time.perf_counter() - self.started) / max(done, 1) * (self.total - step)
         return time.strftime("%H:%M:%S", time.gmtime(max(left, 0)))
 

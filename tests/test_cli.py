@@ -110,3 +110,15 @@ def test_tables_are_wide_when_piped(monkeypatch) -> None:  # type: ignore[no-unt
     assert _width(io.StringIO()) == 200  # piped: rich alone would fold tables at 80
     monkeypatch.setenv("COLUMNS", "120")
     assert _width(io.StringIO()) is None  # the user's COLUMNS wins
+
+
+def test_the_eta_counts_from_the_first_trained_step_not_from_start_up() -> None:
+    from mtv_cli.run import _View
+
+    view = _View(total=100, log_every=10)
+    view.started -= 3600  # an hour of labelling before the first step
+    assert view._eta(51) == "-"  # a resumed run's first step: no rate yet
+    view.started -= 10  # ten seconds for steps 52..61
+    eta = view._eta(61)
+    assert eta.startswith("00:00:")  # 39 steps left at ~1 s each, not hours
+    assert 30 <= int(eta[-2:]) <= 50, eta
