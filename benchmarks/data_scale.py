@@ -115,23 +115,34 @@ class _LatencyFile(AbstractBufferedFile):
 fsspec.register_implementation("latency", LatencyFileSystem, clobber=True)
 
 
+def write_shards(
+    root: Path, name: str, shards: int, samples: int, members: Callable[[int, int], list]
+) -> list[str]:
+    """`shards` tar shards `root/name-N.tar`, sample `i` of shard `n` being the (member name,
+    bytes) pairs `members(n, i)`."""
+    urls = []
+    for shard in range(shards):
+        path = root / f"{name}-{shard:06d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for item in range(samples):
+                for member, data in members(shard, item):
+                    _add(tar, member, data)
+        urls.append(str(path))
+    return urls
+
+
 def make_corpus(root: Path, shards: int, samples: int) -> list[str]:
     """`shards` webdataset shards of `samples` tiny samples each."""
     rng = np.random.default_rng(0)
-    urls = []
-    for shard in range(shards):
-        path = root / f"shard-{shard:06d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for item in range(samples):
-                key = f"{shard:06d}{item:03d}"
-                buffer = io.BytesIO()
-                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
-                meta = json.dumps({"shard": shard, "item": item}).encode()
-                for name, data in ((f"{key}.png", buffer.getvalue()), (f"{key}.txt", b"a cat")):
-                    _add(tar, name, data)
-                _add(tar, f"{key}.json", meta)
-        urls.append(str(path))
-    return urls
+
+    def sample(shard: int, item: int) -> list[tuple[str, bytes]]:
+        key = f"{shard:06d}{item:03d}"
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
+        meta = json.dumps({"shard": shard, "item": item}).encode()
+        return [(f"{key}.png", buffer.getvalue()), (f"{key}.txt", b"a cat"), (f"{key}.json", meta)]
+
+    return write_shards(root, "shard", shards, samples, sample)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -324,14 +335,12 @@ def large_shard_rows(
     """What one index build and one sample cost in requests and bytes on shards of real size
     (their headers spread over many read-ahead blocks), through the latency filesystem."""
     rng = np.random.default_rng(1)
-    urls = []
-    for shard in range(shards):
-        path = root / f"large-{shard:04d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for item in range(samples):
-                _add(tar, f"{shard:04d}{item:05d}.jpg", rng.bytes(image_bytes))
-                _add(tar, f"{shard:04d}{item:05d}.txt", b"a large cat")
-        urls.append(f"latency://{path}")
+
+    def sample(shard: int, item: int) -> list[tuple[str, bytes]]:
+        key = f"{shard:04d}{item:05d}"
+        return [(f"{key}.jpg", rng.bytes(image_bytes)), (f"{key}.txt", b"a large cat")]
+
+    urls = [f"latency://{p}" for p in write_shards(root, "large", shards, samples, sample)]
     options = {"delay": latency_s}
     fs = fsspec.filesystem("latency", **options)
     TarShardSource(urls, options, on_problem=_fail).write_sidecars(force=True)
