@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtv.eval.metrics import align_disparity
+from mtv.eval.metrics import align_disparity, fit_affine
 from mtv.eval.model import FrozenModel
 
 if TYPE_CHECKING:
@@ -36,20 +36,6 @@ def depth_from_disparity(disparity: Tensor, depth: Tensor, valid: Tensor) -> Ten
     """A relative disparity map turned into depth with the scale and shift (in disparity) that
     best fit the ground truth: the alignment relative-depth evaluation uses."""
     return 1.0 / align_disparity(disparity, depth, valid).clamp(min=1e-6)
-
-
-def fit_affine(prediction: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-    """Each map of `prediction` (N, H, W) mapped by the scale and shift that fit `target` best
-    (least squares over the valid pixels): how a relative map is compared with another."""
-    out = torch.empty_like(prediction, dtype=torch.float32)
-    for i, (p, t, m) in enumerate(zip(prediction.double(), target.double(), valid, strict=True)):
-        design = torch.stack([p[m], torch.ones_like(p[m])], dim=1)
-        if len(design) < 2:
-            out[i] = p.float()
-            continue
-        scale, shift = torch.linalg.lstsq(design, t[m][:, None]).solution[:, 0]
-        out[i] = (p * scale + shift).float()
-    return out
 
 
 def plot_depth_and_pca(

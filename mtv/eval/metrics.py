@@ -127,6 +127,20 @@ def align_disparity(disparity: Tensor, depth: Tensor, valid: Tensor) -> Tensor:
     return torch.stack(out)
 
 
+def fit_affine(prediction: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Each map of `prediction` (N, H, W) mapped by the scale and shift that fit `target` best
+    (least squares over the valid pixels): how a relative map is compared with another."""
+    out = torch.empty_like(prediction, dtype=torch.float32)
+    for i, (p, t, m) in enumerate(zip(prediction.double(), target.double(), valid, strict=True)):
+        design = torch.stack([p[m], torch.ones_like(p[m])], dim=1)
+        if len(design) < 2:
+            out[i] = p.float()
+            continue
+        scale, shift = torch.linalg.lstsq(design, t[m][:, None]).solution[:, 0]
+        out[i] = (p * scale + shift).float()
+    return out
+
+
 def constant_depth_errors(
     train_depth: Tensor, train_valid: Tensor, test_depth: Tensor, test_valid: Tensor
 ) -> dict[str, float]:

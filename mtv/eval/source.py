@@ -25,7 +25,14 @@ from PIL import Image
 
 from mtv.data.sources import UnusableSample, decode_image, open_source
 from mtv.data.store import LabelStore
-from mtv.eval.metrics import Score, Scores, result_rows, retrieval_recall, zero_shot_accuracy
+from mtv.eval.metrics import (
+    Score,
+    Scores,
+    fit_affine,
+    result_rows,
+    retrieval_recall,
+    zero_shot_accuracy,
+)
 from mtv.eval.model import FrozenModel, class_embeddings
 from mtv.specs.experiment import (
     FolderSourceSpec,
@@ -163,16 +170,14 @@ def relative_depth(model: FrozenModel, data: SourceData, pooled: torch.Tensor) -
         return {}
     prediction = model.disparity(data.images)
     correlations, errors, constant = [], [], []
-    for pred, target, mask in zip(
-        prediction, torch.from_numpy(data.depth), torch.from_numpy(data.depth_valid), strict=True
-    ):
+    targets, masks = torch.from_numpy(data.depth), torch.from_numpy(data.depth_valid)
+    aligned = fit_affine(prediction, targets, masks)
+    for pred, fitted, target, mask in zip(prediction, aligned, targets, masks, strict=True):
         if mask.sum() < 2:
             continue
-        p, t = pred[mask].double(), target[mask].double()
-        correlations.append(_spearman(p, t))
-        design = torch.stack([p, torch.ones_like(p)], dim=1)
-        solution = torch.linalg.lstsq(design, t[:, None]).solution
-        errors.append(float((design @ solution - t[:, None]).abs().mean()))
+        t = target[mask].double()
+        correlations.append(_spearman(pred[mask].double(), t))
+        errors.append(float((fitted[mask].double() - t).abs().mean()))
         constant.append(float((t - t.mean()).abs().mean()))
     return {
         "rank_corr": Score(float(np.mean(correlations)), 0.0),
