@@ -10,7 +10,7 @@ from mtv_cli.output import console, fail
 from rich.markup import escape
 from rich.table import Table
 
-from mtv.models.hf_siglip import export_run
+from mtv.export import export_run
 from mtv.specs import SpecError
 
 FORMATS = {"hf-siglip": export_run}

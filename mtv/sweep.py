@@ -25,11 +25,11 @@ from typing import Any
 import polars as pl
 
 from mtv.analysis.reproduction import write_sweep_analysis
+from mtv.checkpoint import latest_checkpoint
 from mtv.eval import RESULT_COLUMNS, read_results
 from mtv.specs import load_spec
 from mtv.specs.loading import load_yaml_model
 from mtv.specs.sweep import LocalExecutorSpec, SlurmExecutorSpec, SweepEvalSpec, SweepSpec
-from mtv.train.checkpoint import latest_checkpoint
 
 MARKER = "sweep-job.json"
 

@@ -12,7 +12,7 @@ import torch
 
 from mtv.analysis import MissingRuns, ladder_table, synergy, synergy_table, task_groups
 from mtv.analysis.curves import load_curves, smooth
-from mtv.analysis.features import depth_from_disparity, pca_rgb
+from mtv.eval.figures import depth_from_disparity, pca_rgb
 from mtv.eval.metrics import relative_depth_errors
 
 SSL = ["vl", "distill", "masked", "koleo"]

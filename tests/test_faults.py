@@ -14,9 +14,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from mtv.checkpoint import STATE, complete_checkpoints
 from mtv.distributed import resolve_backend
 from mtv.train import Trainer, TrainingError, latest_checkpoint
-from mtv.train.checkpoint import STATE, complete_checkpoints
 from mtv.train.lock import LOCK_NAME, RunLock
 from tests.helpers import smoke
 

@@ -15,8 +15,8 @@ from torch import Tensor
 
 from mtv.graph import TaskGraph
 from mtv.models.tokenizer import TextTokenizer
+from mtv.restore import load_trained_run
 from mtv.specs import ExperimentSpec
-from mtv.train.restore import load_trained_run
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Hugging Face SigLIP interop: export a run's towers so that `transformers.SiglipModel` loads them
-and returns mtv's embeddings and logits, and initialise mtv modules from a SigLIP checkpoint.
+"""Hugging Face SigLIP interop at the model level: the tensor mapping and configs between mtv's
+towers and `transformers.SiglipModel`, and initialising mtv modules from a SigLIP checkpoint
+(`model.init_from`). Writing a trained run as a SigLIP directory is `mtv.export`, above training.
 
 mtv's encoder and text tower have SigLIP's layout (conv patch embedding, learned positions,
 pre-norm blocks with tanh-GELU MLPs, final LayerNorm, MAP head; a text tower pooled at the last
@@ -13,22 +14,18 @@ so nothing here imports `transformers`; `safetensors` comes with the `hf` extra.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mtv.models.text import TextTransformer
-from mtv.models.tokenizer import EOS, PAD, UNK, TextTokenizer
+from mtv.models.tokenizer import TextTokenizer
 from mtv.models.vit import VisionTransformer
 from mtv.specs.model import TransformerSpec
-
-if TYPE_CHECKING:
-    from mtv.graph import StudentModel
 
 HF_EXTRA = "pip install 'mtv[hf]'"
 ACTIVATION = "gelu_pytorch_tanh"  # mtv's Mlp: F.gelu(approximate="tanh")
@@ -197,144 +194,12 @@ def siglip_config(
     }
 
 
-def _require_safetensors() -> Any:
+def require_safetensors() -> Any:
     try:
         import safetensors.torch
     except ImportError:
         raise ImportError(f"Hugging Face SigLIP files need safetensors: {HF_EXTRA}") from None
     return safetensors.torch
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return path
-
-
-def _write_tokenizer(tokenizer: TextTokenizer, out: Path) -> tuple[list[Path], list[str]]:
-    """tokenizer.json + tokenizer_config.json: with `padding="max_length", truncation=True`,
-    `PreTrainedTokenizerFast` gives mtv's rows (tokens, EOS, padding to the context length)."""
-    from tokenizers import Tokenizer, processors
-
-    length = tokenizer.context_length
-    raw = Tokenizer.from_str(tokenizer.tokenizer.to_str())  # a copy: the run's stays as it is
-    eos = processors.TemplateProcessing(
-        single=f"$A {EOS}", special_tokens=[(EOS, tokenizer.eos_id)]
-    )
-    notes = []
-    if raw.post_processor is not None:  # a user's tokenizer.json: keep its tokens, then EOS
-        eos = processors.Sequence([raw.post_processor, eos])
-        # mtv cuts the post-processed ids, then appends EOS; tokenizers keeps all added tokens.
-        notes.append("the tokenizer has a post-processor: texts cut at the context length differ")
-    raw.post_processor = eos
-    # For `tokenizers` users: transformers resets these on every call (hence padding="max_length").
-    raw.enable_truncation(length)
-    raw.enable_padding(length=length, pad_id=tokenizer.pad_id, pad_token=PAD)
-    raw.save(str(out / "tokenizer.json"))
-    config: dict[str, Any] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": length,
-        "pad_token": PAD,
-        "eos_token": EOS,
-        "padding_side": "right",
-        "truncation_side": "right",
-        # mtv's text tower attends to padding: an attention mask would change the embedding.
-        "model_input_names": ["input_ids"],
-        "clean_up_tokenization_spaces": False,
-    }
-    if tokenizer.tokenizer.token_to_id(UNK) is not None:
-        config["unk_token"] = UNK
-    return [out / "tokenizer.json", _write_json(out / "tokenizer_config.json", config)], notes
-
-
-@dataclass
-class ExportResult:
-    out: Path
-    architecture: str  # SiglipModel or SiglipVisionModel
-    files: list[Path]
-    notes: list[str] = field(default_factory=list)  # what a user of the export must know
-    checkpoint: Path | None = None
-    step: int | None = None
-
-
-def export_siglip(
-    out: str | Path,
-    encoder: VisionTransformer,
-    text: TextTransformer | None = None,
-    logits: nn.Module | None = None,
-    tokenizer: TextTokenizer | None = None,
-    image_size: int | None = None,
-) -> ExportResult:
-    """Write `encoder` (and `text`, the vl task's `logits` = LogitScaleBias, `tokenizer`) as a
-    Hugging Face directory: SiglipModel with a text tower, else SiglipVisionModel. `image_size`
-    is the resolution the image processor resizes to (default: the encoder's)."""
-    st = _require_safetensors()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = siglip_config(encoder, text, tokenizer)
-    notes: list[str] = []
-    tensors = siglip_tensors(encoder, text, logits if text is not None else None)
-    if text is not None and logits is None:
-        # SiglipModel needs a scale and bias; without a vl task nothing calibrated them.
-        tensors |= {
-            "logit_scale": torch.tensor([math.log(10.0)]),
-            "logit_bias": torch.tensor([-10.0]),
-        }
-        notes.append("no vl task: logit_scale/logit_bias are SigLIP's initial log 10 and -10")
-    st.save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    files = [out / "model.safetensors", _write_json(out / "config.json", config)]
-    size = image_size or encoder.spec.image_size
-    if size != encoder.spec.image_size:
-        notes.append(
-            f"mtv runs this encoder at {size} px, its positions are for {encoder.spec.image_size}: "
-            "pass interpolate_pos_encoding=True (same bicubic resize as mtv)"
-        )
-    processor = {
-        "image_processor_type": "SiglipImageProcessor",
-        "do_resize": True,
-        "size": {"height": size, "width": size},
-        "resample": 2,  # bilinear, as mtv's evaluation resizes (mtv also antialiases)
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,  # with the rescale: x / 127.5 - 1, as mtv feeds pixels
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
-        "do_convert_rgb": True,
-    }
-    files.append(_write_json(out / "preprocessor_config.json", processor))
-    if tokenizer is not None:
-        written, tokenizer_notes = _write_tokenizer(tokenizer, out)
-        files += written
-        notes += tokenizer_notes
-    return ExportResult(out, config["architectures"][0], files, notes)
-
-
-def export_run(
-    source: str | Path,
-    out: str | Path,
-    tokenizer: str | Path | None = None,
-    overwrite: bool = False,
-) -> ExportResult:
-    """Export the student of a run (latest checkpoint) or of one checkpoint; the tokenizer is the
-    run's (found as `FrozenModel.from_run` finds it) unless `tokenizer` names a file. A non-empty
-    `out` is refused unless `overwrite` (which replaces the files an export writes, no others)."""
-    target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise FileExistsError(
-            f"{target} exists and is not empty; pass --overwrite to replace the exported files "
-            "in it, or choose another folder"
-        )
-    # Imported here: mtv.graph imports this module (model.init_from).
-    from mtv.train.restore import load_trained_run
-
-    run = load_trained_run(source, tokenizer)
-    graph, student, text_tokenizer = run.graph, run.graph.student, run.tokenizer
-    logits = getattr(getattr(student.tasks, "vl", None), "logits", None)  # the vl task's
-    size = graph.plan.env.global_size
-    result = export_siglip(out, student.encoder, student.text, logits, text_tokenizer, size)
-    if not graph.plan.uses_pool:
-        result.notes.append("no task of the run reads the MAP head: its weights are untrained")
-    result.checkpoint, result.step = run.checkpoint, run.step
-    return result
 
 
 def read_hf_siglip(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -360,7 +225,7 @@ def read_hf_siglip(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]
     tensors: dict[str, Tensor] = {}
     for file in files:
         if file.suffix == ".safetensors":
-            tensors.update(_require_safetensors().load_file(str(file)))
+            tensors.update(require_safetensors().load_file(str(file)))
         else:
             tensors.update(torch.load(file, map_location="cpu", weights_only=True))
     # A standalone tower saves its names without the SiglipModel prefix (transformers 5).
@@ -389,7 +254,7 @@ class LoadReport:
 
 def load_hf_siglip(
     path: str | Path,
-    target: StudentModel | VisionTransformer,
+    target: nn.Module,
     text: TextTransformer | None = None,
 ) -> LoadReport:
     """Initialise mtv modules from a local SigLIP checkpoint: the encoder (MAP head included when

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import polars as pl
 
+from mtv.eval.figures import plot_held_out_scenes
+from mtv.eval.model import FrozenModel
 from mtv.specs.experiment import ExperimentSpec
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from mtv.eval.model import FrozenModel
 
 Outcome = Literal["finished", "failed", "interrupted"]
 Report = Callable[[str], None]
@@ -256,8 +256,6 @@ class Loggers:
         if model is None or not any(logger.figures for logger in self.loggers):
             return
         import matplotlib.pyplot as plt
-
-        from mtv.analysis.features import plot_held_out_scenes
 
         try:
             figure = plot_held_out_scenes(model)

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 import mtv
+from mtv.checkpoint import CheckpointError, latest_checkpoint, load_latest_readable
 from mtv.specs.experiment import ExperimentSpec
-from mtv.train.checkpoint import CheckpointError, latest_checkpoint, load_latest_readable
 
 
 class RunRefused(RuntimeError):

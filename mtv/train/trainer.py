@@ -24,13 +24,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from mtv.batch import Batch
+from mtv.checkpoint import save_checkpoint
 from mtv.data.loader import build_stream
 from mtv.distributed import init_from_environment, is_distributed, local_rank, resolve_backend
+from mtv.eval import FrozenModel, run_suite, store_results
 from mtv.graph import TaskGraph
 from mtv.signals import StopRequest
 from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.loading import spec_to_yaml
-from mtv.train.checkpoint import save_checkpoint
 from mtv.train.diagnostics import gradient_probe
 from mtv.train.lock import RunLock, RunLocked
 from mtv.train.loggers import LoggerError, Loggers, Outcome, check_available, open_loggers
@@ -463,9 +464,6 @@ class Trainer:
     def evaluate(self) -> None:
         """Run the spec's `eval` suite on the student as it is now and add the results to the
         run's evaluation history (rank 0; the other ranks wait in the next step's collectives)."""
-        # mtv.eval loads checkpoints through mtv.train, so it is imported here, not at the top.
-        from mtv.eval import FrozenModel, run_suite, store_results
-
         if self.data is None:
             raise TrainingError("eval.every_steps needs the spec's data (for its tokenizer)")
         model = FrozenModel(self.spec, self.graph, self.data.tokenizer, self.step)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtv.checkpoint import STATE, is_checkpoint, latest_checkpoint, load_checkpoint
 from mtv.graph import TaskGraph
 from mtv.models.tokenizer import TextTokenizer
 from mtv.specs import ExperimentSpec, load_spec
-from mtv.train.checkpoint import STATE, is_checkpoint, latest_checkpoint, load_checkpoint
 
 
 @dataclass
