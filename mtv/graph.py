@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -25,7 +24,6 @@ from mtv.models.hf_siglip import load_hf_siglip
 from mtv.models.text import TextTransformer
 from mtv.models.vit import EncoderOutput, VisionTransformer
 from mtv.specs.experiment import ExperimentSpec
-from mtv.specs.tasks import MaskedTaskSpec
 from mtv.tasks.base import (
     CAPTION_TEXT,
     GLOBAL,
@@ -38,7 +36,6 @@ from mtv.tasks.base import (
     TaskEnv,
     TaskNeeds,
 )
-from mtv.tasks.masked import draw_patch_mask
 from mtv.teacher import EMATeacher, ema_update
 
 VIEW_ORDER = (GLOBAL, MASKED, LOCAL)
@@ -98,7 +95,7 @@ class GraphPlan:
 
     def view_request(self, spec: ExperimentSpec) -> ViewRequest:
         """What the loader must build for this plan."""
-        masked = next((t for t in spec.tasks if isinstance(t, MaskedTaskSpec)), None)
+        samplers = [TASK_REGISTRY[t.kind].patch_mask_sampler(t, self.env) for t in spec.tasks]
         return ViewRequest(
             global_size=self.env.global_size,
             local_size=self.env.local_size,
@@ -106,7 +103,7 @@ class GraphPlan:
             max_regions=max(n.regions for n in self.needs.values()),
             caption=CAPTION_TEXT in self.texts,
             depth="depth" in self.labels,
-            patch_mask=partial(draw_patch_mask, masked, self.env) if masked is not None else None,
+            patch_mask=next((s for s in samplers if s is not None), None),
         )
 
     @property

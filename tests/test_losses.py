@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from mtv.specs import DistillTaskSpec
 from mtv.tasks.depth import (
     depth_ssi_trimmed_loss,
     gradient_matching_loss,
     normalise_ssi,
     trimmed_ssi_loss,
 )
-from mtv.tasks.distill import local_to_global_loss
+from mtv.tasks.distill import DistillTaskSpec, local_to_global_loss
 from mtv.tasks.ground import region_text_loss
 from mtv.tasks.koleo import koleo_loss
 from mtv.tasks.masked import block_mask, masked_patch_loss

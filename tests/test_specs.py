@@ -10,7 +10,6 @@ import yaml
 
 from mtv.experiment import load_experiment
 from mtv.specs import (
-    DistillTaskSpec,
     ExperimentSpec,
     SpecError,
     experiment_json_schema,
@@ -18,6 +17,7 @@ from mtv.specs import (
     resolve_spec,
     spec_to_yaml,
 )
+from mtv.tasks.distill import DistillTaskSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -231,7 +231,7 @@ def test_task_defaults_are_validated_where_they_are_written(tmp_path: Path) -> N
             f"{base}: task_defaults.distill.weight: Input should be a valid number, unable to "
             "parse string as a number (got 'abc')",
             f"{child}: task_defaults.dino: unknown field 'dino' "
-            "(allowed: vl, distill, masked, koleo, ground, depth)",
+            "(allowed: depth, distill, ground, koleo, masked, vl)",
         ]
     )
 
@@ -298,20 +298,12 @@ def test_json_schema_rejects_a_misspelt_key() -> None:
 
 def test_json_schema_describes_the_task_union() -> None:
     schema = json.loads(json.dumps(ExperimentSpec.model_json_schema()))
-    full, short = schema["properties"]["tasks"]["items"]["anyOf"]
-    assert full["discriminator"]["propertyName"] == "kind"
-    assert (
-        set(short["enum"])
-        == set(full["discriminator"]["mapping"])
-        == {
-            "vl",
-            "distill",
-            "masked",
-            "koleo",
-            "ground",
-            "depth",
-        }
-    )
+    *classes, short = schema["properties"]["tasks"]["items"]["oneOf"]
+    kinds = {c["properties"]["kind"]["const"] for c in classes}
+    assert set(short["enum"]) == kinds == {"vl", "distill", "masked", "koleo", "ground", "depth"}
+    distill = next(c for c in classes if c["properties"]["kind"]["const"] == "distill")
+    assert distill["properties"]["n_prototypes"]["default"] == 32768
+    assert set(schema["properties"]["task_defaults"]["properties"]) == kinds
     assert schema["additionalProperties"] is False
 
 

@@ -24,31 +24,15 @@ from mtv.specs.loading import (
     spec_to_yaml,
 )
 from mtv.specs.model import EncoderSpec, ModelSpec, TeacherSpec, TextSpec, TokenizerSpec
-from mtv.specs.tasks import (
-    TASK_KINDS,
-    DepthTaskSpec,
-    DistillTaskSpec,
-    GroundTaskSpec,
-    KoLeoTaskSpec,
-    MaskedTaskSpec,
-    TaskSpec,
-    TaskSpecBase,
-    VLTaskSpec,
-)
+from mtv.specs.tasks import TaskSpecBase, register_task_spec, task_spec_classes
 
 __all__ = [
     "SPEC_KINDS",
-    "TASK_KINDS",
     "DataSpec",
-    "DepthTaskSpec",
-    "DistillTaskSpec",
     "EncoderSpec",
     "EvalSpec",
     "ExperimentSpec",
-    "GroundTaskSpec",
-    "KoLeoTaskSpec",
     "LabelsSpec",
-    "MaskedTaskSpec",
     "ModelSpec",
     "OptimSpec",
     "OutputSpec",
@@ -57,17 +41,17 @@ __all__ = [
     "ScheduleSpec",
     "SpecError",
     "SpecProblem",
-    "TaskSpec",
     "TaskSpecBase",
     "TeacherSpec",
     "TextSpec",
     "TokenizerSpec",
-    "VLTaskSpec",
     "ViewsSpec",
     "experiment_json_schema",
     "json_schema",
     "load_spec",
+    "register_task_spec",
     "resolve_spec",
     "spec_kind",
     "spec_to_yaml",
+    "task_spec_classes",
 ]

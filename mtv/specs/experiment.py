@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
+import os
 import re
+import sys
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BeforeValidator,
     Field,
     ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
@@ -19,7 +21,7 @@ from mtv.specs.base import StrictModel
 from mtv.specs.limits import DEFAULT_INDEX_THREADS, DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE
 from mtv.specs.model import ModelSpec
 from mtv.specs.oracle import OracleBoxesSpec, OracleDepthSpec
-from mtv.specs.tasks import TaskKind, TaskSpec, TaskSpecBase, task_spec_classes
+from mtv.specs.tasks import TaskDefaults, TaskEntry, TaskSpecBase, validate_task_defaults
 
 LabelKind = Literal["caption", "boxes", "depth"]
 
@@ -363,34 +365,17 @@ class OutputSpec(StrictModel):
         return list(dict.fromkeys(["parquet", *value]))
 
 
-def _defaults_of(cls: type[TaskSpecBase]) -> type[StrictModel]:
-    """A model with the fields of task spec `cls`, all optional: what `task_defaults` may set."""
-    fields: dict[str, Any] = {
-        name: (field.annotation | None, Field(None, description=field.description))
-        for name, field in cls.model_fields.items()
-        if name != "kind"
-    }
-    name = f"{cls.__name__.removesuffix('Spec')}Defaults"
-    return create_model(name, __base__=StrictModel, **fields)
-
-
-TaskDefaultsSpec = create_model(
-    "TaskDefaultsSpec",
-    __base__=StrictModel,
-    __doc__="Per task kind, fields applied to every task of that kind.",
-    **{kind: (_defaults_of(cls) | None, None) for kind, cls in task_spec_classes().items()},
-)
-
-
-def _kind_shorthand(value: Any) -> Any:
-    return {"kind": value} if isinstance(value, str) else value
-
-
-# A task is a mapping with `kind`, or just its kind (`- depth`); the schema says both, so editors
-# accept the short form.
-TaskEntry = Annotated[
-    TaskSpec, BeforeValidator(_kind_shorthand, json_schema_input_type=TaskSpec | TaskKind)
-]
+def import_task_modules(names: list[Any]) -> None:
+    """Import the modules an experiment names in `imports:` (their tasks register themselves)."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: your modules next to your specs
+    for name in names:
+        if not isinstance(name, str):
+            continue  # the field's own validation names it
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ValueError(f"cannot import {name!r} ({err})") from None
 
 
 class ExperimentSpec(StrictModel):
@@ -403,18 +388,30 @@ class ExperimentSpec(StrictModel):
         description="the run's name: one folder under output.root (letters, digits, . _ + -)",
     )
     description: str = ""
+    imports: list[str] = Field(
+        default_factory=list,
+        description="Python modules imported before the tasks are read: your own tasks, each a "
+        "module that registers its spec and task classes (mtv.tasks.register_task); importable "
+        "from the current directory or the environment",
+    )
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
-    task_defaults: TaskDefaultsSpec = Field(  # type: ignore[valid-type]
-        default_factory=TaskDefaultsSpec,
-        description="per task kind, fields applied to every task of it",
+    task_defaults: Annotated[dict[str, dict[str, Any]], TaskDefaults] = Field(
+        default_factory=dict, description="per task kind, fields applied to every task of it"
     )
-    tasks: list[TaskEntry] = Field(min_length=1)
+    # Each entry validated by the spec class registered for its `kind` (mtv.tasks.register_task).
+    tasks: list[Annotated[TaskSpecBase, TaskEntry]] = Field(min_length=1)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("imports")
+    @classmethod
+    def _importable(cls, value: list[str]) -> list[str]:
+        import_task_modules(value)  # validated before `tasks`, which may name their kinds
+        return value
 
     @field_validator("name")
     @classmethod
@@ -431,11 +428,15 @@ class ExperimentSpec(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _expand_tasks(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("imports"), list):
+            # Before the tasks and their defaults are read; a failure is reported at `imports`.
+            with contextlib.suppress(ValueError):
+                import_task_modules(data["imports"])
         if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
             return data
         defaults = data.get("task_defaults") or {}
         try:
-            TaskDefaultsSpec.model_validate(defaults)
+            defaults = validate_task_defaults(defaults)
         except ValidationError:
             # Reported once, at task_defaults; applying them would repeat each error per task.
             defaults = {}

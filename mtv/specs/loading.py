@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mtv.specs.experiment import ExperimentSpec
+from mtv.specs.tasks import TaskDefaults, TaskSpecBase, task_defaults_model, task_spec_classes
 
 Loc = tuple[str | int, ...]
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -92,7 +93,12 @@ class Replace(dict):  # type: ignore[type-arg]
     into it (`data: !replace {...}` drops every `data` field of the base)."""
 
 
-def _replacing_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> Replace:
+def _replacing_mapping(loader: _StrictLoader, node: yaml.Node) -> Replace:
+    if not isinstance(node, yaml.MappingNode):
+        # Lists and scalars replace the base's value anyway: the tag is for mappings only.
+        raise yaml.constructor.ConstructorError(
+            None, None, "!replace tags a mapping (lists and values always replace)", node.start_mark
+        )
     return Replace(_mapping_without_duplicates(loader, node))
 
 
@@ -273,6 +279,9 @@ def _unwrap(annotation: Any, raw: Any) -> Any:
     origin = get_origin(annotation)
     if origin is Annotated:
         return _unwrap(get_args(annotation)[0], raw)
+    if annotation is TaskSpecBase:  # a task entry: the class registered for its kind
+        kind = raw.get("kind") if isinstance(raw, dict) else None
+        return task_spec_classes().get(kind, annotation) if isinstance(kind, str) else annotation
     if origin in (Union, types.UnionType):
         options = [a for a in get_args(annotation) if a is not type(None)]
         models = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
@@ -298,7 +307,9 @@ def _allowed_fields(loc: Loc, raw: Any, model: type[BaseModel]) -> list[str]:
         elif isinstance(current, type) and issubclass(current, BaseModel):
             if part not in current.model_fields:
                 return []
-            current = current.model_fields[part].annotation
+            field = current.model_fields[part]
+            # task_defaults: a plain mapping, validated by the model of the registered kinds
+            current = task_defaults_model() if TaskDefaults in field.metadata else field.annotation
         else:
             return []
         node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
@@ -343,6 +354,8 @@ def _describe(error: dict[str, Any], loc: Loc, raw: dict[str, Any], model: type[
         return f"missing 'kind' ({error['msg']})"
     if kind == "missing":
         return "required field is missing"
+    if kind == "value_error" and ctx.get("error") is not None:
+        return str(ctx["error"])  # mtv's own validators write whole sentences
     return f"{error['msg']} (got {error.get('input')!r})"
 
 
@@ -452,6 +465,4 @@ def json_schema(kind: str = "experiment") -> dict[str, Any]:
 def spec_to_yaml(spec: ExperimentSpec) -> str:
     """The fully resolved spec as YAML (every default written out)."""
     data = spec.model_dump(mode="json")
-    # Only the defaults a file set: the rest of each kind's entry is null by construction.
-    data["task_defaults"] = spec.task_defaults.model_dump(mode="json", exclude_unset=True)
     return yaml.safe_dump(data, sort_keys=False, width=100)

@@ -1,185 +1,153 @@
-"""Task specs: one class per task kind, joined in a union discriminated by `kind`.
+"""Task specs: the base every task's spec extends, and the registry that makes a `kind` valid in an
+experiment's `tasks:` list.
 
-Every default is the paper's value (Sec. 4, 5.1 and appendix A.2); where the paper is silent the
-choice is named in the field's description. Adding a task = one class here + one file in
-`mtv/tasks/`.
+A task is one file in `mtv/tasks/` (or any module of yours): it defines its spec class (a
+`TaskSpecBase` with a `kind: Literal[...]` field; every default the paper's value, or the choice
+named in the field's description) and its task class, and registers both at once with
+`mtv.tasks.register_task`. Experiment specs validate `tasks:` entries and `task_defaults:`
+against whatever is registered when they are validated, and their JSON schema lists the same.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Literal, get_args
+from functools import cache
+from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, create_model
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, ValidationError, core_schema
 
 from mtv.specs.base import StrictModel
 
 
 class TaskSpecBase(StrictModel):
+    """Fields every task has. Each task's spec class adds `kind: Literal["<kind>"] = "<kind>"`."""
+
     weight: float = Field(1.0, ge=0.0, description="multiplier of this task's loss in the total")
 
 
-class SigmoidLossSpec(TaskSpecBase):
-    """The learnable scale and bias of a sigmoid pair loss (SigLIP's initialisation)."""
-
-    logit_scale_init: float = Field(math.log(10.0), description="t, used as exp(t) (paper: log 10)")
-    logit_bias_init: float | Literal["batch"] = Field(
-        -10.0,
-        description="b at step 0 (paper: -10, chosen for 16k-32k batches). 'batch': -ln(n - 1), "
-        "n = columns of the pair matrix (the global batch for vl; global batch x max_regions for "
-        "ground), the bias at which the initial loss matches the share of positive pairs",
-    )
-    logit_scale_max: float = Field(
-        math.log(100.0), description="exp(t) is clamped to at most exp(logit_scale_max)"
-    )
-    logit_lr_scale: float = Field(
-        1.0,
-        gt=0.0,
-        description="learning-rate multiplier of t and b (paper: 1). Short runs at lr 5e-4 cannot "
-        "move them far from their initialisation; a larger rate for these two scalars can",
-    )
-
-    def pair_columns(self, global_batch: int) -> int:
-        """Columns of this loss's pair matrix for a global batch (the negatives per row + 1)."""
-        return global_batch
-
-    def resolved_bias_init(self, global_batch: int) -> float:
-        """The bias at step 0: the number given, or -ln(n - 1) for 'batch'."""
-        if self.logit_bias_init == "batch":
-            return -math.log(max(self.pair_columns(global_batch) - 1, 1))
-        return float(self.logit_bias_init)
+_TASK_SPECS: dict[str, type[TaskSpecBase]] = {}
 
 
-class VLTaskSpec(SigmoidLossSpec):
-    """Sigmoid image-caption contrast (SigLIP, Eq. 1)."""
-
-    kind: Literal["vl"] = "vl"
-
-
-class SSLHeadSpec(TaskSpecBase):
-    """Fields shared by the two self-distillation heads (DINO and iBOT; separate parameters)."""
-
-    n_prototypes: int = Field(32768, gt=1, description="K, the prototype count (paper: 32k)")
-    hidden_dim: int = Field(2048, gt=0, description="width of the 3-layer MLP")
-    bottleneck_dim: int = Field(256, gt=0, description="L2-normalised bottleneck width")
-    student_temp: float = Field(0.1, gt=0.0)
-    teacher_temp: float = Field(0.07, gt=0.0, description="teacher temperature after warm-up")
-    teacher_temp_start: float = Field(0.04, gt=0.0, description="teacher temperature at step 0")
-    teacher_temp_warmup_fraction: float = Field(
-        0.3,
-        ge=0.0,
-        le=1.0,
-        description="fraction of schedule.steps over which the teacher temperature rises linearly "
-        "(paper: unspecified; DINOv2 uses 30 of 100 epochs)",
-    )
-    center_momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    freeze_prototypes_steps: int = Field(
-        0,
-        ge=0,
-        description="the prototype layer gets no update during the first N optimiser steps "
-        "(paper: unspecified; DINOv2 freezes it for the first epoch), so the prototypes do not "
-        "chase the random features of a fresh encoder",
-    )
+def task_kind_of(cls: type[TaskSpecBase]) -> str:
+    """The `kind` a spec class declares (its `kind` field's default)."""
+    field = cls.model_fields.get("kind")
+    if field is None or not isinstance(field.default, str):
+        raise TypeError(f"{cls.__name__} declares no `kind: Literal['...'] = '...'` field")
+    return field.default
 
 
-class DistillTaskSpec(SSLHeadSpec):
-    """DINO local-to-global self-distillation: student on local crops, teacher on the global
-    crop."""
-
-    kind: Literal["distill"] = "distill"
-    n_local_crops: int = Field(6, gt=0, description="M, local crops per image")
-    token: Literal["pooled", "mean_patch"] = Field(
-        "pooled",
-        description="which image embedding feeds the DINO head: the MAP-pooled embedding "
-        "(SigLIP has no CLS token) or the mean of the final patch tokens",
-    )
-
-
-class MaskedTaskSpec(SSLHeadSpec):
-    """iBOT masked-patch prediction on a block-masked copy of the global view."""
-
-    kind: Literal["masked"] = "masked"
-    weight: float = Field(2.0, ge=0.0, description="lambda_mask (paper: 2)")
-    mask_ratio: float = Field(0.5, gt=0.0, lt=1.0, description="fraction of patches masked")
-    min_block_patches: int = Field(4, gt=0, description="smallest masking block (DINOv2: 4)")
-    block_aspect: tuple[float, float] = Field(
-        (0.3, 1 / 0.3), description="aspect-ratio range of masking blocks"
-    )
-
-    @model_validator(mode="after")
-    def _check_aspect(self) -> MaskedTaskSpec:
-        low, high = self.block_aspect
-        if not 0 < low <= high:
-            raise ValueError(f"block_aspect must satisfy 0 < low <= high, got {self.block_aspect}")
-        return self
-
-
-class KoLeoTaskSpec(TaskSpecBase):
-    """KoLeo regulariser on the L2-normalised pooled embeddings of the global view (fp32)."""
-
-    kind: Literal["koleo"] = "koleo"
-    weight: float = Field(0.1, ge=0.0, description="lambda_koleo (paper: 0.1)")
-    eps: float = Field(1e-8, gt=0.0, description="added inside the log")
-
-
-class GroundTaskSpec(SigmoidLossSpec):
-    """CLOC-style region-text grounding: a one-layer Prompter over pre-norm patch tokens."""
-
-    kind: Literal["ground"] = "ground"
-    max_regions: int = Field(4, gt=0, description="region-text pairs per image (paper: 4)")
-    prompter_mlp_ratio: float = Field(4.0, gt=0.0)
-    box_frequencies: int = Field(
-        32, gt=0, description="Fourier frequencies per box coordinate in the location embedding"
-    )
-    box_max_frequency: float = Field(
-        64.0, gt=0.0, description="highest of them, in cycles per image (geometric spacing from 1)"
-    )
-    mask_identical_names: bool = Field(
-        True, description="drop pairs whose entity names are equal (false negatives)"
-    )
-
-    def pair_columns(self, global_batch: int) -> int:
-        return global_batch * self.max_regions
-
-
-class DepthTaskSpec(TaskSpecBase):
-    """Relative depth from pseudo-labels: DPT head + MiDaS trimmed SSI and gradient-matching
-    loss."""
-
-    kind: Literal["depth"] = "depth"
-    layers: list[int] | None = Field(
-        None,
-        description="1-based encoder layers tapped by the DPT head; default: 4 evenly spaced, "
-        "ending at the last ({3,6,9,12} for 12 layers, {6,12,18,24} for 24)",
-    )
-    features: int | None = Field(
-        None,
-        description="DPT fusion width; default width/6 rounded down to a multiple of 8 (128 at "
-        "B/16, as Depth Anything V2-B; 168 at L/16, where DA2-L uses 256)",
-    )
-    trim_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="largest residuals dropped")
-    gradient_scales: int = Field(4, gt=0, description="K, scales of the gradient-matching loss")
-    gradient_weight: float = Field(2.0, ge=0.0, description="weight of the gradient-matching loss")
-    scale_eps: float = Field(1e-6, gt=0.0, description="floor of the per-image scale s(d)")
-
-    @model_validator(mode="after")
-    def _check_layers(self) -> DepthTaskSpec:
-        if self.layers is not None and len(self.layers) != 4:
-            raise ValueError(f"the DPT head taps exactly 4 layers, got {self.layers}")
-        return self
-
-
-TaskSpec = Annotated[
-    VLTaskSpec | DistillTaskSpec | MaskedTaskSpec | KoLeoTaskSpec | GroundTaskSpec | DepthTaskSpec,
-    Field(discriminator="kind"),
-]
+def register_task_spec(cls: type[TaskSpecBase]) -> str:
+    """Make `cls`'s kind valid in experiment specs; returns the kind. A kind registers once."""
+    kind = task_kind_of(cls)
+    if _TASK_SPECS.get(kind, cls) is not cls:
+        raise ValueError(
+            f"task kind '{kind}' is registered twice ({_TASK_SPECS[kind].__name__}, {cls.__name__})"
+        )
+    _TASK_SPECS[kind] = cls
+    task_defaults_model.cache_clear()
+    return kind
 
 
 def task_spec_classes() -> dict[str, type[TaskSpecBase]]:
-    """Task kind -> its spec class, read off the `TaskSpec` union."""
-    union = get_args(TaskSpec)[0]
-    return {cls.model_fields["kind"].default: cls for cls in get_args(union)}
+    """Task kind -> spec class, for every task registered so far."""
+    return dict(_TASK_SPECS)
 
 
-TaskKind = Literal["vl", "distill", "masked", "koleo", "ground", "depth"]
-TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
+def validate_task(value: Any) -> TaskSpecBase:
+    """A task entry (a mapping with `kind`, or just the kind as a string) as its spec class."""
+    if isinstance(value, TaskSpecBase):
+        return value
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"a task is a mapping with `kind` or a kind's name, not {value!r}")
+    kind = value.get("kind")
+    if kind not in _TASK_SPECS:
+        # The errors a discriminated union raises, so that messages read the same everywhere.
+        expected = ", ".join(f"'{k}'" for k in _TASK_SPECS)
+        error: InitErrorDetails = (
+            {
+                "type": "union_tag_invalid",
+                "loc": (),
+                "input": value,
+                "ctx": {"discriminator": "'kind'", "tag": str(kind), "expected_tags": expected},
+            }
+            if kind is not None
+            else {
+                "type": "union_tag_not_found",
+                "loc": (),
+                "input": value,
+                "ctx": {"discriminator": "'kind'"},
+            }
+        )
+        raise ValidationError.from_exception_data("TaskSpec", [error])
+    return _TASK_SPECS[kind].model_validate(value)
+
+
+class TaskEntry:
+    """The type of one `tasks:` entry: validated by the registered class of its `kind`; the JSON
+    schema lists every registered class (and the bare kind names, so editors accept `- depth`)."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            validate_task,
+            # Serialised as its own class (the field's declared type, the base, has no fields).
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda task, info: task.model_dump(
+                    mode=info.mode, exclude_unset=info.exclude_unset
+                ),
+                info_arg=True,
+            ),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        classes = [handler(c.__pydantic_core_schema__) for c in _TASK_SPECS.values()]
+        return {"oneOf": [*classes, {"enum": sorted(_TASK_SPECS)}]}
+
+
+def _defaults_fields(cls: type[TaskSpecBase]) -> type[StrictModel]:
+    """A model with the fields of task spec `cls`, all optional: what `task_defaults` may set."""
+    fields: dict[str, Any] = {
+        name: (field.annotation | None, Field(None, description=field.description))
+        for name, field in cls.model_fields.items()
+        if name != "kind"
+    }
+    return create_model(
+        f"{cls.__name__.removesuffix('Spec')}Defaults", __base__=StrictModel, **fields
+    )
+
+
+@cache
+def task_defaults_model() -> type[StrictModel]:
+    return create_model(
+        "TaskDefaultsSpec",
+        __base__=StrictModel,
+        __doc__="Per task kind, fields applied to every task of that kind.",
+        **{kind: (_defaults_fields(c) | None, None) for kind, c in _TASK_SPECS.items()},
+    )
+
+
+def validate_task_defaults(value: Any) -> dict[str, dict[str, Any]]:
+    """`task_defaults` checked against the registered kinds and their fields; returned as plain
+    data (kind -> the fields it sets)."""
+    model = task_defaults_model().model_validate(value or {})
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+class TaskDefaults:
+    """The type of `task_defaults`: per registered kind, any of its fields."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(validate_task_defaults)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(task_defaults_model().__pydantic_core_schema__)

@@ -4,7 +4,7 @@ outputs, texts and labels it needs, so the task graph can plan shared passes bef
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -15,7 +15,7 @@ from mtv.batch import Batch
 from mtv.models.vit import EncoderOutput
 from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.model import EncoderSpec
-from mtv.specs.tasks import TaskSpecBase
+from mtv.specs.tasks import TaskSpecBase, register_task_spec, task_kind_of
 
 # View names. The masked view is the global crop with `batch.patch_mask` applied.
 GLOBAL, LOCAL, MASKED = "global", "local", "masked"
@@ -87,10 +87,15 @@ TASK_REGISTRY: dict[str, type[Task]] = {}
 
 
 def register_task(cls: type[Task]) -> type[Task]:
-    """Class decorator: make a task kind buildable by the graph."""
-    if cls.kind in TASK_REGISTRY:
-        raise ValueError(f"task kind '{cls.kind}' is registered twice")
-    TASK_REGISTRY[cls.kind] = cls
+    """Class decorator: register a task class with its spec class (`cls.spec_class`), so that
+    experiment specs accept its `kind` and the graph builds it. A new task is one module that
+    defines both classes and decorates the task with this; importing the module registers it."""
+    kind = task_kind_of(cls.spec_class)
+    if TASK_REGISTRY.get(kind, cls) is not cls:
+        raise ValueError(f"task kind '{kind}' is registered twice")
+    register_task_spec(cls.spec_class)
+    cls.kind = kind
+    TASK_REGISTRY[kind] = cls
     return cls
 
 
@@ -102,7 +107,8 @@ def fp32(device: torch.device) -> torch.autocast:
 class Task(nn.Module, ABC):
     """A task: `needs` (static, from the spec), an optional teacher side, and a loss."""
 
-    kind: ClassVar[str]
+    spec_class: ClassVar[type[TaskSpecBase]]  # its spec: a TaskSpecBase with a `kind` literal
+    kind: ClassVar[str]  # set by register_task from spec_class
 
     def __init__(self, spec: TaskSpecBase, env: TaskEnv):
         super().__init__()
@@ -118,6 +124,12 @@ class Task(nn.Module, ABC):
     def problems(cls, spec: Any, env: TaskEnv) -> list[str]:
         """Reasons this task cannot run in this experiment (checked before any module is built)."""
         return []
+
+    @classmethod
+    def patch_mask_sampler(cls, spec: Any, env: TaskEnv) -> Callable[..., Tensor] | None:
+        """What draws the global view's patch mask (`batch.patch_mask`) when this task masks
+        patches; the loader calls it per image. Default: none."""
+        return None
 
     def ema_modules(self) -> dict[str, nn.Module]:
         """Student heads the EMA teacher keeps a moving-average copy of."""

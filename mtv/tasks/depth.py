@@ -6,13 +6,14 @@ disparity. Head and loss run in fp32 even under bf16 autocast."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mtv.specs.tasks import DepthTaskSpec
+from mtv.specs.tasks import TaskSpecBase
 from mtv.tasks.base import (
     GLOBAL,
     StepInputs,
@@ -23,6 +24,34 @@ from mtv.tasks.base import (
     fp32,
     register_task,
 )
+
+
+class DepthTaskSpec(TaskSpecBase):
+    """Relative depth from pseudo-labels: DPT head + MiDaS trimmed SSI and gradient-matching
+    loss."""
+
+    kind: Literal["depth"] = "depth"
+    layers: list[int] | None = Field(
+        None,
+        description="1-based encoder layers tapped by the DPT head; default: 4 evenly spaced, "
+        "ending at the last ({3,6,9,12} for 12 layers, {6,12,18,24} for 24)",
+    )
+    features: int | None = Field(
+        None,
+        description="DPT fusion width; default width/6 rounded down to a multiple of 8 (128 at "
+        "B/16, as Depth Anything V2-B; 168 at L/16, where DA2-L uses 256)",
+    )
+    trim_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="largest residuals dropped")
+    gradient_scales: int = Field(4, gt=0, description="K, scales of the gradient-matching loss")
+    gradient_weight: float = Field(2.0, ge=0.0, description="weight of the gradient-matching loss")
+    scale_eps: float = Field(1e-6, gt=0.0, description="floor of the per-image scale s(d)")
+
+    @model_validator(mode="after")
+    def _check_layers(self) -> DepthTaskSpec:
+        if self.layers is not None and len(self.layers) != 4:
+            raise ValueError(f"the DPT head taps exactly 4 layers, got {self.layers}")
+        return self
+
 
 # ----------------------------------------------------------------------------------------- loss
 
@@ -188,7 +217,7 @@ def default_features(width: int) -> int:
 
 @register_task
 class DepthTask(Task):
-    kind = "depth"
+    spec_class = DepthTaskSpec
     spec: DepthTaskSpec
 
     def __init__(self, spec: DepthTaskSpec, env: TaskEnv):

@@ -4,13 +4,13 @@ teacher the global crop; both project with a DINO head (separate from iBOT's).""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from mtv.batch import Batch
 from mtv.models.vit import EncoderOutput
-from mtv.specs.tasks import DistillTaskSpec
 from mtv.tasks.base import (
     GLOBAL,
     LOCAL,
@@ -21,7 +21,25 @@ from mtv.tasks.base import (
     fp32,
     register_task,
 )
-from mtv.tasks.ssl_heads import SelfDistillationTask, distillation_cross_entropy, entropy
+from mtv.tasks.ssl_heads import (
+    SelfDistillationTask,
+    SSLHeadSpec,
+    distillation_cross_entropy,
+    entropy,
+)
+
+
+class DistillTaskSpec(SSLHeadSpec):
+    """DINO local-to-global self-distillation: student on local crops, teacher on the global
+    crop."""
+
+    kind: Literal["distill"] = "distill"
+    n_local_crops: int = Field(6, gt=0, description="M, local crops per image")
+    token: Literal["pooled", "mean_patch"] = Field(
+        "pooled",
+        description="which image embedding feeds the DINO head: the MAP-pooled embedding "
+        "(SigLIP has no CLS token) or the mean of the final patch tokens",
+    )
 
 
 def local_to_global_loss(
@@ -38,7 +56,7 @@ def local_to_global_loss(
 
 @register_task
 class DistillTask(SelfDistillationTask):
-    kind = "distill"
+    spec_class = DistillTaskSpec
     spec: DistillTaskSpec
 
     @classmethod

@@ -6,15 +6,15 @@ by the sigmoid loss of Eq. 1, against every region name of the (global) batch.""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from mtv.distributed import all_gather_no_grad, all_gather_with_grad, rank
 from mtv.models.layers import CrossAttention, Mlp, init_weights
-from mtv.specs.tasks import GroundTaskSpec
 from mtv.tasks.base import (
     GLOBAL,
     REGION_TEXT,
@@ -26,7 +26,27 @@ from mtv.tasks.base import (
     fp32,
     register_task,
 )
-from mtv.tasks.sigmoid import LogitScaleBias, positive_pairs, sigmoid_pair_loss
+from mtv.tasks.sigmoid import LogitScaleBias, SigmoidLossSpec, positive_pairs, sigmoid_pair_loss
+
+
+class GroundTaskSpec(SigmoidLossSpec):
+    """CLOC-style region-text grounding: a one-layer Prompter over pre-norm patch tokens."""
+
+    kind: Literal["ground"] = "ground"
+    max_regions: int = Field(4, gt=0, description="region-text pairs per image (paper: 4)")
+    prompter_mlp_ratio: float = Field(4.0, gt=0.0)
+    box_frequencies: int = Field(
+        32, gt=0, description="Fourier frequencies per box coordinate in the location embedding"
+    )
+    box_max_frequency: float = Field(
+        64.0, gt=0.0, description="highest of them, in cycles per image (geometric spacing from 1)"
+    )
+    mask_identical_names: bool = Field(
+        True, description="drop pairs whose entity names are equal (false negatives)"
+    )
+
+    def pair_columns(self, global_batch: int) -> int:
+        return global_batch * self.max_regions
 
 
 def fourier_features(coords: Tensor, n_frequencies: int, max_frequency: float) -> Tensor:
@@ -118,7 +138,7 @@ def region_text_loss(
 
 @register_task
 class GroundTask(Task):
-    kind = "ground"
+    spec_class = GroundTaskSpec
     spec: GroundTaskSpec
 
     def __init__(self, spec: GroundTaskSpec, env: TaskEnv):

@@ -3,13 +3,14 @@ L2-normalised pooled embeddings of a batch apart."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from mtv.specs.tasks import KoLeoTaskSpec
+from mtv.specs.tasks import TaskSpecBase
 from mtv.tasks.base import (
     GLOBAL,
     StepInputs,
@@ -20,6 +21,14 @@ from mtv.tasks.base import (
     fp32,
     register_task,
 )
+
+
+class KoLeoTaskSpec(TaskSpecBase):
+    """KoLeo regulariser on the L2-normalised pooled embeddings of the global view (fp32)."""
+
+    kind: Literal["koleo"] = "koleo"
+    weight: float = Field(0.1, ge=0.0, description="lambda_koleo (paper: 0.1)")
+    eps: float = Field(1e-8, gt=0.0, description="added inside the log")
 
 
 def koleo_loss(embeddings: Tensor, eps: float = 1e-8) -> Tensor:
@@ -40,7 +49,7 @@ def koleo_loss(embeddings: Tensor, eps: float = 1e-8) -> Tensor:
 
 @register_task
 class KoLeoTask(Task):
-    kind = "koleo"
+    spec_class = KoLeoTaskSpec
     spec: KoLeoTaskSpec
 
     @classmethod

@@ -5,15 +5,16 @@ positions are the targets. Its head and centering are separate from `distill`'s.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from mtv.batch import Batch
 from mtv.models.vit import EncoderOutput
-from mtv.specs.tasks import MaskedTaskSpec
 from mtv.tasks.base import (
     GLOBAL,
     MASKED,
@@ -24,7 +25,31 @@ from mtv.tasks.base import (
     fp32,
     register_task,
 )
-from mtv.tasks.ssl_heads import SelfDistillationTask, distillation_cross_entropy, entropy
+from mtv.tasks.ssl_heads import (
+    SelfDistillationTask,
+    SSLHeadSpec,
+    distillation_cross_entropy,
+    entropy,
+)
+
+
+class MaskedTaskSpec(SSLHeadSpec):
+    """iBOT masked-patch prediction on a block-masked copy of the global view."""
+
+    kind: Literal["masked"] = "masked"
+    weight: float = Field(2.0, ge=0.0, description="lambda_mask (paper: 2)")
+    mask_ratio: float = Field(0.5, gt=0.0, lt=1.0, description="fraction of patches masked")
+    min_block_patches: int = Field(4, gt=0, description="smallest masking block (DINOv2: 4)")
+    block_aspect: tuple[float, float] = Field(
+        (0.3, 1 / 0.3), description="aspect-ratio range of masking blocks"
+    )
+
+    @model_validator(mode="after")
+    def _check_aspect(self) -> MaskedTaskSpec:
+        low, high = self.block_aspect
+        if not 0 < low <= high:
+            raise ValueError(f"block_aspect must satisfy 0 < low <= high, got {self.block_aspect}")
+        return self
 
 
 def block_mask(
@@ -110,7 +135,7 @@ def masked_patch_loss(
 
 @register_task
 class MaskedTask(SelfDistillationTask):
-    kind = "masked"
+    spec_class = MaskedTaskSpec
     spec: MaskedTaskSpec
 
     def __init__(self, spec: MaskedTaskSpec, env: TaskEnv):
@@ -130,6 +155,10 @@ class MaskedTask(SelfDistillationTask):
             teacher_tokens=True,
             masked_patches=cls.masked_count(spec, env),
         )
+
+    @classmethod
+    def patch_mask_sampler(cls, spec: Any, env: TaskEnv) -> Callable[..., Tensor] | None:
+        return partial(draw_patch_mask, spec, env)
 
     @classmethod
     def problems(cls, spec: Any, env: TaskEnv) -> list[str]:

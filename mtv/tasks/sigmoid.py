@@ -3,11 +3,46 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-from mtv.specs.tasks import SigmoidLossSpec
+from mtv.specs.tasks import TaskSpecBase
+
+
+class SigmoidLossSpec(TaskSpecBase):
+    """The learnable scale and bias of a sigmoid pair loss (SigLIP's initialisation)."""
+
+    logit_scale_init: float = Field(math.log(10.0), description="t, used as exp(t) (paper: log 10)")
+    logit_bias_init: float | Literal["batch"] = Field(
+        -10.0,
+        description="b at step 0 (paper: -10, chosen for 16k-32k batches). 'batch': -ln(n - 1), "
+        "n = columns of the pair matrix (the global batch for vl; global batch x max_regions for "
+        "ground), the bias at which the initial loss matches the share of positive pairs",
+    )
+    logit_scale_max: float = Field(
+        math.log(100.0), description="exp(t) is clamped to at most exp(logit_scale_max)"
+    )
+    logit_lr_scale: float = Field(
+        1.0,
+        gt=0.0,
+        description="learning-rate multiplier of t and b (paper: 1). Short runs at lr 5e-4 cannot "
+        "move them far from their initialisation; a larger rate for these two scalars can",
+    )
+
+    def pair_columns(self, global_batch: int) -> int:
+        """Columns of this loss's pair matrix for a global batch (the negatives per row + 1)."""
+        return global_batch
+
+    def resolved_bias_init(self, global_batch: int) -> float:
+        """The bias at step 0: the number given, or -ln(n - 1) for 'batch'."""
+        if self.logit_bias_init == "batch":
+            return -math.log(max(self.pair_columns(global_batch) - 1, 1))
+        return float(self.logit_bias_init)
 
 
 def positive_pairs(rows: int, cols: int, offset: int, device: torch.device) -> Tensor:

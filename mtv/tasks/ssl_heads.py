@@ -5,12 +5,39 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from mtv.distributed import all_reduce_sum
 from mtv.models.layers import init_weights
-from mtv.specs.tasks import SSLHeadSpec
+from mtv.specs.tasks import TaskSpecBase
 from mtv.tasks.base import Task, TaskEnv, fp32
+
+
+class SSLHeadSpec(TaskSpecBase):
+    """Fields shared by the two self-distillation heads (DINO and iBOT; separate parameters)."""
+
+    n_prototypes: int = Field(32768, gt=1, description="K, the prototype count (paper: 32k)")
+    hidden_dim: int = Field(2048, gt=0, description="width of the 3-layer MLP")
+    bottleneck_dim: int = Field(256, gt=0, description="L2-normalised bottleneck width")
+    student_temp: float = Field(0.1, gt=0.0)
+    teacher_temp: float = Field(0.07, gt=0.0, description="teacher temperature after warm-up")
+    teacher_temp_start: float = Field(0.04, gt=0.0, description="teacher temperature at step 0")
+    teacher_temp_warmup_fraction: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="fraction of schedule.steps over which the teacher temperature rises linearly "
+        "(paper: unspecified; DINOv2 uses 30 of 100 epochs)",
+    )
+    center_momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    freeze_prototypes_steps: int = Field(
+        0,
+        ge=0,
+        description="the prototype layer gets no update during the first N optimiser steps "
+        "(paper: unspecified; DINOv2 freezes it for the first epoch), so the prototypes do not "
+        "chase the random features of a fresh encoder",
+    )
 
 
 class DINOHead(nn.Module):

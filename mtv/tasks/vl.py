@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from mtv.distributed import all_gather_with_grad, rank
-from mtv.specs.tasks import VLTaskSpec
 from mtv.tasks.base import (
     CAPTION_TEXT,
     GLOBAL,
@@ -20,7 +19,13 @@ from mtv.tasks.base import (
     fp32,
     register_task,
 )
-from mtv.tasks.sigmoid import LogitScaleBias, positive_pairs, sigmoid_pair_loss
+from mtv.tasks.sigmoid import LogitScaleBias, SigmoidLossSpec, positive_pairs, sigmoid_pair_loss
+
+
+class VLTaskSpec(SigmoidLossSpec):
+    """Sigmoid image-caption contrast (SigLIP, Eq. 1)."""
+
+    kind: Literal["vl"] = "vl"
 
 
 def siglip_loss(
@@ -40,7 +45,7 @@ def siglip_loss(
 
 @register_task
 class VLTask(Task):
-    kind = "vl"
+    spec_class = VLTaskSpec
     spec: VLTaskSpec
 
     def __init__(self, spec: VLTaskSpec, env: TaskEnv):
