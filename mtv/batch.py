@@ -27,7 +27,10 @@ class Batch:
     patch_mask: Tensor | None = None  # (B, N) bool, True = masked
     boxes: Tensor | None = None  # (B, R, 4) float
     box_valid: Tensor | None = None  # (B, R) bool, False = padding
-    region_names: Tensor | None = None  # (B, R, L) entity-name token ids
+    # The distinct entity names of the batch, each once (U, L token ids), and which of them each
+    # region slot holds (B, R indices into region_names): the text tower encodes U rows, not B x R.
+    region_names: Tensor | None = None
+    region_name_index: Tensor | None = None
     region_name_ids: Tensor | None = None  # (B, R) int64 `name_id` of each entity name
     depth: Tensor | None = None  # (B, 1, H, W) relative disparity
     depth_valid: Tensor | None = None  # (B, 1, H, W) bool
@@ -41,6 +44,16 @@ class Batch:
             self,
             **{f.name: fn(v) for f in fields(self) if (v := getattr(self, f.name)) is not None},
         )
+
+    def share_region_names(self) -> Batch:
+        """`region_names` given per slot (B, R, L) -> each distinct row once (U, L) and
+        `region_name_index` (B, R). On the host, before the device: the distinct count is
+        data-dependent, which a compiled step could not decide without a host sync."""
+        if self.region_names is None or self.region_names.dim() != 3:
+            return self
+        slots = self.region_names.shape[:2]
+        names, index = torch.unique(self.region_names.flatten(0, 1), dim=0, return_inverse=True)
+        return replace(self, region_names=names, region_name_index=index.reshape(slots))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))

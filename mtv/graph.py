@@ -9,7 +9,7 @@ once over every text any task needs, and hands the shared results to every task.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -265,10 +265,6 @@ class StepOutput:
 class StudentModel(nn.Module):
     """Everything that trains by gradient: encoder, text tower, task heads. DDP wraps this."""
 
-    # Encode each distinct region name once per step (see encode_texts); benchmarks turn it off
-    # to measure what it saves.
-    share_region_texts: bool = True
-
     def __init__(self, spec: ExperimentSpec, plan: GraphPlan):
         super().__init__()
         self.plan = plan
@@ -296,6 +292,29 @@ class StudentModel(nn.Module):
             raise ValueError("the local view needs batch.local_images")
         return encoder(batch.local_images.flatten(0, 1), pool=view.pooled)
 
+    def encode_views(
+        self, passes: tuple[ViewPass, ...], batch: Batch, encoder: VisionTransformer
+    ) -> dict[str, EncoderOutput]:
+        """Every pass of `passes`. The clean and the masked global view, when both are asked for,
+        go through the encoder as one batch of 2B (the same FLOPs in larger matmuls; a zero mask
+        leaves the clean half exactly as an unmasked pass would)."""
+        views = {p.view: p for p in passes}
+        out: dict[str, EncoderOutput] = {}
+        if GLOBAL in views and MASKED in views:
+            clean, masked = views.pop(GLOBAL), views.pop(MASKED)
+            if batch.patch_mask is None:
+                raise ValueError("the masked view needs batch.patch_mask")
+            both = encoder(
+                torch.cat([batch.images, batch.images]),
+                mask=torch.cat([torch.zeros_like(batch.patch_mask), batch.patch_mask]),
+                layers=tuple(sorted({*clean.layers, *masked.layers})),
+                pool=clean.pooled or masked.pooled,
+            )
+            out[GLOBAL], out[MASKED] = both.split(batch.size)
+        for view in views.values():
+            out[view.view] = self.encode(view, batch, encoder)
+        return {p.view: out[p.view] for p in passes}
+
     def encode_texts(self, batch: Batch) -> dict[str, Tensor]:
         """One text-tower pass over captions and region names together."""
         if self.text is None:
@@ -305,36 +324,24 @@ class StudentModel(nn.Module):
             if batch.captions is None:
                 raise ValueError("the tasks need batch.captions")
             pieces.append(batch.captions)
-        inverse: Tensor | None = None
         if REGION_TEXT in self.plan.texts:
-            if batch.region_names is None:
-                raise ValueError("the tasks need batch.region_names")
-            names = batch.region_names.flatten(0, 1)
-            # Region names repeat within a batch (common names, and every padding slot holds the
-            # empty name): each distinct token row is encoded once and its embedding shared. The
-            # text tower maps equal rows to equal embeddings, so only the order of float sums in
-            # the backward pass changes. Eager only: the distinct count is data-dependent (a
-            # host sync on CUDA), which a compiled graph would break on.
-            if self.share_region_texts and not torch.compiler.is_compiling():
-                names, inverse = torch.unique(names, dim=0, return_inverse=True)
-            pieces.append(names)
+            if batch.region_names is None or batch.region_name_index is None:
+                raise ValueError("the tasks need batch.region_names and region_name_index")
+            pieces.append(batch.region_names)  # each distinct name once (Batch.share_region_names)
         embedded = self.text(torch.cat(pieces, dim=0)).split([p.shape[0] for p in pieces])
         out: dict[str, Tensor] = {}
         chunks = iter(embedded)
         if CAPTION_TEXT in self.plan.texts:
             out[CAPTION_TEXT] = next(chunks)
         if REGION_TEXT in self.plan.texts:
-            assert batch.region_names is not None
-            regions = next(chunks)
-            if inverse is not None:
-                regions = regions[inverse]
-            out[REGION_TEXT] = regions.unflatten(0, batch.region_names.shape[:2])
+            assert batch.region_name_index is not None
+            out[REGION_TEXT] = next(chunks)[batch.region_name_index]  # (B, R, E)
         return out
 
     def forward(
         self, batch: Batch, teacher: dict[str, object], step: Tensor
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
-        features = {p.view: self.encode(p, batch, self.encoder) for p in self.plan.student}
+        features = self.encode_views(self.plan.student, batch, self.encoder)
         inputs = StepInputs(batch, features, self.encode_texts(batch), teacher, step)
         losses: dict[str, Tensor] = {}
         report: dict[str, Tensor] = {}
@@ -351,12 +358,14 @@ def trainable_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-class TaskGraph:
-    """Student + EMA teacher + the plan. `step(batch, step)` computes every task's loss with
-    shared passes; `after_optimizer_step()` clamps parameters and moves the EMA teacher."""
+class TaskGraph(nn.Module):
+    """Student + EMA teacher + the plan, as one module (`to`, `state_dict` as for any module).
+    `step(batch, step)` computes every task's loss with shared passes; `after_optimizer_step()`
+    clamps parameters and moves the EMA teacher over teacher/student pairs built once."""
 
     def __init__(self, spec: ExperimentSpec, *, pretrained: bool = True):
         """`pretrained`: apply `model.init_from` (off where a checkpoint replaces the weights)."""
+        super().__init__()
         self.spec = spec
         self.plan = plan_graph(spec)
         self.student = StudentModel(spec, self.plan)
@@ -369,46 +378,50 @@ class TaskGraph:
             tasks: dict[str, Task] = dict(self.student.tasks.items())  # type: ignore[arg-type]
             heads = {k: tasks[k].ema_modules() for p in self.plan.teacher for k in p.consumers}
             self.teacher = EMATeacher(self.student.encoder, heads)
-        self._student_call: Callable[..., tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]]
-        self._student_call = self.student
-        self._teacher_call: Callable[..., dict[str, object]] = self._teacher_targets
+        # (teacher, student) parameters in matching order; `to()` moves parameters in place,
+        # so the pairs stay valid for the life of the graph.
+        pairs = list(self._teacher_parameter_pairs())
+        self._ema_teacher = [t for t, _ in pairs]
+        self._ema_student = [s for _, s in pairs]
+        # What runs each pass: the modules themselves, or their DDP / torch.compile wrappers. A
+        # plain dict, so that a wrapper is not registered as a second copy of the submodules.
+        self._calls: dict[str, Callable[..., Any]] = {
+            "student": self.student,
+            "teacher": self._teacher_targets,
+        }
 
     def wrap_student(self, wrapper: Callable[[StudentModel], nn.Module]) -> None:
         """Run the student through `wrapper(student)` (DDP, torch.compile) from now on."""
-        self._student_call = wrapper(self.student)
-
-    def no_sync(self) -> AbstractContextManager[Any]:
-        """DDP's no_sync when the student is wrapped in DDP (for accumulation), else nothing."""
-        no_sync = getattr(self._student_call, "no_sync", None)
-        return no_sync() if no_sync is not None else nullcontext()
+        self._calls["student"] = wrapper(self.student)
 
     def wrap_teacher(self, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
         """Run the teacher pass through `wrapper(fn)` (e.g. torch.compile) from now on."""
-        self._teacher_call = wrapper(self._teacher_targets)
+        self._calls["teacher"] = wrapper(self._teacher_targets)
 
-    def to(self, device: torch.device | str) -> TaskGraph:
-        self.student.to(device)
-        if self.teacher is not None:
-            self.teacher.to(device)
-        return self
+    def no_sync(self) -> AbstractContextManager[Any]:
+        """DDP's no_sync when the student is wrapped in DDP (for accumulation), else nothing."""
+        no_sync = getattr(self._calls["student"], "no_sync", None)
+        return no_sync() if no_sync is not None else nullcontext()
 
-    def state_dict(self) -> dict[str, Any]:
-        """Student (with its heads' centering buffers) and teacher, for checkpoints."""
-        return {
-            "student": self.student.state_dict(),
-            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.student.load_state_dict(state["student"])
-        if self.teacher is not None:
-            if state.get("teacher") is None:
+    def load_state_dict(
+        self, state: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """As nn.Module's; also reads checkpoints written before the graph was a module
+        (`{"student": ..., "teacher": ...}`)."""
+        if isinstance(state.get("student"), Mapping):
+            if self.teacher is not None and state.get("teacher") is None:
                 raise ValueError("the checkpoint has no EMA teacher, but this graph needs one")
-            self.teacher.load_state_dict(state["teacher"])
+            state = {
+                f"{part}.{name}": value
+                for part in ("student", "teacher")
+                for name, value in (state.get(part) or {}).items()
+            }
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
-    def teacher_parameter_pairs(self) -> Iterator[tuple[str, Tensor, Tensor]]:
-        """(teacher name, teacher tensor, student tensor), matched by parameter name."""
-        assert self.teacher is not None
+    def _teacher_parameter_pairs(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """(teacher tensor, student tensor), matched by parameter name."""
+        if self.teacher is None:
+            return
         mirrors: list[tuple[str, nn.Module, nn.Module]] = [
             ("encoder.", self.teacher.encoder, self.student.encoder)
         ]
@@ -424,17 +437,16 @@ class TaskGraph:
                     raise ValueError(
                         f"the student has no parameter matching teacher {prefix}{name}"
                     )
-                yield prefix + name, teacher_param, student_param
+                yield teacher_param, student_param
 
     @torch.no_grad()
-    def _teacher_targets(self, batch: Batch, step: Tensor) -> dict[str, object]:
+    def _teacher_targets(self, batch: Batch, step: Tensor) -> dict[str, Any]:
+        """Task kind -> what its `teacher_targets` returns (e.g. `SoftTargets`)."""
         if self.teacher is None:
             return {}
-        outputs = {
-            p.view: self.student.encode(p, batch, self.teacher.encoder) for p in self.plan.teacher
-        }
+        outputs = self.student.encode_views(self.plan.teacher, batch, self.teacher.encoder)
         readers = {k for p in self.plan.teacher for k in p.consumers}
-        targets: dict[str, object] = {}
+        targets: dict[str, Any] = {}
         for kind, task in self.student.tasks.items():
             if kind in readers:
                 targets[kind] = task.teacher_targets(  # type: ignore[operator]
@@ -446,8 +458,8 @@ class TaskGraph:
         """Every task's loss for one batch (the trainer does backward and the optimiser).
         `step` is the optimiser step (schedules such as the teacher temperature follow it)."""
         step_t = torch.as_tensor(step, dtype=torch.float32, device=batch.images.device)
-        targets = self._teacher_call(batch, step_t)
-        total, losses, report = self._student_call(batch, targets, step_t)
+        targets = self._calls["teacher"](batch, step_t)
+        total, losses, report = self._calls["student"](batch, targets, step_t)
         return StepOutput(total, losses, report)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -477,15 +489,22 @@ class TaskGraph:
             task.before_optimizer_step(step)  # type: ignore[operator]
 
     @torch.no_grad()
-    def after_optimizer_step(self, step: int = 0, teacher_momentum: float | None = None) -> None:
+    def after_optimizer_step(
+        self, step: int = 0, teacher_momentum: float | None = None, skipped: Tensor | None = None
+    ) -> None:
         """What follows optimiser step `step`: the tasks' own hooks (clamping the logit scales),
-        then the EMA teacher update (momentum: the spec's at `step` unless given)."""
+        then the EMA teacher update (momentum: the spec's at `step` unless given). `skipped`: a
+        0-d device flag; where it is 1 (a step the non-finite guard skipped) the teacher stays,
+        decided on the device with no host read."""
         for task in self.student.tasks.values():
             task.after_optimizer_step(step)  # type: ignore[operator]
-        if self.teacher is not None:
-            pairs = list(self.teacher_parameter_pairs())
-            momentum = self.teacher_momentum(step) if teacher_momentum is None else teacher_momentum
-            ema_update([t for _, t, _ in pairs], [s for _, _, s in pairs], momentum)
+        if self.teacher is None:
+            return
+        momentum = self.teacher_momentum(step) if teacher_momentum is None else teacher_momentum
+        weight: float | Tensor = 1.0 - momentum
+        if skipped is not None:
+            weight = (1.0 - skipped.float()) * weight
+        ema_update(self._ema_teacher, self._ema_student, weight)
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per part (the teacher is not trained, so not counted)."""

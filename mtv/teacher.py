@@ -33,8 +33,9 @@ class EMATeacher(nn.Module):
 
 
 @torch.no_grad()
-def ema_update(teacher: list[Tensor], student: list[Tensor], momentum: float) -> None:
-    """θ_t <- m θ_t + (1 - m) θ_s for every pair, in one fused `_foreach_lerp_`."""
+def ema_update(teacher: list[Tensor], student: list[Tensor], weight: float | Tensor) -> None:
+    """θ_t <- θ_t + w (θ_s - θ_t) = m θ_t + (1 - m) θ_s with w = 1 - m, for every pair, in one
+    fused `_foreach_lerp_`. `weight` may be a 0-d device tensor (decided on the device)."""
     if len(teacher) != len(student):
         raise ValueError(f"{len(teacher)} teacher tensors but {len(student)} student tensors")
-    torch._foreach_lerp_(teacher, [s.detach() for s in student], 1.0 - momentum)
+    torch._foreach_lerp_(teacher, [s.detach() for s in student], weight)

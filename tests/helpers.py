@@ -76,6 +76,7 @@ def random_batch(graph: TaskGraph, batch_size: int = 4, regions: int = 3, seed: 
         # Names are a function of the id, so equal ids really are equal texts.
         names = torch.randint(3, text.vocab_size, (5, text.context_length), generator=g)
         batch.region_names = names[batch.region_name_ids]
+        batch = batch.share_region_names()
     if "depth" in plan.labels:
         yy, xx = torch.meshgrid(
             torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij"

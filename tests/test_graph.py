@@ -38,8 +38,9 @@ def count_calls(module: nn.Module, counter: Counter[str], name: str) -> None:
     [
         (SETS["vl"], 1, 0),
         (SETS["vl_ground_depth"], 1, 0),
-        (SETS["vl_ssl"], 3, 1),
-        (ALL_TASKS, 3, 1),
+        # global + masked in one batched call, local crops in another
+        (SETS["vl_ssl"], 2, 1),
+        (ALL_TASKS, 2, 1),
     ],
 )
 def test_encoder_runs_once_per_distinct_view(
@@ -57,6 +58,24 @@ def test_encoder_runs_once_per_distinct_view(
     assert calls["student"] == student_passes
     assert calls["teacher"] == teacher_passes
     assert calls["text"] == 1  # captions and region names share one text-tower pass
+
+
+def test_the_batched_clean_and_masked_pass_equals_two_passes() -> None:
+    torch.manual_seed(0)
+    graph = TaskGraph(tiny_spec(ALL_TASKS))
+    batch = random_batch(graph)
+    student = graph.student
+    with torch.no_grad():
+        batched = student.encode_views(student.plan.student, batch, student.encoder)
+        for view in student.plan.student:
+            alone = student.encode(view, batch, student.encoder)
+            torch.testing.assert_close(batched[view.view].tokens, alone.tokens)
+            for layer, tap in alone.layers.items():
+                torch.testing.assert_close(batched[view.view].layers[layer], tap)
+            if view.pooled:
+                torch.testing.assert_close(batched[view.view].pooled, alone.pooled)
+    assert batch.patch_mask is not None and batch.patch_mask.any()
+    assert not torch.allclose(batched["global"].tokens, batched["masked"].tokens)
 
 
 def test_plan_shares_the_global_pass() -> None:
@@ -216,8 +235,8 @@ def test_state_dict_round_trip_covers_teacher_and_centers() -> None:
 
 
 def test_views_reach_the_right_encoder_calls() -> None:
-    """Student: global (no mask, layers), masked global (the batch's mask), local crops; teacher:
-    the unmasked global crop only."""
+    """Student: the global crop twice in one call (the first half unmasked, the second with the
+    batch's mask), local crops; teacher: the unmasked global crop only."""
     torch.manual_seed(0)
     graph = TaskGraph(tiny_spec(ALL_TASKS))
     batch = random_batch(graph)
@@ -228,7 +247,8 @@ def test_views_reach_the_right_encoder_calls() -> None:
 
         def wrapped(images, mask=None, layers=(), pool=True):  # type: ignore[no-untyped-def]
             if mask is not None:
-                assert torch.equal(mask, batch.patch_mask)
+                assert not mask[:4].any() and torch.equal(mask[4:], batch.patch_mask)
+                assert torch.equal(images[:4], images[4:])
             seen.append((name, tuple(images.shape), mask is not None))
             return forward(images, mask=mask, layers=layers, pool=pool)
 
@@ -241,8 +261,7 @@ def test_views_reach_the_right_encoder_calls() -> None:
     assert sorted(seen) == sorted(
         [
             ("teacher", (4, 3, 32, 32), False),
-            ("student", (4, 3, 32, 32), False),
-            ("student", (4, 3, 32, 32), True),
+            ("student", (8, 3, 32, 32), True),
             ("student", (4 * 6, 3, 16, 16), False),
         ]
     )

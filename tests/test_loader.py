@@ -153,7 +153,8 @@ def test_batches_carry_what_the_graph_needs_and_train(world: dict) -> None:
         16,
     )
     assert batch.patch_mask.shape == (8, 16) and (batch.patch_mask.sum(1) == 8).all()
-    assert batch.boxes.shape == (8, 4, 4) and batch.region_names.shape == (8, 4, 16)
+    assert batch.boxes.shape == (8, 4, 4) and batch.region_name_index.shape == (8, 4)
+    assert batch.region_names.shape[1] == 16 and batch.region_names.shape[0] <= 8 * 4
     assert batch.depth.shape == (8, 1, SIZE, SIZE) and len(set(info.keys)) == 8
     torch.manual_seed(0)
     out = TaskGraph(spec).step(batch)

@@ -225,6 +225,7 @@ INFO_FIELDS = ("key", "skipped", "crop")
 def collate(items: list[dict[str, Any]]) -> tuple[Batch, BatchInfo]:
     fields = [k for k in items[0] if k not in INFO_FIELDS]
     batch = Batch(**{k: torch.stack([item[k] for item in items]) for k in fields})
+    batch = batch.share_region_names()
     info = BatchInfo(
         [item["key"] for item in items],
         torch.stack([item["crop"] for item in items]),

@@ -23,6 +23,22 @@ class EncoderOutput:
     layers: dict[int, Tensor] = field(default_factory=dict)  # 1-based layer -> normed (B, N, D)
     grid: tuple[int, int] = (0, 0)  # patch grid (rows, columns)
 
+    def split(self, size: int) -> tuple[EncoderOutput, EncoderOutput]:
+        """The first `size` images' outputs and the rest's (undoes a batched pass)."""
+
+        def cut(t: Tensor) -> tuple[Tensor, Tensor]:
+            return t[:size], t[size:]
+
+        tokens, prenorm = cut(self.tokens), cut(self.prenorm)
+        pooled = cut(self.pooled) if self.pooled is not None else (None, None)
+        layers = {k: cut(v) for k, v in self.layers.items()}
+        return tuple(  # type: ignore[return-value]
+            EncoderOutput(
+                tokens[i], prenorm[i], pooled[i], {k: v[i] for k, v in layers.items()}, self.grid
+            )
+            for i in (0, 1)
+        )
+
 
 class VisionTransformer(nn.Module):
     """Patch embedding, learned positions (interpolated for other sizes), pre-norm blocks, final

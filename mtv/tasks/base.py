@@ -140,6 +140,11 @@ class Task(nn.Module, ABC):
         (the trainer gives them their own optimiser groups). Default: none, all at 1."""
         return {}
 
+    def warnings(self, report: Mapping[str, float]) -> list[str]:
+        """Signs of trouble in this task's logged values (`report`'s names, read at log steps),
+        e.g. a collapsing teacher; each a sentence. Default: none."""
+        return []
+
     def before_optimizer_step(self, step: int) -> None:
         """Called after backward, before optimiser step `step` (0-based), e.g. to drop the
         gradients of a part that must not move yet. Default: none."""

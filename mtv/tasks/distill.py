@@ -23,6 +23,7 @@ from mtv.tasks.base import (
 )
 from mtv.tasks.ssl_heads import (
     SelfDistillationTask,
+    SoftTargets,
     SSLHeadSpec,
     distillation_cross_entropy,
     entropy,
@@ -93,14 +94,14 @@ class DistillTask(SelfDistillationTask):
         heads: Mapping[str, nn.Module],
         batch: Batch,
         step: Tensor,
-    ) -> dict[str, Tensor]:
+    ) -> SoftTargets:
         probs, temperature = self.centred_targets(
             heads["head"](self.embedding(teacher[GLOBAL])), step
         )
-        return {"probs": probs, "temperature": temperature}
+        return SoftTargets(probs=probs, temperature=temperature, weights=None)
 
     def forward(self, inputs: StepInputs) -> TaskOutput:
-        targets = inputs.teacher[self.kind]
+        targets: SoftTargets = inputs.teacher[self.kind]
         probs = targets["probs"]
         scores = self.head(self.embedding(inputs.student[LOCAL]))
         with fp32(scores.device):

@@ -27,6 +27,7 @@ from mtv.tasks.base import (
 )
 from mtv.tasks.ssl_heads import (
     SelfDistillationTask,
+    SoftTargets,
     SSLHeadSpec,
     distillation_cross_entropy,
     entropy,
@@ -185,16 +186,16 @@ class MaskedTask(SelfDistillationTask):
         heads: Mapping[str, nn.Module],
         batch: Batch,
         step: Tensor,
-    ) -> dict[str, Tensor]:
+    ) -> SoftTargets:
         if batch.patch_mask is None:
             raise ValueError("the masked task needs batch.patch_mask")
         tokens, weights = self.select(teacher[GLOBAL].tokens, batch.patch_mask)
         probs, temperature = self.centred_targets(heads["head"](tokens), step, weights)
-        return {"probs": probs, "weights": weights, "temperature": temperature}
+        return SoftTargets(probs=probs, temperature=temperature, weights=weights)
 
     def forward(self, inputs: StepInputs) -> TaskOutput:
-        targets = inputs.teacher[self.kind]
-        assert inputs.batch.patch_mask is not None
+        targets: SoftTargets = inputs.teacher[self.kind]
+        assert inputs.batch.patch_mask is not None and targets["weights"] is not None
         tokens, _ = self.select(inputs.student[MASKED].tokens, inputs.batch.patch_mask)
         scores = self.head(tokens)
         with fp32(scores.device):

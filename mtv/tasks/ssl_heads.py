@@ -3,6 +3,10 @@ the all-reduced centering buffer, the teacher-temperature warm-up and the cross-
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from typing import TypedDict
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -117,6 +121,14 @@ def entropy(probs: Tensor) -> Tensor:
     return torch.special.entr(probs).sum(-1).mean()
 
 
+class SoftTargets(TypedDict):
+    """What the teacher gives a self-distillation task each step."""
+
+    probs: Tensor  # centred, sharpened teacher probabilities (fp32), rows as the student's
+    temperature: Tensor  # 0-d: the teacher temperature at this step
+    weights: Tensor | None  # per-row 1/0 (masked patches really masked); None = all rows count
+
+
 class SelfDistillationTask(Task):
     """Base of `distill` and `masked`: each owns a DINO head and a centering buffer (the paper
     keeps the two heads separate), and the EMA teacher keeps a copy of the head."""
@@ -137,6 +149,19 @@ class SelfDistillationTask(Task):
         # No gradient, no update: the fused AdamW skips parameters whose grad is None.
         if step < self.spec.freeze_prototypes_steps:
             self.head.prototypes.grad = None
+
+    def warnings(self, report: Mapping[str, float]) -> list[str]:
+        entropy = report.get("teacher_entropy")
+        if entropy is None:
+            return []
+        uniform = math.log(self.spec.n_prototypes)
+        if entropy > 0.98 * uniform:
+            return [
+                f"teacher entropy {entropy:.3f} is near ln K = {uniform:.3f} (uniform collapse)"
+            ]
+        if entropy < 0.05:
+            return [f"teacher entropy {entropy:.4f} is near 0 (one-hot collapse)"]
+        return []
 
     def centred_targets(
         self, scores: Tensor, step: Tensor, weights: Tensor | None = None
