@@ -17,7 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from common import autocast, pick_device, synchronize
-from step import FULL, MODELS, TASK_SETS, Setting, bench_spec, make_trainer, train_step
+from step import FULL, MODELS, TASK_SETS, BenchStep, Setting, bench_spec
 
 
 def top_ops(fn: Callable[[], object], device: torch.device, rows: int) -> str:
@@ -42,9 +42,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
     args = parser.parse_args()
     setting = Setting(args.model, args.image_size, args.batch, pick_device())
-    trainer = make_trainer(bench_spec(setting, TASK_SETS[FULL]), setting.device)
-    encoder = trainer.graph.student.encoder
-    batch, _ = next(trainer.stream)
+    step = BenchStep(bench_spec(setting, TASK_SETS[FULL]), setting.device)
+    encoder, batch = step.graph.student.encoder, step.batch
 
     def encoder_step() -> None:
         encoder.zero_grad(set_to_none=True)
@@ -55,7 +54,7 @@ def main() -> None:
 
     sections = {
         "encoder forward+backward (global view, eager)": encoder_step,
-        "full task set training step (eager)": lambda: train_step(trainer),
+        "full task set training step (eager)": step,
     }
     text = f"# {setting.describe()}\n"
     for title, fn in sections.items():

@@ -28,7 +28,7 @@ from mtv.train.prepare import prepare_data
 from mtv.world.corpus import render_corpus
 
 from common import Row, Table, interleaved, median, pick_device, timed
-from step import FULL, MODELS, TASK_SETS, Setting, bench_spec, make_trainer, train_step
+from step import FULL, MODELS, TASK_SETS, BenchStep, Setting, bench_spec
 
 PART = "4 loader"
 
@@ -154,8 +154,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     setting = Setting(args.model, args.image_size, args.batch, pick_device())
-    trainer = make_trainer(bench_spec(setting, TASK_SETS[FULL]), setting.device)
-    step_seconds = median([timed(lambda: train_step(trainer), setting.device) for _ in range(4)])
+    step = BenchStep(bench_spec(setting, TASK_SETS[FULL]), setting.device)
+    step_seconds = median([timed(step, setting.device) for _ in range(4)])
     table = Table()
     with tempfile.TemporaryDirectory() as tmp:
         world = Path(tmp) / "world"

@@ -11,11 +11,14 @@ it mostly measures the libraries' code pages and blocks the C allocator retains.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mtv.train import Trainer
+from mtv.batch import Batch
+from mtv.graph import TaskGraph
+from mtv.train.step import TrainStep
 
 NOTE = (
     "tensors held at step start + allocator high-water during the step (CUDA: "
@@ -31,18 +34,26 @@ def _storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(storages.values())
 
 
-def held_bytes(trainer: Trainer) -> int:
-    """Bytes of every tensor the trainer holds between steps."""
-    graph = trainer.graph
+class HeldByAStep(Protocol):
+    """What a benchmark's step holds: its graph, its optimiser (in `runner`), its batch."""
+
+    graph: TaskGraph
+    runner: TrainStep
+    batch: Batch
+    device: torch.device
+
+
+def held_bytes(step: HeldByAStep) -> int:
+    """Bytes of every tensor a training step holds between steps."""
+    graph = step.graph
     modules: list[torch.nn.Module] = [graph.student]
     if graph.teacher is not None:
         modules.append(graph.teacher)
     tensors = [t for m in modules for t in [*m.parameters(), *m.buffers()]]
     tensors += [p.grad for p in graph.student.parameters() if p.grad is not None]
-    for state in trainer.optimizer.state.values():
+    for state in step.runner.optimizer.state.values():
         tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
-    batch, _ = next(trainer.stream)  # the benchmark's stream repeats one batch
-    tensors += [v for v in vars(batch).values() if isinstance(v, torch.Tensor)]
+    tensors += [v for v in vars(step.batch).values() if isinstance(v, torch.Tensor)]
     return _storage_bytes(t for t in tensors if t.device.type != "meta")
 
 
@@ -62,10 +73,10 @@ def cpu_high_water(fn: Callable[[], object]) -> int:
     return high
 
 
-def step_peak_bytes(trainer: Trainer, step: Callable[[], object]) -> int:
-    """Peak tensor memory of one call of `step` (a training step of `trainer`)."""
-    device = trainer.device
-    held = held_bytes(trainer)
+def step_peak_bytes(held_by: HeldByAStep, step: Callable[[], object]) -> int:
+    """Peak tensor memory of one call of `step` (a training step holding `held_by`'s tensors)."""
+    device = held_by.device
+    held = held_bytes(held_by)
     if device.type != "cuda":
         return held + cpu_high_water(step)
     torch.cuda.synchronize(device)

@@ -4,30 +4,29 @@ compiled against eager steps.
 
     python benchmarks/step.py [--model mini] [--batch 32] [--repeats 5]
 
-Every step is the trainer's own `Trainer.train_step` (forward, backward, clipping, AdamW, logit
-clamps, EMA teacher, metrics) on a fixed synthetic batch already on the device, so the loader is
-excluded. `benchmarks/run.py` runs these with the other parts and writes the results table.
+Every step is the trainer's own step, built from mtv's public pieces: the `TaskGraph` and its
+`TrainStep` (forward, backward, the device-side non-finite guard, clipping, AdamW, logit clamps,
+EMA teacher, the step's metrics vector), on a fixed synthetic batch already on the device, so the
+loader is excluded. `benchmarks/run.py` runs these with the other parts and writes the results
+table.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from mtv.batch import Batch
-from mtv.graph import plan_graph
+from mtv.graph import TaskGraph, plan_graph
 from mtv.specs import ExperimentSpec, load_spec
 from mtv.specs.model import model_presets
-from mtv.train import Trainer
+from mtv.train.step import TrainStep
 from tests.helpers import random_batch
 
 from common import (
@@ -127,24 +126,32 @@ def synthetic_batch(spec: ExperimentSpec, device: torch.device, seed: int = 0) -
         ids = torch.randint(0, slots // 2, batch.box_valid.shape, generator=g)
         ids = torch.where(batch.box_valid, ids, slots // 2)
         batch.region_name_ids, batch.region_names = ids, vocabulary[ids]
+        batch = batch.share_region_names()  # as the loader's collate does
     return batch.to(device)
 
 
-# Run directories of the benchmark trainers (spec.yaml, environment.json), removed at exit.
-_RUNS = tempfile.TemporaryDirectory(prefix="mtv-bench-")
+class BenchStep:
+    """One task set's training step as the trainer runs it, on one synthetic batch: a call is
+    one optimiser step (`TrainStep.start`, `forward_backward`, `optimizer_step`)."""
 
+    def __init__(self, spec: ExperimentSpec, device: torch.device):
+        torch.manual_seed(spec.runtime.seed)  # same seed: same weights per spec
+        self.spec, self.device = spec, device
+        self.graph = TaskGraph(spec).to(device)
+        if spec.runtime.compile is True:  # as the trainer compiles: each pass on its own
+            backend = spec.runtime.compile_backend
+            self.graph.wrap_student(lambda m: torch.compile(m, backend=backend))
+            self.graph.wrap_teacher(lambda fn: torch.compile(fn, backend=backend))
+        self.runner = TrainStep(spec, self.graph, device, world=1)
+        self.batch = synthetic_batch(spec, device)
+        self.step = 0
 
-def make_trainer(spec: ExperimentSpec, device: torch.device) -> Trainer:
-    """The real trainer, fed one synthetic batch forever (same seed: same weights per spec)."""
-    run_dir = Path(tempfile.mkdtemp(dir=_RUNS.name))
-    batch = synthetic_batch(spec, device)
-    return Trainer(spec, run_dir, report=lambda m: None, batches=itertools.repeat((batch, {})))
-
-
-def train_step(trainer: Trainer) -> dict[str, object]:
-    row = trainer.train_step()
-    trainer.step += 1
-    return row
+    def __call__(self) -> torch.Tensor:
+        self.runner.start(self.spec.optim.lr)
+        self.runner.forward_backward(self.batch, self.step, micro=0)
+        values = self.runner.optimizer_step(self.step)
+        self.step += 1
+        return values.vector
 
 
 Shape = torch.Size
@@ -183,16 +190,14 @@ def task_set_rows(setting: Setting, repeats: int) -> tuple[list[Row], float]:
     """Step time, step FLOPs and peak memory per task set, relative to VL-only. Returns the rows
     and the full set's median eager step time."""
     part = "1 task sets"
-    trainers = {
-        n: make_trainer(bench_spec(setting, t), setting.device) for n, t in TASK_SETS.items()
-    }
-    for trainer in trainers.values():  # warm-up: allocator, optimiser state, kernels
+    steps = {n: BenchStep(bench_spec(setting, t), setting.device) for n, t in TASK_SETS.items()}
+    for step in steps.values():  # warm-up: allocator, optimiser state, kernels
         for _ in range(2):
-            train_step(trainer)
-    flops = {n: count_flops(lambda t=t: train_step(t)) for n, t in trainers.items()}
-    peaks = {n: step_peak_bytes(t, lambda t=t: train_step(t)) / 2**20 for n, t in trainers.items()}
-    fns = {n: (lambda t=t: train_step(t)) for n, t in trainers.items()}
-    times = {n: median(v) for n, v in interleaved(fns, repeats, setting.device).items()}
+            step()
+    flops = {n: count_flops(step) for n, step in steps.items()}
+    peaks = {n: step_peak_bytes(step, step) / 2**20 for n, step in steps.items()}
+    times = {n: median(v) for n, v in interleaved(dict(steps), repeats, setting.device).items()}
+    rate = matmul_peak(setting, repeats)
     rows: list[Row] = []
     target = "<= 1.35 (CUDA, B/16)"
     for name in TASK_SETS:
@@ -220,6 +225,17 @@ def task_set_rows(setting: Setting, repeats: int) -> tuple[list[Row], float]:
                 note=f"{flops[name] / 1e9:.1f} GFLOP per step (matmul, conv, attention)",
             )
         )
+        rows.append(
+            Row(
+                part,
+                f"whole-step utilisation, {name}",
+                100 * flops[name] / times[name] / rate,
+                "% of matmul",
+                ">= 50 (CUDA, B/16, batch 128)",
+                (100 * flops[name] / times[name] / rate >= 50) if setting.paper_setting else None,
+                "every pass: student, teacher, text tower, heads; forward + backward",
+            )
+        )
         rows.append(Row(part, f"peak memory, {name}", peaks[name], "MiB", note=MEMORY_NOTE))
         rows.append(Row(part, f"peak memory / vl, {name}", peaks[name] / peaks["vl"], "x"))
     return rows, times[FULL]
@@ -235,13 +251,20 @@ def matmul_rate(device: torch.device, size: int) -> tuple[Callable[[], object], 
     return (lambda: [a @ b for _ in range(inner)]), 2.0 * size**3 * inner
 
 
+def matmul_peak(setting: Setting, repeats: int) -> float:
+    """The measured dense matmul rate (FLOP/s) the utilisation rows divide by."""
+    size = 8192 if setting.device.type == "cuda" else 2048
+    matmul, flops = matmul_rate(setting.device, size)
+    matmul()
+    return flops / median([timed(matmul, setting.device) for _ in range(repeats)])
+
+
 def utilisation_rows(setting: Setting, repeats: int, compile: bool) -> list[Row]:
     """Encoder forward+backward FLOP/s on the global view over the dense matmul rate, measured
     side by side (eager, and compiled when asked)."""
     part = "2 utilisation"
     spec = bench_spec(setting, ["vl"])
-    trainer = make_trainer(spec, setting.device)
-    encoder = trainer.graph.student.encoder
+    encoder = TaskGraph(spec).to(setting.device).student.encoder
     images = synthetic_batch(spec, setting.device).images
 
     def fwd_bwd(model: torch.nn.Module) -> None:
@@ -292,24 +315,24 @@ def utilisation_rows(setting: Setting, repeats: int, compile: bool) -> list[Row]
 
 
 # ---------------------------------------------------------------------------- part 3: compile
-def compile_rows(setting: Setting, repeats: int, eager: Trainer | None = None) -> list[Row]:
+def compile_rows(setting: Setting, repeats: int, eager: BenchStep | None = None) -> list[Row]:
     """The full task set's step compiled as the trainer compiles it (`runtime.compile`: student
     and teacher pass each through torch.compile) against the eager step, side by side."""
     part = "3 compile"
-    eager = eager or make_trainer(bench_spec(setting, TASK_SETS[FULL]), setting.device)
+    eager = eager or BenchStep(bench_spec(setting, TASK_SETS[FULL]), setting.device)
     try:
-        compiled = make_trainer(bench_spec(setting, TASK_SETS[FULL], compile=True), setting.device)
+        compiled = BenchStep(bench_spec(setting, TASK_SETS[FULL], compile=True), setting.device)
         start = time.perf_counter()
         for _ in range(2):  # the first step compiles; the second catches any recompilation
-            train_step(compiled)
+            compiled()
         synchronize(setting.device)
         warm = time.perf_counter() - start
     except Exception as err:  # e.g. no C++ compiler for inductor on a CPU build
         first = str(err).strip().splitlines()
         reason = f"{type(err).__name__}: {first[0] if first else ''}"[:300]
         return [Row(part, "compiled full-set step", None, "", note=f"compile failed: {reason}")]
-    train_step(eager)
-    fns = {"eager": lambda: train_step(eager), "compiled": lambda: train_step(compiled)}
+    eager()
+    fns = {"eager": eager, "compiled": compiled}
     times = {n: median(v) for n, v in interleaved(fns, repeats, setting.device).items()}
     return [
         Row(part, "full-set step, eager", times["eager"], "s", note=f"median of {repeats}"),

@@ -27,7 +27,7 @@ from mtv.graph import TaskGraph
 from mtv.specs import load_spec
 from mtv.specs.experiment import PhotometricSpec
 from mtv.specs.model import TeacherSpec
-from mtv.train import Trainer
+from mtv.train.step import TrainStep
 from tests.helpers import ALL_TASKS, random_batch, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +62,12 @@ def test_logit_parameters_get_their_own_learning_rate(tmp_path: Path) -> None:
     assert sum(len(g["params"]) for g in groups) == sum(
         1 for p in graph.student.parameters() if p.requires_grad
     )
-    trainer = Trainer(spec, tmp_path / "run", batches=iter([]), report=lambda _: None)
-    trainer.stream = itertools.repeat((random_batch(trainer.graph), None))
-    trainer.step = 5
-    row = trainer.train_step()
-    lrs = {g["lr_scale"]: g["lr"] for g in trainer.optimizer.param_groups}
-    assert lrs[10.0] == pytest.approx(10 * lrs[1.0]) and lrs[1.0] == pytest.approx(row["lr"])
+    runner = TrainStep(spec, graph, torch.device("cpu"), world=1)
+    runner.start(lr=2e-4)
+    runner.forward_backward(random_batch(graph), step=5, micro=0)
+    runner.optimizer_step(step=5)
+    lrs = {g["lr_scale"]: g["lr"] for g in runner.optimizer.param_groups}
+    assert lrs[10.0] == pytest.approx(2e-3) and lrs[1.0] == pytest.approx(2e-4)
 
 
 def test_teacher_momentum_is_fixed_or_a_cosine_ramp() -> None:
@@ -116,20 +116,25 @@ def test_prototypes_stay_frozen_for_the_first_steps(tmp_path: Path) -> None:
             for kind in ("distill", "masked")
         },
     )
-    trainer = Trainer(spec, tmp_path / "run", batches=iter([]), report=lambda _: None)
-    trainer.stream = itertools.repeat((random_batch(trainer.graph), None))
-    tasks = trainer.graph.student.tasks
+    graph = TaskGraph(spec)
+    runner = TrainStep(spec, graph, torch.device("cpu"), world=1)
+    batch = random_batch(graph)
+
+    def train_step(step: int) -> None:
+        runner.start(lr=1e-3)
+        runner.forward_backward(batch, step, micro=0)
+        runner.optimizer_step(step)
+
+    tasks = graph.student.tasks
     prototypes = {k: tasks[k].head.prototypes for k in ("distill", "masked")}
     start = {k: p.detach().clone() for k, p in prototypes.items()}
     mlp = tasks["distill"].head.mlp[0].weight.detach().clone()
     for step in range(2):
-        trainer.step = step
-        trainer.train_step()
+        train_step(step)
     for kind, p in prototypes.items():
         torch.testing.assert_close(p.detach(), start[kind])  # frozen at steps 0 and 1
     assert not torch.equal(tasks["distill"].head.mlp[0].weight, mlp)  # the rest trains
-    trainer.step = 2
-    trainer.train_step()
+    train_step(2)
     assert all(not torch.equal(p.detach(), start[k]) for k, p in prototypes.items())
 
 

@@ -164,8 +164,9 @@ def test_compiled_and_eager_steps_agree(corpus: str, tmp_path: Path) -> None:
         trainer = Trainer(spec, tmp_path / mode, report=lambda m: None)
         rows[mode] = []
         for _ in range(2):
-            rows[mode].append(trainer.train_step())
+            trainer.train_step()
             trainer.step += 1
+        rows[mode] = trainer.read_rows()
     for eager, compiled in zip(rows["false"], rows["true"], strict=True):
         for key in [k for k in eager if k.startswith("loss")]:
             assert compiled[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-5), key
@@ -185,11 +186,12 @@ def test_planted_nan_is_named_skipped_and_stops_the_run(corpus: str, tmp_path: P
         return out
 
     depth.forward = poisoned  # type: ignore[method-assign]
-    before = [p.detach().clone() for p in trainer.params]
+    before = [p.detach().clone() for p in trainer.runner.params]
     with pytest.raises(NonFiniteLoss, match="depth"):
         trainer.run()
-    assert any("step 2: non-finite loss in depth; step skipped" in m for m in messages)
-    assert trainer.step == 3  # steps 2 and 3 were bad; the run stopped at the second
+    # named with the 1-based numbers of the console and metrics.parquet
+    assert any("step 3: non-finite loss in depth; step skipped (1/2)" in m for m in messages)
+    assert trainer.step == 4  # steps 3 and 4 were bad; the run stopped at the second
     rows = trainer.metrics.rows
     assert [r["skipped"] for r in rows] == [False, False, True, True]
     # skipped steps left the weights as they were after step 1: compare with a clean run of
@@ -198,9 +200,17 @@ def test_planted_nan_is_named_skipped_and_stops_the_run(corpus: str, tmp_path: P
     for _ in range(2):
         reference.train_step()
         reference.step += 1
-    for p, q in zip(trainer.params, reference.params, strict=True):
+    for p, q in zip(trainer.runner.params, reference.runner.params, strict=True):
         torch.testing.assert_close(p, q)
-    assert any(not torch.equal(p, b) for p, b in zip(trainer.params, before, strict=True))
+    assert any(not torch.equal(p, b) for p, b in zip(trainer.runner.params, before, strict=True))
+    # the optimiser's moments did not move either (the fused AdamW's found_inf skip)
+    for group, ref in zip(
+        trainer.runner.optimizer.state.values(),
+        reference.runner.optimizer.state.values(),
+        strict=True,
+    ):
+        torch.testing.assert_close(group["exp_avg"], ref["exp_avg"])
+        assert int(group["step"]) == int(ref["step"]) == 2
 
 
 def test_a_resume_with_another_task_list_is_refused(corpus: str, tmp_path: Path) -> None:
@@ -259,7 +269,9 @@ def test_accumulation_gives_the_full_batch_gradient(corpus: str, tmp_path: Path)
 def test_collapse_is_reported(corpus: str, tmp_path: Path) -> None:
     messages: list[str] = []
     trainer = Trainer(smoke(corpus, "schedule.steps=1"), tmp_path / "run", report=messages.append)
-    trainer._check_collapse({"distill/teacher_entropy": 5.54, "masked/teacher_entropy": 0.001})
+    trainer._warnings(
+        {"step": 50, "distill/teacher_entropy": 5.54, "masked/teacher_entropy": 0.001}
+    )
     assert any(
         "distill teacher entropy 5.540 is near ln K = 5.545 (uniform collapse)" in m
         for m in messages

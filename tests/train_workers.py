@@ -35,7 +35,8 @@ def overrides(corpus: str) -> list[str]:
 def first_step(corpus: str, run_dir: str) -> dict:
     spec = load_spec(ROOT / "experiments" / "smoke.yaml", overrides(corpus))
     trainer = Trainer(spec, Path(run_dir), report=lambda message: None)
-    row = trainer.train_step()
+    trainer.train_step()
+    (row,) = trainer.read_rows()
     grads = {
         name: p.grad.detach().clone()
         for name, p in trainer.graph.student.named_parameters()

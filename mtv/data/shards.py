@@ -148,13 +148,7 @@ class TarShardSource:
         return f"TarShardSource({len(self._shards)} shards, first {self._shards[0]!r})"
 
     def __iter__(self) -> Iterator[Sample]:
-        return self.iter_shards(range(len(self._shards)))
-
-    def iter_shards(self, indices: Iterable[int]) -> Iterator[Sample]:
-        """Samples of the shards at `indices` (positions in `shards`), in that order: give each
-        DataLoader worker or rank its own indices."""
-        chosen = [self._shard_at(index) for index in indices]  # bad indices fail here, not later
-        return self._iter_urls(chosen)
+        return self._iter_urls(self._shards)
 
     def _iter_urls(self, urls: list[str]) -> Iterator[Sample]:
         seen: dict[str, str] | None = {} if self.check_duplicates else None
@@ -293,47 +287,6 @@ class TarShardSource:
     def keys(self) -> list[str]:
         """Every usable key, in shard order (builds the index on first use)."""
         return list(self._index if self._index is not None else self.build_index())
-
-    def save_index(self, path: str) -> None:
-        """Write the index as JSON (e.g. next to the shards), so other processes skip the scan."""
-        index = self._index if self._index is not None else self.build_index()
-        position = {url: at for at, url in enumerate(self._shards)}
-        samples = {
-            key: [position[ref.shard], ref.image_format, ref.image, ref.caption, ref.meta]
-            for key, ref in index.items()
-        }
-        document = {"format": "mtv-tar-index", "version": 1, "shards": self._shards}
-        fs, target = fsspec.core.url_to_fs(path, **self.storage_options)
-        partial = f"{target}.partial"
-        # Written aside then moved, so a killed writer never leaves a half index under `path`.
-        with fs.open(partial, "w") as file:
-            json.dump({**document, "samples": samples}, file)
-        fs.mv(partial, target)
-
-    def load_index(self, path: str) -> dict[str, MemberRef]:
-        """Read an index written by `save_index` for exactly these shards."""
-        with fsspec.open(path, "r", **self.storage_options) as file:
-            try:
-                document = json.load(file)
-            except ValueError as error:
-                raise ValueError(f"{path} is not a shard index: {error}") from None
-        if not isinstance(document, dict) or document.get("format") != "mtv-tar-index":
-            raise ValueError(f"{path} is not a shard index written by save_index")
-        if document["shards"] != self._shards:
-            raise ValueError(f"the index {path} was built for other shards than this source's")
-        shards = document["shards"]
-        self._index = {
-            key: MemberRef(
-                shards[at], fmt, Span(*image), Span(*caption), Span(*meta) if meta else None
-            )
-            for key, (at, fmt, image, caption, meta) in document["samples"].items()
-        }
-        return self._index
-
-    def _shard_at(self, index: int) -> str:
-        if not 0 <= index < len(self._shards):
-            raise IndexError(f"shard index {index} outside 0..{len(self._shards) - 1}")
-        return self._shards[index]
 
     def _stream_groups(
         self, stream: IO[bytes], url: str, seen: dict[str, str] | None, size: int | None

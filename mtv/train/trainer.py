@@ -9,12 +9,10 @@ teacher, optimiser, centers, RNG, loader position), so a resumed run repeats the
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from mtv.batch import Batch
 from mtv.checkpoint import save_checkpoint
 from mtv.data.loader import build_stream
 from mtv.distributed import init_from_environment, is_distributed, local_rank, resolve_backend
@@ -32,13 +29,13 @@ from mtv.graph import TaskGraph
 from mtv.signals import StopRequest
 from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.loading import spec_to_yaml
-from mtv.train.diagnostics import gradient_probe
 from mtv.train.lock import RunLock, RunLocked
 from mtv.train.loggers import LoggerError, Loggers, Outcome, check_available, open_loggers
 from mtv.train.metrics import MetricsLog
 from mtv.train.prepare import RunData, prepare_data
 from mtv.train.rundir import RunRefused, accept_run, critical_settings, environment
 from mtv.train.schedule import lr_factor
+from mtv.train.step import StepValues, TrainStep, read_window
 
 
 class TrainingError(RuntimeError):
@@ -115,11 +112,9 @@ class Trainer:
         resume: bool = False,
         report: Callable[[str], None] = print,
         on_step: Event | None = None,
-        batches: Iterator[tuple[Batch, Any]] | None = None,
     ):
-        """`batches`: (batch, info) pairs to train on instead of the spec's data, which is then
-        neither prepared nor loaded (benchmarks time the real step this way without the loader;
-        such a trainer cannot checkpoint, having no loader position to save)."""
+        """`on_step(row)`: called with each step's metrics row (rank 0), in batches at log steps,
+        when the rows reach the host."""
         self.spec, self.run_dir, self.report, self.on_step = spec, run_dir, report, on_step
         self.device = _pick(spec.runtime.device)
         self.rank, self.world = init_from_environment(
@@ -136,42 +131,34 @@ class Trainer:
         self.loggers = Loggers()  # opened by `run`, on rank 0
         self.lock = RunLock(run_dir)
         self._restored = self._prepare_run_dir(resume)
-        self.data = self._data() if batches is None else None
-        if self.data is not None and self.main:
+        self.data = self._data()
+        if self.main:
             # The run keeps its own tokenizer: evaluation and export then need only the run.
             self.data.tokenizer.save(run_dir / "tokenizer.json")
         # The same initial weights on every rank, and the ones `FrozenModel.random_init` draws.
         torch.manual_seed(spec.runtime.seed)
         # A resumed run's checkpoint replaces the weights: model.init_from is not read again.
         self.graph = TaskGraph(spec, pretrained=not resume).to(self.device)
-        groups = self.graph.parameter_groups()
-        self.params = [p for group in groups for p in group["params"]]
-        optim = spec.optim
-        self.optimizer = torch.optim.AdamW(
-            groups,
-            lr=optim.lr,
-            betas=optim.betas,
-            eps=optim.eps,
-            weight_decay=optim.weight_decay,
-            # One kernel per step over all parameters instead of a dozen _foreach_ passes over
-            # them (3x faster optimiser step on CPU; the same update up to float rounding).
-            fused=self.device.type in ("cuda", "cpu"),
-        )
+        self.runner = TrainStep(spec, self.graph, self.device, self.world)
         self._wrap()
-        self.stream: Any = batches
-        if self.data is not None:
-            self.stream = build_stream(
-                spec.data,
-                self.graph.plan.view_request(spec),
-                self.data.source,
-                self.data.store,
-                self.data.tokenizer,
-                self.rank,
-                self.world,
-                keys=self.data.keys,
-                accumulate=optim.accumulate,
-                pin_memory=self.device.type == "cuda",
-            )
+        self.stream = build_stream(
+            spec.data,
+            self.graph.plan.view_request(spec),
+            self.data.source,
+            self.data.store,
+            self.data.tokenizer,
+            self.rank,
+            self.world,
+            keys=self.data.keys,
+            accumulate=spec.optim.accumulate,
+            pin_memory=self.device.type == "cuda",
+        )
+        # Steps whose values are still on the device, with what the host knows of each.
+        self._window: list[tuple[dict[str, Any], StepValues]] = []
+        self._window_images = 0
+        self._window_wait = 0.0
+        self._window_started = time.perf_counter()
+        self._streak = 0  # consecutive skipped steps, as of the last rows read
         self.metrics = MetricsLog(run_dir / "metrics.parquet")
         self.step = 0
         if resume:
@@ -239,7 +226,7 @@ class Trainer:
         path, state = self._restored
         self._restored = None  # the state is large; keep no second copy of the weights
         self.graph.load_state_dict(state["graph"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.runner.optimizer.load_state_dict(state["optimizer"])
         self.stream.load_state_dict(state["loader"][self.rank])
         torch.set_rng_state(state["rng"]["cpu"])
         self.step = int(state["step"])
@@ -257,7 +244,7 @@ class Trainer:
             state = {
                 "step": self.step,
                 "graph": self.graph.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self.runner.optimizer.state_dict(),
                 "loader": loader_states,
                 "rng": {"cpu": torch.get_rng_state()},
                 "critical": critical_settings(self.spec, self.world),
@@ -269,109 +256,69 @@ class Trainer:
         _barrier()
 
     # ------------------------------------------------------------------ the step
-    def _autocast(self) -> Any:
-        if self.spec.runtime.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
-    def train_step(self) -> dict[str, Any]:
+    def train_step(self) -> None:
+        """One optimiser step: each micro-batch from the loader (host), then its forward and
+        backward, then the optimiser step (device, no host reads). Its values join the window
+        that `read_rows` brings to the host at the next log step."""
         spec = self.spec
         lr = spec.optim.lr * lr_factor(spec.schedule, self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
-        self.optimizer.zero_grad(set_to_none=True)
-        accumulate = spec.optim.accumulate
-        waited = time.perf_counter()
-        wait_seconds, images = 0.0, 0
-        losses: dict[str, torch.Tensor] = {}
-        report: dict[str, torch.Tensor] = {}
-        bad: list[str] = []
-        probe: dict[str, float] = {}
-        for micro in range(accumulate):
+        self.runner.start(lr)
+        for micro in range(spec.optim.accumulate):
             start = time.perf_counter()
             batch, _ = next(self.stream)
             batch = batch.to(self.device, non_blocking=True)
-            wait_seconds += time.perf_counter() - start
-            images += batch.size * self.world
-            with self._autocast():
-                out = self.graph.step(batch, self.step)
-            values = torch.stack([v.detach().float() for v in out.losses.values()])
-            finite = torch.isfinite(values)
-            if self.world > 1:  # every rank must agree to skip, or DDP would hang
-                flags = finite.float()
-                dist.all_reduce(flags, op=dist.ReduceOp.MIN)
-                finite = flags > 0
-            if not bool(finite.all()):
-                bad = [k for k, ok in zip(out.losses, finite.tolist(), strict=True) if not ok]
-                break
-            if (
-                micro == 0
-                and spec.runtime.grad_probe_every
-                and self.step % spec.runtime.grad_probe_every == 0
-            ):
-                probe = gradient_probe(
-                    self.graph.student.encoder, out.losses, self.graph.plan.weights
-                )
-            # Gradients are all-reduced once, after the last micro-batch.
-            with self.graph.no_sync() if micro < accumulate - 1 else nullcontext():
-                (out.total / accumulate).backward()
-            for name, value in out.losses.items():
-                losses[name] = losses.get(name, 0) + value.detach() / accumulate
-            report = out.report
+            self._window_wait += time.perf_counter() - start
+            self._window_images += batch.size * self.world
+            if batch.region_names is not None and self._compiles():
+                # The distinct-name count varies by batch: one graph for every count.
+                torch._dynamo.maybe_mark_dynamic(batch.region_names, 0)
+            every = spec.runtime.grad_probe_every
+            probe = bool(every) and micro == 0 and self.step % every == 0
+            self.runner.forward_backward(batch, self.step, micro, probe=probe)
+        values = self.runner.optimizer_step(self.step)
         # `step` counts the optimiser steps done with this row's, 1..schedule.steps: the numbers
         # of the console, the checkpoints (step-N) and the evaluations (taken after step N).
-        row: dict[str, Any] = {"step": self.step + 1, "lr": lr}
-        if bad:
-            self.optimizer.zero_grad(set_to_none=True)
-            row.update({"skipped": True, "nonfinite": ",".join(bad)})
-            return row
-        self.graph.before_optimizer_step(self.step)
-        clip = spec.optim.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.params, clip if clip is not None else math.inf
-        )
-        self.optimizer.step()
-        self.graph.after_optimizer_step(self.step)
+        host: dict[str, Any] = {"step": self.step + 1, "lr": lr}
         if self.graph.teacher is not None:
-            row["teacher_momentum"] = self.graph.teacher_momentum(self.step)
-        total = sum(self.graph.plan.weights[k] * v for k, v in losses.items())
-        # Every logged tensor in one device-to-host copy, not one sync per value.
-        logged = {"loss": total, **{f"loss/{k}": v for k, v in losses.items()}, **report}
-        logged["grad_norm"] = grad_norm
-        values = torch.stack([torch.as_tensor(v).float().reshape(()) for v in logged.values()])
-        row.update(dict(zip(logged, values.tolist(), strict=True)))
-        # Timed after that copy: it waits for the step's queued device work, which the step's
-        # wall time (and so images/s and the data-wait fraction) must include on CUDA.
-        elapsed = time.perf_counter() - waited
-        row.update(
-            {
-                "skipped": False,
-                "nonfinite": "",
-                "images_per_s": images / max(elapsed, 1e-9),
-                "data_wait_fraction": wait_seconds / max(elapsed, 1e-9),
-                **probe,
-            }
-        )
-        return row
+            host["teacher_momentum"] = self.graph.teacher_momentum(self.step)
+        host.update(self.runner.probe)
+        self._window.append((host, values))
+
+    def read_rows(self) -> list[dict[str, Any]]:
+        """The window's rows, read from the device in one copy (a log step): each step's values,
+        with the window's throughput and data-wait share (on a GPU a step's own time is not
+        known without a sync per step)."""
+        if not self._window:
+            return []
+        hosts, values = zip(*self._window, strict=True)
+        elapsed = max(time.perf_counter() - self._window_started, 1e-9)
+        rows = []
+        for host, read in zip(hosts, read_window(list(values), self.runner.names), strict=True):
+            finite = {k: read.pop(f"finite/{k}") for k in self.runner.kinds}
+            skipped = bool(read.pop("skipped"))
+            row = {**host, **read}
+            row.update(
+                {
+                    "skipped": skipped,
+                    "nonfinite": ",".join(k for k, ok in finite.items() if not ok),
+                    "images_per_s": self._window_images / elapsed,
+                    "data_wait_fraction": self._window_wait / elapsed,
+                }
+            )
+            rows.append(row)
+        self._window = []
+        self._window_images, self._window_wait = 0, 0.0
+        self._window_started = time.perf_counter()
+        return rows
 
     # ------------------------------------------------------------------ the loop
-    def _check_collapse(self, row: dict[str, Any]) -> None:
-        for kind in ("distill", "masked"):
-            entropy = row.get(f"{kind}/teacher_entropy")
-            if entropy is None or self.step % 50:
-                continue
-            task = next(t for t in self.spec.tasks if t.kind == kind)
-            uniform = math.log(task.n_prototypes)  # type: ignore[attr-defined]
-            if entropy > 0.98 * uniform:
-                self.report(
-                    f"warning: step {self.step}: {kind} teacher entropy {entropy:.3f} is near "
-                    f"ln K = {uniform:.3f} (uniform collapse)"
-                )
-            elif entropy < 0.05:
-                self.report(
-                    f"warning: step {self.step}: {kind} teacher entropy {entropy:.4f} is near 0 "
-                    "(one-hot collapse)"
-                )
+    def _warnings(self, row: dict[str, Any]) -> None:
+        """Each task's own checks of its logged values (e.g. a collapsing teacher)."""
+        for kind, task in self.graph.student.tasks.items():
+            prefix = f"{kind}/"
+            values = {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)}
+            for message in task.warnings(values):  # type: ignore[operator]
+                self.report(f"warning: step {row['step']}: {kind} {message}")
 
     def run(self) -> RunSummary:
         """Train to `schedule.steps`, with the trackers of `output.loggers` open meanwhile (rank 0).
@@ -403,43 +350,25 @@ class Trainer:
     def _loop(self, stop: StopRequest) -> RunSummary:
         spec = self.spec
         started = time.perf_counter()
-        streak, last = 0, {}
+        self._last: dict[str, float] = {}
+        self._window_started = time.perf_counter()
         while self.step < spec.schedule.steps:
-            row = self.train_step()
-            if row["skipped"]:
-                streak += 1
-                self.report(
-                    f"step {self.step}: non-finite loss in {row['nonfinite']}; step skipped "
-                    f"({streak}/{spec.runtime.nonfinite_patience})"
-                )
-                if streak >= spec.runtime.nonfinite_patience:
-                    self.metrics.add(row)
-                    self.loggers.log_row(row)
-                    if self.main:
-                        self.metrics.flush()
-                    raise NonFiniteLoss(
-                        f"{streak} consecutive steps with a non-finite loss (last in "
-                        f"{row['nonfinite']}, step {self.step}); stopping"
-                    )
-            else:
-                streak = 0
-                last = {k: v for k, v in row.items() if k.startswith("loss")}
-                self._check_collapse(row)
-            self.metrics.add(row)
-            self.loggers.log_row(row)
+            self.train_step()
             self.step += 1
-            if self.on_step is not None and self.main:
-                self.on_step(row)
-            saved = False
-            if self.step % spec.output.checkpoint_every == 0 or self.step == spec.schedule.steps:
-                self.save()
-                saved = True
+            checkpoint = self.step % spec.output.checkpoint_every == 0
+            checkpoint |= self.step == spec.schedule.steps
             every = spec.eval.every_steps
-            if every is not None and self.step % every == 0 and self.main:
+            evaluate = every is not None and self.step % every == 0
+            log_step = checkpoint or evaluate or self.step % spec.output.log_every == 0
+            signalled = self._agreed_stop(stop) if log_step or self.world == 1 else ""
+            if log_step or signalled:
+                self._take_rows()
+            if checkpoint:
+                self.save()
+            if evaluate and self.main:
                 self.evaluate()
-            signalled = self._agreed_stop(stop)
             if signalled and self.step < spec.schedule.steps:
-                if not saved:
+                if not checkpoint:
                     self.save()
                 raise Interrupted(
                     f"stopped by {signalled} after step {self.step} of {spec.schedule.steps}; "
@@ -448,12 +377,46 @@ class Trainer:
                 )
         if self.main:
             self.metrics.flush()
-        last = _mean_over_ranks(last, self.device)
+        last = _mean_over_ranks(self._last, self.device)
         return RunSummary(self.run_dir, self.step, last, time.perf_counter() - started)
 
+    def _take_rows(self) -> None:
+        """A log step: the window's rows to the metrics, the trackers and the console; the tasks'
+        warnings; the non-finite guard's count (a run stops after `nonfinite_patience`
+        consecutive skipped steps, noticed at the log step that reads them)."""
+        patience = self.spec.runtime.nonfinite_patience
+        rows = self.read_rows()
+        stop_at = None
+        for row in rows:
+            if row["skipped"]:
+                self._streak += 1
+                self.report(
+                    f"step {row['step']}: non-finite loss in {row['nonfinite']}; step skipped "
+                    f"({self._streak}/{patience})"
+                )
+                if self._streak >= patience and stop_at is None:
+                    stop_at = row
+            else:
+                self._streak = 0
+                self._last = {k: v for k, v in row.items() if k.startswith("loss")}
+            self.metrics.add(row)
+            self.loggers.log_row(row)
+            if self.on_step is not None and self.main:
+                self.on_step(row)
+        if rows:
+            self._warnings(rows[-1])
+        if stop_at is not None:
+            if self.main:
+                self.metrics.flush()
+            raise NonFiniteLoss(
+                f"{patience} consecutive steps with a non-finite loss (last in "
+                f"{stop_at['nonfinite']}, step {stop_at['step']}); stopping"
+            )
+
     def _agreed_stop(self, stop: StopRequest) -> str:
-        """The signal's name when any rank was asked to stop (all ranks stop at the same step,
-        or the others would wait in a collective forever); "" otherwise."""
+        """The signal's name when any rank was asked to stop; "" otherwise. With several ranks
+        they agree at log steps only (all stop at the same step, or the others would wait in a
+        collective forever), so the agreement's host read is a log step's."""
         if self.world == 1:
             return stop.name
         flag = torch.tensor([float(stop.signal or 0)], device=self.device)
@@ -464,8 +427,6 @@ class Trainer:
     def evaluate(self) -> None:
         """Run the spec's `eval` suite on the student as it is now and add the results to the
         run's evaluation history (rank 0; the other ranks wait in the next step's collectives)."""
-        if self.data is None:
-            raise TrainingError("eval.every_steps needs the spec's data (for its tokenizer)")
         model = FrozenModel(self.spec, self.graph, self.data.tokenizer, self.step)
         try:
             results = run_suite(model, self.spec.eval)
