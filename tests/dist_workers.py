@@ -33,15 +33,21 @@ CASES = ("vl", "vl_local_grad_gather", "centering", "ground", "compiled")
 
 
 def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
-    """Rows [start, stop) of every field of the batch."""
-    return replace(
+    """Rows [start, stop) of the batch, as a loader would have collated them: per-image fields
+    sliced, the region names of those rows shared again among themselves."""
+    shared = ("region_names", "region_name_index")
+    rows = replace(
         batch,
         **{
             f.name: value[start:stop]
             for f in fields(batch)
-            if (value := getattr(batch, f.name)) is not None
+            if (value := getattr(batch, f.name)) is not None and f.name not in shared
         },
     )
+    if batch.region_names is None or batch.region_name_index is None:
+        return rows
+    names = batch.region_names[batch.region_name_index[start:stop]]  # (rows, R, L)
+    return replace(rows, region_names=names, region_name_index=None).share_region_names()
 
 
 def rank_rows(rank: int, split: tuple[int, ...]) -> tuple[int, int]:

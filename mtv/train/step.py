@@ -128,7 +128,7 @@ class TrainStep:
         self.graph.before_optimizer_step(step)
         clip = self.spec.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.params, clip if clip is not None else math.inf, foreach=True
+            self.params, clip if clip is not None else math.inf
         )
         self.optimizer.step()
         self.graph.after_optimizer_step(step, skipped=skipped)
