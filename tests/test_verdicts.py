@@ -128,6 +128,7 @@ def test_the_report_carries_verdicts_tables_and_references(tmp_path: Path) -> No
         experiments=["x.yaml"],
         seeds=[0, 1, 2],
         report=str(tmp_path / "results" / "planted.md"),
+        analysis={"pilot": [str(tmp_path / "pilot")]},
     )
     (tmp_path / "out").mkdir()
     written = write_sweep_analysis(frame, spec, tmp_path / "out")
@@ -140,3 +141,5 @@ def test_the_report_carries_verdicts_tables_and_references(tmp_path: Path) -> No
     assert "*paper B/16 10M: VL + SSL*" in text and "(+7.5)" in text  # the paper's increments
     assert "*random-init encoder*" in text and "*trivial predictor*" in text
     assert "± " in text and "Seeds: 0, 1, 2" in text
+    # a pilot sweep without results is named, not silently left out
+    assert f"Not in this report yet (no `results.parquet`): `{tmp_path / 'pilot'}`" in text

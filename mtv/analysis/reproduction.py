@@ -286,7 +286,12 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
         figures["synergy"] = _save(plot_synergy(matrix), Path(f"{stem}_synergy.png"))
     results.write_parquet(stem.with_suffix(".parquet"))
     written += [*figures.values(), stem.with_suffix(".parquet")]
-    text = _markdown(spec, final, summary, metrics, runs, found, compared, figures, pilot, report)
+    missing = [
+        name for name, path in zip(spec.analysis.pilot, pilots, strict=True) if not path.is_file()
+    ]
+    text = _markdown(
+        spec, final, summary, metrics, runs, found, compared, figures, pilot, missing, report
+    )
     report.write_text(text)
     written.append(report)
     return written
@@ -302,6 +307,7 @@ def _markdown(
     compared: pl.DataFrame | None,
     figures: dict[str, Path],
     pilot: pl.DataFrame | None,
+    missing_pilots: list[str],
     report: Path,
 ) -> str:
     seeds = sorted(final["seed"].unique().to_list())
@@ -337,6 +343,15 @@ def _markdown(
         pilot_summary = run_summary(pilot_final, metrics)
         lines += [*_runs_section(pilot_summary, metrics, _training_minutes(pilot_final)), ""]
         lines.append(f"![pilot learning curves]({figures['pilot'].name})\n")
+    if missing_pilots:
+        # Said, not left out: a reader must know the report lacks them.
+        lines += [
+            "## Pilot\n" if pilot is None else "",
+            "Not in this report yet (no `results.parquet`): "
+            + ", ".join(f"`{name}`" for name in missing_pilots)
+            + ". Run their sweeps (`experiments/sweeps/`), then this sweep again to rewrite the "
+            "report with them.\n",
+        ]
     if runs is not None:
         try:
             lines += ["## Ablation ladder (Table 3 layout)\n", *_ladder_section(runs, metrics), ""]
