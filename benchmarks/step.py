@@ -151,7 +151,7 @@ class BenchStep:
         self.runner.forward_backward(self.batch, self.step, micro=0)
         values = self.runner.optimizer_step(self.step)
         self.step += 1
-        return values.vector
+        return values
 
 
 Shape = torch.Size

@@ -26,18 +26,12 @@ class EncoderOutput:
     def split(self, size: int) -> tuple[EncoderOutput, EncoderOutput]:
         """The first `size` images' outputs and the rest's (undoes a batched pass)."""
 
-        def cut(t: Tensor) -> tuple[Tensor, Tensor]:
-            return t[:size], t[size:]
+        def rows(part: slice) -> EncoderOutput:
+            pooled = self.pooled[part] if self.pooled is not None else None
+            layers = {k: v[part] for k, v in self.layers.items()}
+            return EncoderOutput(self.tokens[part], self.prenorm[part], pooled, layers, self.grid)
 
-        tokens, prenorm = cut(self.tokens), cut(self.prenorm)
-        pooled = cut(self.pooled) if self.pooled is not None else (None, None)
-        layers = {k: cut(v) for k, v in self.layers.items()}
-        return tuple(  # type: ignore[return-value]
-            EncoderOutput(
-                tokens[i], prenorm[i], pooled[i], {k: v[i] for k, v in layers.items()}, self.grid
-            )
-            for i in (0, 1)
-        )
+        return rows(slice(None, size)), rows(slice(size, None))
 
 
 class VisionTransformer(nn.Module):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,13 +22,6 @@ from mtv.batch import Batch
 from mtv.graph import TaskGraph
 from mtv.specs.experiment import ExperimentSpec
 from mtv.train.diagnostics import gradient_probe
-
-
-@dataclass
-class StepValues:
-    """One step's values on the device, in the order of `TrainStep.names`."""
-
-    vector: Tensor  # (len(names),) fp32
 
 
 class TrainStep:
@@ -54,6 +46,8 @@ class TrainStep:
             fused=True,
         )
         self.kinds = list(graph.plan.kinds)
+        # The tasks' loss weights, on the device once (not a host-to-device copy per step).
+        self._weights = torch.tensor([graph.plan.weights[k] for k in self.kinds], device=device)
         self._report_names: list[str] | None = None  # fixed by the first step
         self._losses: list[Tensor] = []
         self._finite: Tensor | None = None
@@ -88,7 +82,7 @@ class TrainStep:
             group["lr"] = lr * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
         self._losses, self._finite, self._report = [], None, {}
-        self.probe: dict[str, float] = {}
+        self.probe = {}
 
     def forward_backward(self, batch: Batch, step: int, micro: int, probe: bool = False) -> None:
         """Losses of one micro-batch (already on the device) and their backward pass; gradients
@@ -114,9 +108,10 @@ class TrainStep:
         if self._report_names is None:
             self._report_names = list(out.report)
 
-    def optimizer_step(self, step: int) -> StepValues:
+    def optimizer_step(self, step: int) -> Tensor:
         """Clip, step (skipped on the device when a loss was not finite), the tasks' hooks and the
-        EMA teacher; returns the step's values, still on the device."""
+        EMA teacher; returns the step's values (fp32, in the order of `names`), still on the
+        device."""
         assert self._finite is not None, "forward_backward first"
         finite = self._finite
         if self.world > 1:  # every rank skips together, or the replicas would drift apart
@@ -133,13 +128,10 @@ class TrainStep:
         self.optimizer.step()
         self.graph.after_optimizer_step(step, skipped=skipped)
         losses = torch.stack(self._losses).sum(0)
-        weights = torch.tensor(
-            [self.graph.plan.weights[k] for k in self.kinds], device=losses.device
-        )
         report = [self._report[n].detach().float().reshape(()) for n in self._report_names or ()]
-        vector = torch.cat(
+        return torch.cat(
             [
-                (weights * losses).sum().reshape(1),
+                (self._weights * losses).sum().reshape(1),
                 losses,
                 torch.stack(report) if report else losses.new_zeros(0),
                 grad_norm.detach().float().reshape(1),
@@ -147,13 +139,13 @@ class TrainStep:
                 finite.float(),
             ]
         )
-        return StepValues(vector)
 
 
-def read_window(values: list[StepValues], names: list[str]) -> Iterator[dict[str, float]]:
-    """The rows of a window of steps, read from the device in one copy."""
+def read_window(values: list[Tensor], names: list[str]) -> Iterator[dict[str, float]]:
+    """The rows of a window of steps (`TrainStep.optimizer_step`'s vectors), read from the
+    device in one copy."""
     if not values:
         return
-    table = torch.stack([v.vector for v in values]).cpu().tolist()
+    table = torch.stack(values).cpu().tolist()
     for row in table:
         yield dict(zip(names, row, strict=True))

@@ -35,7 +35,7 @@ from mtv.train.metrics import MetricsLog
 from mtv.train.prepare import RunData, prepare_data
 from mtv.train.rundir import RunRefused, accept_run, critical_settings, environment
 from mtv.train.schedule import lr_factor
-from mtv.train.step import StepValues, TrainStep, read_window
+from mtv.train.step import TrainStep, read_window
 
 
 class TrainingError(RuntimeError):
@@ -154,7 +154,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
         # Steps whose values are still on the device, with what the host knows of each.
-        self._window: list[tuple[dict[str, Any], StepValues]] = []
+        self._window: list[tuple[dict[str, Any], torch.Tensor]] = []
         self._window_images = 0
         self._window_wait = 0.0
         self._window_started = time.perf_counter()
