@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from mtv.analysis.reproduction import write_sweep_analysis
+from mtv.analysis.sweep_report import final_rows, instrument_reach, run_summary
 from mtv.analysis.verdicts import FAMILIES, verdicts
 from mtv.specs import spec_to_yaml
 from mtv.specs.sweep import SweepSpec
@@ -85,6 +86,8 @@ def test_a_paper_like_result_reproduces_every_claim() -> None:
     assert {v.verdict for v in found.values()} == {"reproduced"}, found
     ssl = found["SSL lifts both semantic and dense metrics"]
     assert "semantic lifted" in ssl.evidence and "dense lifted" in ssl.evidence
+    # Differences in the metric's own direction, as in the ladder: the RMSE fell by 0.1.
+    assert "depth lin. RMSE ↓ -0.1±" in ssl.evidence and "seg mIoU +0.1±" in ssl.evidence
 
 
 def test_a_step_that_hurts_a_family_is_contradicted_and_noise_is_inconclusive() -> None:
@@ -143,3 +146,53 @@ def test_the_report_carries_verdicts_tables_and_references(tmp_path: Path) -> No
     assert "± " in text and "Seeds: 0, 1, 2" in text
     # a pilot sweep without results is named, not silently left out
     assert f"Not in this report yet (no `results.parquet`): `{tmp_path / 'pilot'}`" in text
+
+
+def test_metrics_no_task_set_lifts_above_trivial_or_random_init_are_named(tmp_path: Path) -> None:
+    frame = planted(PAPER_LIKE)
+    # Shape stays at chance whatever the tasks; the untrained encoder beats every trained one on
+    # the linear depth probe (RMSE 0.1 against about 0.25-0.5, the constant predictor 1.0).
+    frame = frame.with_columns(
+        pl.when(pl.col("metric") == "zero_shot/shape_top1")
+        .then(0.1 + pl.col("seed") * 0.01)
+        .otherwise(pl.col("value"))
+        .alias("value"),
+        pl.when(pl.col("metric") == "depth_probe/rmse")
+        .then(0.1)
+        .otherwise(pl.col("random_init"))
+        .alias("random_init"),
+        # the constant predictor's RMSE above every encoder's (planted() puts 0.1 everywhere)
+        pl.when(pl.col("metric").is_in(list(LOWER))).then(1.0).otherwise(0.1).alias("trivial"),
+    )
+    metrics = sorted(frame["metric"].unique().to_list())
+    reach = {
+        r["metric"]: r
+        for r in instrument_reach(run_summary(final_rows(frame), metrics)).iter_rows(named=True)
+    }
+    assert not reach["zero_shot/shape_top1"]["beats_trivial"]
+    assert reach["depth_probe/rmse"]["beats_trivial"]
+    assert not reach["depth_probe/rmse"]["beats_random_init"]
+    # the best experiment on the RMSE is the one whose RMSE is lowest
+    assert reach["depth_probe/rmse"]["experiment"] == "vl_ssl_ground_depth"
+    others = {
+        m: r for m, r in reach.items() if m not in ("zero_shot/shape_top1", "depth_probe/rmse")
+    }
+    assert all(r["beats_trivial"] and r["beats_random_init"] for r in others.values())
+
+    frame = frame.with_columns((pl.lit(str(tmp_path / "runs") + "/") + pl.col("run")).alias("run"))
+    _fake_runs(frame)
+    spec = SweepSpec(
+        name="planted",
+        out=str(tmp_path / "out"),
+        experiments=["x.yaml"],
+        seeds=[0, 1, 2],
+        report=str(tmp_path / "planted.md"),
+    )
+    (tmp_path / "out").mkdir()
+    write_sweep_analysis(frame, spec, tmp_path / "out")
+    text = (tmp_path / "planted.md").read_text()
+    section = text.split("### What the instruments can see")[1].split("##")[0]
+    at_trivial, untrained = section.strip().split("\n\n")[:2]
+    assert "At the trivial predictor's level" in at_trivial and "0-shot shape" in at_trivial
+    assert "Not above the untrained encoder" in untrained and "depth lin. RMSE" in untrained
+    assert "seg mIoU" not in section

@@ -20,6 +20,7 @@ from mtv.analysis.sweep_report import (
     _chosen,
     comparisons,
     final_rows,
+    instrument_reach,
     plot_ladder,
     plot_learning_curves,
     run_summary,
@@ -38,6 +39,7 @@ from mtv.analysis.verdicts import (
     PAPER_LADDER_B16_10M,
     PAPER_SYNERGY_B16_10M,
     PAPER_SYNERGY_METRICS,
+    VERDICT_RULES,
     Verdict,
     short_name,
     verdicts,
@@ -144,6 +146,47 @@ def _baseline_section(summary: pl.DataFrame) -> list[str]:
         + "; ".join(parts)
         + ".\n",
     ]
+
+
+def _instrument_section(summary: pl.DataFrame) -> list[str]:
+    """The metrics on which no trained task set stands out of its noise above the trivial
+    predictor or above its own random-init encoder, named with the numbers: their differences
+    between task sets do not measure what training added."""
+    reach = instrument_reach(summary)
+
+    def best(row: dict) -> str:
+        value = Estimate(row["mean"], row["se"], row["seeds"]).text()
+        return f"best {row['experiment']} {value}"
+
+    lines = []
+    flat = [r for r in reach.iter_rows(named=True) if not r["beats_trivial"]]
+    if flat:
+        lines.append(
+            "At the trivial predictor's level for every task set (none beats it by two standard "
+            "errors; differences between task sets on these metrics are noise): "
+            + "; ".join(
+                f"{short_name(r['metric'])} ({best(r)}, trivial {_num(r['trivial'])})" for r in flat
+            )
+            + ".\n"
+        )
+    untrained = [
+        r for r in reach.iter_rows(named=True) if r["beats_trivial"] and not r["beats_random_init"]
+    ]
+    if untrained:
+        lines.append(
+            "Not above the untrained encoder (no task set beats its own random-init weights by "
+            "two standard errors; the instrument reads what a random encoder's features already "
+            "hold): "
+            + "; ".join(
+                f"{short_name(r['metric'])} ({best(r)}, random init {_num(r['random_init'])}, "
+                f"trivial {_num(r['trivial'])})"
+                for r in untrained
+            )
+            + ".\n"
+        )
+    if not lines:
+        return []
+    return ["### What the instruments can see\n", *lines]
 
 
 def _paper_ladder_rows(metrics: list[str], steps: list[str]) -> list[list[str]]:
@@ -324,12 +367,13 @@ def _markdown(
         "a lenient test, about p = 0.18 two-sided).\n",
     ]
     if found:
-        lines += ["## Verdicts\n", *_verdict_section(found), ""]
+        lines += ["## Verdicts\n", *_verdict_section(found), "", VERDICT_RULES + "\n"]
     lines += _baseline_section(summary)
     lines += [
         "## Runs (final step)\n",
         *_runs_section(summary, metrics, _training_minutes(final)),
         "",
+        *_instrument_section(summary),
     ]
     if "curves" in figures:
         lines += ["## Learning curves\n", f"![learning curves]({figures['curves'].name})\n"]

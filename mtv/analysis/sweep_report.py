@@ -8,12 +8,14 @@ history) and the runs' own files; nothing is typed in by hand but the sweep file
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from mtv.analysis.synergy import (
+    SIGNIFICANCE_SE,
     Estimate,
     label,
     paired,
@@ -62,6 +64,44 @@ def run_summary(final: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
                 "trivial": float(trivial.mean()) if len(trivial) else None,
                 "random_init": float(random_init.mean()) if len(random_init) else None,
                 "higher_is_better": bool(frame["higher_is_better"][0]),
+            }
+        )
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _stands_above(row: dict[str, Any], reference: float | None, sign: float) -> bool:
+    """`row`'s mean better than `reference` (in the direction `sign`) by more than two of its
+    standard errors (by any margin with one seed)."""
+    if reference is None or row["mean"] is None:
+        return False
+    se = row["se"] if row["se"] is not None and not math.isnan(row["se"]) else 0.0
+    return (row["mean"] - reference) * sign > SIGNIFICANCE_SE * se
+
+
+def instrument_reach(summary: pl.DataFrame) -> pl.DataFrame:
+    """Per metric, whether the best trained experiment stands out of its noise above the trivial
+    predictor and above the random-init encoder (mean of the seeds' untrained weights): where it
+    does not, the metric's differences between task sets say nothing about what training added.
+    Columns: metric, experiment (the best), mean, se, seeds, trivial, random_init, beats_trivial,
+    beats_random_init (False when the comparison cannot be made)."""
+    rows = []
+    for (metric,), frame in summary.group_by("metric", maintain_order=True):
+        sign = 1.0 if frame["higher_is_better"][0] else -1.0
+        best = frame.sort(pl.col("mean") * sign, descending=True, nulls_last=True).row(
+            0, named=True
+        )
+
+        rows.append(
+            {
+                "metric": metric,
+                "experiment": best["experiment"],
+                "mean": best["mean"],
+                "se": best["se"],
+                "seeds": best["seeds"],
+                "trivial": best["trivial"],
+                "random_init": best["random_init"],
+                "beats_trivial": _stands_above(best, best["trivial"], sign),
+                "beats_random_init": _stands_above(best, best["random_init"], sign),
             }
         )
     return pl.DataFrame(rows, infer_schema_length=None)

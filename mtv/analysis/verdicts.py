@@ -1,13 +1,7 @@
 """The paper's claims, tested on a sweep's runs: each claim names a comparison (a ladder step or
 the synergy matrix) and the metric families it is about; the verdict follows from the paired,
-per-seed differences of `mtv.analysis.synergy`, by rules stated here and printed in the report.
-
-A family of metrics is *lifted* when at least one of its metrics improves significantly and
-none worsens significantly, *hurt* in the opposite case, *mixed* when both happen, and
-*unchanged* when nothing stands out of the noise. A claim that a step lifts some families is
-*reproduced* when every family is lifted, *contradicted* when one is hurt, and *inconclusive*
-otherwise. The synergy claim is reproduced when every pair's average synergy is significantly
-positive, contradicted when one is significantly negative, inconclusive otherwise.
+per-seed differences of `mtv.analysis.synergy`, by the rules of `VERDICT_RULES` (printed in the
+report under the verdicts).
 """
 
 from __future__ import annotations
@@ -18,6 +12,17 @@ from dataclasses import dataclass
 import polars as pl
 
 from mtv.analysis.synergy import by_task_set, label, paired, synergy_table
+
+VERDICT_RULES = (
+    "A family of metrics is *lifted* when at least one of its metrics improves significantly and "
+    "none worsens significantly, *hurt* in the opposite case, *mixed* when both happen, and "
+    "*unchanged* when nothing stands out of the noise. A claim that a step lifts some families "
+    "is *reproduced* when every family is lifted, *contradicted* when one is hurt, and "
+    "*inconclusive* otherwise. The synergy claim is reproduced when every pair's average "
+    "synergy is significantly positive, contradicted when one is significantly negative, "
+    "inconclusive otherwise. Differences are shown in each metric's own direction, as in the "
+    "ladder (an RMSE that falls is a negative difference and a gain)."
+)
 
 # The mini suite's counterparts of the paper's Table 3/4 columns (and the pooled-embedding
 # probes, a global measure the paper does not have), in the paper's order. NYUv2's linear depth
@@ -166,8 +171,10 @@ def _step_verdict(results: pl.DataFrame, claim: Claim, metrics: tuple[str, ...])
                 changes.append((metric, gain.mean, gain.se, gain.significant))
         state = _family_state(changes)
         states.append(state)
+        # The difference itself, not the gain: a lower-is-better metric's gain is its fall.
         shown = ", ".join(
-            f"{short_name(m)} {mean:+.3g}±{se:.2g}{'' if sig else ' n.s.'}"
+            f"{short_name(m)} {mean if direction[m] else -mean:+.3g}±{se:.2g}"
+            f"{'' if sig else ' n.s.'}"
             for m, mean, se, sig in changes
         )
         parts.append(f"{family} {state} ({shown})")
@@ -177,7 +184,7 @@ def _step_verdict(results: pl.DataFrame, claim: Claim, metrics: tuple[str, ...])
         verdict = "contradicted"
     else:
         verdict = "inconclusive"
-    return Verdict(claim.text, verdict, f"{name}, gains paired by seed: " + "; ".join(parts))
+    return Verdict(claim.text, verdict, f"{name}, differences paired by seed: " + "; ".join(parts))
 
 
 def _synergy_verdict(results: pl.DataFrame, claim: Claim, metrics: tuple[str, ...]) -> Verdict:
