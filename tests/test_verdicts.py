@@ -131,7 +131,10 @@ def test_the_report_carries_verdicts_tables_and_references(tmp_path: Path) -> No
         experiments=["x.yaml"],
         seeds=[0, 1, 2],
         report=str(tmp_path / "results" / "planted.md"),
-        analysis={"pilot": [str(tmp_path / "pilot")]},
+        analysis={
+            "pilot": [str(tmp_path / "pilot")],
+            "comparisons": [{"a": "vl_ssl_ground_depth", "b": "vl_ssl", "title": "Full vs SSL"}],
+        },
     )
     (tmp_path / "out").mkdir()
     written = write_sweep_analysis(frame, spec, tmp_path / "out")
@@ -144,6 +147,11 @@ def test_the_report_carries_verdicts_tables_and_references(tmp_path: Path) -> No
     assert "*paper B/16 10M: VL + SSL*" in text and "(+7.5)" in text  # the paper's increments
     assert "*random-init encoder*" in text and "*trivial predictor*" in text
     assert "± " in text and "Seeds: 0, 1, 2" in text
+    # a comparison in the metrics' own directions: the full set's RMSE is 0.15 lower
+    comparison = text.split("**Full vs SSL** (vl_ssl_ground_depth − vl_ssl")[1].split("\n\n")[1]
+    header, _, values = comparison.splitlines()[:3]
+    cells = dict(zip(header.strip("| ").split(" | "), values.strip("| ").split(" | "), strict=True))
+    assert cells["depth lin. RMSE ↓"] == "-0.15 ± 0" and cells["seg mIoU"] == "+0.15 ± 0"
     # a pilot sweep without results is named, not silently left out
     assert f"Not in this report yet (no `results.parquet`): `{tmp_path / 'pilot'}`" in text
 

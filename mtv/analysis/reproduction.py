@@ -246,15 +246,12 @@ def _comparison_section(frame: pl.DataFrame) -> list[str]:
     lines = []
     for (title,), rows in frame.group_by("comparison", maintain_order=True):
         a, b = rows["a"][0], rows["b"][0]
-        lines.append(
-            f"**{title}** ({a} − {b}, gains paired by seed; lower-is-better metrics count "
-            "decreases):\n"
-        )
+        lines.append(f"**{title}** ({a} − {b}, differences paired by seed):\n")
         cells = [
-            Estimate(r["gain"], r["se"], r["seeds"]).text(signed=True)
+            Estimate(r["difference"], r["se"], r["seeds"]).text(signed=True)
             for r in rows.iter_rows(named=True)
         ]
-        lines += _md_table(rows["metric"].to_list(), [cells])
+        lines += _md_table([short_name(m) for m in rows["metric"]], [cells])
         lines.append("")
     return lines
 

@@ -108,7 +108,8 @@ def instrument_reach(summary: pl.DataFrame) -> pl.DataFrame:
 
 
 def comparisons(final: pl.DataFrame, pairs: Sequence[Any], metrics: Sequence[str]) -> pl.DataFrame:
-    """Per comparison (a, b, title) and metric: the gain of a over b paired by seed."""
+    """Per comparison (a, b, title) and metric: the gain of a over b paired by seed (`gain`:
+    positive when a is better; `difference`: a − b in the metric's units)."""
     rows = []
     direction = dict(final.select("metric", "higher_is_better").unique().iter_rows())
     for pair in pairs:
@@ -130,6 +131,9 @@ def comparisons(final: pl.DataFrame, pairs: Sequence[Any], metrics: Sequence[str
                     "b": pair.b,
                     "metric": metric,
                     "gain": gain.mean,
+                    # in the metric's own direction, as the ladder shows it
+                    "difference": gain.mean if direction[metric] else -gain.mean,
+                    "higher_is_better": bool(direction[metric]),
                     "se": gain.se,
                     "seeds": gain.n,
                     "significant": gain.significant,
