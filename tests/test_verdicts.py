@@ -204,3 +204,46 @@ def test_metrics_no_task_set_lifts_above_trivial_or_random_init_are_named(tmp_pa
     assert "At the trivial predictor's level" in at_trivial and "0-shot shape" in at_trivial
     assert "Not above the untrained encoder" in untrained and "depth lin. RMSE" in untrained
     assert "seg mIoU" not in section
+
+
+def test_a_grid_over_one_experiment_is_reported_without_ladder_or_synergy(tmp_path: Path) -> None:
+    """The pilots' case: one task set at several grid points is a set of learning curves, not a
+    ladder (two runs of one task set and seed cannot be told apart there)."""
+    frame = planted({}).filter(pl.col("experiment") == "vl")
+    frame = pl.concat(
+        [
+            frame.with_columns(
+                pl.lit(variant).alias("variant"),
+                (pl.lit(str(tmp_path / variant) + "/") + pl.col("run")).alias("run"),
+                pl.col("value") + shift,
+            )
+            for variant, shift in (("data.batch_size=32", 0.0), ("data.batch_size=128", 0.1))
+        ]
+    )
+    _fake_runs(frame)
+    for run in frame.filter(pl.col("variant") == "data.batch_size=128")["run"].unique():
+        # this grid point trains at half the rate: twice the minutes
+        pl.DataFrame({"step": [0, 1], "images_per_s": [50.0, 50.0]}).write_parquet(
+            Path(run) / "metrics.parquet"
+        )
+    spec = SweepSpec(
+        name="grid",
+        out=str(tmp_path / "out"),
+        experiments=["x.yaml"],
+        seeds=[0, 1, 2],
+        report=str(tmp_path / "grid.md"),
+    )
+    (tmp_path / "out").mkdir()
+    names = {p.name for p in write_sweep_analysis(frame, spec, tmp_path / "out")}
+    assert "grid.md" in names and "ladder.parquet" not in names
+    text = (tmp_path / "grid.md").read_text()
+    assert "vl (data.batch_size=32)" in text and "vl (data.batch_size=128)" in text
+    assert "Table 3 layout" not in text and "## Verdicts" not in text
+    minutes = {
+        line.split(" | ")[0].strip("| "): float(line.split(" | ")[3])
+        for line in text.splitlines()
+        if line.startswith("| vl (")
+    }
+    # (shown to two significant digits)
+    ratio = minutes["vl (data.batch_size=128)"] / minutes["vl (data.batch_size=32)"]
+    assert 1.9 < ratio < 2.1

@@ -51,11 +51,13 @@ if TYPE_CHECKING:
 
 
 def _table_runs(final: pl.DataFrame, tables: list[str] | None) -> pl.DataFrame | None:
-    """The runs of the ladder and synergy tables: the named experiments, else all when their
-    task sets are distinct; None when neither applies."""
+    """The runs of the ladder and synergy tables: the named experiments, else all when the task
+    sets of their experiments and grid points are distinct; None when neither applies."""
     if tables is not None:
         return final.filter(pl.col("experiment").is_in(tables))
-    sets = final.select("experiment", "tasks").unique("experiment")
+    # Grid points (variants) of one experiment share its task set: one run per task set and
+    # seed is what the tables need.
+    sets = final.select("experiment", "variant", "tasks").unique(["experiment", "variant"])
     groups = [task_groups(t) for t in sets["tasks"].to_list()]
     return final if len(set(groups)) == len(groups) else None
 
@@ -73,14 +75,17 @@ def _num(value: float | None, digits: int = 3) -> str:
     )
 
 
-def _training_minutes(final: pl.DataFrame) -> dict[str, float]:
-    """Mean training wall time per experiment (at each run's median step rate)."""
-    minutes: dict[str, list[float]] = {}
-    for (experiment, run), _ in final.group_by("experiment", "run"):
+def _training_minutes(final: pl.DataFrame) -> dict[tuple[str, str], float]:
+    """Mean training wall time per experiment and grid point (at each run's median step
+    rate)."""
+    minutes: dict[tuple[str, str], list[float]] = {}
+    for (experiment, variant, run), _ in final.group_by("experiment", "variant", "run"):
         metrics = pl.read_parquet(Path(run) / "metrics.parquet")
         batch = load_spec(Path(run) / "spec.yaml").data.batch_size
         rate = float(metrics["images_per_s"].drop_nulls().median())
-        minutes.setdefault(str(experiment), []).append(metrics.height * batch / rate / 60)
+        minutes.setdefault((str(experiment), str(variant)), []).append(
+            metrics.height * batch / rate / 60
+        )
     return {k: sum(v) / len(v) for k, v in minutes.items()}
 
 
@@ -100,7 +105,7 @@ def _machine(final: pl.DataFrame) -> str:
 
 
 def _runs_section(
-    summary: pl.DataFrame, metrics: list[str], minutes: dict[str, float]
+    summary: pl.DataFrame, metrics: list[str], minutes: dict[tuple[str, str], float]
 ) -> list[str]:
     header = ["experiment", "tasks", "seeds", "train min", *map(short_name, metrics)]
     rows = []
@@ -117,7 +122,7 @@ def _runs_section(
                 name,
                 frame["tasks"][0],
                 str(frame["seeds"].max()),
-                _num(minutes.get(str(experiment)), 2),
+                _num(minutes.get((str(experiment), str(variant))), 2),
                 *(values.get(m, "–") for m in metrics),
             ]
         )
@@ -156,7 +161,8 @@ def _instrument_section(summary: pl.DataFrame) -> list[str]:
 
     def best(row: dict) -> str:
         value = Estimate(row["mean"], row["se"], row["seeds"]).text()
-        return f"best {row['experiment']} {value}"
+        name = row["experiment"] + (f" ({row['variant']})" if row["variant"] else "")
+        return f"best {name} {value}"
 
     lines = []
     flat = [r for r in reach.iter_rows(named=True) if not r["beats_trivial"]]

@@ -82,8 +82,8 @@ def instrument_reach(summary: pl.DataFrame) -> pl.DataFrame:
     """Per metric, whether the best trained experiment stands out of its noise above the trivial
     predictor and above the random-init encoder (mean of the seeds' untrained weights): where it
     does not, the metric's differences between task sets say nothing about what training added.
-    Columns: metric, experiment (the best), mean, se, seeds, trivial, random_init, beats_trivial,
-    beats_random_init (False when the comparison cannot be made)."""
+    Columns: metric, experiment and variant (the best), mean, se, seeds, trivial, random_init,
+    beats_trivial, beats_random_init (False when the comparison cannot be made)."""
     rows = []
     for (metric,), frame in summary.group_by("metric", maintain_order=True):
         sign = 1.0 if frame["higher_is_better"][0] else -1.0
@@ -95,6 +95,7 @@ def instrument_reach(summary: pl.DataFrame) -> pl.DataFrame:
             {
                 "metric": metric,
                 "experiment": best["experiment"],
+                "variant": best["variant"],
                 "mean": best["mean"],
                 "se": best["se"],
                 "seeds": best["seeds"],
