@@ -120,28 +120,39 @@ def _fake_runs(frame: pl.DataFrame) -> pl.DataFrame:
     return frame
 
 
+def _report(
+    frame: pl.DataFrame, tmp_path: Path, name: str, analysis: dict | None = None
+) -> tuple[set[str], str]:
+    """The sweep report on `frame`'s planted runs: the names of the files written, and its text."""
+    spec = SweepSpec(
+        name=name,
+        out=str(tmp_path / "out"),
+        experiments=["x.yaml"],
+        seeds=[0, 1, 2],
+        report=str(tmp_path / "results" / f"{name}.md"),
+        analysis=analysis or {},
+    )
+    (tmp_path / "out").mkdir()
+    written = write_sweep_analysis(frame, spec, tmp_path / "out")
+    return {p.name for p in written}, (tmp_path / "results" / f"{name}.md").read_text()
+
+
 def test_the_report_carries_verdicts_tables_and_references(tmp_path: Path) -> None:
     frame = planted(PAPER_LIKE).with_columns(
         (pl.lit(str(tmp_path / "runs") + "/") + pl.col("run")).alias("run")
     )
     _fake_runs(frame)
-    spec = SweepSpec(
-        name="planted",
-        out=str(tmp_path / "out"),
-        experiments=["x.yaml"],
-        seeds=[0, 1, 2],
-        report=str(tmp_path / "results" / "planted.md"),
-        analysis={
+    names, text = _report(
+        frame,
+        tmp_path,
+        "planted",
+        {
             "pilot": [str(tmp_path / "pilot")],
             "comparisons": [{"a": "vl_ssl_ground_depth", "b": "vl_ssl", "title": "Full vs SSL"}],
         },
     )
-    (tmp_path / "out").mkdir()
-    written = write_sweep_analysis(frame, spec, tmp_path / "out")
-    names = {p.name for p in written}
     assert {"summary.parquet", "ladder.parquet", "synergy.parquet", "planted.md"} <= names
     assert {"planted_ladder.png", "planted_synergy.png", "planted.parquet"} <= names
-    text = (tmp_path / "results" / "planted.md").read_text()
     assert "## Verdicts" in text and text.count("**reproduced**") == 4
     assert "Table 3 layout" in text and "Table 4 layout" in text
     assert "*paper B/16 10M: VL + SSL*" in text and "(+7.5)" in text  # the paper's increments
@@ -189,16 +200,7 @@ def test_metrics_no_task_set_lifts_above_trivial_or_random_init_are_named(tmp_pa
 
     frame = frame.with_columns((pl.lit(str(tmp_path / "runs") + "/") + pl.col("run")).alias("run"))
     _fake_runs(frame)
-    spec = SweepSpec(
-        name="planted",
-        out=str(tmp_path / "out"),
-        experiments=["x.yaml"],
-        seeds=[0, 1, 2],
-        report=str(tmp_path / "planted.md"),
-    )
-    (tmp_path / "out").mkdir()
-    write_sweep_analysis(frame, spec, tmp_path / "out")
-    text = (tmp_path / "planted.md").read_text()
+    _, text = _report(frame, tmp_path, "planted")
     section = text.split("### What the instruments can see")[1].split("##")[0]
     at_trivial, untrained = section.strip().split("\n\n")[:2]
     assert "At the trivial predictor's level" in at_trivial and "0-shot shape" in at_trivial
@@ -226,17 +228,8 @@ def test_a_grid_over_one_experiment_is_reported_without_ladder_or_synergy(tmp_pa
         pl.DataFrame({"step": [0, 1], "images_per_s": [50.0, 50.0]}).write_parquet(
             Path(run) / "metrics.parquet"
         )
-    spec = SweepSpec(
-        name="grid",
-        out=str(tmp_path / "out"),
-        experiments=["x.yaml"],
-        seeds=[0, 1, 2],
-        report=str(tmp_path / "grid.md"),
-    )
-    (tmp_path / "out").mkdir()
-    names = {p.name for p in write_sweep_analysis(frame, spec, tmp_path / "out")}
+    names, text = _report(frame, tmp_path, "grid")
     assert "grid.md" in names and "ladder.parquet" not in names
-    text = (tmp_path / "grid.md").read_text()
     assert "vl (data.batch_size=32)" in text and "vl (data.batch_size=128)" in text
     assert "Table 3 layout" not in text and "## Verdicts" not in text
     minutes = {
