@@ -21,9 +21,7 @@ from mtv.analysis.synergy import (
     paired,
     task_groups,
 )
-from mtv.analysis.verdicts import (
-    HEADLINE,
-)
+from mtv.analysis.verdicts import HEADLINE, short_name
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -179,7 +177,7 @@ def plot_learning_curves(results: pl.DataFrame, metrics: Sequence[str]) -> Figur
         trivial = frame["trivial"].drop_nulls()
         if len(trivial):
             ax.axhline(float(trivial.mean()), color="grey", linestyle=":", label="trivial")
-        ax.set_title(metric, fontsize=9)
+        ax.set_title(short_name(metric), fontsize=9)
         ax.set_xlabel("samples seen (thousands)", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(chosen) :]:
@@ -196,7 +194,9 @@ def plot_ladder(stats: pl.DataFrame, summary: pl.DataFrame) -> Figure:
     import matplotlib.pyplot as plt
 
     steps = stats.filter(pl.col("tasks") != "Absolute gain")
-    metrics = list(dict.fromkeys(steps["metric"].to_list()))
+    present = list(dict.fromkeys(steps["metric"].to_list()))
+    # the paper's column order, as in the tables
+    metrics = [m for m in HEADLINE if m in present] + [m for m in present if m not in HEADLINE]
     columns = min(5, len(metrics))
     rows = -(-len(metrics) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.9 * rows), squeeze=False)
@@ -219,7 +219,7 @@ def plot_ladder(stats: pl.DataFrame, summary: pl.DataFrame) -> Figure:
             values = refs[column].drop_nulls()
             if len(values):
                 ax.axhline(float(values.mean()), color="grey", linestyle=style, linewidth=1)
-        ax.set_title(metric, fontsize=8)
+        ax.set_title(short_name(metric), fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
