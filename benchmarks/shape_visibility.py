@@ -32,8 +32,8 @@ BOX_SIZE = 16  # pixels a side of the resized object box
 
 
 def _images(data: MiniData) -> torch.Tensor:
-    images = torch.as_tensor(data.single_images, dtype=torch.float32).permute(0, 3, 1, 2)
-    return images / 255 if images.max() > 2 else images
+    # RenderedView.rgb is uint8
+    return torch.as_tensor(data.single_images, dtype=torch.float32).permute(0, 3, 1, 2) / 255
 
 
 def whole_image(data: MiniData) -> torch.Tensor:

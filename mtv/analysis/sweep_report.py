@@ -88,7 +88,6 @@ def instrument_reach(summary: pl.DataFrame) -> pl.DataFrame:
         best = frame.sort(pl.col("mean") * sign, descending=True, nulls_last=True).row(
             0, named=True
         )
-
         rows.append(
             {
                 "metric": metric,
@@ -132,7 +131,6 @@ def comparisons(final: pl.DataFrame, pairs: Sequence[Any], metrics: Sequence[str
                     "gain": gain.mean,
                     # in the metric's own direction, as the ladder shows it
                     "difference": gain.mean if direction[metric] else -gain.mean,
-                    "higher_is_better": bool(direction[metric]),
                     "se": gain.se,
                     "seeds": gain.n,
                     "significant": gain.significant,
