@@ -277,8 +277,10 @@ class DistributedSpec(StrictModel):
 
 class RuntimeSpec(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["bf16", "fp32"] = Field(
-        "bf16", description="autocast dtype; the depth head and every loss stay fp32"
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="autocast dtype; auto: bf16 where the device computes it natively (CUDA with "
+        "bf16, CPUs with AVX512-BF16/AMX), fp32 elsewhere; the depth head and every loss stay fp32",
     )
     compile: bool | Literal["auto"] = Field("auto", description="auto: on for CUDA, off on CPU")
     compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(

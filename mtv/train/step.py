@@ -22,6 +22,7 @@ from mtv.batch import Batch
 from mtv.graph import TaskGraph
 from mtv.specs.experiment import ExperimentSpec
 from mtv.train.diagnostics import gradient_probe
+from mtv.train.precision import resolve_precision
 
 
 class TrainStep:
@@ -31,6 +32,7 @@ class TrainStep:
 
     def __init__(self, spec: ExperimentSpec, graph: TaskGraph, device: torch.device, world: int):
         self.spec, self.graph, self.device, self.world = spec, graph, device, world
+        self.precision = resolve_precision(spec.runtime.precision, device)
         groups = graph.parameter_groups()
         self.params = [p for group in groups for p in group["params"]]
         optim = spec.optim
@@ -71,9 +73,7 @@ class TrainStep:
         ]
 
     def _autocast(self) -> Any:
-        if self.spec.runtime.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return self.precision.autocast(self.device)
 
     # ------------------------------------------------------------------ the two halves
     def start(self, lr: float) -> None:

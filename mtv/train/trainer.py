@@ -32,6 +32,7 @@ from mtv.specs.loading import spec_to_yaml
 from mtv.train.lock import RunLock, RunLocked
 from mtv.train.loggers import LoggerError, Loggers, Outcome, check_available, open_loggers
 from mtv.train.metrics import MetricsLog
+from mtv.train.precision import resolve_precision
 from mtv.train.prepare import RunData, prepare_data
 from mtv.train.rundir import RunRefused, accept_run, critical_settings, environment
 from mtv.train.schedule import lr_factor
@@ -117,6 +118,7 @@ class Trainer:
         when the rows reach the host."""
         self.spec, self.run_dir, self.report, self.on_step = spec, run_dir, report, on_step
         self.device = _pick(spec.runtime.device)
+        self.precision = resolve_precision(spec.runtime.precision, device=self.device)
         self.rank, self.world = init_from_environment(
             resolve_backend(spec.runtime.distributed.backend, self.device.type)
         )
@@ -130,6 +132,10 @@ class Trainer:
             raise TrainingError(str(err)) from None
         self.loggers = Loggers()  # opened by `run`, on rank 0
         self.lock = RunLock(run_dir)
+        resolved = self.precision
+        self.report(f"device {self.device}, precision {resolved.name} ({resolved.reason})")
+        if self.precision.warning:
+            self.report(f"warning: {self.precision.warning}")
         self._restored = self._prepare_run_dir(resume)
         self.data = self._data()
         if self.main:
@@ -189,7 +195,7 @@ class Trainer:
             raise
         if self.main:
             (self.run_dir / "spec.yaml").write_text(spec_to_yaml(self.spec))
-            env = environment(self.device, self.world)
+            env = environment(self.device, self.world) | {"precision": self.precision.as_dict()}
             (self.run_dir / "environment.json").write_text(json.dumps(env, indent=1))
         return restored
 
