@@ -20,6 +20,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 import mtv
+from mtv.eval import check_settings
 from mtv.experiment import load_experiment
 from mtv.specs import SPEC_KINDS, SpecError, json_schema, spec_kind, spec_to_yaml
 from mtv.specs.label import LabelSpec
@@ -92,6 +93,7 @@ def spec_validate(
             kind = spec_kind(path)
             if kind == "experiment":
                 experiment = load_experiment(path, overrides or ())
+                check_settings(experiment.spec.eval)
                 what = f"{experiment.spec.name}: {', '.join(experiment.plan.kinds)}"
             elif kind == "label":
                 job = load_yaml_model(path, LabelSpec, overrides or ())
@@ -104,6 +106,10 @@ def spec_validate(
             failed += 1
             for problem in err.problems:
                 report(str(problem))
+            continue
+        except ValueError as err:  # the evaluation settings, against the suite table
+            failed += 1
+            report(f"{path}: {err}")
             continue
         console.print(
             f"[green]ok[/] {escape(str(path))} ({escape(what)})", highlight=False, soft_wrap=True

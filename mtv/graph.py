@@ -456,8 +456,14 @@ class TaskGraph(nn.Module):
 
     def step(self, batch: Batch, step: int | Tensor = 0) -> StepOutput:
         """Every task's loss for one batch (the trainer does backward and the optimiser).
-        `step` is the optimiser step (schedules such as the teacher temperature follow it)."""
-        step_t = torch.as_tensor(step, dtype=torch.float32, device=batch.images.device)
+        `step` is the optimiser step (schedules such as the teacher temperature follow it): a
+        0-d float tensor on the batch's device (`TrainStep` keeps one there), or a number."""
+        if isinstance(step, Tensor):
+            step_t = step
+        else:
+            # A fill kernel with the number as its argument: no host-to-device copy (which
+            # `torch.as_tensor(step, device=...)` is, blocking, on CUDA).
+            step_t = torch.full((), step, dtype=torch.float32, device=batch.images.device)
         targets = self._calls["teacher"](batch, step_t)
         total, losses, report = self._calls["student"](batch, targets, step_t)
         return StepOutput(total, losses, report)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,15 @@ MARKER = "sweep-job.json"
 
 class SweepError(RuntimeError):
     """The sweep cannot be planned or some of its jobs failed (the message names them)."""
+
+
+def command_module() -> str:
+    """The module behind the installed `mtv` command, read from the package's metadata: a job
+    runs the command users run, and the library names no command-line package of its own."""
+    for point in metadata.entry_points(group="console_scripts", name="mtv"):
+        if point.dist is None or point.dist.name == "mtv":
+            return point.module
+    raise RuntimeError("the `mtv` command is not installed: `pip install -e .` in the repository")
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class SweepJob:
             return False
 
     def _mtv(self) -> list[str]:
+        module = command_module()
         if self.gpus > 1:
             return [
                 sys.executable,
@@ -79,9 +90,9 @@ class SweepJob:
                 "--standalone",
                 f"--nproc_per_node={self.gpus}",
                 "-m",
-                "mtv_cli.main",
+                module,
             ]
-        return [sys.executable, "-m", "mtv_cli.main"]
+        return [sys.executable, "-m", module]
 
     def run_command(self) -> list[str]:
         command = [*self._mtv(), "run", str(self.path), "--out", str(self.run_dir)]
@@ -92,7 +103,7 @@ class SweepJob:
 
     def eval_command(self) -> list[str]:
         evaluation = self.evaluation
-        command = [sys.executable, "-m", "mtv_cli.main", "eval", str(self.run_dir)]
+        command = [sys.executable, "-m", command_module(), "eval", str(self.run_dir)]
         command += ["--suite", evaluation.suite, "--scenes", str(evaluation.scenes)]
         command += [arg for name in evaluation.only for arg in ("--only", name)]
         if evaluation.data is not None:

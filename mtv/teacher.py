@@ -35,7 +35,22 @@ class EMATeacher(nn.Module):
 @torch.no_grad()
 def ema_update(teacher: list[Tensor], student: list[Tensor], weight: float | Tensor) -> None:
     """θ_t <- θ_t + w (θ_s - θ_t) = m θ_t + (1 - m) θ_s with w = 1 - m, for every pair, in one
-    fused `_foreach_lerp_`. `weight` may be a 0-d device tensor (decided on the device)."""
+    `_foreach_lerp_`. `weight` may be a 0-d tensor on the parameters' device (the training step
+    decides it there: 0 on a skipped step), and is then never read on the host.
+
+    A tensor weight goes in as a list of tensors (`_foreach_lerp_.List`): the overload with one
+    weight takes a Python scalar, so a tensor handed to it is converted through
+    `aten._local_scalar_dense`, a device sync every step. Per element it is the same `lerp` as
+    with a number, so the result is the same. (On CUDA the list of 0-d weights takes the
+    per-tensor path: a launch per tensor, but no sync and no temporary copy of the weights.)"""
     if len(teacher) != len(student):
         raise ValueError(f"{len(teacher)} teacher tensors but {len(student)} student tensors")
-    torch._foreach_lerp_(teacher, [s.detach() for s in student], weight)
+    if not teacher:
+        return
+    students = [s.detach() for s in student]
+    if isinstance(weight, Tensor):
+        # lerp wants the weight in the parameters' dtype; a no-op when it already is.
+        weight = weight.to(dtype=teacher[0].dtype)
+        torch._foreach_lerp_(teacher, students, [weight] * len(teacher))
+    else:
+        torch._foreach_lerp_(teacher, students, weight)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -85,3 +86,19 @@ def random_batch(graph: TaskGraph, batch_size: int = 4, regions: int = 3, seed: 
         batch.depth = depth + 0.05 * torch.rand(depth.shape, generator=g)
         batch.depth_valid = torch.rand(depth.shape, generator=g) > 0.05
     return batch
+
+
+def join_local_ranks(rank: int, world: int, port: int) -> None:
+    """Set up this process as rank `rank` of `world` gloo ranks on this machine (the variables
+    torchrun sets), one CPU thread each so the ranks do not compete for the cores."""
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "GLOO_SOCKET_IFNAME": "lo",
+        }
+    )
+    torch.set_num_threads(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import math
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -105,9 +106,20 @@ def test_imports_between_mtv_packages_flow_one_way() -> None:
     assert not found, "import cycles between mtv packages:\n" + "\n".join(detail)
 
 
-def test_the_library_never_imports_the_command_line() -> None:
+def test_the_library_never_names_the_command_line() -> None:
+    """No module under mtv/ imports mtv_cli, nor names it in a string (a `python -m mtv_cli...`
+    command is the same dependency, hidden from the import graph)."""
     upward = {k: v for k, v in import_graph().items() if k[1].startswith("mtv_cli")}
     assert not upward, f"mtv imports mtv_cli: {upward}"
+    named = [
+        f"{path.relative_to(ROOT.parent)}:{node.lineno}"
+        for path in sorted(ROOT.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and "mtv_cli" in node.value
+    ]
+    assert not named, f"mtv names mtv_cli in strings: {named}"
 
 
 TOY_TASK = '''
@@ -179,3 +191,78 @@ def test_a_task_from_one_new_module_trains_in_the_graph(corpus: str, tmp_path: P
     assert len(colour) == 30 and all(math.isfinite(v) for v in colour)
     # Its gradient reaches the head: the regression error falls well below where it started.
     assert sum(colour[-5:]) / 5 < 0.5 * sum(colour[:5]) / 5, colour
+
+
+TOY_EVALUATOR = '''
+"""An evaluator of one's own: how well a least-squares readout of the pooled embedding predicts
+the mean brightness of held-out mini-world scenes (R^2 on the second half)."""
+
+import torch
+
+from mtv.eval import Evaluator, image_features, register_evaluator
+from mtv.eval.metrics import Score
+
+
+@register_evaluator
+class BrightnessReadout(Evaluator):
+    name = "brightness_readout"
+    suites = ("mini",)
+
+    def __call__(self, model, data):
+        pooled = image_features(model, data.images).pooled.double()
+        target = torch.from_numpy(data.images).double().mean(dim=(1, 2, 3))
+        half = len(target) // 2
+        x = torch.cat([pooled, torch.ones(len(pooled), 1, dtype=pooled.dtype)], dim=1)
+        ridge = 1e-3 * torch.eye(x.shape[1], dtype=x.dtype)
+        w = torch.linalg.solve(x[:half].T @ x[:half] + ridge, x[:half].T @ target[:half])
+        residual = ((x[half:] @ w - target[half:]) ** 2).sum()
+        total = ((target[half:] - target[:half].mean()) ** 2).sum()
+        return {"r2": Score(float(1 - residual / total), 0.0)}
+'''
+
+
+def test_an_evaluator_from_one_new_module_runs_from_mtv_eval(corpus: str, tmp_path: Path) -> None:
+    """One new file (an evaluator class, registered for the mini suite) and an `imports:` line:
+    `mtv eval RUN --only NAME` runs it, with its reference points, and stores its rows."""
+    import polars as pl
+
+    (tmp_path / "brightness_eval.py").write_text(TOY_EVALUATOR)
+    smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
+    (tmp_path / "toy.yaml").write_text(
+        f"extends: {smoke}\nname: toy\nimports: [brightness_eval]\n"
+        f"data: {{source: {{root: {corpus}}}, loader: {{workers: 0}}}}\n"
+        "schedule: {steps: 2, warmup_steps: 1}\n"
+    )
+    command = [sys.executable, "-m", "mtv_cli.main"]
+    trained = subprocess.run(
+        [*command, "run", "toy.yaml", "--out", "run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    evaluated = subprocess.run(
+        [*command, "eval", "run", "--only", "brightness_readout", "--scenes", "8"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | {"COLUMNS": "160"},
+    )
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    assert "brightness_readout" in evaluated.stdout and "r2" in evaluated.stdout
+    rows = pl.read_parquet(tmp_path / "run" / "eval" / "mini.parquet")
+    assert rows["evaluator"].to_list() == ["brightness_readout"]
+    assert rows["random_init"].is_finite().all() and rows["trivial"].to_list() == [0.0]
+    # A name no module registered is one error naming the suite's evaluators, the new one too.
+    unknown = subprocess.run(
+        [*command, "eval", "run", "--only", "brightnes", "--scenes", "8"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert unknown.returncode == 2
+    assert "unknown evaluator(s) ['brightnes'] for suite 'mini'" in unknown.stdout + unknown.stderr
+    assert "brightness_readout" in unknown.stdout + unknown.stderr

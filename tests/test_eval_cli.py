@@ -10,12 +10,13 @@ from mtv_cli.main import app
 from typer.testing import CliRunner
 
 from mtv.analysis.runs import train_smoke
-from mtv.eval import EVALUATORS, evaluate_run, read_results
+from mtv.eval import evaluate_run, evaluators_of, read_results
 from mtv.graph import count_parameters
 from mtv.specs import load_spec
 from tests.test_eval_public import write_coco
 
 runner = CliRunner()
+EVALUATORS = evaluators_of("mini")
 
 
 def test_eval_prints_every_metric_of_the_mini_suite(ladder_runs: dict[str, Path]) -> None:
@@ -116,6 +117,15 @@ def test_eval_settings_come_from_the_spec_and_bad_ones_are_named(
     assert no_data.exit_code == 2 and "eval.data" in no_data.output
     bad_suite = runner.invoke(app, ["eval", str(run), "--suite", "imagenet"])
     assert bad_suite.exit_code == 2 and "eval.suite" in bad_suite.output
+    # `mtv spec validate` checks the same against the suite table, before any run starts.
+    smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
+    for setting, message in (
+        ("eval.suite=imagenet", "eval.suite: unknown suite 'imagenet'; known: mini, source"),
+        ("eval.suite=nyuv2", "eval.data: suite 'nyuv2' reads a benchmark"),
+        ("eval.only=[segmentaton]", "unknown evaluator(s) ['segmentaton'] for suite 'mini'"),
+    ):
+        checked = runner.invoke(app, ["spec", "validate", str(smoke), "--set", setting])
+        assert checked.exit_code == 2 and message in checked.output, checked.output
 
 
 def test_training_evaluates_as_it_goes_and_scaling_plots_it(tmp_path: Path) -> None:

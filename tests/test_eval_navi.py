@@ -23,10 +23,9 @@ from scipy.spatial.transform import Rotation
 from mtv.eval.formats import BenchmarkFormatError
 from mtv.eval.model import Features, FrozenModel
 from mtv.eval.navi import DEPTH_SCALE, quaternion_matrix, read_navi, rotation_angle
-from mtv.eval.public import run_public_suite
 from mtv.graph import TaskGraph
 from tests.helpers import tiny_spec
-from tests.test_eval_public import check_rows
+from tests.test_eval_public import check_rows, run_public_suite
 
 SIZE, PATCH = 64, 4  # the coordinate model's input size and patch side: a 16 x 16 grid
 HEIGHT, WIDTH, FOCAL = 120, 160, 150.0  # annotation image_size and focal length (pixels)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mtv.eval import load_data, measure, suite_names
 from mtv.eval.formats import (
     BenchmarkFormatError,
     SquareCrop,
@@ -33,10 +34,10 @@ from mtv.eval.formats import (
 )
 from mtv.eval.model import Features, FrozenModel
 from mtv.eval.nyuv2 import read_nyuv2
-from mtv.eval.public import PUBLIC_SUITES, run_public_suite
 from mtv.eval.spair import read_spair
 from mtv.graph import TaskGraph
 from mtv.models.tokenizer import TextTokenizer
+from mtv.specs import EvalSpec
 from tests.helpers import tiny_spec
 
 SIZE, GRID = 32, 4  # the planted model's input size and patch grid (8-pixel patches)
@@ -58,11 +59,24 @@ def save(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, quality=95, subsampling=0)
 
 
+def run_public_suite(
+    model: object,
+    name: str,
+    path: Path,
+    only: list[str] | None = None,
+    limit: int | None = None,
+) -> pl.DataFrame:
+    """The public suite `name` read from `path` and measured on `model`, as `mtv eval` does."""
+    settings = EvalSpec(suite=name, data=str(path), only=only or [], limit=limit)
+    return measure(model, settings, load_data(settings, model))
+
+
 class PlantedModel:
     """Duck-types FrozenModel: each patch's feature is the one-hot of its nearest palette colour,
     each text's the one-hot of the first colour word in it (shifted by `shift`)."""
 
     size = SIZE
+    has_text = True
 
     def __init__(self, shift: int = 0, constant: bool = False, disparity_of: list | None = None):
         self.shift, self.constant, self.disparity_of = shift, constant, disparity_of
@@ -449,7 +463,7 @@ def test_spair_missing_keys_and_bad_images_are_named(tmp_path: Path) -> None:
 
 
 def test_registry_names_and_argument_errors(tmp_path: Path) -> None:
-    assert set(PUBLIC_SUITES) == {
+    assert set(suite_names()) - {"mini", "source"} == {
         "imagenet_folder",
         "coco_karpathy",
         "ade20k",
@@ -457,9 +471,11 @@ def test_registry_names_and_argument_errors(tmp_path: Path) -> None:
         "spair",
         "navi",
     }
-    with pytest.raises(ValueError, match="unknown benchmark format 'coco'"):
+    with pytest.raises(ValueError, match=r"eval\.suite: unknown suite 'coco'"):
         run_public_suite(PlantedModel(), "coco", tmp_path)
-    with pytest.raises(ValueError, match=r"unknown evaluator\(s\) \['zero_shot'\] for spair"):
+    with pytest.raises(
+        ValueError, match=r"unknown evaluator\(s\) \['zero_shot'\] for suite 'spair'"
+    ):
         run_public_suite(PlantedModel(), "spair", tmp_path, only=["zero_shot"])
     with pytest.raises(BenchmarkFormatError, match=re.escape(f"{tmp_path / 'val'}: not a dir")):
         run_public_suite(PlantedModel(), "imagenet_folder", tmp_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ if str(ROOT) not in sys.path:
 
 from mtv.specs import load_spec  # noqa: E402
 from mtv.train import Trainer  # noqa: E402
+from tests.helpers import join_local_ranks  # noqa: E402
 
 # Tasks whose losses are the same on 1 rank and averaged over 2 (koleo and ground normalise per
 # rank by design, so their 2-rank value is not the 1-rank value).
@@ -46,17 +46,7 @@ def first_step(corpus: str, run_dir: str) -> dict:
 
 
 def worker(rank: int, world: int, corpus: str, run_dir: str, port: int, out: str) -> None:
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "GLOO_SOCKET_IFNAME": "lo",
-        }
-    )
-    torch.set_num_threads(1)
+    join_local_ranks(rank, world, port)
     result = first_step(corpus, run_dir)
     torch.save(result, Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()

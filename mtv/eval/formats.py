@@ -20,7 +20,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -29,6 +29,17 @@ IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".webp"})
 CLASSNAME_FILES = ("classnames.txt", "LOC_synset_mapping.txt", "classnames.json")
 IGNORE_INDEX = -1
 ADE20K_CLASSES = 150
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class TrainTest(Generic[T]):
+    """A benchmark's two splits: probes fit on `train` and are scored on `test`."""
+
+    train: T
+    test: T
 
 
 class BenchmarkFormatError(ValueError):

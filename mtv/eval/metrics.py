@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
@@ -199,3 +200,42 @@ def correspondence_recall(
     found = torch.stack([best % width, best // width], dim=1).float() + 0.5
     error = (found - target_xy.float()).norm(dim=1)
     return {f"recall@{t:g}px": float((error <= t).float().mean()) for t in thresholds}
+
+
+def query_recalls(
+    patches: Tensor,
+    queries: list[tuple[int, int, int, int, np.ndarray]],
+    step: float,
+    thresholds_px: tuple[float, ...],
+) -> Scores:
+    """Mean recall of nearest-patch matches in `patches` (images, rows, cols, D) of (source
+    image, row, col, target image, true xy) queries, with a uniform match's as trivial;
+    locations and thresholds in image pixels (the matching itself runs on the patch grid, whose
+    cells are `step` pixels wide). Queries into one target are matched at once."""
+    if not queries:
+        return {}
+    thresholds = tuple(t / step for t in thresholds_px)
+    names = [f"recall@{t:g}px" for t in thresholds_px]
+    found: dict[str, list[float]] = {name: [] for name in names}
+    chance: dict[str, list[float]] = {name: [] for name in names}
+    counts: list[int] = []
+    by_target: dict[int, list[tuple[int, int, int, np.ndarray]]] = {}
+    for source, row, col, target, xy in queries:
+        by_target.setdefault(target, []).append((source, row, col, xy))
+    for target, items in by_target.items():
+        sources = torch.stack([patches[s, r, c] for s, r, c, _ in items])
+        truth = torch.tensor(np.stack([xy for *_, xy in items]) / step, dtype=torch.float32)
+        recall = correspondence_recall(sources, patches[target], truth, thresholds)
+        random = random_match_recall(tuple(patches.shape[1:3]), truth, thresholds)  # type: ignore[arg-type]
+        for name, value, expected in zip(names, recall.values(), random.values(), strict=True):
+            found[name].append(value)
+            chance[name].append(expected)
+        counts.append(len(items))
+    weights = np.asarray(counts, dtype=np.float64)
+    return {
+        name: Score(
+            float(np.average(found[name], weights=weights)),
+            float(np.average(chance[name], weights=weights)),
+        )
+        for name in names
+    }

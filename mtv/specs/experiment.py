@@ -299,18 +299,16 @@ class RuntimeSpec(StrictModel):
     )
 
 
-EvalSuite = Literal[
-    "mini", "source", "imagenet_folder", "coco_karpathy", "ade20k", "nyuv2", "spair", "navi"
-]
-
-
 class EvalSpec(StrictModel):
-    """What `mtv eval` runs by default, and whether training evaluates as it goes."""
+    """What `mtv eval` runs by default, and whether training evaluates as it goes. The suite
+    and its evaluators are checked against the evaluation's tables (`mtv.eval.check_settings`)
+    when a run starts and when it is evaluated."""
 
-    suite: EvalSuite = Field(
+    suite: str = Field(
         "mini",
-        description="`mini` (held-out mini-world scenes, exact ground truth) or a public "
-        "benchmark format read from `data`",
+        description="`mini` (held-out mini-world scenes, exact ground truth), `source` (your "
+        "held-out image-text data) or a public benchmark format read from `data` (`mtv eval "
+        "--help` lists them)",
     )
     only: list[str] = Field(default_factory=list, description="evaluators to run; empty = all")
     every_steps: int | None = Field(
@@ -334,13 +332,6 @@ class EvalSpec(StrictModel):
     labels: str | None = Field(
         None, description="`source` suite: a label store of the eval data (relative_depth)"
     )
-
-    @model_validator(mode="after")
-    def _public_suites_need_data(self) -> EvalSpec:
-        if self.suite != "mini" and self.data is None:
-            what = "held-out image-text data" if self.suite == "source" else "a benchmark"
-            raise ValueError(f"suite {self.suite!r} reads {what}: set eval.data to its root")
-        return self
 
 
 LoggerName = Literal["parquet", "tensorboard", "wandb", "mlflow"]

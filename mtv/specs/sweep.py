@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from mtv.specs.base import StrictModel
-from mtv.specs.experiment import EvalSuite
 
 
 class LocalExecutorSpec(StrictModel):
@@ -47,7 +46,7 @@ ExecutorSpec = Annotated[LocalExecutorSpec | SlurmExecutorSpec, Field(discrimina
 class SweepEvalSpec(StrictModel):
     """How every run of the sweep is evaluated (replaces the experiments' own `eval:`)."""
 
-    suite: EvalSuite = "mini"
+    suite: str = "mini"
     scenes: int = Field(500, ge=4)
     only: list[str] = Field(default_factory=list)
     data: str | None = None

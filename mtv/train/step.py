@@ -5,6 +5,8 @@ on the device as one vector per step until the trainer reads a window of them at
 The non-finite guard decides on the device: a step whose losses are not all finite (on any rank)
 sets the fused AdamW's `found_inf` flag, so the kernel leaves parameters, moments and step count
 as they were (the mechanism GradScaler uses), and the EMA teacher's weight is multiplied by 0.
+The step number that the tasks' schedules read is a counter on the device too (no host-to-device
+copy per step). tests/test_host_reads.py checks all of this at the dispatcher.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class TrainStep:
         self.kinds = list(graph.plan.kinds)
         # The tasks' loss weights, on the device once (not a host-to-device copy per step).
         self._weights = torch.tensor([graph.plan.weights[k] for k in self.kinds], device=device)
+        # The optimiser step as the tasks' schedules read it (a 0-d float on the device), advanced
+        # there after each step: a host number made a tensor each step would be a blocking
+        # host-to-device copy on CUDA. `_step_at` is the step it holds, as the host knows it.
+        self._step = torch.zeros((), dtype=torch.float32, device=device)
+        self._step_at = 0
         self._report_names: list[str] | None = None  # fixed by the first step
         self._losses: list[Tensor] = []
         self._finite: Tensor | None = None
@@ -84,14 +91,24 @@ class TrainStep:
         self._losses, self._finite, self._report = [], None, {}
         self.probe = {}
 
+    def device_step(self, step: int) -> Tensor:
+        """Optimiser step `step` as a 0-d float tensor on the device, the one the counter holds.
+        Where the caller's step is not the counter's (a resumed run's first step, a benchmark
+        repeating a step) it is set on the device: a fill with the number as the kernel's
+        argument, no copy."""
+        if step != self._step_at:
+            self._step.fill_(step)
+            self._step_at = step
+        return self._step
+
     def forward_backward(self, batch: Batch, step: int, micro: int, probe: bool = False) -> None:
-        """Losses of one micro-batch (already on the device) and their backward pass; gradients
-        are all-reduced after the last micro-batch only. `probe`: also measure how the tasks'
-        gradients on the encoder interact (`runtime.grad_probe_every`; a diagnostic that reads
-        its values on the host, on its own steps only)."""
+        """Losses of one micro-batch (already on the device) at optimiser step `step`, and their
+        backward pass; gradients are all-reduced after the last micro-batch only. `probe`: also
+        measure how the tasks' gradients on the encoder interact (`runtime.grad_probe_every`; a
+        diagnostic that reads its values on the host, on its own steps only)."""
         accumulate = self.spec.optim.accumulate
         with self._autocast():
-            out = self.graph.step(batch, step)
+            out = self.graph.step(batch, self.device_step(step))
         values = torch.stack([out.losses[k].detach().float() for k in self.kinds])
         finite = torch.isfinite(values)
         self._finite = finite if self._finite is None else self._finite & finite
@@ -129,7 +146,7 @@ class TrainStep:
         self.graph.after_optimizer_step(step, skipped=skipped)
         losses = torch.stack(self._losses).sum(0)
         report = [self._report[n].detach().float().reshape(()) for n in self._report_names or ()]
-        return torch.cat(
+        values = torch.cat(
             [
                 (self._weights * losses).sum().reshape(1),
                 losses,
@@ -139,6 +156,10 @@ class TrainStep:
                 finite.float(),
             ]
         )
+        # The next step's number, on the device; after the values, which copy what they report.
+        self.device_step(step).add_(1)
+        self._step_at = step + 1
+        return values
 
 
 def read_window(values: list[Tensor], names: list[str]) -> Iterator[dict[str, float]]:

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mtv.checkpoint import save_checkpoint
 from mtv.data.loader import build_stream
 from mtv.distributed import init_from_environment, is_distributed, local_rank, resolve_backend
-from mtv.eval import FrozenModel, run_suite, store_results
+from mtv.eval import FrozenModel, check_settings, run_suite, store_results
 from mtv.graph import TaskGraph
 from mtv.signals import StopRequest
 from mtv.specs.experiment import ExperimentSpec
@@ -132,6 +132,10 @@ class Trainer:
             raise TrainingError(str(err)) from None
         self.loggers = Loggers()  # opened by `run`, on rank 0
         self.lock = RunLock(run_dir)
+        try:  # an evaluation the run could not do is refused before training, not after it
+            check_settings(spec.eval)
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
         resolved = self.precision
         self.report(f"device {self.device}, precision {resolved.name} ({resolved.reason})")
         if self.precision.warning:

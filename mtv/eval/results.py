@@ -1,0 +1,190 @@
+"""A run's evaluation: a suite measured on the run's frozen model with its reference points
+(the trivial predictor and the random-init model), stored as the run's evaluation history in
+`RUN/eval/<suite>.parquet` (+ `.json`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import polars as pl
+from pydantic import ValidationError
+
+import mtv.eval.evaluators
+import mtv.eval.suites  # noqa: F401  (registers the suites)
+from mtv.eval.contract import load_data, measure, suites
+from mtv.eval.model import FrozenModel
+from mtv.specs import EvalSpec
+from mtv.specs.loading import format_loc
+
+RESULT_COLUMNS = (
+    "suite",
+    "evaluator",
+    "metric",
+    "value",
+    "trivial",
+    "random_init",
+    "higher_is_better",
+    "step",
+    "samples_seen",
+)
+# The two reference points of every metric: `trivial`, what a trivial predictor scores on the
+# same data (chance, the majority class, a constant depth), and `random_init`, what the same
+# model scores with the weights it started from (same spec and seed, untrained).
+REFERENCE_COLUMNS = ("trivial", "random_init")
+
+
+class Evaluation(NamedTuple):
+    results: pl.DataFrame  # rows of RESULT_COLUMNS
+    path: Path  # the run's results file they were added to
+
+
+def suite_names() -> list[str]:
+    """Every suite `mtv eval --suite` accepts."""
+    return list(suites())
+
+
+def _settings_key(settings: EvalSpec) -> str:
+    """What the suite's data depends on: reference rows are reused only for the same."""
+    keys = ("suite", "scenes", "data", "limit", "classes", "labels")
+    return json.dumps({k: getattr(settings, k) for k in keys})
+
+
+def _cached_reference(
+    run_dir: Path | None, settings: EvalSpec, evaluators: set[str]
+) -> pl.DataFrame | None:
+    path = None if run_dir is None else run_dir / "eval" / f"{settings.suite}.random_init.parquet"
+    if path is None or not path.is_file():
+        return None
+    rows = pl.read_parquet(path).filter(pl.col("settings") == _settings_key(settings))
+    return rows if evaluators <= set(rows["evaluator"]) else None
+
+
+def _store_reference(run_dir: Path, settings: EvalSpec, rows: pl.DataFrame) -> None:
+    path = run_dir / "eval" / f"{settings.suite}.random_init.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = rows.with_columns(pl.lit(_settings_key(settings)).alias("settings"))
+    if path.is_file():
+        old = pl.read_parquet(path)
+        rows = pl.concat([old.join(rows, on=["settings", "evaluator"], how="anti"), rows])
+    _write_atomically(rows, path)
+
+
+def run_suite(model: FrozenModel, settings: EvalSpec, reference: bool = True) -> pl.DataFrame:
+    """Rows of RESULT_COLUMNS for one run of `model` with the suite, evaluators and data that
+    `settings` name. With `reference`, the same evaluators also measure `model.random_init()`
+    on the same data (`random_init`; kept in the run's `eval/<suite>.random_init.parquet`, so
+    a run computes it once per suite setting)."""
+    data = load_data(settings, model)
+    results = measure(model, settings, data)
+    random_init = pl.lit(None, dtype=pl.Float64).alias("random_init")
+    if reference and results.height:
+        evaluators = set(results["evaluator"])
+        cached = _cached_reference(model.run_dir, settings, evaluators)
+        if cached is None:
+            cached = measure(model.random_init(), settings, data).select(
+                "evaluator", "metric", pl.col("value").alias("random_init")
+            )
+            if model.run_dir is not None:
+                _store_reference(model.run_dir, settings, cached)
+        results = results.join(
+            cached.select("evaluator", "metric", "random_init"),
+            on=["evaluator", "metric"],
+            how="left",
+            maintain_order="left",
+        )
+    else:
+        results = results.with_columns(random_init)
+    return results.with_columns(
+        pl.lit(settings.suite).alias("suite"),
+        pl.lit(model.step).alias("step"),
+        pl.lit(model.samples_seen).alias("samples_seen"),
+    ).select(RESULT_COLUMNS)
+
+
+def _write_atomically(frame: pl.DataFrame, path: Path) -> None:
+    partial = path.with_suffix(path.suffix + ".partial")
+    frame.write_parquet(partial)
+    partial.replace(path)
+
+
+def store_results(results: pl.DataFrame, run_dir: Path, suite: str) -> Path:
+    """Merge `results` into `run_dir/eval/<suite>.parquet` (+ `.json`): rows of other steps
+    are kept, so a run's file is its evaluation history; rows of the same step and evaluator
+    are replaced. Written to a temporary file and renamed, so a crash loses nothing."""
+    out = run_dir / "eval"
+    out.mkdir(exist_ok=True)
+    path = out / f"{suite}.parquet"
+    merged = results.select(RESULT_COLUMNS)
+    if path.is_file():
+        old = _with_reference_columns(pl.read_parquet(path))
+        replaced = merged.select("step", "evaluator").unique()
+        kept = old.join(replaced, on=["step", "evaluator"], how="anti")
+        merged = pl.concat([kept.select(RESULT_COLUMNS), merged], how="vertical_relaxed")
+    merged = merged.sort("step", "evaluator", "metric", maintain_order=True)
+    _write_atomically(merged, path)
+    json_path = path.with_suffix(".json")
+    json_partial = json_path.with_suffix(".json.partial")
+    json_partial.write_text(json.dumps(merged.to_dicts(), indent=1))
+    json_partial.replace(json_path)
+    return path
+
+
+def _with_reference_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """Results written before the reference columns existed read with them empty."""
+    missing = [
+        pl.lit(None, dtype=pl.Float64).alias(c) for c in REFERENCE_COLUMNS if c not in frame.columns
+    ]
+    return frame.with_columns(missing) if missing else frame
+
+
+def read_results(run_dir: Path, suite: str = "mini", latest: bool = True) -> pl.DataFrame:
+    """A run's stored evaluation rows; only those of its latest evaluated step when `latest`."""
+    path = run_dir / "eval" / f"{suite}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {suite} results: run `mtv eval {run_dir}` first")
+    frame = _with_reference_columns(pl.read_parquet(path))
+    return frame.filter(pl.col("step") == pl.col("step").max()) if latest else frame
+
+
+def evaluate_run(
+    target: str | Path,
+    suite: str | None = None,
+    only: list[str] | None = None,
+    scenes: int | None = None,
+    data: str | Path | None = None,
+    limit: int | None = None,
+    reference: bool = True,
+    classes: str | Path | None = None,
+    labels: str | Path | None = None,
+) -> Evaluation:
+    """Evaluate a run (its latest checkpoint) or one checkpoint of it, frozen, and store the
+    results in the run directory. Unset arguments come from the run spec's `eval:` section;
+    `reference`: also score the random-init model (see `run_suite`)."""
+    model = FrozenModel.from_run(target)
+    declared = model.spec.eval
+    changes = {
+        key: value
+        for key, value in {
+            "suite": suite,
+            "only": only,
+            "scenes": scenes,
+            "data": None if data is None else str(data),
+            "limit": limit,
+            "classes": None if classes is None else str(classes),
+            "labels": None if labels is None else str(labels),
+        }.items()
+        if value is not None
+    }
+    if "suite" in changes and changes["suite"] != declared.suite and "only" not in changes:
+        changes["only"] = []  # the spec's evaluators belong to the spec's suite
+    try:
+        settings = EvalSpec.model_validate(declared.model_dump() | changes)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = format_loc(("eval", *first["loc"]))
+        raise ValueError(f"{where}: {first['msg']}") from None
+    results = run_suite(model, settings, reference)
+    assert model.run_dir is not None  # from_run knows where the run is
+    return Evaluation(results, store_results(results, model.run_dir, settings.suite))
