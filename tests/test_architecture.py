@@ -266,3 +266,19 @@ def test_an_evaluator_from_one_new_module_runs_from_mtv_eval(corpus: str, tmp_pa
     assert unknown.returncode == 2
     assert "unknown evaluator(s) ['brightnes'] for suite 'mini'" in unknown.stdout + unknown.stderr
     assert "brightness_readout" in unknown.stdout + unknown.stderr
+
+
+def test_every_package_of_mtv_is_installed() -> None:
+    """pyproject lists its packages by name: a package folder missing there would be absent from
+    a non-editable install (wheels, `pip install .`), though every test here passes."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["tool"]["setuptools"][
+            "packages"
+        ]
+    )
+    found = {
+        ".".join(path.parent.relative_to(ROOT.parent).parts) for path in ROOT.rglob("__init__.py")
+    }
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
