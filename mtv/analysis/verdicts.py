@@ -55,6 +55,9 @@ SHORT_NAMES: dict[str, str] = {
     "semantic_correspondence/pck@0.1": "PCK@0.1",
     "depth_probe/rmse": "depth lin. RMSE ↓",
     "depth_dpt_probe/rmse": "depth DPT RMSE ↓",
+    "object_shape/shape_top1": "object 0-shot shape",
+    "object_shape/shape_acc": "object probe shape",
+    "object_depth/relief_rmse": "object relief RMSE ↓",
 }
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # Every other metric: higher is better.
-LOWER_IS_BETTER = frozenset({"rmse", "absrel", "aligned_mae"})
+LOWER_IS_BETTER = frozenset({"rmse", "absrel", "aligned_mae", "relief_rmse"})
 
 
 class Score(NamedTuple):

@@ -329,3 +329,36 @@ def dpt_depth_probe_scores(
     errors = depth_errors(predicted, test_depth, test_valid)
     constant = constant_depth_errors(train_depth, train_valid, test_depth, test_valid)
     return {name: Score(value, constant[name]) for name, value in errors.items()}
+
+
+RIDGE_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # per training row, on standardised features
+
+
+def _ridge_fit(x: Tensor, y: Tensor, penalty: float) -> Tensor:
+    """Weights (D + 1,) of y ~ [x, 1] with an L2 penalty `penalty * rows` on the x weights."""
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    gram = design.T @ design
+    reg = torch.eye(design.shape[1], dtype=x.dtype) * penalty * len(x)
+    reg[-1, -1] = 0.0  # the intercept is not shrunk
+    return torch.linalg.solve(gram + reg, design.T @ y)
+
+
+def ridge_probe_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor) -> Tensor:
+    """A ridge regression of (N, D) features onto (N,) targets, standardised with the training
+    features' statistics, its penalty chosen among RIDGE_PENALTIES on the last fifth of the
+    training rows and refitted on all of them; predictions for `test_x`. Closed form, float64:
+    the same answer on every run, however the features are scaled."""
+    x, y = train_x.double(), train_y.double()
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    x, t = (x - mean) / std, (test_x.double() - mean) / std
+    cut = max(1, int(0.8 * len(x)))
+    fit, held = slice(0, cut), slice(cut, len(x))
+
+    def held_out_error(penalty: float) -> float:
+        w = _ridge_fit(x[fit], y[fit], penalty)
+        design = torch.cat([x[held], torch.ones(len(x[held]), 1, dtype=x.dtype)], dim=1)
+        return float(((design @ w - y[held]) ** 2).mean()) if len(x[held]) else 0.0
+
+    penalty = min(RIDGE_PENALTIES, key=held_out_error)
+    w = _ridge_fit(x, y, penalty)
+    return torch.cat([t, torch.ones(len(t), 1, dtype=t.dtype)], dim=1) @ w
