@@ -36,6 +36,7 @@ from mtv.tasks.base import (
     TaskEnv,
     TaskNeeds,
 )
+from mtv.tasks.weighting import LossWeighting
 from mtv.teacher import EMATeacher, ema_update
 
 VIEW_ORDER = (GLOBAL, MASKED, LOCAL)
@@ -280,6 +281,13 @@ class StudentModel(nn.Module):
             TextTransformer(spec.model.text, spec.model.encoder.width) if plan.texts else None
         )
         self.tasks = nn.ModuleDict({t.kind: TASK_REGISTRY[t.kind](t, plan.env) for t in spec.tasks})
+        # Inside the student, so that DDP all-reduces the learned weights' gradients too.
+        self.weighting = LossWeighting(
+            list(plan.kinds),
+            plan.weights,
+            spec.optim.weighting,
+            {kind: type(task).nonnegative_loss for kind, task in self.tasks.items()},
+        )
 
     def encode(self, view: ViewPass, batch: Batch, encoder: VisionTransformer) -> EncoderOutput:
         if view.view == GLOBAL:
@@ -345,13 +353,12 @@ class StudentModel(nn.Module):
         inputs = StepInputs(batch, features, self.encode_texts(batch), teacher, step)
         losses: dict[str, Tensor] = {}
         report: dict[str, Tensor] = {}
-        total = torch.zeros((), device=batch.images.device)
         for kind, task in self.tasks.items():
             out = task(inputs)
             losses[kind] = out.loss
             report.update({f"{kind}/{name}": value for name, value in out.report.items()})
-            total = total + self.plan.weights[kind] * out.loss
-        return total, losses, report
+        total, weights = self.weighting(losses)
+        return total, losses, report | weights
 
 
 def trainable_parameters(module: nn.Module) -> int:

@@ -250,6 +250,11 @@ class OptimSpec(StrictModel):
         1.0, gt=0.0, description="global grad-norm clip; null = off (paper: unspecified)"
     )
     accumulate: int = Field(1, gt=0, description="micro-batches per optimiser step")
+    weighting: Literal["uniform", "uncertainty"] = Field(
+        "uniform",
+        description="how task losses combine: uniform (the paper's: each task's fixed weight) "
+        "or uncertainty (Kendall et al. 2018: a learned log-variance per task on top of it)",
+    )
 
 
 class ScheduleSpec(StrictModel):

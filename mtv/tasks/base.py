@@ -109,6 +109,10 @@ class Task(nn.Module, ABC):
 
     spec_class: ClassVar[type[TaskSpecBase]]  # its spec: a TaskSpecBase with a `kind` literal
     kind: ClassVar[str]  # set by register_task from spec_class
+    # Whether the loss is bounded below by 0: learned loss weights (`optim.weighting:
+    # uncertainty`) apply only to such losses; one that can fall below 0 would drive its weight
+    # up without bound (exp(-s) L + s with L < 0 falls as s -> -inf), so it keeps its own.
+    nonnegative_loss: ClassVar[bool] = True
 
     def __init__(self, spec: TaskSpecBase, env: TaskEnv):
         super().__init__()

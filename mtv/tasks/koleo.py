@@ -51,6 +51,7 @@ def koleo_loss(embeddings: Tensor, eps: float = 1e-8) -> Tensor:
 class KoLeoTask(Task):
     spec_class = KoLeoTaskSpec
     spec: KoLeoTaskSpec
+    nonnegative_loss = False  # -log of a distance up to 2: as low as -log 2
 
     @classmethod
     def needs_for(cls, spec: Any, env: TaskEnv) -> TaskNeeds:

@@ -50,8 +50,6 @@ class TrainStep:
             fused=True,
         )
         self.kinds = list(graph.plan.kinds)
-        # The tasks' loss weights, on the device once (not a host-to-device copy per step).
-        self._weights = torch.tensor([graph.plan.weights[k] for k in self.kinds], device=device)
         # The optimiser step as the tasks' schedules read it (a 0-d float on the device), advanced
         # there after each step: a host number made a tensor each step would be a blocking
         # host-to-device copy on CUDA. `_step_at` is the step it holds, as the host knows it.
@@ -59,6 +57,7 @@ class TrainStep:
         self._step_at = 0
         self._report_names: list[str] | None = None  # fixed by the first step
         self._losses: list[Tensor] = []
+        self._totals: list[Tensor] = []  # the objective as the graph weighted it, per micro-batch
         self._finite: Tensor | None = None
         self._report: dict[str, Tensor] = {}
         self.probe: dict[str, float] = {}  # the gradient probe's values of this step, if probed
@@ -88,7 +87,7 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
-        self._losses, self._finite, self._report = [], None, {}
+        self._losses, self._totals, self._finite, self._report = [], [], None, {}
         self.probe = {}
 
     def device_step(self, step: int) -> Tensor:
@@ -121,6 +120,7 @@ class TrainStep:
         with self.graph.no_sync() if micro < accumulate - 1 else nullcontext():
             (out.total / accumulate).backward()
         self._losses.append(values / accumulate)
+        self._totals.append(out.total.detach().float().reshape(1) / accumulate)
         self._report = out.report
         if self._report_names is None:
             self._report_names = list(out.report)
@@ -148,7 +148,7 @@ class TrainStep:
         report = [self._report[n].detach().float().reshape(()) for n in self._report_names or ()]
         values = torch.cat(
             [
-                (self._weights * losses).sum().reshape(1),
+                torch.stack(self._totals).sum(0),  # the weights applied once, by the graph
                 losses,
                 torch.stack(report) if report else losses.new_zeros(0),
                 grad_norm.detach().float().reshape(1),

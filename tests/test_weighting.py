@@ -1,0 +1,104 @@
+"""`optim.weighting`: uniform (the paper's fixed weights) and uncertainty weighting (Kendall et
+al. 2018), against an independent transcription of the formula, and in the training step."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from mtv.graph import TaskGraph
+from mtv.tasks.weighting import LossWeighting
+from mtv.train import Trainer
+from tests.helpers import ALL_TASKS, random_batch, smoke, tiny_spec
+
+KINDS = ["vl", "distill", "koleo"]
+WEIGHTS = {"vl": 1.0, "distill": 2.0, "koleo": 0.1}
+LOSSES = {"vl": torch.tensor(2.0), "distill": torch.tensor(3.0), "koleo": torch.tensor(-0.5)}
+
+
+def test_uniform_is_the_fixed_weighted_sum_and_adds_no_state() -> None:
+    weighting = LossWeighting(KINDS, WEIGHTS, "uniform")
+    total, report = weighting(LOSSES)
+    assert float(total) == pytest.approx(2.0 + 6.0 - 0.05)
+    assert report == {} and not list(weighting.parameters()) and not weighting.state_dict()
+
+
+def test_uncertainty_matches_the_formula_and_leaves_unbounded_losses_fixed() -> None:
+    weighting = LossWeighting(KINDS, WEIGHTS, "uncertainty", {"koleo": False})
+    assert weighting.learned == ["vl", "distill"]  # KoLeo's loss can be negative
+    with torch.no_grad():
+        weighting.log_variance.copy_(torch.tensor([0.3, -0.2]))
+    total, report = weighting(LOSSES)
+    # L = sum_k w_k exp(-s_k) L_k + s_k over the learned tasks, w_k L_k for the others.
+    expected = 1.0 * math.exp(-0.3) * 2.0 + 0.3 + 2.0 * math.exp(0.2) * 3.0 - 0.2 + 0.1 * -0.5
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-6)
+    assert float(report["weight/vl"]) == pytest.approx(math.exp(-0.3))
+    assert float(report["weight/distill"]) == pytest.approx(2.0 * math.exp(0.2))
+    assert "weight/koleo" not in report
+
+
+def test_learned_log_variances_settle_at_the_log_of_the_weighted_loss() -> None:
+    """d/ds (exp(-s) w L + s) = 0 at s = log(w L): a task with a large loss is weighted down."""
+    weighting = LossWeighting(["a", "b"], {"a": 1.0, "b": 1.0}, "uncertainty")
+    losses = {"a": torch.tensor(4.0), "b": torch.tensor(0.25)}
+    optimizer = torch.optim.SGD(weighting.parameters(), lr=0.2)
+    for _ in range(300):
+        optimizer.zero_grad()
+        weighting(losses)[0].backward()
+        optimizer.step()
+    assert weighting.log_variance.tolist() == pytest.approx(
+        [math.log(4.0), math.log(0.25)], abs=1e-3
+    )
+
+
+def test_the_graph_step_uses_the_weighting_and_the_optimiser_trains_it() -> None:
+    torch.manual_seed(0)
+    spec = tiny_spec(ALL_TASKS, optim={"weighting": "uncertainty"})
+    graph = TaskGraph(spec)
+    names = [n for n, _ in graph.student.named_parameters()]
+    assert "weighting.log_variance" in names
+    out = graph.step(random_batch(graph), 0)
+    weighting = graph.student.weighting
+    log_variance = dict(zip(weighting.learned, weighting.log_variance, strict=True))
+    assert set(log_variance) == set(ALL_TASKS) - {"koleo"}
+    expected = sum(
+        spec_weight * (math.exp(-float(log_variance[k])) * float(out.losses[k]))
+        + float(log_variance[k])
+        if k in log_variance
+        else spec_weight * float(out.losses[k])
+        for k, spec_weight in graph.plan.weights.items()
+    )
+    assert float(out.total) == pytest.approx(expected, rel=1e-5)
+    out.total.backward()
+    grad = graph.student.weighting.log_variance.grad
+    assert grad is not None and bool((grad != 0).all())
+
+
+def test_training_logs_the_effective_weights_and_the_objective(corpus: str, tmp_path: Path) -> None:
+    spec = smoke(
+        corpus, "optim.weighting=uncertainty", "schedule.steps=4", "runtime.precision=fp32"
+    )
+    Trainer(spec, tmp_path / "run", report=lambda m: None).run()
+    rows = pl.read_parquet(tmp_path / "run" / "metrics.parquet")
+    learned = [k for k in ALL_TASKS if k != "koleo"]
+    for kind in learned:
+        assert rows[f"weight/{kind}"].is_finite().all()
+    # The logged total is the objective the step minimised: w exp(-s) L + s summed (s from the
+    # effective weight: s = log(w / weight)), KoLeo at its fixed weight.
+    weights = {t.kind: t.weight for t in spec.tasks}
+    last = rows.row(-1, named=True)
+    objective = (
+        sum(
+            last[f"weight/{k}"] * last[f"loss/{k}"] + math.log(weights[k] / last[f"weight/{k}"])
+            for k in learned
+        )
+        + weights["koleo"] * last["loss/koleo"]
+    )
+    assert last["loss"] == pytest.approx(objective, rel=1e-4)
+    # The weights moved away from where they started (1 and the tasks' own weights).
+    first = rows.row(0, named=True)
+    assert any(last[f"weight/{k}"] != first[f"weight/{k}"] for k in learned)
