@@ -218,3 +218,21 @@ def test_two_runs_of_one_task_set_and_seed_are_refused() -> None:
     duplicate = frame.filter(pl.col("run") == "vl-0").with_columns(pl.lit("vl-copy").alias("run"))
     with pytest.raises(ValueError, match="both have the task set VL and seed 0"):
         synergy_table(pl.concat([frame, duplicate]))
+
+
+def test_significance_is_students_t_with_the_seeds_degrees_of_freedom() -> None:
+    """Three seeds need 4.30 SEs (two-sided p < 0.05), not 2 (p ~ 0.18); five need 2.78."""
+    from scipy import stats
+
+    from mtv.analysis.synergy import Estimate, critical_t
+
+    for df in (1, 2, 4, 10, 30, 60, 200):
+        assert critical_t(df) == pytest.approx(stats.t.ppf(0.975, df), rel=5e-3)
+    three_se = Estimate.of([1.0, 1.3, 1.6])  # mean 1.3, SE 0.173: 7.5 SEs from 0
+    assert three_se.significant
+    lenient = Estimate.of([0.2, 0.6, 1.0])  # mean 0.6, SE 0.231: 2.6 SEs, n.s. with 2 df
+    assert lenient.mean / lenient.se > 2 and not lenient.significant
+    assert "n.s." in lenient.text()
+    five = Estimate.of([0.2, 0.6, 1.0, 0.4, 0.8])  # mean 0.6, SE 0.141: 4.2 SEs, 4 df
+    assert five.significant
+    assert Estimate.of([1.0]).significant is None

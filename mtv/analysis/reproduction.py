@@ -168,8 +168,8 @@ def _instrument_section(summary: pl.DataFrame) -> list[str]:
     flat = [r for r in reach.iter_rows(named=True) if not r["beats_trivial"]]
     if flat:
         lines.append(
-            "At the trivial predictor's level for every task set (none beats it by two standard "
-            "errors; differences between task sets on these metrics are noise): "
+            "At the trivial predictor's level for every task set (none beats it significantly, "
+            "Student's t at p < 0.05; differences between task sets on these metrics are noise): "
             + "; ".join(
                 f"{short_name(r['metric'])} ({best(r)}, trivial {_num(r['trivial'])})" for r in flat
             )
@@ -180,8 +180,8 @@ def _instrument_section(summary: pl.DataFrame) -> list[str]:
     ]
     if untrained:
         lines.append(
-            "Not above the untrained encoder (no task set beats its own random-init weights by "
-            "two standard errors; the instrument reads what a random encoder's features already "
+            "Not above the untrained encoder (no task set beats its own random-init weights "
+            "significantly; the instrument reads what a random encoder's features already "
             "hold): "
             + "; ".join(
                 f"{short_name(r['metric'])} ({best(r)}, random init {_num(r['random_init'])}, "
@@ -366,8 +366,8 @@ def _markdown(
         "runs of one seed share initial weights and data order). "
         f"Evaluation: suite `{spec.eval.suite}`, {spec.eval.scenes} held-out scenes. "
         "Every number is mean ± standard error over seeds; differences between task sets are "
-        "paired by seed and marked *n.s.* when within two standard errors of zero (with 3 seeds "
-        "a lenient test, about p = 0.18 two-sided).\n",
+        "paired by seed and marked *n.s.* unless a two-sided Student's t-test with the seeds' "
+        "degrees of freedom rejects zero at p < 0.05 (4.30 standard errors with 3 seeds).\n",
     ]
     if found:
         lines += ["## Verdicts\n", *_verdict_section(found), "", VERDICT_RULES + "\n"]
@@ -411,7 +411,8 @@ def _markdown(
             lines += [
                 "## Task synergy (Table 4 layout, Eq. 4)\n",
                 "Synergy is defined only where the better single task's gain over VL stands out "
-                "of its noise; *n.s.* marks an excess dAB − max(dA, dB) within two SEs of zero. "
+                "of its noise; *n.s.* marks an excess dAB − max(dA, dB) that is not significant "
+                "(t-test, p < 0.05). "
                 "The average is over the counterparts of the paper's Table 4 columns (not the "
                 "pooled-embedding or DPT probes).\n",
                 *_synergy_section(matrix, metrics),

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from mtv.analysis.synergy import (
-    SIGNIFICANCE_SE,
     Estimate,
+    critical_t,
     label,
     paired,
     task_groups,
@@ -68,12 +68,13 @@ def run_summary(final: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
 
 
 def _stands_above(row: dict[str, Any], reference: float | None, sign: float) -> bool:
-    """`row`'s mean better than `reference` (in the direction `sign`) by more than two of its
-    standard errors (by any margin with one seed)."""
+    """`row`'s mean better than `reference` (in the direction `sign`) by more than Student's
+    t(0.975, seeds - 1) of its standard errors (by any margin with one seed)."""
     if reference is None or row["mean"] is None:
         return False
-    se = row["se"] if row["se"] is not None and not math.isnan(row["se"]) else 0.0
-    return (row["mean"] - reference) * sign > SIGNIFICANCE_SE * se
+    if row["se"] is None or math.isnan(row["se"]) or row.get("seeds", 1) < 2:
+        return (row["mean"] - reference) * sign > 0
+    return (row["mean"] - reference) * sign > critical_t(row["seeds"] - 1) * row["se"]
 
 
 def instrument_reach(summary: pl.DataFrame) -> pl.DataFrame:

@@ -6,9 +6,10 @@ absent), `tasks` being the run's task kinds. Task kinds are grouped as the paper
 
 Runs of the same seed share initial weights and data order, so task sets are compared *paired by
 seed*: a difference is estimated from the per-seed differences, as mean +- standard error (SE)
-over seeds, and is significant when its mean lies more than two SEs from 0 (with n seeds the SE
-has n - 1 degrees of freedom: at n = 3 this is a lenient test, about p = 0.18 two-sided; a
-reader wanting p = 0.05 needs 4.3 SEs). One seed gives no SE, and nothing is marked.
+over seeds, and is significant when a two-sided Student's t-test with the seeds' n - 1 degrees
+of freedom rejects 0 at p < 0.05: its mean lies more than t(0.975, n - 1) SEs from 0 (4.30 SEs
+with 3 seeds, 2.78 with 5; a fixed two-SE rule would be p ~ 0.18 at 3 seeds). One seed gives
+no SE, and nothing is marked.
 
 - Ladder (Table 3): rows = task sets in ladder order, columns = metrics, each value with its
   increment over the previous row in parentheses, and an absolute-gain row (last - first).
@@ -35,7 +36,21 @@ GROUPS: dict[str, frozenset[str]] = {
     "depth": frozenset({"depth"}),
 }
 LADDER: tuple[tuple[str, ...], ...] = ((), ("ssl",), ("ssl", "ground"), ("ssl", "ground", "depth"))
-SIGNIFICANCE_SE = 2.0  # a difference is significant beyond this many standard errors
+SIGNIFICANCE_LEVEL = 0.05  # two-sided
+# Student's t at 0.975 (two-sided p = 0.05) for 1..30 degrees of freedom (standard tables).
+_T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+          2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+          2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def critical_t(df: int) -> float:
+    """How many standard errors from 0 a mean over df + 1 seeds must lie to be significant
+    (two-sided p < 0.05): Student's t(0.975, df); beyond the table, the normal's 1.96 with
+    the first-order correction for df (2.042 at 30, 1.98 at 120)."""
+    if df < 1:
+        raise ValueError(f"a t-test needs at least 1 degree of freedom, not {df}")
+    return _T_975[df - 1] if df <= len(_T_975) else 1.96 + 2.4 / df
+
 
 TaskSet = tuple[str, ...]
 PerSeed = dict[int, dict[str, float]]  # seed -> metric -> value
@@ -69,10 +84,11 @@ class Estimate:
 
     @property
     def significant(self) -> bool | None:
-        """|mean| > 2 SE; None when there is no SE (one seed)."""
+        """|mean| > t(0.975, n - 1) SE (Student's t-test, two-sided p < 0.05); None when there
+        is no SE (one seed)."""
         if self.n < 2 or math.isnan(self.se):
             return None
-        return abs(self.mean) > SIGNIFICANCE_SE * self.se
+        return abs(self.mean) > critical_t(self.n - 1) * self.se
 
     @property
     def positive(self) -> bool:
