@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mtv.specs import SpecError
-from mtv.sweep import SweepError, load_sweep, plan_sweep, run_sweep
+from mtv.sweep import SweepError, SweepStopped, load_sweep, plan_sweep, run_sweep
 
 
 def _say(message: str) -> None:
@@ -63,6 +63,9 @@ def sweep(
         raise fail(err) from None
     except SweepError as err:
         raise fail(str(err)) from None
+    except SweepStopped as err:
+        _say(str(err))
+        raise typer.Exit(code=128 + err.signal) from None
     if outcome.failures:
         for job, error in outcome.failures:
             _say(f"failed: {job.label}: {error}")

@@ -39,6 +39,16 @@ class SweepError(RuntimeError):
     """The sweep cannot be planned or some of its jobs failed (the message names them)."""
 
 
+class SweepStopped(RuntimeError):
+    """A SIGINT or SIGTERM stopped the sweep: the running job was stopped with it, gracefully
+    (its checkpoint written), and no further job started. `signal` is the signal's number."""
+
+    def __init__(self, signal_number: int, job: str):
+        name = signal.Signals(signal_number).name
+        super().__init__(f"stopped by {name} during {job}; the same command resumes the sweep")
+        self.signal = signal_number
+
+
 def command_module() -> str:
     """The module behind the installed `mtv` command, read from the package's metadata: a job
     runs the command users run, and the library names no command-line package of its own."""
@@ -200,23 +210,45 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _call(command: list[str], log: Path) -> None:
+    """Run one job's command to its end. A SIGINT or SIGTERM to the sweep (Ctrl-C, `scancel`,
+    a preemption: often sent to the whole process group) is forwarded to the job once, which
+    stops after its current step with a checkpoint; the sweep waits for that, then stops
+    (`SweepStopped`) instead of starting the next job. The job runs in a session of its own, so
+    a signal to the sweep's group reaches it only through the sweep, once; it still dies with
+    the sweep if the sweep is killed outright (`_die_with_parent`)."""
+    received: list[int] = []
     with log.open("a") as stream:
         stream.write("$ " + " ".join(command) + "\n")
         stream.flush()
-        done = subprocess.run(
+        job = subprocess.Popen(
             command,
             stdout=stream,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            start_new_session=True,
             env={**os.environ, "COLUMNS": "200"},
-            check=False,
         )
-    if done.returncode != 0:
+
+        def forward(signal_number: int, frame: object) -> None:
+            if not received:  # a second signal is not forwarded: the job is stopping already
+                job.send_signal(signal_number)
+            received.append(signal_number)
+
+        previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+        try:
+            returncode = job.wait()
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+    if received:
+        raise SweepStopped(received[0], " ".join(command[2:4]))
+    if returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        raise SweepError(
-            f"`{' '.join(command[2:4])}` exited with {done.returncode}: {' | '.join(tail)}"
-        )
+        raise SweepError(f"`{' '.join(command[2:4])}` exited with {returncode}: {' | '.join(tail)}")
 
 
 def trained(job: SweepJob) -> bool:

@@ -152,3 +152,52 @@ def test_an_error_from_a_loader_worker_is_its_own_last_line() -> None:
     assert one_line(FileNotFoundError(2, "No such file or directory", "/x")) == (
         "/x: No such file or directory"
     )
+
+
+def test_a_process_group_sigterm_stops_the_sweep_with_the_job_checkpointed(
+    corpus: str, tmp_path: Path
+) -> None:
+    """SIGTERM to the sweep's whole process group (Slurm preemption, `scancel`, `kill -- -PGID`)
+    reaches the running job once, through the sweep: the job stops after its step with a
+    checkpoint (long before `checkpoint_every`), and the sweep starts no further job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mtv.train import latest_checkpoint
+
+    sweep = tmp_path / "sweep.yaml"
+    sets = [
+        f"data.source.root={corpus}",
+        "data.loader.workers=0",
+        "schedule.steps=400",
+        "output.checkpoint_every=1000",
+        "output.log_every=1",
+    ]
+    sweep.write_text(
+        f"name: preempted\nout: {tmp_path / 'runs'}\nexperiments: [{SMOKE}]\nseeds: [0, 1]\n"
+        f"set: [{', '.join(sets)}]\neval: {{suite: mini, scenes: 4}}\n"
+    )
+    first, second = (tmp_path / "runs" / "smoke" / f"seed-{s}" for s in (0, 1))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mtv_cli.main", "sweep", str(sweep)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a batch job's
+    )
+    deadline = time.monotonic() + 300
+    log = first / "sweep.log"
+    while not (log.is_file() and "step 3/400" in log.read_text(errors="replace")):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()  # type: ignore[union-attr]
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "stopped by SIGTERM" in output and "resumes the sweep" in output
+    checkpoint = latest_checkpoint(first)
+    assert checkpoint is not None, (first / "sweep.log").read_text()
+    assert 3 <= int(checkpoint.name.rsplit("-", 1)[1]) < 400
+    assert not second.exists()  # no job started after the stop
