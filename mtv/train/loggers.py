@@ -2,10 +2,11 @@
 TensorBoard, W&B or MLflow. `RUN/metrics.parquet` stays the record that resume and the analysis
 read; the trackers show the same numbers at the same steps, so they join with it on `step`.
 
-Step numbers: a training row is logged at its `step` (the 0-based optimiser step, as in
-metrics.parquet); an evaluation at the number of steps done (as in `eval/<suite>.parquet` and the
-checkpoint names). Row k's losses come from the weights after k updates, and so does evaluation
-k: one x is one set of weights in every chart."""
+Step numbers: a training row is logged at its `step`, 1-based as in metrics.parquet (row k is
+the k-th optimiser step, its losses computed from the weights after k - 1 updates); an
+evaluation at the number of steps done, as in `eval/<suite>.parquet` and the checkpoint names
+(evaluation k measures the weights after k updates). So at one x, a training row and an
+evaluation are one update apart."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """`mtv run`: the training loop, readable top to bottom.
 
-One step: next micro-batch(es) -> (teacher targets, student losses) under autocast -> a guard
-against non-finite losses (named by task, step skipped) -> backward -> clip -> AdamW -> logit
-clamps and the EMA teacher -> metrics. Checkpoints hold everything a resume needs (model,
+One step: next micro-batch(es) -> (teacher targets, student losses) under autocast -> backward
+(every loss, finite or not: a branch would be a host read) -> the non-finite guard, decided on
+the device (`TrainStep`: the step is skipped by fused AdamW's `found_inf`, the EMA weight set to
+0; named by task at the next log step) -> clip -> AdamW -> logit clamps and the EMA teacher ->
+metrics. Checkpoints hold everything a resume needs (model,
 teacher, optimiser, centers, RNG, loader position), so a resumed run repeats the same losses.
 """
 
