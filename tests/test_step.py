@@ -4,14 +4,18 @@ tests/test_host_reads.py, at the dispatcher.)"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from mtv.graph import TaskGraph
 from mtv.train import Trainer
-from tests.helpers import smoke
+from mtv.train.step import TrainStep
+from tests.helpers import random_batch, smoke, tiny_spec
 
 
 def test_the_compiled_step_neither_breaks_nor_recompiles(corpus: str, tmp_path: Path) -> None:
@@ -49,3 +53,42 @@ def test_the_compiled_step_neither_breaks_nor_recompiles(corpus: str, tmp_path: 
     assert not counters["recompiles"], dict(counters["recompiles"])
     rows = trainer.read_rows()
     assert len(rows) == 10 and all(r["loss"] > 0 for r in rows)
+
+
+def test_reports_are_the_mean_over_micro_batches() -> None:
+    """With accumulation, a step's reported values (e.g. the teacher's entropy) are the mean
+    over its micro-batches, as its losses are, not the last micro-batch's."""
+    torch.manual_seed(0)
+    spec = tiny_spec(["vl", "distill"], optim={"accumulate": 2}, runtime={"precision": "fp32"})
+    graph = TaskGraph(spec)
+    runner = TrainStep(spec, graph, torch.device("cpu"), world=1)
+    batches = [random_batch(graph, seed=s) for s in (1, 2)]
+    twin = copy.deepcopy(graph)  # the same passes in the same order (teacher centres move)
+    reports = [twin.step(b, 0).report for b in batches]
+    runner.start(1e-9)
+    for micro, batch in enumerate(batches):
+        runner.forward_backward(batch, 0, micro)
+    values = dict(zip(runner.names, runner.optimizer_step(0).tolist(), strict=True))
+    for name in reports[0]:
+        expected = (float(reports[0][name]) + float(reports[1][name])) / 2
+        assert values[name] == pytest.approx(expected, rel=1e-4, abs=1e-6), name
+
+
+def test_fused_adamw_leaves_everything_as_it_was_when_found_inf_is_set() -> None:
+    """The device-side skip relies on fused AdamW honouring `found_inf` (GradScaler's hook; no
+    public API skips a step without a host read): if torch stops honouring it, this fails."""
+    weight = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.AdamW([weight], lr=0.1, fused=True)
+    weight.grad = torch.ones(4)
+    optimizer.step()
+    state = {k: v.clone() for k, v in optimizer.state[weight].items()}
+    before = weight.detach().clone()
+    weight.grad = torch.full((4,), 5.0)
+    optimizer.found_inf = torch.ones(())  # type: ignore[attr-defined]
+    optimizer.step()
+    assert torch.equal(weight.detach(), before)
+    for key, value in optimizer.state[weight].items():
+        assert torch.equal(value, state[key]), key
+    optimizer.found_inf = torch.zeros(())  # type: ignore[attr-defined]
+    optimizer.step()
+    assert not torch.equal(weight.detach(), before)

@@ -121,7 +121,10 @@ class TrainStep:
             (out.total / accumulate).backward()
         self._losses.append(values / accumulate)
         self._totals.append(out.total.detach().float().reshape(1) / accumulate)
-        self._report = out.report
+        # The step's reports are the mean over its micro-batches, as its losses are.
+        for name, value in out.report.items():
+            share = value.detach().float().reshape(()) / accumulate
+            self._report[name] = self._report[name] + share if name in self._report else share
         if self._report_names is None:
             self._report_names = list(out.report)
 
@@ -145,7 +148,7 @@ class TrainStep:
         self.optimizer.step()
         self.graph.after_optimizer_step(step, skipped=skipped)
         losses = torch.stack(self._losses).sum(0)
-        report = [self._report[n].detach().float().reshape(()) for n in self._report_names or ()]
+        report = [self._report[n] for n in self._report_names or ()]
         values = torch.cat(
             [
                 torch.stack(self._totals).sum(0),  # the weights applied once, by the graph
