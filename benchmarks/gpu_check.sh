@@ -38,7 +38,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # On the lent machine: the dependencies its image lacks come as wheels (benchmarks/gpu_wheels.sh,
 # carried as .whl), and mtv runs from this checkout without being installed.
-if [ -d .whl ]; then
+if ! "$python" -c 'import pydantic, polars, zarr, torchdata' 2>/dev/null && [ -d .whl ]; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$work/site" .whl/*.whl || exit 2
   export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
