@@ -201,3 +201,23 @@ def test_a_process_group_sigterm_stops_the_sweep_with_the_job_checkpointed(
     assert checkpoint is not None, (first / "sweep.log").read_text()
     assert 3 <= int(checkpoint.name.rsplit("-", 1)[1]) < 400
     assert not second.exists()  # no job started after the stop
+
+
+def test_a_yaml_alias_bomb_is_one_error_at_once(tmp_path: Path) -> None:
+    """Nine levels of nine aliases (9^9 values once expanded) parse instantly in PyYAML but
+    hung `spec validate` in the provenance walk; now they are one error naming the file."""
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 9):
+        refs = ", ".join([f"*a{level - 1}"] * 9)
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("name: bomb\ntasks: [vl]\n" + "\n".join(lines) + "\n")
+    started = time.monotonic()
+    with pytest.raises(SpecError, match=r"expands to more than 100,000 values") as caught:
+        load_spec(bomb)
+    assert time.monotonic() - started < 10
+    assert str(bomb) in str(caught.value)
+    result = CliRunner().invoke(app, ["spec", "validate", str(bomb)])
+    assert result.exit_code == 2 and "YAML aliases" in result.output

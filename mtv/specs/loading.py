@@ -105,8 +105,30 @@ def _replacing_mapping(loader: _StrictLoader, node: yaml.Node) -> Replace:
 _StrictLoader.add_constructor("!replace", _replacing_mapping)
 
 
+MAX_SPEC_VALUES = 100_000  # values in a spec file once aliases are expanded; real specs: hundreds
+
+
 def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_StrictLoader)
+
+
+def _expands_beyond(data: Any, limit: int) -> bool:
+    """Whether `data` holds more than `limit` values counted as the spec's walks see them, each
+    alias once per place it is used. PyYAML shares an aliased node instead of copying it, so a
+    few lines of aliases inside aliases (9 levels of 9 make 9^9) parse at once but would take
+    the merge and provenance walks hours and gigabytes; the count stops at the limit."""
+    seen = 0
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def _read_yaml(path: Path, referrer: tuple[str, str] | None) -> dict[str, Any]:
@@ -126,6 +148,17 @@ def _read_yaml(path: Path, referrer: tuple[str, str] | None) -> dict[str, Any]:
         raise SpecError([SpecProblem(str(path), where, f"invalid YAML: {problem}")]) from None
     if data is None:
         data = {}
+    if _expands_beyond(data, MAX_SPEC_VALUES):
+        raise SpecError(
+            [
+                SpecProblem(
+                    str(path),
+                    "",
+                    f"the file expands to more than {MAX_SPEC_VALUES:,} values (YAML aliases "
+                    "repeated inside each other?); a spec is far smaller",
+                )
+            ]
+        )
     if not isinstance(data, dict):
         raise SpecError(
             [
