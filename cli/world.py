@@ -25,7 +25,12 @@ def world_render(
     views: Annotated[int, typer.Option("--views", min=1, help="cameras per scene")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="world seed")] = 0,
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="images per shard")] = 1000,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty OUT")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="replace a non-empty OUT, only if mtv rendered it (MTV_CORPUS.json)"
+        ),
+    ] = False,
 ) -> None:
     """Render a corpus of mini-world images with exact ground truth."""
     columns = (

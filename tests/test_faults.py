@@ -202,3 +202,22 @@ def test_metrics_of_a_run_started_before_one_based_steps_are_renumbered(tmp_path
     pl.DataFrame({"step": [1, 2, 3], "loss": [4.0, 3.0, 2.0]}).write_parquet(path)
     log.resume(2)  # already numbered from 1: kept as it is
     assert [(r["step"], r["loss"]) for r in log.rows] == [(1, 4.0), (2, 3.0)]
+
+
+def test_a_resume_refuses_a_missing_or_holed_metrics_history(corpus: str, tmp_path: Path) -> None:
+    """A missing metrics.parquet, or one without rows for steps the checkpoint trained, is never
+    trusted: resuming would start the history at the resumed step (or keep its holes)."""
+    run = tmp_path / "run"
+    Trainer(smoke(corpus, "schedule.steps=3"), run, report=lambda m: None).run()
+    history = run / "metrics.parquet"
+    rows = pl.read_parquet(history)
+    more = smoke(corpus, "schedule.steps=4")
+    history.unlink()
+    with pytest.raises(TrainingError, match=r"metrics\.parquet is missing, though the checkpoint"):
+        Trainer(more, run, resume=True, report=lambda m: None)
+    assert not history.exists()  # nothing written by the refused resume
+    rows.filter(pl.col("step") != 2).write_parquet(history)
+    with pytest.raises(TrainingError, match=r"has no rows for steps 2 of the 3"):
+        Trainer(more, run, resume=True, report=lambda m: None)
+    rows.write_parquet(history)  # the whole history back: the run resumes
+    assert Trainer(more, run, resume=True, report=lambda m: None).run().steps == 4

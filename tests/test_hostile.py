@@ -43,7 +43,7 @@ def test_overwrite_replaces_only_a_corpus(tmp_path: Path) -> None:
     (precious / "chapter1.tex").write_text("years of work")
     result = runner.invoke(app, ["world", "render", str(precious), "--n", "2", "--overwrite"])
     assert result.exit_code == 2
-    assert "nothing was deleted" in " ".join(result.output.split())
+    assert "MTV_CORPUS.json" in result.output and "not deleted" in result.output
     assert (precious / "chapter1.tex").read_text() == "years of work"
 
     corpus = tmp_path / "corpus"
@@ -53,6 +53,8 @@ def test_overwrite_replaces_only_a_corpus(tmp_path: Path) -> None:
         )
         assert result.exit_code == 0, result.output
     assert (corpus / "world.json").is_file()
+    marker = json.loads((corpus / "MTV_CORPUS.json").read_text())
+    assert marker["written_by"] == "mtv world render" and marker["n_images"] == 2
 
 
 def test_export_refuses_a_non_empty_folder(tmp_path: Path) -> None:
@@ -221,3 +223,37 @@ def test_a_yaml_alias_bomb_is_one_error_at_once(tmp_path: Path) -> None:
     assert str(bomb) in str(caught.value)
     result = CliRunner().invoke(app, ["spec", "validate", str(bomb)])
     assert result.exit_code == 2 and "YAML aliases" in result.output
+
+
+def test_overwrite_never_deletes_a_folder_without_mtvs_marker(tmp_path: Path) -> None:
+    """--overwrite once decided by entry names: a folder of the user's own `shards/` and
+    `labels.zarr` looked like a corpus and was replaced. Only mtv's marker counts now."""
+    mine = tmp_path / "mine"
+    (mine / "shards").mkdir(parents=True)
+    (mine / "shards" / "my-own-000.tar").write_bytes(b"my shard \x00\x01" * 100)
+    (mine / "labels.zarr" / "depth").mkdir(parents=True)
+    (mine / "labels.zarr" / "zarr.json").write_text('{"mine": true}')
+    (mine / "labels.zarr" / "depth" / "c0").write_bytes(b"\x07" * 64)
+
+    def snapshot() -> dict[str, bytes | None]:
+        return {
+            str(p.relative_to(mine)): p.read_bytes() if p.is_file() else None
+            for p in sorted(mine.rglob("*"))
+        }
+
+    before = snapshot()
+    result = runner.invoke(app, ["world", "render", str(mine), "--n", "2", "--overwrite"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "not deleted" in said and "MTV_CORPUS.json" in said and "mine" in said
+    assert snapshot() == before
+
+    corpus = tmp_path / "corpus"
+    args = ["world", "render", str(corpus), "--size", "16"]
+    assert runner.invoke(app, [*args, "--n", "2"]).exit_code == 0
+    assert (corpus / "MTV_CORPUS.json").is_file()
+    (corpus / "stale.txt").write_text("from the first render")
+    result = runner.invoke(app, [*args, "--n", "3", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert not (corpus / "stale.txt").exists()
+    assert json.loads((corpus / "world.json").read_text())["images"] == 3

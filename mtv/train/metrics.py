@@ -9,6 +9,49 @@ from typing import Any
 import polars as pl
 
 
+class MetricsHistoryError(RuntimeError):
+    """A run's metrics history does not hold every step its checkpoint has trained (the message
+    names the file and the steps)."""
+
+
+def _spans(steps: list[int]) -> str:
+    """[1, 2, 3, 7, 9, 10] -> '1-3, 7, 9-10'."""
+    spans: list[list[int]] = []
+    for step in steps:
+        if spans and step == spans[-1][1] + 1:
+            spans[-1][1] = step
+        else:
+            spans.append([step, step])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def check_history(path: Path, last_step: int) -> None:
+    """Refuse a history that cannot be the one of a run checkpointed at `last_step`: missing,
+    unreadable, or without a row for one of the steps 1..last_step. Resuming would otherwise
+    write a metrics file that silently starts at the resumed step, or has holes."""
+    if last_step <= 0:
+        return
+    if not path.is_file():
+        raise MetricsHistoryError(
+            f"{path} is missing, though the checkpoint has trained {last_step} steps: resuming "
+            "would start the run's history at step "
+            f"{last_step + 1}; restore the file (or train anew with --out elsewhere)"
+        )
+    try:
+        frame = pl.read_parquet(path, columns=["step"])
+    except Exception as err:  # polars raises several types for a damaged file
+        raise MetricsHistoryError(f"{path} cannot be read ({err}); restore the file") from None
+    steps = set(frame["step"].to_list())
+    if frame.height and min(steps) == 0:  # numbered from 0 by mtv before one-based steps
+        steps = {step + 1 for step in steps}
+    missing = [step for step in range(1, last_step + 1) if step not in steps]
+    if missing:
+        raise MetricsHistoryError(
+            f"{path} has no rows for steps {_spans(missing)} of the {last_step} the checkpoint "
+            "has trained: the file is damaged or from another run; restore it"
+        )
+
+
 class MetricsLog:
     """Rows of {step, name: value}; a resumed run drops the rows after its checkpoint, so the
     file never holds two versions of a step."""

@@ -15,6 +15,7 @@ import torch
 import mtv
 from mtv.checkpoint import CheckpointError, latest_checkpoint, load_latest_readable
 from mtv.specs.experiment import ExperimentSpec
+from mtv.train.metrics import MetricsHistoryError, check_history
 
 
 class RunRefused(RuntimeError):
@@ -94,4 +95,8 @@ def accept_run(
             f"--resume: the spec differs from {path.name}'s in what matters: "
             + "; ".join(differences)
         )
+    try:
+        check_history(run_dir / "metrics.parquet", int(state["step"]))
+    except MetricsHistoryError as err:
+        raise RunRefused(f"--resume: {err}") from None
     return path, state

@@ -1,10 +1,10 @@
 """A rendered mini-world corpus on disk: image-text tar shards in the format users bring
 (KEY.png + KEY.txt + KEY.json) and a Zarr ground-truth store that evaluation and the oracle
-expert read by key. `world.json`, written last, marks the corpus complete."""
+expert read by key. `MTV_CORPUS.json`, written first, marks the folder as mtv's (what
+`--overwrite` may delete); `world.json`, written last, marks the corpus complete."""
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import json
 import shutil
@@ -24,6 +24,8 @@ from mtv.world.render import CLASS_NAMES, KEYPOINT_IDS, RenderedView, render_vie
 from mtv.world.scene import COLORS, FLOORS, MATERIALS, SIZES, sample_scene
 
 MANIFEST = "world.json"
+MARKER = "MTV_CORPUS.json"  # proof that mtv rendered the folder: what --overwrite may delete
+WRITTEN_BY = "mtv world render"
 FORMAT_VERSION = 1
 
 
@@ -164,33 +166,44 @@ class _GroundTruthWriter:
         self.root.attrs.update(attrs)
 
 
+def _marker(out: Path) -> dict | None:
+    """What `out`'s marker says wrote it, or None: no marker, a link, or not mtv's JSON."""
+    path = out / MARKER
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("written_by") != WRITTEN_BY:
+        return None
+    return marker
+
+
 def prepare_output(out: Path, overwrite: bool) -> None:
     """Refuse to write into a non-empty folder unless asked to replace it; even then, only a
-    mini-world corpus (a folder with its manifest) is deleted, never an unrelated folder."""
+    folder whose marker (`MTV_CORPUS.json`) proves mtv rendered it is deleted, whatever the
+    names of its entries, so a folder of the user's own shards or stores is never lost."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise FileExistsError(
                 f"{out} exists and is not empty; refusing to replace it (use --overwrite)"
             )
-        names = [p.name for p in out.iterdir()] if out.is_dir() else []
-        foreign = [n for n in names if not _written_by_mtv(n)] if out.is_dir() else [out.name]
-        if foreign:
+        if out.is_symlink() or not out.is_dir() or _marker(out) is None:
             raise FileExistsError(
-                f"{out} is not only a mini-world corpus (it holds {', '.join(sorted(foreign)[:5])}"
-                "); --overwrite replaces only what mtv wrote, so nothing was deleted: remove it "
-                "yourself or choose another folder"
+                f"{out}: not deleted: it has no {MARKER}, so mtv did not write it (corpora "
+                "rendered before mtv wrote that marker have none either); remove it yourself or "
+                "choose another folder"
             )
         shutil.rmtree(out)
 
 
-def _written_by_mtv(name: str) -> bool:
-    """What rendering writes into a corpus, and what training derives beside it (label stores,
-    the tokenizer); a partly rendered corpus has some of these and no manifest yet."""
-    return (
-        name in ("shards", "groundtruth.zarr", MANIFEST)
-        or fnmatch.fnmatch(name, "labels*.zarr")
-        or fnmatch.fnmatch(name, "tokenizer*.json")
-    )
+def _write_marker(out: Path, marker: dict) -> None:
+    """Written atomically into the empty folder before anything else, so every folder mtv
+    renders into (an interrupted render too) is one `--overwrite` may replace."""
+    partial = out / f".{MARKER}.partial"
+    partial.write_text(json.dumps(marker, indent=1))
+    partial.replace(out / MARKER)
 
 
 def render_corpus(
@@ -208,8 +221,13 @@ def render_corpus(
     `overwrite` (nothing already there is lost by accident)."""
     out = Path(out)
     prepare_output(out, overwrite)
-    (out / "shards").mkdir(parents=True)
     count = n_scenes * views
+    out.mkdir(parents=True, exist_ok=True)
+    _write_marker(
+        out,
+        {"written_by": WRITTEN_BY, "format": 1, "seed": seed, "n_images": count, "size": size},
+    )
+    (out / "shards").mkdir()
     started = time.time()
     writer = _GroundTruthWriter(out / "groundtruth.zarr", count, size, chunk=min(256, count))
     shards: list[str] = []
