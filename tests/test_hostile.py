@@ -257,3 +257,34 @@ def test_overwrite_never_deletes_a_folder_without_mtvs_marker(tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     assert not (corpus / "stale.txt").exists()
     assert json.loads((corpus / "world.json").read_text())["images"] == 3
+
+
+def test_a_loader_worker_error_ends_the_run_with_its_workers(corpus: str, tmp_path: Path) -> None:
+    """A damaged label chunk read in a loader worker: the run prints the error as one line and
+    exits non-zero, its worker processes gone (it printed the error, then waited forever)."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "mini"
+    shutil.copytree(corpus, copy)
+    store = next(copy.glob("labels-*.zarr"))
+    for chunk in (store / "depth" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"not a zstd frame")
+    run = tmp_path / "run"
+    sets = [f"data.source.root={copy}", "data.loader.workers=2", "schedule.steps=20"]
+    command = [sys.executable, "-m", "mtv_cli.main", "run", str(SMOKE), "--out", str(run)]
+    done = subprocess.run(
+        [*command, *(x for s in sets for x in ("--set", s))],
+        capture_output=True,
+        text=True,
+        timeout=240,  # the old code never exited
+    )
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "LabelStoreDamaged" in errors[0], output
+    assert "Traceback" not in done.stdout + done.stderr
+    left = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True)
+    assert left.stdout.strip() == "", left.stdout  # no worker outlived the run

@@ -272,6 +272,15 @@ class BatchStream:
             )
         return batch, info
 
+    def close(self) -> None:
+        """Stop the loader's worker processes now. Left to the interpreter's exit, a failed run
+        waited forever on its persistent workers (they ignore stop signals, which the trainer
+        handles) after printing its error."""
+        iterator, self._iterator = self._iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
     def state_dict(self) -> dict[str, Any]:
         return {"loader": self.loader.state_dict(), "seen": self.seen, "bad": self.bad}
 

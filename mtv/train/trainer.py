@@ -356,8 +356,12 @@ class Trainer:
             self.close()
 
     def close(self) -> None:
-        """Let go of the run directory (`run` does so when it ends)."""
-        self.lock.release()
+        """Stop the loader's workers and let go of the run directory (`run` does both when it
+        ends, however it ends)."""
+        try:
+            self.stream.close()
+        finally:
+            self.lock.release()
 
     def _loop(self, stop: StopRequest) -> RunSummary:
         spec = self.spec
