@@ -254,12 +254,29 @@ def test_the_step_counter_lives_on_the_device() -> None:
 
 
 # ---------------------------------------------------------------------- the training step
+class Prefetched:
+    """Batches drawn before the guarded steps, offered as the trainer reads its stream."""
+
+    def __init__(self, batches: list[Any]):
+        self._batches = iter(batches)
+
+    def __iter__(self) -> Prefetched:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._batches)
+
+    def close(self) -> None:
+        """Nothing to stop: the batches were drawn before."""
+
+
 def guarded_run(trainer: Trainer, steps: int, log_every: int) -> tuple[list[str], list[int]]:
     """Run `trainer` with host reads refused in every step but the log steps; (what was
     refused, the steps after which rows were read)."""
     # The loader's host work (decode, crops, collate) is done before: it is not the step's.
     batches = [next(trainer.stream) for _ in range(steps * trainer.spec.optim.accumulate)]
-    trainer.stream = iter(batches)  # type: ignore[assignment]
+    trainer.stream.close()  # its workers are done: the steps read the batches drawn here
+    trainer.stream = Prefetched(batches)  # type: ignore[assignment]
     trainer.save = lambda: None  # type: ignore[method-assign]  # no loader position to save
     seen: list[str] = []
     read_at: list[int] = []
