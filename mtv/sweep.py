@@ -10,6 +10,7 @@ the rest; then it collects every run's results into one table (`results.parquet`
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import itertools
 import json
@@ -49,6 +50,7 @@ class SweepStopped(RuntimeError):
         self.signal = signal_number
 
 
+@functools.cache
 def command_module() -> str:
     """The module behind the installed `mtv` command, read from the package's metadata: a job
     runs the command users run, and the library names no command-line package of its own."""

@@ -25,6 +25,14 @@ def _spans(steps: list[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
+def _one_based(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows of a file written before rows were numbered from 1 (its first step is 0),
+    renumbered, so a run started with an older mtv reads with one numbering throughout."""
+    if frame.height and frame["step"].min() == 0:
+        return frame.with_columns(pl.col("step") + 1)
+    return frame
+
+
 def check_history(path: Path, last_step: int) -> None:
     """Refuse a history that cannot be the one of a run checkpointed at `last_step`: missing,
     unreadable, or without a row for one of the steps 1..last_step. Resuming would otherwise
@@ -41,9 +49,7 @@ def check_history(path: Path, last_step: int) -> None:
         frame = pl.read_parquet(path, columns=["step"])
     except Exception as err:  # polars raises several types for a damaged file
         raise MetricsHistoryError(f"{path} cannot be read ({err}); restore the file") from None
-    steps = set(frame["step"].to_list())
-    if frame.height and min(steps) == 0:  # numbered from 0 by mtv before one-based steps
-        steps = {step + 1 for step in steps}
+    steps = set(_one_based(frame)["step"].to_list())
     missing = [step for step in range(1, last_step + 1) if step not in steps]
     if missing:
         raise MetricsHistoryError(
@@ -61,13 +67,10 @@ class MetricsLog:
         self.rows: list[dict[str, Any]] = []
 
     def resume(self, last_step: int) -> None:
-        """Keep the rows of steps 1..last_step (the checkpoint's), dropping any logged after it.
-        A file written before rows were numbered from 1 (its first step is 0) is renumbered,
-        so a run started with an older mtv resumes with one numbering throughout."""
+        """Keep the rows of steps 1..last_step (the checkpoint's), dropping any logged after it
+        (an older file's steps renumbered from 1, `_one_based`)."""
         if self.path.is_file():
-            frame = pl.read_parquet(self.path)
-            if frame.height and frame["step"].min() == 0:
-                frame = frame.with_columns(pl.col("step") + 1)
+            frame = _one_based(pl.read_parquet(self.path))
             self.rows = frame.filter(pl.col("step") <= last_step).to_dicts()
 
     def add(self, row: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from mtv.batch import Batch
 from mtv.graph import TaskGraph
 from mtv.specs.experiment import ExperimentSpec
 from mtv.train.diagnostics import gradient_probe
-from mtv.train.precision import resolve_precision
+from mtv.train.precision import ResolvedPrecision, resolve_precision
 
 
 class TrainStep:
@@ -32,9 +32,18 @@ class TrainStep:
     `forward_backward(batch, ...)` per micro-batch, then `optimizer_step(...)`. Usable on its
     own (benchmarks time it on a fixed batch); the trainer adds data, logging and checkpoints."""
 
-    def __init__(self, spec: ExperimentSpec, graph: TaskGraph, device: torch.device, world: int):
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        graph: TaskGraph,
+        device: torch.device,
+        world: int,
+        precision: ResolvedPrecision | None = None,
+    ):
+        """`precision`: `runtime.precision` as the caller resolved it for `device` (resolved
+        here when not given)."""
         self.spec, self.graph, self.device, self.world = spec, graph, device, world
-        self.precision = resolve_precision(spec.runtime.precision, device)
+        self.precision = precision or resolve_precision(spec.runtime.precision, device)
         groups = graph.parameter_groups()
         self.params = [p for group in groups for p in group["params"]]
         optim = spec.optim

@@ -138,10 +138,10 @@ class Trainer:
             check_settings(spec.eval)
         except ValueError as err:
             raise TrainingError(str(err)) from None
-        resolved = self.precision
-        self.report(f"device {self.device}, precision {resolved.name} ({resolved.reason})")
-        if self.precision.warning:
-            self.report(f"warning: {self.precision.warning}")
+        precision = self.precision
+        self.report(f"device {self.device}, precision {precision.name} ({precision.reason})")
+        if precision.warning:
+            self.report(f"warning: {precision.warning}")
         self._restored = self._prepare_run_dir(resume)
         self.data = self._data()
         if self.main:
@@ -151,7 +151,7 @@ class Trainer:
         torch.manual_seed(spec.runtime.seed)
         # A resumed run's checkpoint replaces the weights: model.init_from is not read again.
         self.graph = TaskGraph(spec, pretrained=not resume).to(self.device)
-        self.runner = TrainStep(spec, self.graph, self.device, self.world)
+        self.runner = TrainStep(spec, self.graph, self.device, self.world, self.precision)
         self._wrap()
         self.stream = build_stream(
             spec.data,
