@@ -10,7 +10,9 @@ from mtv_cli.output import console, fail
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from mtv.specs.experiment import MIN_CAMERA_DISTANCE
 from mtv.world.corpus import prepare_output, render_corpus
+from mtv.world.scene import CAMERA_DISTANCE
 
 world_app = typer.Typer(help="The built-in procedural mini-world.", no_args_is_help=True)
 
@@ -24,6 +26,18 @@ def world_render(
     size: Annotated[int, typer.Option("--size", min=8, max=1024, help="image side in pixels")] = 64,
     views: Annotated[int, typer.Option("--views", min=1, help="cameras per scene")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="world seed")] = 0,
+    near: Annotated[
+        float,
+        typer.Option(
+            "--near", min=MIN_CAMERA_DISTANCE, help="cameras' least distance to the scene centre"
+        ),
+    ] = CAMERA_DISTANCE[0],
+    far: Annotated[
+        float,
+        typer.Option(
+            "--far", min=MIN_CAMERA_DISTANCE, help="cameras' greatest distance to the centre"
+        ),
+    ] = CAMERA_DISTANCE[1],
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="images per shard")] = 1000,
     overwrite: Annotated[
         bool,
@@ -40,6 +54,8 @@ def world_render(
         TextColumn("{task.fields[rate]} images/s"),
         TimeRemainingColumn(),
     )
+    if near > far:
+        raise fail(f"--near {near} is beyond --far {far}")
     try:
         prepare_output(out, overwrite)
     except FileExistsError as err:
@@ -53,7 +69,14 @@ def world_render(
             progress.update(task, rate=f"{progress.tasks[0].completed / elapsed:.0f}")
 
         corpus = render_corpus(
-            out, n, size=size, views=views, seed=seed, shard_size=shard_size, progress=advance
+            out,
+            n,
+            size=size,
+            views=views,
+            seed=seed,
+            shard_size=shard_size,
+            progress=advance,
+            camera_distance=(near, far),
         )
     manifest = corpus.manifest
     console.print(

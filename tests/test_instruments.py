@@ -5,6 +5,8 @@ not. An instrument a seeing encoder cannot pass, or a blind one can, is broken."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -33,7 +35,7 @@ def object_identity_patches(data: MiniData) -> torch.Tensor:
     out = torch.zeros(len(data.views), GRID, GRID, len(SHAPE_NAMES) + len(SIZES))
     cell = SIZE // GRID
     for n, view in enumerate(data.views):
-        objects = sample_scene(EVAL_SEED, view.scene_index, views=2).objects
+        objects = data.scenes[view.scene_index].objects
         blocks = view.instance.reshape(GRID, cell, GRID, cell).transpose(0, 2, 1, 3)
         for r in range(GRID):
             for c in range(GRID):
@@ -128,13 +130,35 @@ def test_object_crops_zoom_on_the_object(data: MiniData) -> None:
     crops = object_crops(data, SIZE)
     assert crops.shape == (len(data.singles), SIZE, SIZE, 3) and crops.dtype == np.uint8
     whole = np.mean([(v.instance > 0).mean() for v in data.singles])
-    masks = MiniData(
-        data.singles,
-        np.zeros(0),
-        data.singles,
-        np.stack(
+    masks = replace(
+        data,
+        single_images=np.stack(
             [np.repeat((v.instance > 0)[..., None] * 255, 3, -1) for v in data.singles]
         ).astype(np.uint8),
     )
     zoomed = (object_crops(masks, SIZE)[..., 0] > 127).mean()
     assert zoomed > 3 * whole and zoomed > 0.3
+
+
+def test_the_suite_renders_its_scenes_with_the_training_cameras() -> None:
+    """A corpus rendered with closer cameras is evaluated on scenes seen as closely (else the
+    encoder meets objects at sizes it never saw); the scenes kept are the ones rendered."""
+    from types import SimpleNamespace
+
+    from mtv.eval.mini import mini_camera_distance
+    from mtv.specs.experiment import MiniWorldSourceSpec, ShardsSourceSpec
+
+    def model(source: object) -> SimpleNamespace:
+        return SimpleNamespace(spec=SimpleNamespace(data=SimpleNamespace(source=source)))
+
+    near = MiniWorldSourceSpec(camera_distance=(3.0, 4.0))
+    assert mini_camera_distance(model(near)) == (3.0, 4.0)
+    assert mini_camera_distance(model(ShardsSourceSpec(urls=["x.tar"]))) == (5.0, 6.5)
+    close = MiniData.render(6, 32, (3.0, 4.0))
+    for view in close.views:
+        scene = close.scenes[view.scene_index]
+        assert scene == sample_scene(EVAL_SEED, view.scene_index, 2, None, (3.0, 4.0))
+        position = np.array(scene.cameras[view.view].position)
+        assert 3.0 <= np.linalg.norm(position) <= 4.0
+    for view, scene in zip(close.singles, close.single_scenes, strict=True):
+        assert scene.index == view.scene_index and len(scene.objects) == 1

@@ -204,3 +204,59 @@ def test_cli_renders_and_refuses_to_overwrite(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a complete mini-world corpus"):
         WorldCorpus.open(tmp_path)
     assert math.isfinite(float(WorldCorpus.open(out).manifest["seconds"]))
+
+
+def test_closer_cameras_show_the_same_scene_larger() -> None:
+    """`camera_distance` moves only the cameras: objects, floor and light stay, the cameras
+    stand in the range, and objects cover more pixels (what shape needs to be seen)."""
+    near = (3.0, 4.0)
+    default = [sample_scene(7, i) for i in range(32)]
+    close = [sample_scene(7, i, camera_distance=near) for i in range(32)]
+    for a, b in zip(default, close, strict=True):
+        assert (
+            a.objects == b.objects and a.floor == b.floor and a.light_direction == b.light_direction
+        )
+        assert a.cameras[0].fov_degrees == b.cameras[0].fov_degrees
+        target = np.array(b.cameras[0].target)
+        assert (
+            near[0] - 1.0 < np.linalg.norm(np.array(b.cameras[0].position) - target) < near[1] + 1.0
+        )
+        assert 5.0 <= math.dist(a.cameras[0].position, (0, 0, 0)) <= 6.5
+        assert 3.0 <= math.dist(b.cameras[0].position, (0, 0, 0)) <= 4.0
+
+    def median_pixels(scenes: list) -> float:
+        views = render_views([(s, 0) for s in scenes], 32)
+        counts = [(v.instance == i).sum() for v in views for i in np.unique(v.instance) if i > 0]
+        return float(np.median(counts))
+
+    assert median_pixels(close) > 1.5 * median_pixels(default)
+
+
+def test_corpus_records_its_camera_range_and_training_refuses_another(tmp_path: Path) -> None:
+    from mtv.specs import load_spec
+    from mtv.specs.experiment import DEFAULT_CAMERA_DISTANCE
+    from mtv.train import DataPreparationError, prepare_data
+    from mtv.world.scene import CAMERA_DISTANCE
+
+    assert tuple(DEFAULT_CAMERA_DISTANCE) == CAMERA_DISTANCE  # the spec's copy of the default
+    root = tmp_path / "world"
+    corpus = render_corpus(root, 4, size=32, camera_distance=(3.0, 4.0))
+    assert corpus.manifest["camera_distance"] == [3.0, 4.0]
+    assert GroundTruth(corpus.groundtruth).root.attrs["camera_distance"] == [3.0, 4.0]
+    spec = load_spec(
+        "experiments/smoke.yaml",
+        [f"data.source.root={root}", "data.source.n_images=4", "data.source.image_size=32"],
+    )
+    with pytest.raises(DataPreparationError, match=r"camera_distance.*\[3\.0, 4\.0\]"):
+        prepare_data(spec, report=lambda _: None)
+
+
+def test_spec_refuses_a_camera_range_that_is_inverted_or_too_close() -> None:
+    from pydantic import ValidationError
+
+    from mtv.specs.experiment import MiniWorldSourceSpec
+
+    assert MiniWorldSourceSpec(camera_distance=(3.0, 4.0)).camera_distance == (3.0, 4.0)
+    for bad in [(4.0, 3.0), (1.0, 3.0)]:
+        with pytest.raises(ValidationError, match="near <= far"):
+            MiniWorldSourceSpec(camera_distance=bad)

@@ -17,7 +17,7 @@ import torch
 from mtv.eval.model import FrozenModel
 from mtv.world.geometry import SHAPE_NAMES
 from mtv.world.render import RenderedView, render_views
-from mtv.world.scene import COLORS, sample_scene
+from mtv.world.scene import CAMERA_DISTANCE, COLORS, Scene, sample_scene
 
 EVAL_SEED = 1_000_003  # never a training seed: the suite's scenes are held out
 SINGLE_OBJECT_SEED = 1_000_033  # the held-out single-object scenes
@@ -36,27 +36,36 @@ class MiniData:
     images: np.ndarray  # (2 scenes, H, W, 3)
     singles: list[RenderedView]  # single-object scenes whose object is visible, one view each
     single_images: np.ndarray  # (len(singles), H, W, 3)
+    scenes: list[Scene]  # multi-object scene i (what views 2i and 2i + 1 show)
+    single_scenes: list[Scene]  # the scene of each of `singles`
 
     @classmethod
-    def render(cls, scenes: int, size: int) -> MiniData:
-        items = [(sample_scene(EVAL_SEED, i, views=2), v) for i in range(scenes) for v in range(2)]
-        views = _render(items, size)
-        ones = [(sample_scene(SINGLE_OBJECT_SEED, i, n_objects=1), 0) for i in range(scenes)]
-        singles = [view for view in _render(ones, size) if len(view.boxes) == 1]
+    def render(
+        cls, scenes: int, size: int, camera_distance: tuple[float, float] = CAMERA_DISTANCE
+    ) -> MiniData:
+        """`scenes` held-out scenes of each set at `size` px, the cameras at `camera_distance`
+        (the training corpus's range, so objects appear at the sizes the encoder learnt)."""
+        multi = [sample_scene(EVAL_SEED, i, 2, None, camera_distance) for i in range(scenes)]
+        views = _render([(scene, v) for scene in multi for v in range(2)], size)
+        ones = [sample_scene(SINGLE_OBJECT_SEED, i, 1, 1, camera_distance) for i in range(scenes)]
+        rendered = zip(ones, _render([(s, 0) for s in ones], size), strict=True)
+        kept = [(scene, view) for scene, view in rendered if len(view.boxes) == 1]
+        singles = [view for _, view in kept]
         return cls(
             views,
             np.stack([v.rgb for v in views]),
             singles,
             np.stack([v.rgb for v in singles]) if singles else np.zeros((0, size, size, 3)),
+            multi,
+            [scene for scene, _ in kept],
         )
 
     def single_labels(self, attribute: str) -> torch.Tensor:
         """The shape or colour class of each single-object scene's object."""
         names = SHAPE_NAMES if attribute == "shape" else COLOR_NAMES
-        scenes = [
-            sample_scene(SINGLE_OBJECT_SEED, v.scene_index, n_objects=1) for v in self.singles
-        ]
-        return torch.tensor([names.index(getattr(s.objects[0], attribute)) for s in scenes])
+        return torch.tensor(
+            [names.index(getattr(s.objects[0], attribute)) for s in self.single_scenes]
+        )
 
 
 def _render(items: list, size: int) -> list[RenderedView]:
@@ -70,6 +79,12 @@ def _render(items: list, size: int) -> list[RenderedView]:
 def mini_size(model: FrozenModel) -> int:
     """The resolution the suite renders at: the training corpus's when it is the mini-world."""
     return getattr(model.spec.data.source, "image_size", model.size)
+
+
+def mini_camera_distance(model: FrozenModel) -> tuple[float, float]:
+    """The cameras' distance range of the suite's scenes: the training corpus's when it is the
+    mini-world, the world's default otherwise."""
+    return tuple(getattr(model.spec.data.source, "camera_distance", CAMERA_DISTANCE))
 
 
 def halves(n: int) -> tuple[slice, slice]:

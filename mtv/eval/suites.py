@@ -25,7 +25,7 @@ from typing import Any
 
 from mtv.eval.contract import Suite, register_suite
 from mtv.eval.formats import TrainTest, read_ade20k, read_coco_karpathy, read_image_folder
-from mtv.eval.mini import MiniData, mini_size
+from mtv.eval.mini import MiniData, mini_camera_distance, mini_size
 from mtv.eval.navi import read_navi
 from mtv.eval.nyuv2 import read_nyuv2
 from mtv.eval.source import SourceData
@@ -34,7 +34,7 @@ from mtv.specs.experiment import EvalSpec
 
 
 def _mini(settings: EvalSpec, model: Any) -> MiniData:
-    return MiniData.render(settings.scenes, mini_size(model))
+    return MiniData.render(settings.scenes, mini_size(model), mini_camera_distance(model))
 
 
 def _source(settings: EvalSpec, model: Any) -> SourceData:

@@ -21,7 +21,7 @@ from mtv.data.provenance import content_digest, match_store, sample_fingerprints
 from mtv.data.store import STATUS_OK, LabelStore
 from mtv.label.pipeline import run_labelling
 from mtv.models.tokenizer import TextTokenizer, load_or_train_tokenizer
-from mtv.specs.experiment import ExperimentSpec, MiniWorldSourceSpec
+from mtv.specs.experiment import DEFAULT_CAMERA_DISTANCE, ExperimentSpec, MiniWorldSourceSpec
 from mtv.specs.label import LabelSpec
 from mtv.world.corpus import WorldCorpus, render_corpus
 
@@ -50,6 +50,7 @@ def _mini_world(spec: MiniWorldSourceSpec, report: Report) -> WorldCorpus:
         "size": spec.image_size,
         "views": views,
         "scenes": -(-spec.n_images // views),
+        "camera_distance": list(spec.camera_distance),
     }
     try:
         corpus = WorldCorpus.open(root)
@@ -60,8 +61,17 @@ def _mini_world(spec: MiniWorldSourceSpec, report: Report) -> WorldCorpus:
                 "remove it or point data.source.root elsewhere"
             ) from None
         report(f"rendering the mini-world into {root} ({wanted['scenes'] * views} images)")
-        return render_corpus(root, wanted["scenes"], spec.image_size, views, spec.seed)
-    have = {k: corpus.manifest[k] for k in wanted}
+        return render_corpus(
+            root,
+            wanted["scenes"],
+            spec.image_size,
+            views,
+            spec.seed,
+            camera_distance=spec.camera_distance,
+        )
+    have = {k: corpus.manifest.get(k) for k in wanted}
+    if have["camera_distance"] is None:  # rendered before the setting existed: the default
+        have["camera_distance"] = list(DEFAULT_CAMERA_DISTANCE)
     if have != wanted:
         raise DataPreparationError(
             f"data.source: the corpus at {root} was rendered with {have}, the spec asks for "

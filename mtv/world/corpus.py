@@ -21,7 +21,7 @@ from PIL import Image
 from mtv.data.shard_index import scan_shard, write_sidecar
 from mtv.world import geometry
 from mtv.world.render import CLASS_NAMES, KEYPOINT_IDS, RenderedView, render_views, sample_key
-from mtv.world.scene import COLORS, FLOORS, MATERIALS, SIZES, sample_scene
+from mtv.world.scene import CAMERA_DISTANCE, COLORS, FLOORS, MATERIALS, SIZES, sample_scene
 
 MANIFEST = "world.json"
 MARKER = "MTV_CORPUS.json"  # proof that mtv rendered the folder: what --overwrite may delete
@@ -88,10 +88,12 @@ def _sample_json(view: RenderedView, seed: int) -> bytes:
     return json.dumps(meta).encode()
 
 
-def _batches(n_scenes: int, views: int, seed: int, batch: int) -> Iterator[list[tuple]]:
+def _batches(
+    n_scenes: int, views: int, seed: int, batch: int, camera_distance: tuple[float, float]
+) -> Iterator[list[tuple]]:
     items: list[tuple] = []
     for index in range(n_scenes):
-        scene = sample_scene(seed, index, views)
+        scene = sample_scene(seed, index, views, camera_distance=camera_distance)
         items += [(scene, v) for v in range(views)]
         if len(items) >= batch:
             yield items
@@ -216,9 +218,11 @@ def render_corpus(
     batch: int = 128,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    camera_distance: tuple[float, float] = CAMERA_DISTANCE,
 ) -> WorldCorpus:
-    """Render `n_scenes` scenes x `views` cameras into `out`. Refuses a non-empty `out` unless
-    `overwrite` (nothing already there is lost by accident)."""
+    """Render `n_scenes` scenes x `views` cameras (at distances drawn from `camera_distance`)
+    into `out`. Refuses a non-empty `out` unless `overwrite` (nothing already there is lost by
+    accident)."""
     out = Path(out)
     prepare_output(out, overwrite)
     count = n_scenes * views
@@ -233,7 +237,7 @@ def render_corpus(
     shards: list[str] = []
     tar: tarfile.TarFile | None = None
     in_shard = 0
-    for items in _batches(n_scenes, views, seed, batch):
+    for items in _batches(n_scenes, views, seed, batch, camera_distance):
         rendered = render_views(items, size)
         writer.add(rendered)
         for view in rendered:
@@ -259,6 +263,7 @@ def render_corpus(
         "scenes": n_scenes,
         "views": views,
         "size": size,
+        "camera_distance": list(camera_distance),
         "images": count,
         "shards": shards,
         "seconds": round(time.time() - started, 3),
@@ -280,7 +285,10 @@ def render_corpus(
             "keypoints": "rows of (instance, keypoint id, x px, y px, visible)",
             "camera": "world_to_camera with OpenCV axes (x right, y down, z forward); "
             "intrinsics in pixels, pixel centres at +0.5",
-            **{k: manifest[k] for k in ("seed", "scenes", "views", "size", "vocabulary")},
+            **{
+                k: manifest[k]
+                for k in ("seed", "scenes", "views", "size", "camera_distance", "vocabulary")
+            },
         }
     )
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -38,6 +38,10 @@ FLOOR_COLORS: dict[str, tuple[float, float, float]] = {
 }
 WORLD_RADIUS = 1.8  # objects are placed within this disc on the floor
 MAX_OBJECTS = 6
+# Range of the cameras' distance to the scene centre (world units). The default frames the whole
+# disc of objects, so an object covers about 1.6 patches of 8 px at 64 px; closer cameras show
+# fewer objects, larger (a world setting: `data.source.camera_distance`).
+CAMERA_DISTANCE: tuple[float, float] = (5.0, 6.5)
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,9 @@ def _place_objects(rng: np.random.Generator, count: int) -> list[SceneObject]:
     return objects
 
 
-def _cameras(rng: np.random.Generator, views: int) -> tuple[Camera, ...]:
+def _cameras(
+    rng: np.random.Generator, views: int, distance_range: tuple[float, float]
+) -> tuple[Camera, ...]:
     base_azimuth = 2 * math.pi * rng.random()
     cameras = []
     for view in range(views):
@@ -139,7 +145,8 @@ def _cameras(rng: np.random.Generator, views: int) -> tuple[Camera, ...]:
         # angles yet share most of it.
         azimuth = base_azimuth + view * rng.uniform(0.5, 1.1)
         elevation = math.radians(rng.uniform(22.0, 50.0))
-        distance = rng.uniform(5.0, 6.5)
+        # One draw whatever the range, so a scene's objects, light and floor stay the same.
+        distance = rng.uniform(*distance_range)
         position = (
             distance * math.cos(elevation) * math.cos(azimuth),
             distance * math.sin(elevation),
@@ -150,9 +157,16 @@ def _cameras(rng: np.random.Generator, views: int) -> tuple[Camera, ...]:
     return tuple(cameras)
 
 
-def sample_scene(seed: int, index: int, views: int = 1, n_objects: int | None = None) -> Scene:
-    """The scene number `index` of the world `seed`, with `views` cameras; `n_objects` fixes
-    the object count (otherwise drawn from 1..MAX_OBJECTS)."""
+def sample_scene(
+    seed: int,
+    index: int,
+    views: int = 1,
+    n_objects: int | None = None,
+    camera_distance: tuple[float, float] = CAMERA_DISTANCE,
+) -> Scene:
+    """The scene number `index` of the world `seed`, with `views` cameras at a distance drawn
+    from `camera_distance`; `n_objects` fixes the object count (otherwise drawn from
+    1..MAX_OBJECTS)."""
     rng = np.random.default_rng([seed, index])
     drawn = int(rng.integers(1, MAX_OBJECTS + 1))
     objects = _place_objects(rng, drawn if n_objects is None else n_objects)
@@ -178,5 +192,5 @@ def sample_scene(seed: int, index: int, views: int = 1, n_objects: int | None = 
         light_direction=light,
         light_intensity=float(rng.uniform(0.7, 1.0)),
         ambient=float(rng.uniform(0.25, 0.4)),
-        cameras=_cameras(rng, views),
+        cameras=_cameras(rng, views, camera_distance),
     )

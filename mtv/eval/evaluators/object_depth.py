@@ -28,10 +28,9 @@ from torch import Tensor
 
 from mtv.eval.contract import Evaluator, image_features, register_evaluator
 from mtv.eval.metrics import Score, Scores
-from mtv.eval.mini import EVAL_SEED, MiniData, halves
+from mtv.eval.mini import MiniData, halves
 from mtv.eval.model import FrozenModel
 from mtv.eval.probes import ridge_probe_predict
-from mtv.world.scene import sample_scene
 
 MIN_PIXELS = 16  # an object seen over fewer pixels is left out
 
@@ -40,7 +39,7 @@ def visible_objects(data: MiniData) -> list[tuple[int, int, float]]:
     """(view, instance id, relief) of every object seen over at least MIN_PIXELS pixels."""
     out = []
     for n, view in enumerate(data.views):
-        scene = sample_scene(EVAL_SEED, view.scene_index, views=2)
+        scene = data.scenes[view.scene_index]
         for i, obj in enumerate(scene.objects):
             mask = view.instance == i + 1
             if mask.sum() < MIN_PIXELS:
