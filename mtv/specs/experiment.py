@@ -285,10 +285,15 @@ class ScheduleSpec(StrictModel):
 
     steps: int = Field(10000, gt=0, description="optimiser steps in the run")
     warmup_steps: int = Field(1000, ge=0, description="linear warm-up (paper: 1k)")
-    decay: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="after warm-up (paper: unspecified)"
+    decay: Literal["cosine", "linear", "constant", "wsd"] = Field(
+        "cosine",
+        description="after warm-up (paper: unspecified); wsd: warmup-stable-decay, constant "
+        "then linear to final_lr_fraction over the last decay_fraction of the steps",
     )
     final_lr_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    decay_fraction: float = Field(
+        0.2, gt=0.0, le=1.0, description="wsd: the share of the steps spent decaying"
+    )
 
     @model_validator(mode="after")
     def _check_warmup(self) -> ScheduleSpec:

@@ -1,4 +1,5 @@
-"""Step-based learning-rate schedule: linear warm-up from 0, then cosine, linear or constant."""
+"""Step-based learning-rate schedule: linear warm-up from 0, then cosine, linear, constant, or
+warmup-stable-decay (constant, then a linear decay over the last `decay_fraction` of the run)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ def lr_factor(schedule: ScheduleSpec, step: int) -> float:
     span = max(1, schedule.steps - schedule.warmup_steps)
     progress = min(1.0, (step - schedule.warmup_steps) / span)
     floor = schedule.final_lr_fraction
+    if schedule.decay == "wsd":
+        decay_steps = max(1, round(schedule.decay_fraction * schedule.steps))
+        remaining = (schedule.steps - 1 - step) / decay_steps  # 0 at the last step
+        return floor + (1 - floor) * min(1.0, max(0.0, remaining))
     if schedule.decay == "linear":
         return floor + (1 - floor) * (1 - progress)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
