@@ -9,9 +9,10 @@ from pathlib import Path
 
 import polars as pl
 
+from mtv.analysis.controls import blind_metrics, instrument_sight
 from mtv.analysis.reproduction import write_sweep_analysis
 from mtv.analysis.sweep_report import final_rows, instrument_reach, run_summary
-from mtv.analysis.verdicts import FAMILIES, verdicts
+from mtv.analysis.verdicts import COLUMN_METRICS, FAMILIES, verdicts
 from mtv.specs import spec_to_yaml
 from mtv.specs.sweep import SweepSpec
 from tests.helpers import tiny_spec
@@ -28,15 +29,20 @@ SETS = {
     "vl_ssl_ground_depth": [*SSL, "ground", "depth"],
 }
 SEED_NOISE = {0: -0.01, 1: 0.0, 2: 0.012}
-LOWER = {"depth_probe/rmse", "depth_dpt_probe/rmse"}
+LOWER = {"depth_probe/rmse", "depth_dpt_probe/rmse", "object_depth/relief_rmse"}
+
+
+def family_metrics(family: str) -> set[str]:
+    """Every metric standing for a column of the family (all candidates)."""
+    return {m for column in FAMILIES[family] for m in COLUMN_METRICS[column]}
 
 
 def planted(effects: dict[str, dict[str, float]], wobble: float = 0.0) -> pl.DataFrame:
-    """Every headline metric at 0.5 for VL; `effects[experiment][family]` adds to that
-    family's metrics (subtracts for lower-is-better ones, so a positive effect is a gain);
-    `wobble` is added with alternating signs to every experiment but VL."""
+    """Every metric standing for a paper column at 0.5 for VL; `effects[experiment][family]`
+    adds to that family's metrics (subtracts for lower-is-better ones, so a positive effect is
+    a gain); `wobble` is added with alternating signs to every experiment but VL."""
     rows = []
-    metrics = sorted({m for family in FAMILIES.values() for m in family})
+    metrics = sorted({m for family in FAMILIES for m in family_metrics(family)})
     for experiment, tasks in SETS.items():
         for seed, noise in SEED_NOISE.items():
             # The sign alternates by seed and by the parity of the name's length, so that
@@ -47,7 +53,7 @@ def planted(effects: dict[str, dict[str, float]], wobble: float = 0.0) -> pl.Dat
                 effect = sum(
                     value
                     for family, value in effects.get(experiment, {}).items()
-                    if metric in FAMILIES[family]
+                    if metric in family_metrics(family)
                 )
                 lower = metric in LOWER
                 value = 0.5 + noise + jitter + (-effect if lower else effect)
@@ -178,6 +184,8 @@ def test_metrics_no_task_set_lifts_above_trivial_or_random_init_are_named(tmp_pa
         .alias("value"),
         pl.when(pl.col("metric") == "depth_probe/rmse")
         .then(0.1)
+        .when(pl.col("metric").is_in(list(LOWER)))
+        .then(0.9)  # the other RMSEs: an untrained encoder far behind every trained one
         .otherwise(pl.col("random_init"))
         .alias("random_init"),
         # the constant predictor's RMSE above every encoder's (planted() puts 0.1 everywhere)
@@ -202,7 +210,8 @@ def test_metrics_no_task_set_lifts_above_trivial_or_random_init_are_named(tmp_pa
     _fake_runs(frame)
     _, text = _report(frame, tmp_path, "planted")
     section = text.split("### What the instruments can see")[1].split("##")[0]
-    at_trivial, untrained = section.strip().split("\n\n")[:2]
+    no_control, at_trivial, untrained = section.strip().split("\n\n")[:3]
+    assert "No positive control in this sweep" in no_control
     assert "At the trivial predictor's level" in at_trivial and "0-shot shape" in at_trivial
     assert "Not above the untrained encoder" in untrained and "depth lin. RMSE" in untrained
     assert "seg mIoU" not in section
@@ -240,3 +249,102 @@ def test_a_grid_over_one_experiment_is_reported_without_ladder_or_synergy(tmp_pa
     # (shown to two significant digits)
     ratio = minutes["vl (data.batch_size=128)"] / minutes["vl (data.batch_size=32)"]
     assert 1.9 < ratio < 2.1
+
+
+def control_rows(seeing: dict[str, float], blind: list[str]) -> pl.DataFrame:
+    """A positive control's final rows: on `seeing` metrics it gains the given amount over its
+    random init (in the metric's direction), on `blind` ones it sits at its random init up to
+    the seeds' noise."""
+    rows = []
+    for seed, noise in SEED_NOISE.items():
+        for metric in [*seeing, *blind]:
+            lower = metric in LOWER
+            shift = seeing.get(metric, 0.0) * (-1 if lower else 1)
+            rows.append(
+                {
+                    "experiment": "control",
+                    "variant": "",
+                    "seed": seed,
+                    "tasks": ["vl", "attributes", "depth"],
+                    "run": f"control-{seed}",
+                    "metric": metric,
+                    "value": 0.4 + shift + noise,
+                    "trivial": 0.1,
+                    "random_init": 0.4 - noise / 2,
+                    "higher_is_better": not lower,
+                    "step": 10,
+                    "samples_seen": 640,
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+def test_the_positive_control_marks_blind_instruments_and_not_seeing_ones() -> None:
+    rows = control_rows(
+        {"segmentation/miou": 0.2, "object_depth/relief_rmse": 0.1},
+        ["depth_probe/rmse", "zero_shot/shape_top1"],
+    )
+    sight = {r["metric"]: r for r in instrument_sight(rows, "control").iter_rows(named=True)}
+    assert sight["segmentation/miou"]["sees"] and sight["object_depth/relief_rmse"]["sees"]
+    # the RMSE fell by 0.1: a gain, in the metric's own direction
+    assert abs(sight["object_depth/relief_rmse"]["gain"] - 0.1) < 0.02
+    assert sight["depth_probe/rmse"]["sees"] is False
+    assert blind_metrics(instrument_sight(rows, "control")) == {
+        "depth_probe/rmse",
+        "zero_shot/shape_top1",
+    }
+    # another experiment's rows are not the control's
+    assert instrument_sight(rows, "vl").height == 0
+
+
+def test_blind_metrics_leave_the_verdicts_and_each_column_counts_once() -> None:
+    frame = planted(PAPER_LIKE)
+    # The depth step makes the (blind) linear depth probe and DPT probe worse, object relief
+    # better; SSL makes 0-shot colour worse (IN-1k is counted through shape, its first metric).
+    worse_depth = (pl.col("experiment") == "vl_ssl_ground_depth") & pl.col("metric").is_in(
+        ["depth_probe/rmse", "depth_dpt_probe/rmse"]
+    )
+    worse_colour = (pl.col("experiment") == "vl_ssl") & (pl.col("metric") == "zero_shot/color_top1")
+    frame = frame.with_columns(
+        pl.when(worse_depth)
+        .then(pl.col("value") + 0.5)
+        .when(worse_colour)
+        .then(pl.col("value") - 0.3)
+        .otherwise(pl.col("value"))
+        .alias("value")
+    )
+    plain = {v.claim: v for v in verdicts(frame)}
+    depth = plain["Depth refines pixel-level metrics"]
+    assert depth.verdict == "inconclusive" and "pixel-level mixed" in depth.evidence
+    ssl = plain["SSL lifts both semantic and dense metrics"]
+    assert ssl.verdict == "reproduced" and "0-shot colour" not in ssl.evidence
+    blind = {"depth_probe/rmse", "depth_dpt_probe/rmse"}
+    judged = {v.claim: v for v in verdicts(frame, blind=blind)}
+    depth = judged["Depth refines pixel-level metrics"]
+    assert depth.verdict == "reproduced", depth.evidence
+    assert "object relief RMSE ↓" in depth.evidence
+    assert "left out as blind: depth lin. RMSE ↓, depth DPT RMSE ↓" in depth.evidence
+    # every metric of a column blind: the column cannot count, the family says so
+    none = {v.claim: v for v in verdicts(frame, blind=blind | {"object_depth/relief_rmse"})}
+    depth = none["Depth refines pixel-level metrics"]
+    assert "no metric that can see: NYUv2" in depth.evidence
+    synergy = none["Average pairwise synergy is positive"]
+    assert "depth lin. RMSE" not in synergy.evidence.split("left out")[0]
+
+
+def test_the_report_shows_the_control_and_marks_the_blind(tmp_path: Path) -> None:
+    frame = pl.concat(
+        [
+            planted(PAPER_LIKE),
+            control_rows({"segmentation/miou": 0.2}, ["depth_probe/rmse"]),
+        ],
+        how="diagonal_relaxed",
+    ).with_columns((pl.lit(str(tmp_path / "runs") + "/") + pl.col("run")).alias("run"))
+    _fake_runs(frame)
+    names, text = _report(frame, tmp_path, "ctl", {"control": "control", "tables": list(SETS)})
+    assert "instruments.parquet" in names
+    section = text.split("### What the instruments can see")[1].split("\n## ")[0]
+    assert "Positive control: `control`" in section
+    assert "| depth lin. RMSE ↓ |" in section and "**blind**" in section
+    assert "| seg mIoU |" in section and "| sees |" in section
+    assert "left out as blind: depth lin. RMSE ↓" in text.split("## Verdicts")[1]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import matplotlib
 import polars as pl
 
+from mtv.analysis.controls import blind_metrics, instrument_sight
 from mtv.analysis.report import _save, plot_synergy
 from mtv.analysis.sweep_report import (
     _chosen,
@@ -38,10 +39,10 @@ from mtv.analysis.verdicts import (
     PAPER_COLUMNS,
     PAPER_LADDER_B16_10M,
     PAPER_SYNERGY_B16_10M,
-    PAPER_SYNERGY_METRICS,
     VERDICT_RULES,
     Verdict,
     short_name,
+    synergy_metrics,
     verdicts,
 )
 from mtv.specs import load_spec
@@ -153,10 +154,36 @@ def _baseline_section(summary: pl.DataFrame) -> list[str]:
     ]
 
 
-def _instrument_section(summary: pl.DataFrame) -> list[str]:
-    """The metrics on which no trained task set stands out of its noise above the trivial
-    predictor or above its own random-init encoder, named with the numbers: their differences
-    between task sets do not measure what training added."""
+def _sight_section(sight: pl.DataFrame, control: str) -> list[str]:
+    """The positive control against its random init, per metric, with the blind ones marked."""
+    rows = []
+    for r in sight.iter_rows(named=True):
+        gain = Estimate(r["gain"], r["gain_se"], r["seeds"]).text(signed=True)
+        state = "sees" if r["sees"] else "**blind**" if r["sees"] is False else "not judged"
+        rows.append(
+            [short_name(r["metric"]), _num(r["control"]), _num(r["random_init"]), gain, state]
+        )
+    blind = sorted(blind_metrics(sight))
+    return [
+        f"Positive control: `{control}`, an encoder trained directly for what the instruments "
+        "ask (see its experiment file), against its own random-init weights, paired by seed "
+        "(gain in the metric's own direction; Student's t, p < 0.05). A metric on which it "
+        "does not gain significantly is *blind* at this scale and left out of the verdicts and "
+        "the synergy average"
+        + (f": {', '.join(short_name(m) for m in blind)}." if blind else " (none is).")
+        + "\n",
+        *_md_table(["metric", "control", "random init", "gain", "instrument"], rows),
+        "",
+    ]
+
+
+def _instrument_section(
+    summary: pl.DataFrame, sight: pl.DataFrame | None, control: str | None
+) -> list[str]:
+    """The positive control's verdict on each instrument, then the metrics on which no trained
+    task set stands out of its noise above the trivial predictor or above its own random-init
+    encoder, named with the numbers: their differences between task sets do not measure what
+    training added."""
     reach = instrument_reach(summary)
 
     def best(row: dict) -> str:
@@ -190,9 +217,10 @@ def _instrument_section(summary: pl.DataFrame) -> list[str]:
             )
             + ".\n"
         )
-    if not lines:
-        return []
-    return ["### What the instruments can see\n", *lines]
+    controlled = _sight_section(sight, control) if sight is not None and control else []
+    if not controlled:
+        lines.insert(0, "No positive control in this sweep: no instrument is judged blind.\n")
+    return ["### What the instruments can see\n", *controlled, *lines]
 
 
 def _paper_ladder_rows(metrics: list[str], steps: list[str]) -> list[list[str]]:
@@ -262,9 +290,11 @@ def _comparison_section(frame: pl.DataFrame) -> list[str]:
     return lines
 
 
-def _paper_synergy(runs: pl.DataFrame) -> pl.DataFrame:
-    """The synergy table with the average over the counterparts of the paper's columns."""
-    return synergy_table(runs, average_over=PAPER_SYNERGY_METRICS)
+def _paper_synergy(runs: pl.DataFrame, blind: frozenset[str] = frozenset()) -> pl.DataFrame:
+    """The synergy table with the average over the counterparts of the paper's columns (one
+    metric per column, none of them blind)."""
+    measured = set(runs["metric"].unique().to_list())
+    return synergy_table(runs, average_over=synergy_metrics(measured, blind))
 
 
 def _table_file(
@@ -294,15 +324,23 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
     summary = run_summary(final, metrics)
     summary.write_parquet(out / "summary.parquet")
     written.append(out / "summary.parquet")
+    control = spec.analysis.control
+    sight = instrument_sight(final, control) if control else None
+    if sight is not None:
+        sight.write_parquet(out / "instruments.parquet")
+        written.append(out / "instruments.parquet")
+    blind = blind_metrics(sight) if sight is not None else frozenset()
     runs = _table_runs(final, spec.analysis.tables)
     ladder = matrix = None
     found: list[Verdict] = []
     if runs is not None:
         chosen = runs.filter(pl.col("metric").is_in(metrics))
         ladder = _table_file(ladder_stats, chosen, out / "ladder.parquet", written)
-        matrix = _table_file(_paper_synergy, chosen, out / "synergy.parquet", written)
+        matrix = _table_file(
+            lambda r: _paper_synergy(r, blind), chosen, out / "synergy.parquet", written
+        )
         if ladder is not None and matrix is not None:
-            found = verdicts(runs, tuple(metrics))
+            found = verdicts(runs, tuple(metrics), blind)
     compared = (
         comparisons(final, spec.analysis.comparisons, metrics)
         if spec.analysis.comparisons
@@ -336,7 +374,18 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
         name for name, path in zip(spec.analysis.pilot, pilots, strict=True) if not path.is_file()
     ]
     text = _markdown(
-        spec, final, summary, metrics, runs, found, compared, figures, pilot, missing, report
+        spec,
+        final,
+        summary,
+        metrics,
+        runs,
+        found,
+        compared,
+        figures,
+        pilot,
+        missing,
+        report,
+        sight,
     )
     report.write_text(text)
     written.append(report)
@@ -355,6 +404,7 @@ def _markdown(
     pilot: pl.DataFrame | None,
     missing_pilots: list[str],
     report: Path,
+    sight: pl.DataFrame | None = None,
 ) -> str:
     seeds = sorted(final["seed"].unique().to_list())
     date = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -376,7 +426,7 @@ def _markdown(
         "## Runs (final step)\n",
         *_runs_section(summary, metrics, _training_minutes(final)),
         "",
-        *_instrument_section(summary),
+        *_instrument_section(summary, sight, spec.analysis.control),
     ]
     if "curves" in figures:
         lines += ["## Learning curves\n", f"![learning curves]({figures['curves'].name})\n"]
@@ -407,14 +457,15 @@ def _markdown(
         except MissingRuns as err:
             lines.append(f"(no ladder: {err})\n")
         try:
-            matrix = _paper_synergy(runs.filter(pl.col("metric").is_in(metrics)))
+            blind = blind_metrics(sight) if sight is not None else frozenset()
+            matrix = _paper_synergy(runs.filter(pl.col("metric").is_in(metrics)), blind)
             lines += [
                 "## Task synergy (Table 4 layout, Eq. 4)\n",
                 "Synergy is defined only where the better single task's gain over VL stands out "
                 "of its noise; *n.s.* marks an excess dAB − max(dA, dB) that is not significant "
                 "(t-test, p < 0.05). "
-                "The average is over the counterparts of the paper's Table 4 columns (not the "
-                "pooled-embedding or DPT probes).\n",
+                "The average is over the counterparts of the paper's Table 4 columns, one metric "
+                "per column (the first of its metrics that is not blind).\n",
                 *_synergy_section(matrix, metrics),
                 "",
             ]

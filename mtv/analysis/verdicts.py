@@ -7,6 +7,7 @@ report under the verdicts).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import polars as pl
@@ -14,25 +15,28 @@ import polars as pl
 from mtv.analysis.synergy import by_task_set, label, paired, synergy_table
 
 VERDICT_RULES = (
-    "A family of metrics is *lifted* when at least one of its metrics improves significantly and "
-    "none worsens significantly, *hurt* in the opposite case, *mixed* when both happen, and "
-    "*unchanged* when nothing stands out of the noise. A claim that a step lifts some families "
-    "is *reproduced* when every family is lifted, *contradicted* when one is hurt, and "
-    "*inconclusive* otherwise. The synergy claim is reproduced when every pair's average "
-    "synergy is significantly positive, contradicted when one is significantly negative, "
-    "inconclusive otherwise. Differences are shown in each metric's own direction, as in the "
-    "ladder (an RMSE that falls is a negative difference and a gain)."
+    "Each of the paper's columns counts once, through the first of its mini-suite metrics that "
+    "is not blind (the positive control beats its random init on it; see *What the "
+    "instruments can see*). A family of columns is *lifted* when at least one of its metrics "
+    "improves significantly and none worsens significantly, *hurt* in the opposite case, "
+    "*mixed* when both happen, and *unchanged* when nothing stands out of the noise. A claim "
+    "that a step lifts some families is *reproduced* when every family is lifted, "
+    "*contradicted* when one is hurt, and *inconclusive* otherwise (also when a family has no "
+    "metric that can see). The synergy claim is reproduced when every pair's average synergy is "
+    "significantly positive, contradicted when one is significantly negative, inconclusive "
+    "otherwise. Differences are shown in each metric's own direction, as in the ladder (an RMSE "
+    "that falls is a negative difference and a gain)."
 )
 
-# The mini suite's counterparts of the paper's Table 3/4 columns (and the pooled-embedding
-# probes, a global measure the paper does not have), in the paper's order. NYUv2's linear depth
-# probe has two: the paper's linear probe, and a DPT probe on frozen features, which can see
-# depth where per-patch tokens do not carry their position (see mtv.eval.probes).
+# The mini suite's counterparts of the paper's Table 3/4 columns (None: a measure the paper does
+# not have, shown beside them), in the paper's order.
 PAPER_COLUMNS: dict[str, str | None] = {
     "zero_shot/shape_top1": "IN-1k",
+    "object_shape/shape_top1": "IN-1k",
     "zero_shot/color_top1": "IN-1k",
     "pooled_probe/shape_acc": None,
     "pooled_probe/color_acc": None,
+    "object_shape/shape_acc": None,
     "retrieval/t2i_r1": "COCO T→I",
     "retrieval/i2t_r1": "COCO I→T",
     "segmentation/miou": "ADE20k",
@@ -40,8 +44,23 @@ PAPER_COLUMNS: dict[str, str | None] = {
     "semantic_correspondence/pck@0.1": "SPair",
     "depth_probe/rmse": "NYUv2",
     "depth_dpt_probe/rmse": "NYUv2",
+    "object_depth/relief_rmse": "NYUv2",
 }
 HEADLINE = tuple(PAPER_COLUMNS)
+# Per paper column, the metrics that stand for it in order of preference: the column counts
+# once, through the first that is measured and not blind. IN-1k classifies object categories:
+# shape first (whole scene, then the object zoomed), colour last (an attribute, not a category);
+# NYUv2 is the paper's linear probe first, then a DPT probe, then object relief (depth where
+# the floor plane cannot answer for the encoder).
+COLUMN_METRICS: dict[str, tuple[str, ...]] = {
+    "IN-1k": ("zero_shot/shape_top1", "object_shape/shape_top1", "zero_shot/color_top1"),
+    "COCO T→I": ("retrieval/t2i_r1",),
+    "COCO I→T": ("retrieval/i2t_r1",),
+    "ADE20k": ("segmentation/miou",),
+    "NAVI": ("geometric_correspondence/recall@8px",),
+    "SPair": ("semantic_correspondence/pck@0.1",),
+    "NYUv2": ("depth_probe/rmse", "depth_dpt_probe/rmse", "object_depth/relief_rmse"),
+}
 # Column titles of the report's tables.
 SHORT_NAMES: dict[str, str] = {
     "zero_shot/shape_top1": "0-shot shape",
@@ -65,35 +84,32 @@ def short_name(metric: str) -> str:
     return SHORT_NAMES.get(metric, metric)
 
 
-# The metric families the claims are about: the counterparts of the paper's own columns only
-# (the pooled-embedding probes and the DPT depth probe are shown beside them, not counted).
+# The column families the claims are about.
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "semantic": (
-        "zero_shot/shape_top1",
-        "zero_shot/color_top1",
-        "retrieval/t2i_r1",
-        "retrieval/i2t_r1",
-    ),
-    "retrieval": ("retrieval/t2i_r1", "retrieval/i2t_r1"),
-    "dense": (
-        "segmentation/miou",
-        "geometric_correspondence/recall@8px",
-        "semantic_correspondence/pck@0.1",
-        "depth_probe/rmse",
-    ),
-    "pixel-level": ("segmentation/miou", "depth_probe/rmse"),
+    "semantic": ("IN-1k", "COCO T→I", "COCO I→T"),
+    "retrieval": ("COCO T→I", "COCO I→T"),
+    "dense": ("ADE20k", "NAVI", "SPair", "NYUv2"),
+    "pixel-level": ("ADE20k", "NYUv2"),
 }
-# The metrics whose synergy the paper averages (Table 4: IN-1k, COCO I→T, ADE20k, NAVI, SPair,
-# NYUv2), by their counterparts.
-PAPER_SYNERGY_METRICS = (
-    "zero_shot/shape_top1",
-    "zero_shot/color_top1",
-    "retrieval/i2t_r1",
-    "segmentation/miou",
-    "geometric_correspondence/recall@8px",
-    "semantic_correspondence/pck@0.1",
-    "depth_probe/rmse",
-)
+# The columns whose synergy the paper averages (Table 4).
+PAPER_SYNERGY_COLUMNS = ("IN-1k", "COCO I→T", "ADE20k", "NAVI", "SPair", "NYUv2")
+
+
+def column_metrics(measured: Collection[str], blind: Collection[str] = ()) -> dict[str, str | None]:
+    """Paper column -> the metric that stands for it: its first candidate that was measured and
+    is not blind (None when there is none)."""
+    return {
+        column: next((m for m in candidates if m in measured and m not in blind), None)
+        for column, candidates in COLUMN_METRICS.items()
+    }
+
+
+def synergy_metrics(measured: Collection[str], blind: Collection[str] = ()) -> tuple[str, ...]:
+    """The metrics the synergy average is over: one per Table 4 column that can be measured."""
+    chosen = column_metrics(measured, blind)
+    return tuple(m for c in PAPER_SYNERGY_COLUMNS if (m := chosen[c]) is not None)
+
+
 # The paper's increments for ViT-B/16 on 10M samples (Table 3), by column, per ladder step;
 # NYUv2 is RMSE (a decrease is a gain).
 PAPER_LADDER_B16_10M: dict[str, dict[str, float]] = {
@@ -153,7 +169,9 @@ def _family_state(changes: list[tuple[str, float, float, bool | None]]) -> str:
     return "lifted" if up else "hurt" if down else "unchanged"
 
 
-def _step_verdict(results: pl.DataFrame, claim: Claim, metrics: tuple[str, ...]) -> Verdict:
+def _step_verdict(
+    results: pl.DataFrame, claim: Claim, columns: dict[str, str | None], blind_note: str
+) -> Verdict:
     assert claim.step is not None
     before, after = claim.step
     runs = by_task_set(results)
@@ -164,15 +182,18 @@ def _step_verdict(results: pl.DataFrame, claim: Claim, metrics: tuple[str, ...])
     states, parts = [], []
     for family in claim.families:
         changes = []
-        for metric in FAMILIES[family]:
-            if metric not in metrics or metric not in direction:
+        unseen = [c for c in FAMILIES[family] if columns.get(c) not in direction]
+        for column in FAMILIES[family]:
+            metric = columns.get(column)
+            if metric is None or metric not in direction:
                 continue
             gain = paired(
                 runs[tuple(sorted(after))], runs[tuple(sorted(before))], metric, direction[metric]
             )
             if gain.n:
                 changes.append((metric, gain.mean, gain.se, gain.significant))
-        state = _family_state(changes)
+        # A family none of whose columns can be measured says nothing either way.
+        state = _family_state(changes) if changes else "unmeasured"
         states.append(state)
         # The difference itself, not the gain: a lower-is-better metric's gain is its fall.
         shown = ", ".join(
@@ -180,6 +201,8 @@ def _step_verdict(results: pl.DataFrame, claim: Claim, metrics: tuple[str, ...])
             f"{'' if sig else ' n.s.'}"
             for m, mean, se, sig in changes
         )
+        if unseen:
+            shown += ("; " if shown else "") + "no metric that can see: " + ", ".join(unseen)
         parts.append(f"{family} {state} ({shown})")
     if all(s == "lifted" for s in states):
         verdict = "reproduced"
@@ -187,14 +210,16 @@ def _step_verdict(results: pl.DataFrame, claim: Claim, metrics: tuple[str, ...])
         verdict = "contradicted"
     else:
         verdict = "inconclusive"
-    return Verdict(claim.text, verdict, f"{name}, differences paired by seed: " + "; ".join(parts))
+    evidence = f"{name}, differences paired by seed: " + "; ".join(parts) + blind_note
+    return Verdict(claim.text, verdict, evidence)
 
 
-def _synergy_verdict(results: pl.DataFrame, claim: Claim, metrics: tuple[str, ...]) -> Verdict:
+def _synergy_verdict(
+    results: pl.DataFrame, claim: Claim, average_over: tuple[str, ...], blind_note: str
+) -> Verdict:
     try:
         matrix = synergy_table(
-            results.filter(pl.col("metric").is_in(list(metrics))),
-            average_over=PAPER_SYNERGY_METRICS,
+            results.filter(pl.col("metric").is_in(list(average_over))), average_over=average_over
         )
     except ValueError as err:  # MissingRuns
         return Verdict(claim.text, "inconclusive", str(err))
@@ -218,18 +243,33 @@ def _synergy_verdict(results: pl.DataFrame, claim: Claim, metrics: tuple[str, ..
         verdict = "contradicted"
     else:
         verdict = "inconclusive"
+    over = ", ".join(short_name(m) for m in average_over)
     return Verdict(
-        claim.text, verdict, "average synergy over the defined metrics: " + "; ".join(parts)
+        claim.text,
+        verdict,
+        f"average synergy over the defined metrics of {over}: " + "; ".join(parts) + blind_note,
     )
 
 
-def verdicts(results: pl.DataFrame, metrics: tuple[str, ...] = HEADLINE) -> list[Verdict]:
+def verdicts(
+    results: pl.DataFrame,
+    metrics: tuple[str, ...] = HEADLINE,
+    blind: Collection[str] = (),
+) -> list[Verdict]:
     """One verdict per claim of the paper, from final-step results of the ladder and synergy
-    runs (rows with run, seed, tasks, metric, value, higher_is_better)."""
+    runs (rows with run, seed, tasks, metric, value, higher_is_better). Each paper column counts
+    once, through its first metric in `metrics` that is not in `blind` (the metrics the positive
+    control shows cannot see); the evidence names the blind ones left out."""
+    columns = column_metrics(metrics, blind)
+    left_out = [m for m in metrics if m in blind and PAPER_COLUMNS.get(m)]
+    blind_note = (
+        f" (left out as blind: {', '.join(short_name(m) for m in left_out)})" if left_out else ""
+    )
     out = []
     for claim in CLAIMS:
         if claim.step is None:
-            out.append(_synergy_verdict(results, claim, metrics))
+            chosen = tuple(m for c in PAPER_SYNERGY_COLUMNS if (m := columns.get(c)) is not None)
+            out.append(_synergy_verdict(results, claim, chosen, blind_note))
         else:
-            out.append(_step_verdict(results, claim, metrics))
+            out.append(_step_verdict(results, claim, columns, blind_note))
     return out

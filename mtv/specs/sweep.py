@@ -80,6 +80,12 @@ class SweepAnalysisSpec(StrictModel):
         default_factory=list,
         description="other sweeps' `out` folders whose learning curves the report shows",
     )
+    control: str | None = Field(
+        None,
+        description="the positive-control experiment (file stem; e.g. experiments/control.yaml): "
+        "metrics on which it does not beat its random init significantly are marked blind and "
+        "left out of the verdicts",
+    )
 
 
 class SweepSpec(StrictModel):
