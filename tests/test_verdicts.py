@@ -163,6 +163,8 @@ def test_the_report_carries_verdicts_tables_and_references(tmp_path: Path) -> No
     assert "Table 3 layout" in text and "Table 4 layout" in text
     assert "*paper B/16 10M: VL + SSL*" in text and "(+7.5)" in text  # the paper's increments
     assert "*random-init encoder*" in text and "*trivial predictor*" in text
+    # the planted runs logged no gradient probe: said, not silently left out
+    assert "## Gradient agreement and synergy" in text and "No gradient probes" in text
     assert "± " in text and "Seeds: 0, 1, 2" in text
     # a comparison in the metrics' own directions: the full set's RMSE is 0.15 lower
     comparison = text.split("**Full vs SSL** (vl_ssl_ground_depth − vl_ssl")[1].split("\n\n")[1]

@@ -187,8 +187,9 @@ def synergy_table(
     dAB - max(dA, dB) with its SE, defined, significant, seeds) for every pair and metric, plus
     an `average` row per pair: the mean over the metrics where synergy is defined (of those in
     `average_over`, when given), with an SE over seeds of the per-seed average of
-    excess / best gain. `significant`: the excess differs from 0 by more than two SEs (None
-    with one seed or where synergy is undefined)."""
+    excess / best gain (each seed's average in `seed_averages`, for the seeds `seed_ids`).
+    `significant`: the excess differs from 0 significantly (Student's t; None with one seed or
+    where synergy is undefined)."""
     runs = by_task_set(results)
     direction = _direction(results)
     pairs = pairs or list(itertools.combinations(sorted(GROUPS), 2))
@@ -239,7 +240,9 @@ def synergy_table(
                     "seeds": excess.n,
                 }
             )
-        average = Estimate.of([sum(r) / len(r) for r in per_seed_ratios.values()])
+        seeds = sorted(per_seed_ratios)
+        per_seed = [sum(per_seed_ratios[s]) / len(per_seed_ratios[s]) for s in seeds]
+        average = Estimate.of(per_seed)
         rows.append(
             {
                 "task_a": a,
@@ -250,6 +253,9 @@ def synergy_table(
                 "defined": average.n > 0,
                 "significant": average.significant,
                 "seeds": average.n,
+                # The average of each seed (what the SE is over), for analyses by seed.
+                "seed_ids": seeds,
+                "seed_averages": per_seed,
             }
         )
     return pl.DataFrame(rows, infer_schema_length=None)
