@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 packages=(pydantic pydantic_core annotated-types typing-inspection
-          zarr numcodecs donfig google-crc32c torchdata)
+          zarr numcodecs donfig google-crc32c torchdata torchjd)
 mkdir -p .whl
 for name in "${packages[@]}"; do
   version=$("$python" -m pip show "$name" 2>/dev/null | awk '/^Version:/ {print $2}')

@@ -20,7 +20,7 @@ from common import ROOT, Row, Table, interleaved, median
 from step import BenchStep
 
 FULL_SET = "[vl, distill, masked, koleo, ground, depth]"
-METHODS = ("uniform", "uncertainty")
+METHODS = ("uniform", "uncertainty", "pcgrad")
 
 
 def main() -> None:

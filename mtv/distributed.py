@@ -43,6 +43,15 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     return funcol.all_reduce(x.detach(), "sum", dist.group.WORLD)
 
 
+def broadcast_from_first(x: Tensor) -> Tensor:
+    """Rank 0's `x` on every rank (a new tensor; no autograd); `x` itself on one process."""
+    if not is_distributed():
+        return x
+    out = x.detach().clone()
+    dist.broadcast(out, src=0)
+    return out
+
+
 def resolve_backend(choice: str, device_type: str) -> str:
     """The process-group backend for `runtime.distributed.backend`: `auto` is nccl when the run
     trains on CUDA and gloo on the CPU; an explicit choice is kept."""

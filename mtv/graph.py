@@ -357,8 +357,20 @@ class StudentModel(nn.Module):
             out = task(inputs)
             losses[kind] = out.loss
             report.update({f"{kind}/{name}": value for name, value in out.report.items()})
-        total, weights = self.weighting(losses)
+        total, weights = self.weighting(losses, self.shared_outputs(features))
         return total, losses, report | weights
+
+    def shared_outputs(self, features: dict[str, EncoderOutput]) -> list[Tensor]:
+        """The encoder's outputs every task reads from: each view's last hidden state (tokens
+        and pooled embeddings are computed from it) and the intermediate layers tapped for a
+        task (the last layer's tap is the tokens themselves, already behind the hidden state),
+        so no gradient path is counted twice."""
+        depth = len(self.encoder.blocks)
+        out = []
+        for encoded in features.values():
+            out.append(encoded.prenorm)
+            out += [tap for layer, tap in encoded.layers.items() if layer != depth]
+        return out
 
 
 def trainable_parameters(module: nn.Module) -> int:

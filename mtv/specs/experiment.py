@@ -273,10 +273,12 @@ class OptimSpec(StrictModel):
         1.0, gt=0.0, description="global grad-norm clip; null = off (paper: unspecified)"
     )
     accumulate: int = Field(1, gt=0, description="micro-batches per optimiser step")
-    weighting: Literal["uniform", "uncertainty"] = Field(
+    weighting: Literal["uniform", "uncertainty", "pcgrad"] = Field(
         "uniform",
-        description="how task losses combine: uniform (the paper's: each task's fixed weight) "
-        "or uncertainty (Kendall et al. 2018: a learned log-variance per task on top of it)",
+        description="how task losses combine: uniform (the paper's: each task's fixed weight), "
+        "uncertainty (Kendall et al. 2018: a learned log-variance per task on top of it) or "
+        "pcgrad (Yu et al. 2020: conflicting task gradients projected, from their Gramian at "
+        "the encoder's outputs; one backward per task through the heads)",
     )
 
 
