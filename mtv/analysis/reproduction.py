@@ -17,6 +17,7 @@ import polars as pl
 
 from mtv.analysis.controls import blind_metrics, instrument_sight
 from mtv.analysis.gradients import EARLY_FRACTION, gradient_synergy, gradient_synergy_summary
+from mtv.analysis.loss_weighting import WEIGHTING_RULES, weighting_verdict
 from mtv.analysis.report import _save, plot_synergy
 from mtv.analysis.sweep_report import (
     _chosen,
@@ -375,6 +376,9 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
         )
         if ladder is not None and matrix is not None:
             found = verdicts(runs, tuple(metrics), blind)
+    claim = spec.analysis.weighting
+    if claim is not None:
+        found.append(weighting_verdict(final, claim.uniform, claim.alternatives, blind))
     gradients = gradient_synergy(runs, matrix) if runs is not None and matrix is not None else None
     if gradients is not None and gradients.height:
         gradients.write_parquet(out / "gradient_synergy.parquet")
@@ -460,7 +464,8 @@ def _markdown(
         "degrees of freedom rejects zero at p < 0.05 (4.30 standard errors with 3 seeds).\n",
     ]
     if found:
-        lines += ["## Verdicts\n", *_verdict_section(found), "", VERDICT_RULES + "\n"]
+        rules = VERDICT_RULES + (" " + WEIGHTING_RULES if spec.analysis.weighting else "")
+        lines += ["## Verdicts\n", *_verdict_section(found), "", rules + "\n"]
     lines += _baseline_section(summary)
     lines += [
         "## Runs (final step)\n",

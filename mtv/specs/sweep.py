@@ -62,6 +62,16 @@ class ComparisonSpec(StrictModel):
     title: str
 
 
+class WeightingClaimSpec(StrictModel):
+    """The experiments that test the uniform-weighting claim: one task set under uniform
+    weights, and the same under other `optim.weighting` methods."""
+
+    uniform: str = Field(description="experiment name (file stem) with optim.weighting uniform")
+    alternatives: list[str] = Field(
+        min_length=1, description="experiment names of the same task set under other methods"
+    )
+
+
 class SweepAnalysisSpec(StrictModel):
     """What the aggregate and the report show."""
 
@@ -79,6 +89,9 @@ class SweepAnalysisSpec(StrictModel):
     pilot: list[str] = Field(
         default_factory=list,
         description="other sweeps' `out` folders whose learning curves the report shows",
+    )
+    weighting: WeightingClaimSpec | None = Field(
+        None, description="experiments for the verdict on uniform loss weighting"
     )
     control: str | None = Field(
         None,
