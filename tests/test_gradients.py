@@ -112,7 +112,7 @@ def test_the_table_pairs_each_pair_run_with_its_seed_synergy(tmp_path: Path) -> 
     assert cos["depth x ground"] > cos["ground x ssl"] > cos["depth x ssl"]
     summary, rho, p, n = gradient_synergy_summary(points)
     assert n == 9 and summary.height == 3 and rho > 0.7 and p < 0.05
-    from mtv.analysis.reproduction import _gradient_section
+    from mtv.analysis.sections import gradient_section
 
-    text = "\n".join(_gradient_section(points))
+    text = "\n".join(gradient_section(points))
     assert "| depth x ground | +" in text and "over the 9 (pair, seed) points" in text

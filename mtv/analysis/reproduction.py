@@ -16,14 +16,14 @@ import matplotlib
 import polars as pl
 
 from mtv.analysis.controls import blind_metrics, instrument_sight
-from mtv.analysis.gradients import EARLY_FRACTION, gradient_synergy, gradient_synergy_summary
+from mtv.analysis.gradients import gradient_synergy
 from mtv.analysis.loss_weighting import WEIGHTING_RULES, weighting_verdict
 from mtv.analysis.report import _save, plot_synergy
+from mtv.analysis.sections import gradient_section, instrument_section, md_table, num
 from mtv.analysis.sweep_report import (
     _chosen,
     comparisons,
     final_rows,
-    instrument_reach,
     plot_ladder,
     plot_learning_curves,
     run_summary,
@@ -63,19 +63,6 @@ def _table_runs(final: pl.DataFrame, tables: list[str] | None) -> pl.DataFrame |
     sets = final.select("experiment", "variant", "tasks").unique(["experiment", "variant"])
     groups = [task_groups(t) for t in sets["tasks"].to_list()]
     return final if len(set(groups)) == len(groups) else None
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    return (
-        "–"
-        if value is None or (isinstance(value, float) and math.isnan(value))
-        else f"{value:.{digits}g}"
-    )
 
 
 def _training_minutes(final: pl.DataFrame) -> dict[tuple[str, str], float]:
@@ -125,15 +112,15 @@ def _runs_section(
                 name,
                 frame["tasks"][0],
                 str(frame["seeds"].max()),
-                _num(minutes.get((str(experiment), str(variant))), 2),
+                num(minutes.get((str(experiment), str(variant))), 2),
                 *(values.get(m, "–") for m in metrics),
             ]
         )
     for column, title in (("random_init", "random-init encoder"), ("trivial", "trivial predictor")):
         refs = summary.group_by("metric").agg(pl.col(column).mean())
         values = dict(refs.iter_rows())
-        rows.append([f"*{title}*", "", "", "", *(_num(values.get(m)) for m in metrics)])
-    return _md_table(header, rows)
+        rows.append([f"*{title}*", "", "", "", *(num(values.get(m)) for m in metrics)])
+    return md_table(header, rows)
 
 
 def _baseline_section(summary: pl.DataFrame) -> list[str]:
@@ -145,8 +132,8 @@ def _baseline_section(summary: pl.DataFrame) -> list[str]:
     for row in baseline.iter_rows(named=True):
         value = Estimate(row["mean"], row["se"], row["seeds"]).text()
         parts.append(
-            f"{short_name(row['metric'])} {value} (trivial {_num(row['trivial'])}, random init "
-            f"{_num(row['random_init'])})"
+            f"{short_name(row['metric'])} {value} (trivial {num(row['trivial'])}, random init "
+            f"{num(row['random_init'])})"
         )
     return [
         "## The VL-only baseline\n",
@@ -154,75 +141,6 @@ def _baseline_section(summary: pl.DataFrame) -> list[str]:
         + "; ".join(parts)
         + ".\n",
     ]
-
-
-def _sight_section(sight: pl.DataFrame, control: str) -> list[str]:
-    """The positive control against its random init, per metric, with the blind ones marked."""
-    rows = []
-    for r in sight.iter_rows(named=True):
-        gain = Estimate(r["gain"], r["gain_se"], r["seeds"]).text(signed=True)
-        state = "sees" if r["sees"] else "**blind**" if r["sees"] is False else "not judged"
-        rows.append(
-            [short_name(r["metric"]), _num(r["control"]), _num(r["random_init"]), gain, state]
-        )
-    blind = sorted(blind_metrics(sight))
-    return [
-        f"Positive control: `{control}`, an encoder trained directly for what the instruments "
-        "ask (see its experiment file), against its own random-init weights, paired by seed "
-        "(gain in the metric's own direction; Student's t, p < 0.05). A metric on which it "
-        "does not gain significantly is *blind* at this scale and left out of the verdicts and "
-        "the synergy average"
-        + (f": {', '.join(short_name(m) for m in blind)}." if blind else " (none is).")
-        + "\n",
-        *_md_table(["metric", "control", "random init", "gain", "instrument"], rows),
-        "",
-    ]
-
-
-def _instrument_section(
-    summary: pl.DataFrame, sight: pl.DataFrame | None, control: str | None
-) -> list[str]:
-    """The positive control's verdict on each instrument, then the metrics on which no trained
-    task set stands out of its noise above the trivial predictor or above its own random-init
-    encoder, named with the numbers: their differences between task sets do not measure what
-    training added."""
-    reach = instrument_reach(summary)
-
-    def best(row: dict) -> str:
-        value = Estimate(row["mean"], row["se"], row["seeds"]).text()
-        name = row["experiment"] + (f" ({row['variant']})" if row["variant"] else "")
-        return f"best {name} {value}"
-
-    lines = []
-    flat = [r for r in reach.iter_rows(named=True) if not r["beats_trivial"]]
-    if flat:
-        lines.append(
-            "At the trivial predictor's level for every task set (none beats it significantly, "
-            "Student's t at p < 0.05; differences between task sets on these metrics are noise): "
-            + "; ".join(
-                f"{short_name(r['metric'])} ({best(r)}, trivial {_num(r['trivial'])})" for r in flat
-            )
-            + ".\n"
-        )
-    untrained = [
-        r for r in reach.iter_rows(named=True) if r["beats_trivial"] and not r["beats_random_init"]
-    ]
-    if untrained:
-        lines.append(
-            "Not above the untrained encoder (no task set beats its own random-init weights "
-            "significantly; the instrument reads what a random encoder's features already "
-            "hold): "
-            + "; ".join(
-                f"{short_name(r['metric'])} ({best(r)}, random init {_num(r['random_init'])}, "
-                f"trivial {_num(r['trivial'])})"
-                for r in untrained
-            )
-            + ".\n"
-        )
-    controlled = _sight_section(sight, control) if sight is not None and control else []
-    if not controlled:
-        lines.insert(0, "No positive control in this sweep: no instrument is judged blind.\n")
-    return ["### What the instruments can see\n", *controlled, *lines]
 
 
 def _paper_ladder_rows(metrics: list[str], steps: list[str]) -> list[list[str]]:
@@ -245,7 +163,7 @@ def _ladder_section(runs: pl.DataFrame, metrics: list[str]) -> list[str]:
     rows = [[r["tasks"], *(r.get(c) or "–" for c in columns)] for r in table.iter_rows(named=True)]
     steps = [r["tasks"] for r in table.iter_rows(named=True)]
     header = ["tasks", *map(short_name, columns)]
-    return _md_table(header, rows + _paper_ladder_rows(columns, steps))
+    return md_table(header, rows + _paper_ladder_rows(columns, steps))
 
 
 def _synergy_section(matrix: pl.DataFrame, metrics: list[str]) -> list[str]:
@@ -260,7 +178,7 @@ def _synergy_section(matrix: pl.DataFrame, metrics: list[str]) -> list[str]:
                 "–" if column is None or column not in paper else f"{paper[column] / 100:+.2f}"
             )
         rows.append([f"*paper B/16 10M: {pair}*", *cells])
-    return _md_table(["pair", *map(short_name, columns)], rows)
+    return md_table(["pair", *map(short_name, columns)], rows)
 
 
 def _cell(value: object) -> str:
@@ -272,7 +190,7 @@ def _cell(value: object) -> str:
 
 
 def _verdict_section(found: list[Verdict]) -> list[str]:
-    return _md_table(
+    return md_table(
         ["claim (paper)", "verdict", "evidence"],
         [[v.claim, f"**{v.verdict}**", v.evidence] for v in found],
     )
@@ -287,42 +205,9 @@ def _comparison_section(frame: pl.DataFrame) -> list[str]:
             Estimate(r["difference"], r["se"], r["seeds"]).text(signed=True)
             for r in rows.iter_rows(named=True)
         ]
-        lines += _md_table([short_name(m) for m in rows["metric"]], [cells])
+        lines += md_table([short_name(m) for m in rows["metric"]], [cells])
         lines.append("")
     return lines
-
-
-def _gradient_section(points: pl.DataFrame) -> list[str]:
-    """Early gradient cosine beside synergy, per pair, and their rank correlation."""
-    lines = ["## Gradient agreement and synergy\n"]
-    if not points.height:
-        return [
-            *lines,
-            "No gradient probes in the pair runs (`runtime.grad_probe_every` unset): nothing to "
-            "compare synergy with.\n",
-        ]
-    summary, rho, p, n = gradient_synergy_summary(points)
-    rows = [
-        [
-            r["pair"],
-            Estimate(r["cosine"], r["cosine_se"], r["seeds"]).text(signed=True),
-            Estimate(r["synergy"], r["synergy_se"], r["seeds"]).text(signed=True),
-        ]
-        for r in summary.iter_rows(named=True)
-    ]
-    return [
-        *lines,
-        "The cosine between the two groups' summed gradients at the shared encoder, averaged "
-        f"over the probes in the first {EARLY_FRACTION:.0%} of the run that trains both "
-        "(`runtime.grad_probe_every`; SSL = distill + masked + koleo), beside the pair's "
-        "average synergy (the Table 4 average above), mean ± SE over seeds.\n",
-        *_md_table(["pair", "early gradient cosine", "synergy (average)"], rows),
-        "",
-        f"Spearman's rank correlation between the two over the {n} (pair, seed) points: "
-        f"ρ = {_num(rho, 2)}, permutation p = {_num(p, 2)}. Points of one pair share its runs' "
-        "design, so they are not independent draws: with three pairs this can show at most "
-        "whether the orderings agree, not a law.\n",
-    ]
 
 
 def _paper_synergy(runs: pl.DataFrame, blind: frozenset[str] = frozenset()) -> pl.DataFrame:
@@ -471,7 +356,7 @@ def _markdown(
         "## Runs (final step)\n",
         *_runs_section(summary, metrics, _training_minutes(final)),
         "",
-        *_instrument_section(summary, sight, spec.analysis.control),
+        *instrument_section(summary, sight, spec.analysis.control),
     ]
     if "curves" in figures:
         lines += ["## Learning curves\n", f"![learning curves]({figures['curves'].name})\n"]
@@ -519,7 +404,7 @@ def _markdown(
         except MissingRuns as err:
             lines.append(f"(no synergy table: {err})\n")
     if gradients is not None:
-        lines += _gradient_section(gradients)
+        lines += gradient_section(gradients)
     if compared is not None and compared.height:
         lines += ["## Comparisons\n", *_comparison_section(compared)]
     lines += [

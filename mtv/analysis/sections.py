@@ -1,0 +1,129 @@
+"""Markdown pieces of the sweep report that stand on their own: tables, the instruments'
+section (positive control, reach) and gradient agreement beside synergy."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+from mtv.analysis.controls import blind_metrics
+from mtv.analysis.gradients import EARLY_FRACTION, gradient_synergy_summary
+from mtv.analysis.sweep_report import instrument_reach
+from mtv.analysis.synergy import Estimate
+from mtv.analysis.verdicts import short_name
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def num(value: float | None, digits: int = 3) -> str:
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}g}"
+    )
+
+
+def sight_section(sight: pl.DataFrame, control: str) -> list[str]:
+    """The positive control against its random init, per metric, with the blind ones marked."""
+    rows = []
+    for r in sight.iter_rows(named=True):
+        gain = Estimate(r["gain"], r["gain_se"], r["seeds"]).text(signed=True)
+        state = "sees" if r["sees"] else "**blind**" if r["sees"] is False else "not judged"
+        rows.append(
+            [short_name(r["metric"]), num(r["control"]), num(r["random_init"]), gain, state]
+        )
+    blind = sorted(blind_metrics(sight))
+    return [
+        f"Positive control: `{control}`, an encoder trained directly for what the instruments "
+        "ask (see its experiment file), against its own random-init weights, paired by seed "
+        "(gain in the metric's own direction; Student's t, p < 0.05). A metric on which it "
+        "does not gain significantly is *blind* at this scale and left out of the verdicts and "
+        "the synergy average"
+        + (f": {', '.join(short_name(m) for m in blind)}." if blind else " (none is).")
+        + "\n",
+        *md_table(["metric", "control", "random init", "gain", "instrument"], rows),
+        "",
+    ]
+
+
+def instrument_section(
+    summary: pl.DataFrame, sight: pl.DataFrame | None, control: str | None
+) -> list[str]:
+    """The positive control's verdict on each instrument, then the metrics on which no trained
+    task set stands out of its noise above the trivial predictor or above its own random-init
+    encoder, named with the numbers: their differences between task sets do not measure what
+    training added."""
+    reach = instrument_reach(summary)
+
+    def best(row: dict) -> str:
+        value = Estimate(row["mean"], row["se"], row["seeds"]).text()
+        name = row["experiment"] + (f" ({row['variant']})" if row["variant"] else "")
+        return f"best {name} {value}"
+
+    lines = []
+    flat = [r for r in reach.iter_rows(named=True) if not r["beats_trivial"]]
+    if flat:
+        lines.append(
+            "At the trivial predictor's level for every task set (none beats it significantly, "
+            "Student's t at p < 0.05; differences between task sets on these metrics are noise): "
+            + "; ".join(
+                f"{short_name(r['metric'])} ({best(r)}, trivial {num(r['trivial'])})" for r in flat
+            )
+            + ".\n"
+        )
+    untrained = [
+        r for r in reach.iter_rows(named=True) if r["beats_trivial"] and not r["beats_random_init"]
+    ]
+    if untrained:
+        lines.append(
+            "Not above the untrained encoder (no task set beats its own random-init weights "
+            "significantly; the instrument reads what a random encoder's features already "
+            "hold): "
+            + "; ".join(
+                f"{short_name(r['metric'])} ({best(r)}, random init {num(r['random_init'])}, "
+                f"trivial {num(r['trivial'])})"
+                for r in untrained
+            )
+            + ".\n"
+        )
+    controlled = sight_section(sight, control) if sight is not None and control else []
+    if not controlled:
+        lines.insert(0, "No positive control in this sweep: no instrument is judged blind.\n")
+    return ["### What the instruments can see\n", *controlled, *lines]
+
+
+def gradient_section(points: pl.DataFrame) -> list[str]:
+    """Early gradient cosine beside synergy, per pair, and their rank correlation."""
+    lines = ["## Gradient agreement and synergy\n"]
+    if not points.height:
+        return [
+            *lines,
+            "No gradient probes in the pair runs (`runtime.grad_probe_every` unset): nothing to "
+            "compare synergy with.\n",
+        ]
+    summary, rho, p, n = gradient_synergy_summary(points)
+    rows = [
+        [
+            r["pair"],
+            Estimate(r["cosine"], r["cosine_se"], r["seeds"]).text(signed=True),
+            Estimate(r["synergy"], r["synergy_se"], r["seeds"]).text(signed=True),
+        ]
+        for r in summary.iter_rows(named=True)
+    ]
+    return [
+        *lines,
+        "The cosine between the two groups' summed gradients at the shared encoder, averaged "
+        f"over the probes in the first {EARLY_FRACTION:.0%} of the run that trains both "
+        "(`runtime.grad_probe_every`; SSL = distill + masked + koleo), beside the pair's "
+        "average synergy (the Table 4 average above), mean ± SE over seeds.\n",
+        *md_table(["pair", "early gradient cosine", "synergy (average)"], rows),
+        "",
+        f"Spearman's rank correlation between the two over the {n} (pair, seed) points: "
+        f"ρ = {num(rho, 2)}, permutation p = {num(p, 2)}. Points of one pair share its runs' "
+        "design, so they are not independent draws: with three pairs this can show at most "
+        "whether the orderings agree, not a law.\n",
+    ]
