@@ -288,3 +288,40 @@ def test_a_loader_worker_error_ends_the_run_with_its_workers(corpus: str, tmp_pa
     assert "Traceback" not in done.stdout + done.stderr
     left = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True)
     assert left.stdout.strip() == "", left.stdout  # no worker outlived the run
+
+
+@pytest.mark.parametrize("damage", ["entry removed", "version 1"])
+def test_a_damaged_sidecar_is_never_trusted(tmp_path: Path, damage: str) -> None:
+    """A sidecar that lost a member's entry (the shard's size unchanged) trained on 49 of 50
+    samples and `mtv data index` called it up to date; one written before sidecars carried a
+    digest cannot be checked. Both are scanned over with a warning and rewritten by the index."""
+    from mtv.data import StaleIndexWarning
+    from mtv.data.shard_index import read_sidecar, sidecar_url
+    from tests.test_sources import sample_members, write_shard
+
+    shard = tmp_path / "shard-0000.tar"
+    members = [m for k in range(5) for m in sample_members(f"k{k}", _png(), f"caption {k}")]
+    write_shard(shard, members)
+    TarShardSource([str(shard)]).write_sidecars()
+    sidecar = Path(sidecar_url(str(shard)))
+    document = json.loads(sidecar.read_text())
+    if damage == "entry removed":
+        for column in ("names", "offsets", "sizes"):
+            document[column] = document[column][:2] + document[column][4:]  # sample k1 gone
+    else:
+        document["version"] = 1
+        del document["digest"]
+    sidecar.write_text(json.dumps(document))
+    with pytest.warns(StaleIndexWarning, match="digest"):
+        keys = TarShardSource([str(shard)]).keys()
+    assert keys == [f"k{k}" for k in range(5)]  # every sample, as a scan finds them
+    result = CliRunner().invoke(app, ["data", "index", str(shard)])
+    assert result.exit_code == 0 and "wrote 1 sidecar(s)" in result.output, result.output
+    listing = read_sidecar(str(shard))
+    assert listing is not None and listing.stale is None and len(listing.members) == 10
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (120, 30, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -5,11 +5,11 @@ write them."""
 from __future__ import annotations
 
 import io
-import json
 import re
 import tarfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,6 +26,7 @@ from mtv.data.shard_index import (
     read_sidecar,
     scan_shard,
     sidecar_url,
+    write_sidecar,
 )
 from mtv.specs.experiment import ShardsSourceSpec
 from mtv.world.corpus import WorldCorpus
@@ -138,10 +139,12 @@ def test_a_sidecar_is_what_the_index_is_built_from(tmp_path: Path) -> None:
     become the keys; reading such a sample then fails on the header check."""
     urls = mixed_corpus(tmp_path, 2)
     TarShardSource(urls, on_problem=Problems()).write_sidecars()
-    sidecar = Path(sidecar_url(urls[0]))
-    document = json.loads(sidecar.read_text())
-    document["names"] = [name.replace("0000-0", "renamed") for name in document["names"]]
-    sidecar.write_text(json.dumps(document))
+    # A well-formed sidecar (its digest matches) whose names differ from the shard's headers.
+    listing = scan_shard(urls[0])
+    renamed = [
+        span._replace(name=span.name.replace("0000-0", "renamed")) for span in listing.members
+    ]
+    write_sidecar(replace(listing, members=tuple(renamed)))
     source = TarShardSource(urls, on_problem=Problems())
     keys = source.keys()
     assert "renamed" in keys and "0000-0" not in keys

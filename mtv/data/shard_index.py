@@ -9,17 +9,24 @@ exactly the keys, spans and problem reports of a scan (unsafe names, incomplete 
 duplicate keys are judged from the listing, never by whoever wrote it).
 
 The sidecar of `URL` is `URL.idx.json`: JSON, one object with `format`, `version`, `shard_size`,
-`end`, `damage` and the members as three parallel lists `names`, `offsets`, `sizes` (columns, not
+`end`, `damage`, `digest` and the members as three parallel lists `names`, `offsets`, `sizes`
+(columns, not
 one object per member, so field names are not repeated: about 35 bytes per member, ~0.1 MB for a
 1,000-sample shard, against the whole shard that a scan pulls through a 5 MB read-ahead cache on
 an object store). JSON, because any tool reads it and Python parses a shard's worth in about a
 millisecond. A sidecar is used only while its `shard_size` equals the shard's size: a rewritten
 shard of another size is scanned instead, with a `StaleIndexWarning`; one rewritten to the very
-same size is caught on read, where every member header is checked against the index.
+same size is caught on read, where every member header is checked against the index. A sidecar
+whose entries were edited or lost (members removed, a shard's worth of samples silently
+missing) no longer matches its `digest` (BLAKE2b of the size, end, damage and member lists) or
+lists members out of archive order: it is scanned over too, never trusted; one written before
+the digest existed (version 1) likewise, until `mtv data index` rewrites it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import lzma
 import tarfile
@@ -35,7 +42,7 @@ from fsspec import AbstractFileSystem
 
 SIDECAR_SUFFIX = ".idx.json"
 SIDECAR_FORMAT = "mtv-shard-index"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: with the digest of its entries
 # Errors of a damaged shard (bad header, cut-off data, broken compression): the shard is reported
 # and left, the run goes on. Network errors (OSError) are not among them and propagate.
 SHARD_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
@@ -141,9 +148,7 @@ def sidecar_document(listing: ShardListing) -> dict[str, Any]:
     """The JSON object of a listing's sidecar."""
     if listing.size is None:
         raise ValueError(f"the size of {listing.url} is unknown: a sidecar could not be checked")
-    return {
-        "format": SIDECAR_FORMAT,
-        "version": SIDECAR_VERSION,
+    entries = {
         "shard_size": listing.size,
         "end": listing.end,
         "damage": listing.damage,
@@ -151,6 +156,18 @@ def sidecar_document(listing: ShardListing) -> dict[str, Any]:
         "offsets": [span.offset for span in listing.members],
         "sizes": [span.size for span in listing.members],
     }
+    return {
+        "format": SIDECAR_FORMAT,
+        "version": SIDECAR_VERSION,
+        **entries,
+        "digest": _digest(entries),
+    }
+
+
+def _digest(entries: dict[str, Any]) -> str:
+    """BLAKE2b-128 of a sidecar's entries in canonical JSON: what its writer listed."""
+    canonical = json.dumps([entries[k] for k in sorted(entries)], separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
 
 
 def write_sidecar(listing: ShardListing, storage_options: dict[str, Any] | None = None) -> str:
@@ -197,7 +214,13 @@ def _parse_sidecar(url: str, raw: bytes) -> ShardListing:
     if not isinstance(document, dict) or document.get("format") != SIDECAR_FORMAT:
         raise ValueError(f"not an {SIDECAR_FORMAT} file")
     if document.get("version") != SIDECAR_VERSION:
-        raise ValueError(f"version {document.get('version')!r}, not {SIDECAR_VERSION}")
+        raise ValueError(
+            f"version {document.get('version')!r}, not {SIDECAR_VERSION} (a version 1 sidecar "
+            "has no digest to check its entries by; `mtv data index` rewrites it)"
+        )
+    fields = ("shard_size", "end", "damage", "names", "offsets", "sizes")
+    if document.get("digest") != _digest({k: document[k] for k in fields}):
+        raise ValueError("its entries do not match its digest: edited or damaged")
     names, offsets, sizes = document["names"], document["offsets"], document["sizes"]
     if not len(names) == len(offsets) == len(sizes):
         raise ValueError("names, offsets and sizes differ in length")
@@ -210,6 +233,10 @@ def _parse_sidecar(url: str, raw: bytes) -> ShardListing:
         raise ValueError("damage is neither null nor text")
     members = tuple(Span(*member) for member in zip(names, offsets, sizes, strict=True))
     end, size = int(document["end"]), int(document["shard_size"])
+    # Members follow each other in the archive, each after the previous one's data and a header.
+    for before, after in itertools.pairwise(members):
+        if after.offset < before.offset + before.size + _BLOCK:
+            raise ValueError(f"member {after.name!r} overlaps {before.name!r}: not archive order")
     return ShardListing(url, size, members, end, damage, from_sidecar=True)
 
 
