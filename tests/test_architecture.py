@@ -173,7 +173,7 @@ def test_a_task_from_one_new_module_trains_in_the_graph(corpus: str, tmp_path: P
         f"data: {{source: {{root: {corpus}}}, loader: {{workers: 0}}}}\n"
         "tasks: [vl, {kind: mean_colour, hidden: 8, weight: 5.0}]\n"
         "task_defaults: !replace {mean_colour: {hidden: 32}}\n"
-        "schedule: {steps: 30, warmup_steps: 2}\noptim: {lr: 3.0e-3}\n"
+        "schedule: {steps: 30, warmup_steps: 2, decay: cosine}\noptim: {lr: 3.0e-3}\n"
     )
     done = subprocess.run(
         [sys.executable, "-m", "mtv_cli.main", "run", "toy.yaml", "--out", "run"],

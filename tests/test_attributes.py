@@ -162,6 +162,7 @@ def test_the_control_trains_end_to_end_on_exact_boxes(corpus: str, tmp_path) -> 
         "experiments/control.yaml",
         [
             f"data.source.root={corpus}",
+            "data.source.camera_distance=[5.0, 6.5]",  # the test corpus's cameras
             "data.source.n_images=64",
             "data.source.image_size=32",
             "data.views.global_size=32",

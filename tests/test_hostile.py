@@ -300,7 +300,7 @@ def test_a_damaged_sidecar_is_never_trusted(tmp_path: Path, damage: str) -> None
     from tests.test_sources import sample_members, write_shard
 
     shard = tmp_path / "shard-0000.tar"
-    members = [m for k in range(5) for m in sample_members(f"k{k}", _png(), f"caption {k}")]
+    members = [m for k in range(5) for m in sample_members(f"k{k}", _png((8, 8)), f"cap {k}")]
     write_shard(shard, members)
     TarShardSource([str(shard)]).write_sidecars()
     sidecar = Path(sidecar_url(str(shard)))
@@ -319,9 +319,3 @@ def test_a_damaged_sidecar_is_never_trusted(tmp_path: Path, damage: str) -> None
     assert result.exit_code == 0 and "wrote 1 sidecar(s)" in result.output, result.output
     listing = read_sidecar(str(shard))
     assert listing is not None and listing.stale is None and len(listing.members) == 10
-
-
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (120, 30, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -231,7 +231,7 @@ def test_task_defaults_are_validated_where_they_are_written(tmp_path: Path) -> N
             f"{base}: task_defaults.distill.weight: Input should be a valid number, unable to "
             "parse string as a number (got 'abc')",
             f"{child}: task_defaults.dino: unknown field 'dino' "
-            "(allowed: depth, distill, ground, koleo, masked, vl)",
+            "(allowed: attributes, depth, distill, ground, koleo, masked, vl)",
         ]
     )
 
@@ -245,7 +245,7 @@ def test_resolved_yaml_shows_only_the_defaults_set() -> None:
     assert defaults == {
         "vl": {"logit_bias_init": "batch"},
         "ground": {"logit_bias_init": "batch"},
-        "distill": head,
+        "distill": {**head, "n_local_crops": 2},
         "masked": head,
     }
 
@@ -300,7 +300,8 @@ def test_json_schema_describes_the_task_union() -> None:
     schema = json.loads(json.dumps(ExperimentSpec.model_json_schema()))
     *classes, short = schema["properties"]["tasks"]["items"]["oneOf"]
     kinds = {c["properties"]["kind"]["const"] for c in classes}
-    assert set(short["enum"]) == kinds == {"vl", "distill", "masked", "koleo", "ground", "depth"}
+    builtin = {"vl", "distill", "masked", "koleo", "ground", "depth", "attributes"}
+    assert set(short["enum"]) == kinds == builtin
     distill = next(c for c in classes if c["properties"]["kind"]["const"] == "distill")
     assert distill["properties"]["n_prototypes"]["default"] == 32768
     assert set(schema["properties"]["task_defaults"]["properties"]) == kinds
