@@ -319,3 +319,79 @@ def test_a_damaged_sidecar_is_never_trusted(tmp_path: Path, damage: str) -> None
     assert result.exit_code == 0 and "wrote 1 sidecar(s)" in result.output, result.output
     listing = read_sidecar(str(shard))
     assert listing is not None and listing.stale is None and len(listing.members) == 10
+
+
+STUCK_TASK = '''
+"""A task whose step never ends once the run is told to stop (a stand-in for a spec too large for
+the machine, or a hung collective)."""
+import os
+import time
+from typing import Any, Literal
+
+from mtv.specs.tasks import TaskSpecBase
+from mtv.tasks import GLOBAL, Task, TaskNeeds, TaskOutput, register_task
+
+
+class StuckSpec(TaskSpecBase):
+    kind: Literal["stuck"] = "stuck"
+
+
+@register_task
+class Stuck(Task):
+    spec_class = StuckSpec
+
+    @classmethod
+    def needs_for(cls, spec: Any, env: Any) -> TaskNeeds:
+        return TaskNeeds(student_views=frozenset({GLOBAL}), token_views=frozenset({GLOBAL}))
+
+    def forward(self, inputs: Any) -> TaskOutput:
+        if os.path.exists(os.environ["STUCK_FLAG"]):
+            time.sleep(3600)
+        return TaskOutput(inputs.student[GLOBAL].tokens.float().pow(2).mean())
+'''
+
+
+def test_a_stop_does_not_wait_past_its_deadline_for_a_step_that_never_ends(
+    corpus: str, tmp_path: Path
+) -> None:
+    """`timeout 300 mtv run` with a step that never ended ran for an hour: SIGTERM waited for
+    it. Now the run exits 128 + SIGTERM once `runtime.stop_deadline` has passed, naming it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "stuck_task.py").write_text(STUCK_TASK)
+    (tmp_path / "stuck.yaml").write_text(
+        f"extends: {SMOKE}\nname: stuck\nimports: [stuck_task]\n"
+        f"data: {{source: {{root: {corpus}}}, loader: {{workers: 0}}}}\n"
+        "tasks: [vl, stuck]\nschedule: {steps: 1000}\nruntime: {stop_deadline: 3}\n"
+        "output: {log_every: 1}\n"
+    )
+    flag = tmp_path / "stuck-now"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mtv_cli.main", "run", "stuck.yaml", "--out", "run"],
+        cwd=tmp_path,
+        env={**os.environ, "STUCK_FLAG": str(flag)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run" / "metrics.parquet").is_file():
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()  # type: ignore[union-attr]
+        time.sleep(0.2)
+    flag.touch()  # the next step hangs
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    try:
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()  # a run still stuck (the bug) is not left behind
+    waited = time.monotonic() - sent
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "did not end within 3 s (runtime.stop_deadline)" in output
+    assert "--resume continues from there" in output
+    assert 2.5 < waited < 60

@@ -323,6 +323,13 @@ class RuntimeSpec(StrictModel):
     )
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
     seed: int = 0
+    stop_deadline: float | None = Field(
+        300.0,
+        gt=0,
+        description="seconds a SIGINT/SIGTERM waits for the step in progress (and its "
+        "checkpoint) before the run exits at once with 128 + the signal, keeping the last "
+        "checkpoint; null: no bound",
+    )
     nonfinite_patience: int = Field(
         3, gt=0, description="stop after this many consecutive steps with a non-finite loss"
     )

@@ -336,7 +336,11 @@ class Trainer:
         """Train to `schedule.steps`, with the trackers of `output.loggers` open meanwhile (rank 0).
         A SIGINT or SIGTERM stops it after the current step with a checkpoint and the metrics on
         disk, raising `Interrupted`."""
-        stop = StopRequest().install()
+        stop = StopRequest(
+            self.spec.runtime.stop_deadline,
+            f"The last checkpoint and the metrics logged before it are in {self.run_dir}; "
+            "--resume continues from there.",
+        ).install()
         outcome: Outcome = "failed"
         try:
             if self.main:
