@@ -395,3 +395,89 @@ def test_a_stop_does_not_wait_past_its_deadline_for_a_step_that_never_ends(
     assert "did not end within 3 s (runtime.stop_deadline)" in output
     assert "--resume continues from there" in output
     assert 2.5 < waited < 60
+
+
+def test_a_datasets_parquet_with_image_paths_is_read_from_its_folder(tmp_path: Path) -> None:
+    """`datasets` writes images it did not embed as {bytes: null, path}: every sample was
+    unusable ("no image bytes"). Relative paths are read against the Parquet file's folder (or
+    `image_root`), may not leave it, and a missing file is a named, skipped sample."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtv.data import open_source
+    from mtv.data.sources import UnusableSample
+    from mtv.specs.experiment import ParquetSourceSpec
+
+    folder = tmp_path / "ds"
+    (folder / "images").mkdir(parents=True)
+    images = {}
+    for i in range(3):
+        images[i] = _png((8 + i, 8))
+        (folder / "images" / f"{i}.png").write_bytes(images[i])
+    (tmp_path / "secret.png").write_bytes(_png((5, 5)))
+    rows = [
+        {"bytes": None, "path": "images/0.png"},
+        {"bytes": None, "path": str(folder / "images" / "1.png")},  # absolute, as datasets writes
+        {"bytes": images[2], "path": "images/2.png"},  # embedded: the bytes win
+        {"bytes": None, "path": "../secret.png"},  # leaves the folder
+        {"bytes": None, "path": "images/gone.png"},
+    ]
+    table = pa.table({"image": rows, "text": [f"photo {i}" for i in range(5)]})
+    pq.write_table(table, folder / "train-00000.parquet")
+    source = open_source(ParquetSourceSpec(urls=[str(folder / "train-00000.parquet")]))
+    for i in range(3):
+        assert source.get(f"train-00000/{i}").image == images[i]
+    with pytest.raises(UnusableSample, match=r"'\.\./secret\.png' leaves the image root"):
+        source.get("train-00000/3")
+    with pytest.raises(UnusableSample, match=r"gone\.png \(FileNotFoundError\)"):
+        source.get("train-00000/4")
+    # With an image root, absolute paths outside it are refused too.
+    rooted = open_source(
+        ParquetSourceSpec(urls=[str(folder / "train-00000.parquet")], image_root=str(folder))
+    )
+    assert rooted.get("train-00000/1").image == images[1]
+    outside = tmp_path / "other"
+    confined = open_source(
+        ParquetSourceSpec(urls=[str(folder / "train-00000.parquet")], image_root=str(outside))
+    )
+    with pytest.raises(UnusableSample, match="leaves the image root"):
+        confined.get("train-00000/1")
+
+
+def test_a_source_in_which_no_image_decodes_is_refused_by_label_and_check(
+    tmp_path: Path,
+) -> None:
+    """Labelling a folder of files that are not images finished "successfully" with a store of
+    nothing; now `mtv label` ends with one error naming why, and `mtv label check` fails too."""
+    from mtv.label import run_labelling
+    from mtv.label.check import check_store
+    from mtv.label.pipeline import LabelSpecError
+    from mtv.specs.label import LabelSpec
+    from tests.tiny_hf import build_tiny_depth_anything
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    lines = []
+    for i in range(3):
+        (photos / f"{i}.png").write_bytes(b"not a png at all " * 4)
+        lines.append(json.dumps({"file": f"{i}.png", "caption": f"a photo {i}"}))
+    (photos / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    spec = LabelSpec.model_validate(
+        {
+            "source": {"kind": "folder", "root": str(photos)},
+            "output": str(tmp_path / "labels.zarr"),
+            "depth": {"kind": "depth_anything", "model": str(build_tiny_depth_anything(tmp_path))},
+            "boxes": None,
+            "resolution": 16,
+            "chunk_size": 2,
+        }
+    )
+    with pytest.raises(LabelSpecError, match=r"no image of the source decoded \(3 sample\(s\)\)"):
+        run_labelling(spec)
+    from mtv.data.store import LabelStore
+
+    store = LabelStore.open(tmp_path / "labels.zarr")  # kept on disk, as written
+    fatal = [p for p in check_store(store) if p.fatal]
+    assert any("no image of the 3 sample(s) decoded" in p.message for p in fatal)
+    result = CliRunner().invoke(app, ["label", "check", str(tmp_path / "labels.zarr")])
+    assert result.exit_code != 0

@@ -1,6 +1,9 @@
-"""Image-text pairs in Parquet files with the image bytes inside: what img2dataset writes
-(`jpg` binary, `caption`, `key`) and what Hugging Face `datasets` writes (`image` as a struct of
-`bytes` and `path`, `text`). Read through fsspec with pyarrow, one row group at a time.
+"""Image-text pairs in Parquet files: what img2dataset writes (`jpg` binary, `caption`, `key`)
+and what Hugging Face `datasets` writes (`image` as a struct of `bytes` and `path`, `text`). Read
+through fsspec with pyarrow, one row group at a time. Where `datasets` stored a path and no bytes
+(images it did not embed), the image is read from that path: a relative one against
+`image_root` (default: the Parquet file's folder), which it may not leave; an absolute one as
+it is, or only inside `image_root` when one is given.
 
 Keys are the `key` column when there is one, else `FILE_STEM/ROW` (stable: names, not order).
 The index (key -> file, row group, row) is built from the small columns only; image bytes are
@@ -58,6 +61,7 @@ class ParquetSource:
         image_column: str | None = None,
         text_column: str | None = None,
         key_column: str | None = "key",
+        image_root: str | None = None,
         on_problem: ProblemCallback | None = None,
         cached_groups: int = 4,
     ):
@@ -66,6 +70,7 @@ class ParquetSource:
         if not self.urls:
             raise ValueError("a parquet source needs at least one file")
         self.storage_options = dict(storage_options or {})
+        self.image_root = image_root.rstrip("/") if image_root else None
         self.on_problem = warn_problem if on_problem is None else on_problem
         self._wanted = (image_column, text_column, key_column)
         self._columns: dict[str, tuple[str, str]] = {}  # url -> (image column, text column)
@@ -106,10 +111,36 @@ class ParquetSource:
         image_column, _ = self._columns[row.url]
         value = self._group(row.url, row.group).column(image_column)[row.row].as_py()
         data = value.get("bytes") if isinstance(value, dict) else value
+        path = value.get("path") if isinstance(value, dict) else None
+        if not data and isinstance(path, str) and path:
+            data = self._read_image_file(key, row, path)
         if not isinstance(data, bytes) or not data:
             raise UnusableSample(key, row.url, f"no image bytes in column {image_column!r}")
         fmt = _image_format(data) or "jpg"
         return Sample(key, data, row.caption, {}, f"{row.url}#row{row.row}", fmt)
+
+    def _read_image_file(self, key: str, row: _Row, path: str) -> bytes:
+        """The bytes of the image file a row names instead of embedding it."""
+        protocol, base = fsspec.core.split_protocol(self.image_root or posixpath.dirname(row.url))
+        base = posixpath.normpath(base or ".")
+        absolute = posixpath.isabs(path) or "://" in path
+        if absolute and self.image_root is None:
+            target = path
+        else:
+            target = posixpath.normpath(posixpath.join(base, path))
+            if posixpath.relpath(target, base).startswith(".."):
+                raise UnusableSample(
+                    key,
+                    row.url,
+                    f"its image path {path!r} leaves the image root {self.image_root or base!r}",
+                )
+            target = f"{protocol}://{target}" if protocol else target
+        try:
+            with fsspec.open(target, "rb", **self.storage_options) as file:
+                return file.read()
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+            reason = type(err).__name__
+            raise UnusableSample(key, row.url, f"its image file {target} ({reason})") from None
 
     # ------------------------------------------------------------------ reading
     def _open(self, url: str) -> pq.ParquetFile:

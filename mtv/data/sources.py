@@ -249,6 +249,7 @@ def open_source(
             image_column=spec.image_column,
             text_column=spec.text_column,
             key_column=spec.key_column,
+            image_root=spec.image_root,
             on_problem=on_problem,
         )
     if isinstance(spec, MiniWorldSourceSpec):

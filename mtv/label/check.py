@@ -50,6 +50,8 @@ def check_store(
     for i in np.flatnonzero(status == STATUS_UNDECODABLE):
         note = "image undecodable when labelled; training leaves it out"
         problems.append(StoreProblem(keys[i], "status", note, fatal=False))
+    if n and bool((status == STATUS_UNDECODABLE).all()):
+        problems.append(StoreProblem("", "status", f"no image of the {n} sample(s) decoded"))
     if "depth" in store.attrs["kinds"]:
         problems += _check_depth(store, unreadable)
     if "boxes" in store.attrs["kinds"] and store.complete:

@@ -322,4 +322,18 @@ def run_labelling(
         store.finalize()
         stats.add_time("write", time.perf_counter() - tick)
     stats.add_time("total", time.perf_counter() - started)
+    if rank == 0:
+        refuse_if_nothing_decoded(store, stats.skipped)
     return store, stats
+
+
+def refuse_if_nothing_decoded(store: Any, skipped: list[tuple[str, str]]) -> None:
+    """A store in which no sample's image decoded labels nothing: an error naming why (the
+    first reason), not a finished job (the store stays on disk, as written)."""
+    status = store.root["status"][:]
+    if len(status) and bool((status == STATUS_UNDECODABLE).all()):
+        example = f"; e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise LabelSpecError(
+            f"no image of the source decoded ({len(status)} sample(s)){example}: {store.path} "
+            "holds no labels. Check the source's images (mtv label check lists them)"
+        )

@@ -97,8 +97,8 @@ class FolderSourceSpec(StrictModel):
 
 
 class ParquetSourceSpec(StrictModel):
-    """Parquet files with the image bytes inside (img2dataset's and Hugging Face `datasets`'
-    layouts)."""
+    """Parquet files with the image bytes inside, or their paths (img2dataset's and Hugging
+    Face `datasets`' layouts)."""
 
     kind: Literal["parquet"] = "parquet"
     urls: list[str] = Field(
@@ -111,6 +111,12 @@ class ParquetSourceSpec(StrictModel):
     text_column: str | None = Field(None, description="null: the first of caption, text, txt")
     key_column: str | None = Field(
         "key", description="the key column if present; else keys are FILE_STEM/ROW"
+    )
+    image_root: str | None = Field(
+        None,
+        description="where the image paths of rows without bytes (`datasets`' {bytes: null, "
+        "path}) are relative to, and which they may not leave; null: each Parquet file's "
+        "folder (absolute paths then read as they are)",
     )
 
 
