@@ -15,9 +15,9 @@ import polars as pl
 import pytest
 
 from mtv.checkpoint import STATE, complete_checkpoints
+from mtv.data.lock import LOCK_NAME, ExclusiveLock
 from mtv.distributed import resolve_backend
 from mtv.train import Trainer, TrainingError, latest_checkpoint
-from mtv.train.lock import LOCK_NAME, RunLock
 from tests.helpers import smoke
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     run = tmp_path / "run"
     dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    holder = RunLock(run)
+    holder = ExclusiveLock.for_run(run)
     # What a killed run leaves: the file naming it, and no flock (the kernel dropped it).
     run.mkdir()
     (run / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": "elsewhere"}))

@@ -481,3 +481,50 @@ def test_a_source_in_which_no_image_decodes_is_refused_by_label_and_check(
     assert any("no image of the 3 sample(s) decoded" in p.message for p in fatal)
     result = CliRunner().invoke(app, ["label", "check", str(tmp_path / "labels.zarr")])
     assert result.exit_code != 0
+
+
+def test_a_label_store_has_one_writer_and_survives_a_killed_creation(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two labelling jobs wrote into one store at once; a creation killed half-way left a
+    folder no later job could open or replace. Now the store is locked as a run directory is,
+    and it is built aside and moved into place whole."""
+    from mtv.data.lock import ExclusiveLock
+    from mtv.label import run_labelling
+    from mtv.label.check import check_store
+    from mtv.label.pipeline import LabelSpecError
+    from mtv.specs.label import LabelSpec
+    from mtv.world.corpus import render_corpus
+
+    corpus = tmp_path_factory.mktemp("world") / "mini"
+    render_corpus(corpus, 8, size=16, seed=2)
+    output = tmp_path / "labels.zarr"
+    spec = LabelSpec.model_validate(
+        {
+            "source": {"kind": "miniworld", "root": str(corpus)},
+            "output": str(output),
+            "resolution": 8,
+            "chunk_size": 4,
+        }
+    )
+    holder = ExclusiveLock.for_store(output)
+    holder.acquire("mtv label (another job)")
+    try:
+        with pytest.raises(LabelSpecError, match=r"labels\.zarr is in use by pid \d+"):
+            run_labelling(spec)
+    finally:
+        holder.release()
+    assert not output.exists()  # the refused job wrote nothing
+    # A creation killed half-way: only the aside folder, which the next job starts over.
+    partial = tmp_path / "labels.zarr.partial"
+    partial.mkdir()
+    (partial / "zarr.json").write_text("{half")
+    store, stats = run_labelling(spec)
+    assert stats.images == 8 and check_store(store) == [] and not partial.exists()
+    # A folder that is not a store is named, not overwritten.
+    (tmp_path / "junk.zarr").mkdir()
+    (tmp_path / "junk.zarr" / "mine.txt").write_text("keep me")
+    junk = spec.model_copy(update={"output": str(tmp_path / "junk.zarr")})
+    with pytest.raises(LabelSpecError, match=r"junk\.zarr exists but is not a label store"):
+        run_labelling(junk)
+    assert (tmp_path / "junk.zarr" / "mine.txt").read_text() == "keep me"

@@ -21,6 +21,7 @@ the flat `boxes/*` arrays.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -175,8 +176,19 @@ class LabelStore:
             raise ValueError("the source has duplicate keys; a label store needs unique keys")
         if len(fingerprints) != len(keys):
             raise ValueError(f"{len(fingerprints)} fingerprints for {len(keys)} keys")
+        target = Path(path)
+        if target.exists():
+            raise FileExistsError(
+                f"{target} exists but is not a label store (no zarr.json); remove it or choose "
+                "another output"
+            )
+        # Built aside and moved into place whole: a creation killed half-way leaves only the
+        # `.partial` folder, which the next creation (under the store's lock) starts over.
+        partial = target.with_name(target.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
         with zarr.config.set({"array.write_empty_chunks": True}):
-            root = zarr.open_group(str(path), mode="w")
+            root = zarr.open_group(str(partial), mode="w")
             n = len(keys)
             _strings(root, "keys", keys, 65536)
             root.create_array("fingerprints", data=np.asarray(fingerprints, dtype=np.uint64))
@@ -214,7 +226,8 @@ class LabelStore:
                     "complete": False,
                 }
             )
-            return cls(path, root)
+        partial.rename(target)
+        return cls.open(target, mode="r+")
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> LabelStore:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mtv.data import FolderSource, TarShardSource, UnusableSample, decode_image, open_source
+from mtv.data.lock import ExclusiveLock, Locked
 from mtv.data.provenance import match_store, sample_fingerprints
 from mtv.data.store import (
     STATUS_OK,
@@ -200,16 +201,19 @@ def open_or_create_store(
         try:
             store = LabelStore.open(spec.output, mode="r+")
         except FileNotFoundError:
-            store = LabelStore.create(
-                spec.output,
-                keys,
-                kinds,
-                spec.resolution,
-                spec.chunk_size,
-                experts,
-                source=spec.source.model_dump(mode="json"),
-                fingerprints=sample_fingerprints(source, keys),
-            )
+            try:
+                store = LabelStore.create(
+                    spec.output,
+                    keys,
+                    kinds,
+                    spec.resolution,
+                    spec.chunk_size,
+                    experts,
+                    source=spec.source.model_dump(mode="json"),
+                    fingerprints=sample_fingerprints(source, keys),
+                )
+            except FileExistsError as err:
+                raise LabelSpecError(f"output: {err}") from None
         if store.attrs.get("version") != VERSION:
             raise LabelSpecError(
                 f"output: {store.path} is a label store of format {store.attrs.get('version')}, "
@@ -305,6 +309,33 @@ def run_labelling(
     source, truth = resolve_source(spec)
     experts = build_experts(spec, truth)
     keys = source.keys()
+    # One labelling job per store (its ranks share it: rank 0 holds the lock for them).
+    lock = ExclusiveLock.for_store(Path(spec.output))
+    if rank == 0:
+        try:
+            lock.acquire(f"mtv label {spec.output}")
+        except Locked as err:
+            raise LabelSpecError(f"output: {err}") from None
+    try:
+        return _label_store(
+            spec, source, keys, experts, rank, world_size, started, progress, on_skip, on_start
+        )
+    finally:
+        lock.release()
+
+
+def _label_store(
+    spec: LabelSpec,
+    source: TarShardSource | FolderSource,
+    keys: list[str],
+    experts: tuple[DepthExpert | None, BoxExpert | None, Tagger],
+    rank: int,
+    world_size: int,
+    started: float,
+    progress: Callable[[int], None] | None,
+    on_skip: Callable[[str, str], None] | None,
+    on_start: Callable[[int, int], None] | None,
+) -> tuple[LabelStore, LabelStats]:
     store = open_or_create_store(spec, source, keys, _experts_record(*experts), rank)
     done = store.done()
     mine = [c for c in range(store.n_chunks) if c % world_size == rank]

@@ -25,13 +25,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mtv.checkpoint import save_checkpoint
 from mtv.data.loader import build_stream
+from mtv.data.lock import ExclusiveLock, Locked
 from mtv.distributed import init_from_environment, is_distributed, local_rank, resolve_backend
 from mtv.eval import FrozenModel, check_settings, run_suite, store_results
 from mtv.graph import TaskGraph
 from mtv.signals import StopRequest
 from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.loading import spec_to_yaml
-from mtv.train.lock import RunLock, RunLocked
 from mtv.train.loggers import LoggerError, Loggers, Outcome, check_available, open_loggers
 from mtv.train.metrics import MetricsLog
 from mtv.train.precision import resolve_precision
@@ -133,7 +133,7 @@ class Trainer:
         except LoggerError as err:
             raise TrainingError(str(err)) from None
         self.loggers = Loggers()  # opened by `run`, on rank 0
-        self.lock = RunLock(run_dir)
+        self.lock = ExclusiveLock.for_run(run_dir)
         try:  # an evaluation the run could not do is refused before training, not after it
             check_settings(spec.eval)
         except ValueError as err:
@@ -185,7 +185,7 @@ class Trainer:
                 raise TrainingError(f"the run directory {self.run_dir} is a file, not a folder")
             try:
                 self.lock.acquire(f"mtv run {self.spec.name}")
-            except RunLocked as err:
+            except Locked as err:
                 raise TrainingError(str(err)) from None
             except OSError as err:
                 raise TrainingError(

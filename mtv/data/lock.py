@@ -1,6 +1,8 @@
-"""An exclusive lock on a run directory, so two processes never train into the same one.
+"""An exclusive lock on a folder mtv writes (a run directory, a label store), so two processes
+never write into the same one.
 
-The lock is an advisory `flock` on `RUN/.mtv-lock`, which names its holder (pid, host, start
+The lock is an advisory `flock` on a lock file (`RUN/.mtv-lock`; `STORE.mtv-lock` beside a label
+store, which must exist before the store does), which names its holder (pid, host, start
 time). The kernel drops a `flock` when its process dies, however it dies, so a lock left by a
 killed run is no lock at all: the next run takes it over without being told to. The file stays
 behind (removing it while another process waits on it would let two processes hold "the" lock).
@@ -19,8 +21,8 @@ from typing import IO, Any
 LOCK_NAME = ".mtv-lock"
 
 
-class RunLocked(RuntimeError):
-    """Another live process holds the run directory."""
+class Locked(RuntimeError):
+    """Another live process holds the folder."""
 
 
 def _holder(text: str) -> str:
@@ -34,15 +36,25 @@ def _holder(text: str) -> str:
     )
 
 
-class RunLock:
+class ExclusiveLock:
     """Held from `acquire` until `release` or the end of the process."""
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK_NAME
+    def __init__(self, path: Path, guards: Path, advice: str):
+        """`path`: the lock file; `guards`: the folder it protects (named in the refusal);
+        `advice`: what the refused user can do."""
+        self.path, self.guards, self.advice = path, guards, advice
         self._handle: IO[str] | None = None
 
+    @classmethod
+    def for_run(cls, run_dir: Path) -> ExclusiveLock:
+        return cls(run_dir / LOCK_NAME, run_dir, "give this run another --out")
+
+    @classmethod
+    def for_store(cls, store: Path) -> ExclusiveLock:
+        return cls(store.with_name(store.name + LOCK_NAME), store, "give it another output")
+
     def acquire(self, command: str = "mtv run") -> None:
-        """Take the lock or raise `RunLocked` naming the process that holds it."""
+        """Take the lock or raise `Locked` naming the process that holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held while training)
         try:
@@ -51,9 +63,8 @@ class RunLock:
             handle.seek(0)
             holder = _holder(handle.read())
             handle.close()
-            raise RunLocked(
-                f"{self.path.parent} is in use by {holder}; wait for it to finish, or give "
-                "this run another --out"
+            raise Locked(
+                f"{self.guards} is in use by {holder}; wait for it to finish, or {self.advice}"
             ) from None
         handle.seek(0)
         handle.truncate()
