@@ -51,7 +51,7 @@ def held_bytes(step: HeldByAStep) -> int:
         modules.append(graph.teacher)
     tensors = [t for m in modules for t in [*m.parameters(), *m.buffers()]]
     tensors += [p.grad for p in graph.student.parameters() if p.grad is not None]
-    for state in step.runner.optimizer.state.values():
+    for state in step.stepper.optimizer.state.values():
         tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
     tensors += [v for v in vars(step.batch).values() if isinstance(v, torch.Tensor)]
     return _storage_bytes(t for t in tensors if t.device.type != "meta")

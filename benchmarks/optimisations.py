@@ -53,7 +53,7 @@ def optimisation_rows(setting: Setting, repeats: int) -> list[Row]:
     steps["now"]()  # leave the step as the library builds it
     # The optimiser step alone (the gradients of the last step are still there). The step uses
     # the fused kernel throughout: it is also what skips a non-finite step on the device.
-    fused = bench.runner.optimizer
+    fused = bench.stepper.optimizer
     optim = bench.spec.optim
     default = torch.optim.AdamW(
         [{"params": group["params"]} for group in fused.param_groups],

@@ -125,7 +125,7 @@ def synthetic_batch(spec: ExperimentSpec, device: torch.device, seed: int = 0) -
         vocabulary = torch.cat([vocabulary, torch.zeros(1, length, dtype=torch.long)])  # padding
         ids = torch.randint(0, slots // 2, batch.box_valid.shape, generator=g)
         ids = torch.where(batch.box_valid, ids, slots // 2)
-        batch.region_name_ids, batch.region_names = ids, vocabulary[ids]
+        batch.region_name_ids, batch.region_slot_names = ids, vocabulary[ids]
         batch = batch.share_region_names()  # as the loader's collate does
     return batch.to(device)
 
@@ -142,14 +142,14 @@ class BenchStep:
             backend = spec.runtime.compile_backend
             self.graph.wrap_student(lambda m: torch.compile(m, backend=backend))
             self.graph.wrap_teacher(lambda fn: torch.compile(fn, backend=backend))
-        self.runner = TrainStep(spec, self.graph, device, world=1)
+        self.stepper = TrainStep(spec, self.graph, device, world=1)
         self.batch = synthetic_batch(spec, device)
         self.step = 0
 
     def __call__(self) -> torch.Tensor:
-        self.runner.start(self.spec.optim.lr)
-        self.runner.forward_backward(self.batch, self.step, micro=0)
-        values = self.runner.optimizer_step(self.step)
+        self.stepper.start(self.spec.optim.lr)
+        self.stepper.forward_backward(self.batch, self.step, micro=0)
+        values = self.stepper.optimizer_step(self.step)
         self.step += 1
         return values
 

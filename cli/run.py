@@ -94,7 +94,7 @@ def run(
 
     try:
         trainer = Trainer(spec, run_dir, resume=resume, report=report, on_step=view)
-        if trainer.main:
+        if trainer.is_main:
             console.print(f"run directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
         if view.live is not None:
             with view.live:
@@ -111,7 +111,7 @@ def run(
         raise typer.Exit(code=130 if err.signal == "SIGINT" else 143) from None
     except (TrainingError, DataPreparationError, TooManyBadSamples) as err:
         raise fail(str(err)) from None
-    if not trainer.main:  # one voice per run: rank 0 speaks for all
+    if not trainer.is_main:  # one voice per run: rank 0 speaks for all
         return
     losses = ", ".join(
         f"{k.split('/', 1)[1] if '/' in k else 'total'} {v:.4f}" for k, v in summary.last.items()

@@ -27,8 +27,10 @@ class Batch:
     patch_mask: Tensor | None = None  # (B, N) bool, True = masked
     boxes: Tensor | None = None  # (B, R, 4) float
     box_valid: Tensor | None = None  # (B, R) bool, False = padding
-    # The distinct entity names of the batch, each once (U, L token ids), and which of them each
-    # region slot holds (B, R indices into region_names): the text tower encodes U rows, not B x R.
+    # Each region slot's entity name as the loader tokenizes it (B, R, L); `share_region_names`
+    # turns it into the batch's distinct names, each once (U, L token ids), and which of them each
+    # slot holds (B, R indices into region_names): the text tower encodes U rows, not B x R.
+    region_slot_names: Tensor | None = None
     region_names: Tensor | None = None
     region_name_index: Tensor | None = None
     region_name_ids: Tensor | None = None  # (B, R) int64 `name_id` of each entity name
@@ -46,14 +48,21 @@ class Batch:
         )
 
     def share_region_names(self) -> Batch:
-        """`region_names` given per slot (B, R, L) -> each distinct row once (U, L) and
-        `region_name_index` (B, R). On the host, before the device: the distinct count is
-        data-dependent, which a compiled step could not decide without a host sync."""
-        if self.region_names is None or self.region_names.dim() != 3:
+        """`region_slot_names` (B, R, L) -> each distinct row once, `region_names` (U, L), and
+        `region_name_index` (B, R); the per-slot tensor is dropped. On the host, before the
+        device: the distinct count is data-dependent, which a compiled step could not decide
+        without a host sync."""
+        if self.region_slot_names is None:
             return self
-        slots = self.region_names.shape[:2]
-        names, index = torch.unique(self.region_names.flatten(0, 1), dim=0, return_inverse=True)
-        return replace(self, region_names=names, region_name_index=index.reshape(slots))
+        slots = self.region_slot_names.shape[:2]
+        flat = self.region_slot_names.flatten(0, 1)
+        names, index = torch.unique(flat, dim=0, return_inverse=True)
+        return replace(
+            self,
+            region_slot_names=None,
+            region_names=names,
+            region_name_index=index.reshape(slots),
+        )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))

@@ -47,7 +47,8 @@ def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
     if batch.region_names is None or batch.region_name_index is None:
         return rows
     names = batch.region_names[batch.region_name_index[start:stop]]  # (rows, R, L)
-    return replace(rows, region_names=names, region_name_index=None).share_region_names()
+    unshared = replace(rows, region_slot_names=names, region_names=None, region_name_index=None)
+    return unshared.share_region_names()
 
 
 def rank_rows(rank: int, split: tuple[int, ...]) -> tuple[int, int]:

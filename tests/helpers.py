@@ -76,7 +76,7 @@ def random_batch(graph: TaskGraph, batch_size: int = 4, regions: int = 3, seed: 
         batch.region_name_ids = torch.randint(0, 5, (batch_size, regions), generator=g)
         # Names are a function of the id, so equal ids really are equal texts.
         names = torch.randint(3, text.vocab_size, (5, text.context_length), generator=g)
-        batch.region_names = names[batch.region_name_ids]
+        batch.region_slot_names = names[batch.region_name_ids]
         batch = batch.share_region_names()
     if "depth" in plan.labels:
         yy, xx = torch.meshgrid(

@@ -32,13 +32,13 @@ def test_the_compiled_step_neither_breaks_nor_recompiles(corpus: str, tmp_path: 
     counters.clear()
     trainer = Trainer(spec, tmp_path / "run", report=lambda m: None)
     names: list[int] = []
-    forward_backward = trainer.runner.forward_backward
+    forward_backward = trainer.stepper.forward_backward
 
     def recorded(batch: Any, *args: Any, **kwargs: Any) -> None:
         names.append(batch.region_names.shape[0])
         forward_backward(batch, *args, **kwargs)
 
-    trainer.runner.forward_backward = recorded  # type: ignore[method-assign]
+    trainer.stepper.forward_backward = recorded  # type: ignore[method-assign]
     trainer.train_step()
     trainer.step += 1
     assert not counters["graph_break"], dict(counters["graph_break"])

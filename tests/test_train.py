@@ -186,7 +186,7 @@ def test_planted_nan_is_named_skipped_and_stops_the_run(corpus: str, tmp_path: P
         return out
 
     depth.forward = poisoned  # type: ignore[method-assign]
-    before = [p.detach().clone() for p in trainer.runner.params]
+    before = [p.detach().clone() for p in trainer.stepper.params]
     with pytest.raises(NonFiniteLoss, match="depth"):
         trainer.run()
     # named with the 1-based numbers of the console and metrics.parquet
@@ -200,13 +200,13 @@ def test_planted_nan_is_named_skipped_and_stops_the_run(corpus: str, tmp_path: P
     for _ in range(2):
         reference.train_step()
         reference.step += 1
-    for p, q in zip(trainer.runner.params, reference.runner.params, strict=True):
+    for p, q in zip(trainer.stepper.params, reference.stepper.params, strict=True):
         torch.testing.assert_close(p, q)
-    assert any(not torch.equal(p, b) for p, b in zip(trainer.runner.params, before, strict=True))
+    assert any(not torch.equal(p, b) for p, b in zip(trainer.stepper.params, before, strict=True))
     # the optimiser's moments did not move either (the fused AdamW's found_inf skip)
     for group, ref in zip(
-        trainer.runner.optimizer.state.values(),
-        reference.runner.optimizer.state.values(),
+        trainer.stepper.optimizer.state.values(),
+        reference.stepper.optimizer.state.values(),
         strict=True,
     ):
         torch.testing.assert_close(group["exp_avg"], ref["exp_avg"])

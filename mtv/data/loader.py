@@ -112,7 +112,7 @@ class ViewBuilder:
             out["boxes"][: len(order)] = torch.from_numpy(kept[order])
             out["box_valid"][: len(order)] = True
             out["region_name_ids"][: len(order)] = torch.tensor([name_id(n) for n in chosen])
-        out["region_names"] = self.tokenizer(chosen + [""] * (regions - len(chosen)))
+        out["region_slot_names"] = self.tokenizer(chosen + [""] * (regions - len(chosen)))
         return out
 
 

@@ -68,7 +68,7 @@ class RunSummary:
 Event = Callable[[dict[str, Any]], None]
 
 
-def _pick(value: str) -> torch.device:
+def training_device(value: str) -> torch.device:
     """The training device: on CUDA, the GPU of this process's `LOCAL_RANK` (torchrun's
     convention), made the current device so that collectives and allocations go to it."""
     if value == "auto":
@@ -119,17 +119,17 @@ class Trainer:
         """`on_step(row)`: called with each step's metrics row (rank 0), in batches at log steps,
         when the rows reach the host."""
         self.spec, self.run_dir, self.report, self.on_step = spec, run_dir, report, on_step
-        self.device = _pick(spec.runtime.device)
+        self.device = training_device(spec.runtime.device)
         self.precision = resolve_precision(spec.runtime.precision, device=self.device)
         self.rank, self.world = init_from_environment(
             resolve_backend(spec.runtime.distributed.backend, self.device.type)
         )
-        self.main = self.rank == 0
-        if not self.main:  # one voice per run: the other ranks neither print nor write
+        self.is_main = self.rank == 0  # the rank that writes files and speaks
+        if not self.is_main:  # one voice per run: the other ranks neither print nor write
             self.report = _silent
             warnings.filterwarnings("ignore")  # rank 0 shows the same ones
         try:  # a tracker's missing package stops the run before anything is written
-            check_available(spec.output.loggers if self.main else ())
+            check_available(spec.output.loggers if self.is_main else ())
         except LoggerError as err:
             raise TrainingError(str(err)) from None
         self.loggers = Loggers()  # opened by `run`, on rank 0
@@ -144,14 +144,15 @@ class Trainer:
             self.report(f"warning: {precision.warning}")
         self._restored = self._prepare_run_dir(resume)
         self.data = self._data()
-        if self.main:
+        if self.is_main:
             # The run keeps its own tokenizer: evaluation and export then need only the run.
             self.data.tokenizer.save(run_dir / "tokenizer.json")
         # The same initial weights on every rank, and the ones `FrozenModel.random_init` draws.
         torch.manual_seed(spec.runtime.seed)
         # A resumed run's checkpoint replaces the weights: model.init_from is not read again.
         self.graph = TaskGraph(spec, pretrained=not resume).to(self.device)
-        self.runner = TrainStep(spec, self.graph, self.device, self.world, self.precision)
+        # The step itself: forward/backward, the optimiser step and its values on the device.
+        self.stepper = TrainStep(spec, self.graph, self.device, self.world, self.precision)
         self._wrap()
         self.stream = build_stream(
             spec.data,
@@ -180,7 +181,7 @@ class Trainer:
     def _prepare_run_dir(self, resume: bool) -> tuple[Path, dict[str, Any]] | None:
         """Lock the run directory, and accept or refuse the run before anything in it is
         written: a refused resume leaves the directory exactly as it was."""
-        if self.main:
+        if self.is_main:
             if self.run_dir.exists() and not self.run_dir.is_dir():
                 raise TrainingError(f"the run directory {self.run_dir} is a file, not a folder")
             try:
@@ -199,17 +200,17 @@ class Trainer:
         except BaseException:
             self.lock.release()
             raise
-        if self.main:
+        if self.is_main:
             (self.run_dir / "spec.yaml").write_text(spec_to_yaml(self.spec))
             env = environment(self.device, self.world) | {"precision": self.precision.as_dict()}
             (self.run_dir / "environment.json").write_text(json.dumps(env, indent=1))
         return restored
 
     def _data(self) -> RunData:
-        if self.main:
+        if self.is_main:
             data = prepare_data(self.spec, self.report, is_main=True)
         _barrier()
-        if not self.main:
+        if not self.is_main:
             data = prepare_data(self.spec, self.report, is_main=False)
         return data
 
@@ -238,7 +239,7 @@ class Trainer:
         path, state = self._restored
         self._restored = None  # the state is large; keep no second copy of the weights
         self.graph.load_state_dict(state["graph"])
-        self.runner.optimizer.load_state_dict(state["optimizer"])
+        self.stepper.optimizer.load_state_dict(state["optimizer"])
         self.stream.load_state_dict(state["loader"][self.rank])
         torch.set_rng_state(state["rng"]["cpu"])
         self.step = int(state["step"])
@@ -252,11 +253,11 @@ class Trainer:
             gathered: list[Any] = [None] * self.world
             dist.all_gather_object(gathered, loader_states[0])
             loader_states = gathered
-        if self.main:
+        if self.is_main:
             state = {
                 "step": self.step,
                 "graph": self.graph.state_dict(),
-                "optimizer": self.runner.optimizer.state_dict(),
+                "optimizer": self.stepper.optimizer.state_dict(),
                 "loader": loader_states,
                 "rng": {"cpu": torch.get_rng_state()},
                 "critical": critical_settings(self.spec, self.world),
@@ -274,7 +275,7 @@ class Trainer:
         that `read_rows` brings to the host at the next log step."""
         spec = self.spec
         lr = spec.optim.lr * lr_factor(spec.schedule, self.step)
-        self.runner.start(lr)
+        self.stepper.start(lr)
         for micro in range(spec.optim.accumulate):
             start = time.perf_counter()
             batch, _ = next(self.stream)
@@ -286,14 +287,14 @@ class Trainer:
                 torch._dynamo.maybe_mark_dynamic(batch.region_names, 0)
             every = spec.runtime.grad_probe_every
             probe = bool(every) and micro == 0 and self.step % every == 0
-            self.runner.forward_backward(batch, self.step, micro, probe=probe)
-        values = self.runner.optimizer_step(self.step)
+            self.stepper.forward_backward(batch, self.step, micro, probe=probe)
+        values = self.stepper.optimizer_step(self.step)
         # `step` counts the optimiser steps done with this row's, 1..schedule.steps: the numbers
         # of the console, the checkpoints (step-N) and the evaluations (taken after step N).
         host: dict[str, Any] = {"step": self.step + 1, "lr": lr}
         if self.graph.teacher is not None:
             host["teacher_momentum"] = self.graph.teacher_momentum(self.step)
-        host.update(self.runner.probe)
+        host.update(self.stepper.probe)
         self._window.append((host, values))
 
     def read_rows(self) -> list[dict[str, Any]]:
@@ -305,8 +306,8 @@ class Trainer:
         hosts, values = zip(*self._window, strict=True)
         elapsed = max(time.perf_counter() - self._window_started, 1e-9)
         rows = []
-        for host, read in zip(hosts, read_window(list(values), self.runner.names), strict=True):
-            finite = {k: read.pop(f"finite/{k}") for k in self.runner.kinds}
+        for host, read in zip(hosts, read_window(list(values), self.stepper.names), strict=True):
+            finite = {k: read.pop(f"finite/{k}") for k in self.stepper.kinds}
             skipped = bool(read.pop("skipped"))
             row = {**host, **read}
             row.update(
@@ -343,7 +344,7 @@ class Trainer:
         ).install()
         outcome: Outcome = "failed"
         try:
-            if self.main:
+            if self.is_main:
                 try:
                     self.loggers = open_loggers(self.spec, self.run_dir, self.step, self.report)
                 except LoggerError as err:
@@ -385,7 +386,7 @@ class Trainer:
                 self._take_rows()
             if checkpoint:
                 self.save()
-            if evaluate and self.main:
+            if evaluate and self.is_main:
                 self.evaluate()
             if signalled and self.step < spec.schedule.steps:
                 if not checkpoint:
@@ -395,7 +396,7 @@ class Trainer:
                     f"the checkpoint and metrics of every finished step are in {self.run_dir}",
                     signalled,
                 )
-        if self.main:
+        if self.is_main:
             self.metrics.flush()
         last = _mean_over_ranks(self._last, self.device)
         return RunSummary(self.run_dir, self.step, last, time.perf_counter() - started)
@@ -421,12 +422,12 @@ class Trainer:
                 self._last = {k: v for k, v in row.items() if k.startswith("loss")}
             self.metrics.add(row)
             self.loggers.log_row(row)
-            if self.on_step is not None and self.main:
+            if self.on_step is not None and self.is_main:
                 self.on_step(row)
         if rows:
             self._warnings(rows[-1])
         if stop_at is not None:
-            if self.main:
+            if self.is_main:
                 self.metrics.flush()
             raise NonFiniteLoss(
                 f"{patience} consecutive steps with a non-finite loss (last in "
