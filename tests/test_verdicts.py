@@ -335,18 +335,27 @@ def test_blind_metrics_leave_the_verdicts_and_each_column_counts_once() -> None:
 
 
 def test_the_report_shows_the_control_and_marks_the_blind(tmp_path: Path) -> None:
+    near = control_rows({"zero_shot/shape_top1": 0.3}, []).with_columns(
+        pl.lit("control_near").alias("experiment"),
+        (pl.lit("near-") + pl.col("run")).alias("run"),
+    )
     frame = pl.concat(
         [
             planted(PAPER_LIKE),
             control_rows({"segmentation/miou": 0.2}, ["depth_probe/rmse"]),
+            near,
         ],
         how="diagonal_relaxed",
     ).with_columns((pl.lit(str(tmp_path / "runs") + "/") + pl.col("run")).alias("run"))
     _fake_runs(frame)
-    names, text = _report(frame, tmp_path, "ctl", {"control": "control", "tables": list(SETS)})
+    analysis = {"control": "control", "extra_controls": ["control_near"], "tables": list(SETS)}
+    names, text = _report(frame, tmp_path, "ctl", analysis)
     assert "instruments.parquet" in names
     section = text.split("### What the instruments can see")[1].split("\n## ")[0]
     assert "Positive control: `control`" in section
     assert "| depth lin. RMSE ↓ |" in section and "**blind**" in section
     assert "| seg mIoU |" in section and "| sees |" in section
+    # the control in another world is shown and decides nothing
+    assert "Also `control_near` against its own random init" in section
+    assert "| 0-shot shape | 0.7" in section
     assert "left out as blind: depth lin. RMSE ↓" in text.split("## Verdicts")[1]

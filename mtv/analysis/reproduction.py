@@ -356,7 +356,12 @@ def _markdown(
         "## Runs (final step)\n",
         *_runs_section(summary, metrics, _training_minutes(final)),
         "",
-        *instrument_section(summary, sight, spec.analysis.control),
+        *instrument_section(
+            summary,
+            sight,
+            spec.analysis.control,
+            {name: instrument_sight(final, name) for name in spec.analysis.extra_controls},
+        ),
     ]
     if "curves" in figures:
         lines += ["## Learning curves\n", f"![learning curves]({figures['curves'].name})\n"]

@@ -27,8 +27,10 @@ def num(value: float | None, digits: int = 3) -> str:
     )
 
 
-def sight_section(sight: pl.DataFrame, control: str) -> list[str]:
-    """The positive control against its random init, per metric, with the blind ones marked."""
+def sight_section(sight: pl.DataFrame, control: str, decides: bool = True) -> list[str]:
+    """The positive control against its random init, per metric, with the blind ones marked
+    (`decides`: the sweep's control, whose blind metrics leave the verdicts; else one shown
+    beside it, e.g. in another world)."""
     rows = []
     for r in sight.iter_rows(named=True):
         gain = Estimate(r["gain"], r["gain_se"], r["seeds"]).text(signed=True)
@@ -37,6 +39,16 @@ def sight_section(sight: pl.DataFrame, control: str) -> list[str]:
             [short_name(r["metric"]), num(r["control"]), num(r["random_init"]), gain, state]
         )
     blind = sorted(blind_metrics(sight))
+    table = md_table(["metric", "control", "random init", "gain", "instrument"], rows)
+    if not decides:
+        return [
+            f"Also `{control}` against its own random init (shown, not deciding blindness: "
+            "see its experiment file for how it differs)"
+            + (f"; blind there: {', '.join(short_name(m) for m in blind)}." if blind else ".")
+            + "\n",
+            *table,
+            "",
+        ]
     return [
         f"Positive control: `{control}`, an encoder trained directly for what the instruments "
         "ask (see its experiment file), against its own random-init weights, paired by seed "
@@ -45,13 +57,16 @@ def sight_section(sight: pl.DataFrame, control: str) -> list[str]:
         "the synergy average"
         + (f": {', '.join(short_name(m) for m in blind)}." if blind else " (none is).")
         + "\n",
-        *md_table(["metric", "control", "random init", "gain", "instrument"], rows),
+        *table,
         "",
     ]
 
 
 def instrument_section(
-    summary: pl.DataFrame, sight: pl.DataFrame | None, control: str | None
+    summary: pl.DataFrame,
+    sight: pl.DataFrame | None,
+    control: str | None,
+    extra: dict[str, pl.DataFrame] | None = None,
 ) -> list[str]:
     """The positive control's verdict on each instrument, then the metrics on which no trained
     task set stands out of its noise above the trivial predictor or above its own random-init
@@ -91,6 +106,8 @@ def instrument_section(
             + ".\n"
         )
     controlled = sight_section(sight, control) if sight is not None and control else []
+    for name, other in (extra or {}).items():
+        controlled += sight_section(other, name, decides=False)
     if not controlled:
         lines.insert(0, "No positive control in this sweep: no instrument is judged blind.\n")
     return ["### What the instruments can see\n", *controlled, *lines]

@@ -90,6 +90,11 @@ class SweepAnalysisSpec(StrictModel):
         default_factory=list,
         description="other sweeps' `out` folders whose learning curves the report shows",
     )
+    extra_controls: list[str] = Field(
+        default_factory=list,
+        description="other positive-control experiments shown beside `control` (e.g. in "
+        "another world), each against its own random init; they decide nothing",
+    )
     weighting: WeightingClaimSpec | None = Field(
         None, description="experiments for the verdict on uniform loss weighting"
     )
