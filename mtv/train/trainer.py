@@ -28,10 +28,11 @@ from mtv.data.loader import build_stream
 from mtv.data.lock import ExclusiveLock, Locked
 from mtv.distributed import init_from_environment, is_distributed, local_rank, resolve_backend
 from mtv.eval import FrozenModel, check_settings, run_suite, store_results
-from mtv.graph import TaskGraph
+from mtv.graph import TaskGraph, plan_graph
 from mtv.signals import StopRequest
 from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.loading import spec_to_yaml
+from mtv.train.budget import memory_estimate, refusal
 from mtv.train.loggers import LoggerError, Loggers, Outcome, check_available, open_loggers
 from mtv.train.metrics import MetricsLog
 from mtv.train.precision import resolve_precision
@@ -142,6 +143,16 @@ class Trainer:
         self.report(f"device {self.device}, precision {precision.name} ({precision.reason})")
         if precision.warning:
             self.report(f"warning: {precision.warning}")
+        # Before anything is rendered, labelled or allocated: a step that cannot fit is refused.
+        value_bytes = 2 if precision.name == "bf16" else 4
+        memory = memory_estimate(spec, plan_graph(spec), self.device, value_bytes)
+        if (refused := refusal(memory, self.device)) is not None:
+            raise TrainingError(refused)
+        if memory.available is not None:
+            self.report(
+                f"step memory: activations at least {memory.activations / 2**30:.2f} GiB of "
+                f"{memory.available / 2**30:.1f} GiB available"
+            )
         self._restored = self._prepare_run_dir(resume)
         self.data = self._data()
         if self.is_main:
