@@ -528,3 +528,28 @@ def test_a_label_store_has_one_writer_and_survives_a_killed_creation(
     with pytest.raises(LabelSpecError, match=r"junk\.zarr exists but is not a label store"):
         run_labelling(junk)
     assert (tmp_path / "junk.zarr" / "mine.txt").read_text() == "keep me"
+
+
+def test_a_huge_caption_is_cut_before_it_is_encoded() -> None:
+    """A 10 MB caption took training to 3.0 GB in encodings of tokens the context cuts off. The
+    tokenizer now encodes (and trains on) at most 32 characters per context token, and a long
+    but ordinary caption gives exactly the ids it gave uncut."""
+    from mtv.models.tokenizer import CHARS_PER_CONTEXT_TOKEN, TextTokenizer
+
+    words = ["red", "cube", "on", "a", "floor", "and", "blue", "sphere"]
+    ordinary = " ".join(words[i % len(words)] for i in range(2000))
+    tokenizer = TextTokenizer.train([ordinary, "x" * 10_000_000], 300, 16)
+    inner = tokenizer.tokenizer
+    lengths: list[int] = []
+
+    class Spy:
+        """The tokenizer, with the texts handed to encode_batch recorded."""
+
+        def encode_batch(self, texts):
+            lengths.extend(len(t) for t in texts)
+            return inner.encode_batch(texts)
+
+    tokenizer.tokenizer = Spy()  # type: ignore[assignment]
+    rows = tokenizer(["y" * 10_000_000, ordinary])
+    assert max(lengths) == CHARS_PER_CONTEXT_TOKEN * 16
+    assert rows[1].tolist() == [*inner.encode(ordinary).ids[:15], tokenizer.eos_id]
