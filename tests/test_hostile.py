@@ -553,3 +553,40 @@ def test_a_huge_caption_is_cut_before_it_is_encoded() -> None:
     rows = tokenizer(["y" * 10_000_000, ordinary])
     assert max(lengths) == CHARS_PER_CONTEXT_TOKEN * 16
     assert rows[1].tolist() == [*inner.encode(ordinary).ids[:15], tokenizer.eos_id]
+
+
+def test_imports_come_from_beside_the_spec_not_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`imports:` searched the working folder first and put it on sys.path for good: a module
+    that happened to lie where the command ran was imported (and run). Now a module is found
+    beside the spec that names it, or installed; the resolved spec names its file, so a run's
+    spec.yaml imports the same file from anywhere; sys.path is left alone."""
+    import sys
+
+    from mtv.specs import spec_to_yaml
+
+    module = "hostile_probe_task_{}"
+    specs, elsewhere = tmp_path / "specs", tmp_path / "elsewhere"
+    specs.mkdir()
+    elsewhere.mkdir()
+    beside = module.format("beside")
+    (specs / f"{beside}.py").write_text("LOADED = True\n")
+    stray = module.format("stray")
+    (elsewhere / f"{stray}.py").write_text("raise SystemExit('the working folder was searched')\n")
+    monkeypatch.chdir(elsewhere)
+    path_before = list(sys.path)
+    (specs / "ok.yaml").write_text(f"name: ok\ntasks: [vl]\nimports: [{beside}]\n")
+    spec = load_spec(specs / "ok.yaml")
+    assert spec.imports == [str((specs / f"{beside}.py").resolve())]
+    assert sys.modules[beside].LOADED and sys.path == path_before
+    (specs / "stray.yaml").write_text(f"name: s\ntasks: [vl]\nimports: [{stray}]\n")
+    with pytest.raises(SpecError, match=rf"imports: cannot import '{stray}'"):
+        load_spec(specs / "stray.yaml")
+    assert stray not in sys.modules
+    # The resolved spec (what a run directory keeps) imports the same file from anywhere.
+    saved = tmp_path / "run" / "spec.yaml"
+    saved.parent.mkdir()
+    saved.write_text(spec_to_yaml(spec))
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(saved).imports == spec.imports

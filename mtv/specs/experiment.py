@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -407,16 +409,47 @@ class OutputSpec(StrictModel):
 
 
 def import_task_modules(names: list[Any]) -> None:
-    """Import the modules an experiment names in `imports:` (their tasks register themselves)."""
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` would: your modules next to your specs
+    """Import what an experiment names in `imports:` (its tasks and evaluators register
+    themselves): a module file or package folder by its absolute path (what the loader makes of
+    a module next to the spec), or an installed module by name. `sys.path` is left as it is:
+    nothing is found through the working directory."""
     for name in names:
         if not isinstance(name, str):
             continue  # the field's own validation names it
         try:
-            importlib.import_module(name)
+            if os.path.isabs(name):
+                _import_path(Path(name))
+            else:
+                importlib.import_module(name)
         except ImportError as err:
             raise ValueError(f"cannot import {name!r} ({err})") from None
+
+
+def _import_path(path: Path) -> None:
+    """The module file (`NAME.py`) or package folder (`NAME/__init__.py`) at `path`, imported as
+    `NAME` once; another file already imported under that name is an error."""
+    package = path.is_dir()
+    init = path / "__init__.py" if package else path
+    if not init.is_file():
+        raise ImportError(f"no module file at {path}")
+    name = path.name if package else path.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", "") or "").resolve() == init.resolve():
+            return  # imported already (a module registers its tasks once)
+        raise ImportError(f"a module named {name!r} is already imported from elsewhere")
+    found = importlib.util.spec_from_file_location(
+        name, init, submodule_search_locations=[str(path)] if package else None
+    )
+    if found is None or found.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(found)
+    sys.modules[name] = module  # before running it: its own imports may need it
+    try:
+        found.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
 
 
 class ExperimentSpec(StrictModel):
@@ -432,8 +465,9 @@ class ExperimentSpec(StrictModel):
     imports: list[str] = Field(
         default_factory=list,
         description="Python modules imported before the tasks are read: your own tasks, each a "
-        "module that registers its spec and task classes (mtv.tasks.register_task); importable "
-        "from the current directory or the environment",
+        "module that registers its spec and task classes (mtv.tasks.register_task): a module "
+        "or package beside the spec file, a .py path relative to it, or an installed module "
+        "(the working folder is not searched); the resolved spec keeps absolute paths",
     )
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)

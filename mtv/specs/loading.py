@@ -417,6 +417,30 @@ def _validation_problems(
     return problems
 
 
+def _locate_imports(raw: dict[str, Any], provenance: dict[Loc, str], path: Path) -> None:
+    """`imports:` entries that name a module beside the file that declared them (`NAME.py` or a
+    package `NAME/`), or a `.py` path relative to it, become absolute paths: the run's resolved
+    spec then imports the same files from anywhere. Other names stay, for installed modules."""
+    entries = raw.get("imports")
+    if not isinstance(entries, list):
+        return
+    source = source_of(provenance, ("imports",), str(path))
+    declared = Path(source)
+    folder = declared.parent if declared.is_file() else Path.cwd()  # --set: the working folder
+    located = []
+    for entry in entries:
+        if isinstance(entry, str) and entry.endswith(".py"):
+            entry = str((folder / entry).resolve())  # a missing file is named by the import
+        elif isinstance(entry, str) and entry.isidentifier():
+            module, package = folder / f"{entry}.py", folder / entry
+            if module.is_file():
+                entry = str(module.resolve())
+            elif (package / "__init__.py").is_file():
+                entry = str(package.resolve())
+        located.append(entry)
+    raw["imports"] = located
+
+
 def _read_and_validate(
     path: Path, overrides: Sequence[str], model: type[ModelT]
 ) -> tuple[ModelT, dict[str, Any], dict[Loc, str]]:
@@ -425,6 +449,8 @@ def _read_and_validate(
     for text in overrides:
         _apply_override(raw, text, provenance)
     raw = _plain(raw)
+    if "imports" in model.model_fields:
+        _locate_imports(raw, provenance, path)
     try:
         return model.model_validate(raw), raw, provenance
     except ValidationError as err:
