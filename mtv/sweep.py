@@ -70,15 +70,18 @@ class SweepJob:
     run_dir: Path
     evaluation: SweepEvalSpec
     gpus: int = 0
+    entry: str = ""  # the experiment as the sweep file lists it (relative to the sweep file)
 
     @property
     def label(self) -> str:
         return "/".join(p for p in (self.experiment, self.variant, f"seed {self.seed}") if p)
 
     def identity(self) -> dict[str, Any]:
-        """What makes a finished job this job: change any of it and the job runs again."""
+        """What makes a finished job this job: change any of it and the job runs again. The
+        experiment as the sweep file lists it, not its absolute path: the same sweep resumed
+        from another copy of the repository finds its finished runs."""
         return {
-            "experiment": str(self.path),
+            "experiment": self.entry or str(self.path),
             "overrides": list(self.overrides),
             "eval": self.evaluation.model_dump(mode="json"),
         }
@@ -88,9 +91,19 @@ class SweepJob:
         if not marker.is_file():
             return False
         try:
-            return json.loads(marker.read_text()) == self.identity()
+            recorded = json.loads(marker.read_text())
         except json.JSONDecodeError:
             return False
+        if not isinstance(recorded, dict):
+            return False
+        wanted = self.identity()
+        written = recorded.get("experiment")
+        if isinstance(written, str) and Path(written).is_absolute():
+            # Markers written before the entry was recorded hold the absolute path: the same
+            # experiment is the same folder and file name, wherever the repository lay.
+            same = Path(written).parts[-2:] == self.path.parts[-2:]
+            recorded = {**recorded, "experiment": wanted["experiment"] if same else written}
+        return recorded == wanted
 
     def _mtv(self) -> list[str]:
         module = command_module()
@@ -169,6 +182,7 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path) -> list[SweepJob]:
         if not path.is_file():
             problems.append(f"experiments: {entry} (looked for {path}) does not exist")
         paths.append(path)
+    entries = dict(zip(paths, spec.experiments, strict=True))
     # Seed-major order: a sweep stopped halfway has whole seeds of every experiment to analyse.
     for seed in spec.seeds:
         for path in paths:
@@ -192,6 +206,7 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path) -> list[SweepJob]:
                         folder / f"seed-{seed}",
                         spec.eval,
                         gpus,
+                        entries[path],
                     )
                 )
     stems = [path.stem for path in paths]

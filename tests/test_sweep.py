@@ -191,3 +191,41 @@ def test_the_slurm_executor_without_submitit_is_one_clear_error(
     with pytest.raises(SweepError, match=r"mtv\[slurm\]"):
         run_sweep(load_sweep(path), path, report=lambda _: None)
     assert not (tmp_path / "out" / "smoke").exists()  # refused before any job ran
+
+
+def test_a_sweep_resumed_from_another_copy_of_the_repository_finds_its_finished_runs(
+    tmp_path: Path, corpus: Path
+) -> None:
+    """Finished jobs were marked with the experiment's absolute path: the same sweep resumed
+    from a second checkout (or a snapshot) re-evaluated every finished run. The marker now holds
+    the experiment as the sweep file lists it; old markers match on folder and file name."""
+    import json
+    import shutil
+
+    from mtv.sweep import MARKER
+
+    copies = []
+    for name in ("checkout-a", "checkout-b"):
+        folder = tmp_path / name
+        (folder / "experiments" / "sweeps").mkdir(parents=True)
+        shutil.copy(ROOT / "experiments" / "smoke.yaml", folder / "experiments")
+        shutil.copy(ROOT / "experiments" / "base.yaml", folder / "experiments")
+        sweep = write_sweep(folder / "experiments" / "sweeps", corpus, out=str(tmp_path / "out"))
+        spec = yaml.safe_load(sweep.read_text())
+        spec["experiments"] = ["../smoke.yaml"]
+        sweep.write_text(yaml.safe_dump(spec, sort_keys=False))
+        copies.append(plan_sweep(load_sweep(sweep), sweep)[0])
+    first, second = copies
+    assert first.run_dir == second.run_dir and first.path != second.path
+    first.run_dir.mkdir(parents=True)
+    (first.run_dir / MARKER).write_text(json.dumps(first.identity()))
+    assert first.identity()["experiment"] == "../smoke.yaml"
+    assert second.complete()
+    # A marker of the old form (the absolute path) of the same experiment file still matches;
+    # one of another experiment does not.
+    legacy = {**first.identity(), "experiment": str(first.path)}
+    (first.run_dir / MARKER).write_text(json.dumps(legacy))
+    assert second.complete()
+    other = {**legacy, "experiment": str(first.path.with_name("base.yaml"))}
+    (first.run_dir / MARKER).write_text(json.dumps(other))
+    assert not second.complete()
