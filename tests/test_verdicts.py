@@ -359,3 +359,13 @@ def test_the_report_shows_the_control_and_marks_the_blind(tmp_path: Path) -> Non
     assert "Also `control_near` against its own random init" in section
     assert "| 0-shot shape | 0.7" in section
     assert "left out as blind: depth lin. RMSE ↓" in text.split("## Verdicts")[1]
+
+
+def test_a_control_without_runs_judges_nothing_and_says_so(tmp_path: Path) -> None:
+    frame = planted(PAPER_LIKE).with_columns(
+        (pl.lit(str(tmp_path / "runs") + "/") + pl.col("run")).alias("run")
+    )
+    _fake_runs(frame)
+    _, text = _report(frame, tmp_path, "early", {"control": "control", "tables": list(SETS)})
+    assert "Positive control `control`: no finished run in this sweep yet" in text
+    assert "**reproduced**" in text  # nothing left out

@@ -38,6 +38,11 @@ def sight_section(sight: pl.DataFrame, control: str, decides: bool = True) -> li
         rows.append(
             [short_name(r["metric"]), num(r["control"]), num(r["random_init"]), gain, state]
         )
+    if not rows:
+        return [
+            f"Positive control `{control}`: no finished run in this sweep yet, so no instrument "
+            "is judged by it.\n"
+        ]
     blind = sorted(blind_metrics(sight))
     table = md_table(["metric", "control", "random init", "gain", "instrument"], rows)
     if not decides:
