@@ -590,3 +590,59 @@ def test_imports_come_from_beside_the_spec_not_the_working_folder(
     saved.write_text(spec_to_yaml(spec))
     monkeypatch.chdir(tmp_path)
     assert load_spec(saved).imports == spec.imports
+
+
+def test_changed_samples_are_relabelled_on_request_with_the_store_keeping_the_record(
+    tmp_path: Path,
+) -> None:
+    """A source whose samples were edited (same keys, other images) could only be refused or
+    labelled again from nothing. `relabel_changed` labels the changed samples' chunks again,
+    keeps every other chunk as it was, and records the relabelling in the store."""
+    import numpy as np
+
+    from mtv.data.store import LabelStore
+    from mtv.label import run_labelling
+    from mtv.label.check import check_store
+    from mtv.label.pipeline import LabelSpecError, resolve_source
+    from mtv.specs.label import LabelSpec
+    from tests.tiny_hf import build_tiny_depth_anything
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+
+    def photo(name: str, side: int = 24) -> None:
+        pixels = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(photos / name)
+
+    lines = []
+    for i in range(6):
+        photo(f"{i}.png")
+        lines.append(json.dumps({"file": f"{i}.png", "caption": f"a photo {i}"}))
+    (photos / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    raw = {
+        "source": {"kind": "folder", "root": str(photos)},
+        "output": str(tmp_path / "labels.zarr"),
+        "depth": {"kind": "depth_anything", "model": str(build_tiny_depth_anything(tmp_path))},
+        "boxes": None,
+        "resolution": 8,
+        "chunk_size": 2,
+    }
+    spec = LabelSpec.model_validate(raw)
+    store, _ = run_labelling(spec)
+    before = store.root["depth"][:].copy()
+    photo("3.png", side=30)  # edited: same key, another image (a folder source sees its size)
+    with pytest.raises(LabelSpecError, match=r"1 sample\(s\).*differ.*relabel_changed=true"):
+        run_labelling(spec)
+    store, stats = run_labelling(spec.model_copy(update={"relabel_changed": True}))
+    assert stats.chunks == 1  # only the chunk holding sample 3 (rows 2-3) was labelled again
+    after = store.root["depth"][:]
+    rows = {key: i for i, key in enumerate(store.keys)}
+    changed = rows[next(k for k in store.keys if k.endswith("3.png") or k == "3")]
+    assert not np.array_equal(after[changed], before[changed])
+    untouched = [i for i in range(6) if i // 2 != changed // 2]
+    np.testing.assert_array_equal(after[untouched], before[untouched])
+    record = LabelStore.open(tmp_path / "labels.zarr").attrs["relabelled"]
+    assert len(record) == 1 and record[0]["samples"] == 1 and record[0]["chunks"] == [changed // 2]
+    source, _ = resolve_source(spec)
+    assert check_store(store, source) == []  # the store matches the edited source again

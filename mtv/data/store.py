@@ -295,6 +295,40 @@ class LabelStore:
         self._readers.clear()
         return list(range(first_new, len(starts)))
 
+    def relabel(self, keys: Sequence[str], fingerprints: np.ndarray) -> list[int]:
+        """Take the new content of samples the source changed: their fingerprints replace the
+        old ones, and the chunks holding them are labelled again (the store is incomplete until
+        they are and `finalize` runs again). The relabelling is recorded in `relabelled` (when,
+        how many samples, which chunks, the first keys). Returns the chunks."""
+        rows = np.asarray([self.index[k] for k in keys], dtype=np.int64)
+        prints = self.root["fingerprints"][:]
+        prints[rows] = np.asarray(fingerprints, dtype=np.uint64)
+        starts = np.asarray([self.chunk_range(c)[0] for c in range(self.n_chunks)])
+        chunks = sorted({int(c) for c in np.searchsorted(starts, rows, side="right") - 1})
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            self.root.create_array("fingerprints", data=prints, overwrite=True)
+            done = self.root["done"][:]
+            done[chunks] = False
+            self.root["done"][:] = done
+        history = [
+            *self.attrs.get("relabelled", []),
+            {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "samples": len(keys),
+                "chunks": chunks,
+                "keys": list(keys[:10]),
+            },
+        ]
+        update = {
+            "content_digest": content_digest(prints),
+            "complete": False,
+            "relabelled": history,
+        }
+        self.root.attrs.update(update)
+        self.attrs.update(update)
+        self._readers.clear()
+        return chunks
+
     def done(self) -> np.ndarray:
         return self.root["done"][:]
 

@@ -221,8 +221,16 @@ def open_or_create_store(
             )
         _check_resume(store, expected)
         match = match_store(store, source, describe_source(spec.source))
-        if match.refused:
-            raise LabelSpecError(f"output: {match.refused}")
+        if match.changed and spec.relabel_changed and not (match.legacy or match.not_in_source):
+            store.relabel(match.changed, sample_fingerprints(source, match.changed))
+        elif match.refused:
+            hint = (
+                " (or, if the source is the same corpus with edited samples, label them again "
+                "with `--set relabel_changed=true`)"
+                if match.changed
+                else ""
+            )
+            raise LabelSpecError(f"output: {match.refused}{hint}")
         if match.unlabelled:
             # A grown source: its new samples are appended and labelled, the rest left alone.
             store.grow(match.unlabelled, sample_fingerprints(source, match.unlabelled))

@@ -72,6 +72,12 @@ class LabelSpec(StrictModel):
     batch_size: int = Field(32, gt=0, description="images per expert call")
     chunk_size: int = Field(256, gt=0, description="images per store chunk (the resume unit)")
     seed: int = Field(0, description="seed of the oracle's noise")
+    relabel_changed: bool = Field(
+        False,
+        description="samples whose content changed since the store labelled them (same key, "
+        "other bytes) are labelled again, with their chunks, instead of the store being "
+        "refused; the store records each relabelling (`relabelled` in its attributes)",
+    )
     max_pixels: int = Field(
         DEFAULT_MAX_PIXELS,
         gt=0,
