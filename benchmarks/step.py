@@ -132,7 +132,7 @@ def synthetic_batch(spec: ExperimentSpec, device: torch.device, seed: int = 0) -
 
 class BenchStep:
     """One task set's training step as the trainer runs it, on one synthetic batch: a call is
-    one optimiser step (`TrainStep.start`, `forward_backward`, `optimizer_step`)."""
+    one optimiser step (a `TrainStep` call)."""
 
     def __init__(self, spec: ExperimentSpec, device: torch.device):
         torch.manual_seed(spec.runtime.seed)  # same seed: same weights per spec
@@ -147,11 +147,9 @@ class BenchStep:
         self.step = 0
 
     def __call__(self) -> torch.Tensor:
-        self.stepper.start(self.spec.optim.lr)
-        self.stepper.forward_backward(self.batch, self.step, micro=0)
-        values = self.stepper.optimizer_step(self.step)
+        values = self.stepper([self.batch], self.step, self.spec.optim.lr)
         self.step += 1
-        return values
+        return values.vector
 
 
 Shape = torch.Size

@@ -63,9 +63,7 @@ def test_logit_parameters_get_their_own_learning_rate(tmp_path: Path) -> None:
         1 for p in graph.student.parameters() if p.requires_grad
     )
     runner = TrainStep(spec, graph, torch.device("cpu"), world=1)
-    runner.start(lr=2e-4)
-    runner.forward_backward(random_batch(graph), step=5, micro=0)
-    runner.optimizer_step(step=5)
+    runner([random_batch(graph)], step=5, lr=2e-4)
     lrs = {g["lr_scale"]: g["lr"] for g in runner.optimizer.param_groups}
     assert lrs[10.0] == pytest.approx(2e-3) and lrs[1.0] == pytest.approx(2e-4)
 
@@ -121,9 +119,7 @@ def test_prototypes_stay_frozen_for_the_first_steps(tmp_path: Path) -> None:
     batch = random_batch(graph)
 
     def train_step(step: int) -> None:
-        runner.start(lr=1e-3)
-        runner.forward_backward(batch, step, micro=0)
-        runner.optimizer_step(step)
+        runner([batch], step, lr=1e-3)
 
     tasks = graph.student.tasks
     prototypes = {k: tasks[k].head.prototypes for k in ("distill", "masked")}

@@ -32,13 +32,13 @@ def test_the_compiled_step_neither_breaks_nor_recompiles(corpus: str, tmp_path: 
     counters.clear()
     trainer = Trainer(spec, tmp_path / "run", report=lambda m: None)
     names: list[int] = []
-    forward_backward = trainer.stepper.forward_backward
+    forward_backward = trainer.stepper._forward_backward
 
     def recorded(batch: Any, *args: Any, **kwargs: Any) -> None:
         names.append(batch.region_names.shape[0])
         forward_backward(batch, *args, **kwargs)
 
-    trainer.stepper.forward_backward = recorded  # type: ignore[method-assign]
+    trainer.stepper._forward_backward = recorded  # type: ignore[method-assign]
     trainer.train_step()
     trainer.step += 1
     assert not counters["graph_break"], dict(counters["graph_break"])
@@ -65,10 +65,8 @@ def test_reports_are_the_mean_over_micro_batches() -> None:
     batches = [random_batch(graph, seed=s) for s in (1, 2)]
     twin = copy.deepcopy(graph)  # the same passes in the same order (teacher centres move)
     reports = [twin.step(b, 0).report for b in batches]
-    runner.start(1e-9)
-    for micro, batch in enumerate(batches):
-        runner.forward_backward(batch, 0, micro)
-    values = dict(zip(runner.names, runner.optimizer_step(0).tolist(), strict=True))
+    out = runner(batches, 0, 1e-9)
+    values = dict(zip(out.names, out.vector.tolist(), strict=True))
     for name in reports[0]:
         expected = (float(reports[0][name]) + float(reports[1][name])) / 2
         assert values[name] == pytest.approx(expected, rel=1e-4, abs=1e-6), name
@@ -92,3 +90,18 @@ def test_fused_adamw_leaves_everything_as_it_was_when_found_inf_is_set() -> None
     optimizer.found_inf = torch.zeros(())  # type: ignore[attr-defined]
     optimizer.step()
     assert not torch.equal(weight.detach(), before)
+
+
+def test_a_step_takes_exactly_its_micro_batches() -> None:
+    """One call is one optimiser step: it takes `optim.accumulate` micro-batches from what it is
+    given (no more: the rest stay for the next step) and refuses fewer."""
+    torch.manual_seed(0)
+    spec = tiny_spec(["vl"], optim={"accumulate": 2}, runtime={"precision": "fp32"})
+    graph = TaskGraph(spec)
+    runner = TrainStep(spec, graph, torch.device("cpu"), world=1)
+    stream = iter([random_batch(graph, seed=s) for s in range(5)])
+    out = runner(stream, 0, 1e-4)
+    assert out.names[0] == "loss" and out.vector.shape == (len(out.names),)
+    assert len(list(stream)) == 3  # two taken, three left
+    with pytest.raises(ValueError, match=r"step 1: 1 micro-batch\(es\), optim.accumulate 2"):
+        runner([random_batch(graph)], 1, 1e-4)

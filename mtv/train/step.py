@@ -12,8 +12,9 @@ copy per step). tests/test_host_reads.py checks all of this at the dispatcher.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,10 +28,21 @@ from mtv.train.diagnostics import gradient_probe
 from mtv.train.precision import ResolvedPrecision, resolve_precision
 
 
+@dataclass(frozen=True)
+class StepValues:
+    """One optimiser step's values, still on the device (fp32), each named: the total loss, the
+    tasks' losses, their reports, the gradient norm, whether the step was skipped, then 1/0 per
+    task for its loss being finite."""
+
+    names: tuple[str, ...]
+    vector: Tensor
+
+
 class TrainStep:
-    """The optimiser and the two halves of a step on `graph` (already on `device`):
-    `forward_backward(batch, ...)` per micro-batch, then `optimizer_step(...)`. Usable on its
-    own (benchmarks time it on a fixed batch); the trainer adds data, logging and checkpoints."""
+    """The optimiser and one optimiser step on `graph` (already on `device`): a call takes the
+    step's `optim.accumulate` micro-batches and returns its named values, still on the device.
+    Usable on its own (benchmarks time it on a fixed batch); the trainer adds data, logging and
+    checkpoints."""
 
     def __init__(
         self,
@@ -71,27 +83,43 @@ class TrainStep:
         self._report: dict[str, Tensor] = {}
         self.probe: dict[str, float] = {}  # the gradient probe's values of this step, if probed
 
+    def __call__(
+        self, batches: Iterable[Batch], step: int, lr: float, probe: bool = False
+    ) -> StepValues:
+        """Optimiser step `step` (0-based) at learning rate `lr`: the first `optim.accumulate`
+        micro-batches of `batches` (on the device) forward and backward, gradients all-reduced
+        after the last, then clip, step (skipped on the device when a loss was not finite),
+        the tasks' hooks and the EMA teacher. `probe`: also measure how the tasks' gradients on
+        the encoder interact, on the first micro-batch (`runtime.grad_probe_every`; it reads
+        its values on the host, on its own steps only: `self.probe`)."""
+        accumulate = self.spec.optim.accumulate
+        self._start(lr)
+        count = 0
+        # range first: zip stops there without taking a micro-batch too many from `batches`.
+        for micro, batch in zip(range(accumulate), batches, strict=False):
+            self._forward_backward(batch, step, micro, probe=probe and micro == 0)
+            count += 1
+        if count != accumulate:
+            raise ValueError(f"step {step}: {count} micro-batch(es), optim.accumulate {accumulate}")
+        return StepValues(self._names(), self._optimizer_step(step))
+
     # ------------------------------------------------------------------ names of the vector
-    @property
-    def names(self) -> list[str]:
-        """What each entry of a step's vector is: total loss, the tasks' losses, their reports,
-        the gradient norm, whether the step was skipped, then 1/0 per task: its loss finite."""
-        if self._report_names is None:
-            raise RuntimeError("the names are known after the first step")
-        return [
+    def _names(self) -> tuple[str, ...]:
+        assert self._report_names is not None
+        return (
             "loss",
             *(f"loss/{k}" for k in self.kinds),
             *self._report_names,
             "grad_norm",
             "skipped",
             *(f"finite/{k}" for k in self.kinds),
-        ]
+        )
 
     def _autocast(self) -> Any:
         return self.precision.autocast(self.device)
 
-    # ------------------------------------------------------------------ the two halves
-    def start(self, lr: float) -> None:
+    # ------------------------------------------------------------------ the parts of a step
+    def _start(self, lr: float) -> None:
         """Begin a step at learning rate `lr` (each group at its `lr_scale`)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
@@ -109,11 +137,9 @@ class TrainStep:
             self._step_at = step
         return self._step
 
-    def forward_backward(self, batch: Batch, step: int, micro: int, probe: bool = False) -> None:
-        """Losses of one micro-batch (already on the device) at optimiser step `step`, and their
-        backward pass; gradients are all-reduced after the last micro-batch only. `probe`: also
-        measure how the tasks' gradients on the encoder interact (`runtime.grad_probe_every`; a
-        diagnostic that reads its values on the host, on its own steps only)."""
+    def _forward_backward(self, batch: Batch, step: int, micro: int, probe: bool) -> None:
+        """Losses of one micro-batch at optimiser step `step`, and their backward pass (no
+        gradient all-reduce but after the last micro-batch)."""
         accumulate = self.spec.optim.accumulate
         with self._autocast():
             out = self.graph.step(batch, self.device_step(step))
@@ -137,11 +163,9 @@ class TrainStep:
         if self._report_names is None:
             self._report_names = list(out.report)
 
-    def optimizer_step(self, step: int) -> Tensor:
-        """Clip, step (skipped on the device when a loss was not finite), the tasks' hooks and the
-        EMA teacher; returns the step's values (fp32, in the order of `names`), still on the
-        device."""
-        assert self._finite is not None, "forward_backward first"
+    def _optimizer_step(self, step: int) -> Tensor:
+        """Clip, step, hooks and EMA; the step's values in the order of `_names()`."""
+        assert self._finite is not None
         finite = self._finite
         if self.world > 1:  # every rank skips together, or the replicas would drift apart
             flags = finite.float()
@@ -174,11 +198,15 @@ class TrainStep:
         return values
 
 
-def read_window(values: list[Tensor], names: list[str]) -> Iterator[dict[str, float]]:
-    """The rows of a window of steps (`TrainStep.optimizer_step`'s vectors), read from the
-    device in one copy."""
-    if not values:
-        return
-    table = torch.stack(values).cpu().tolist()
-    for row in table:
-        yield dict(zip(names, row, strict=True))
+def read_window(values: list[StepValues]) -> Iterator[dict[str, float]]:
+    """The rows of a window of steps, in order, read from the device in one copy (one per set of
+    names, should a step's reports differ from the others')."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, value in enumerate(values):
+        groups.setdefault(value.names, []).append(index)
+    rows: list[dict[str, float]] = [{} for _ in values]
+    for names, indices in groups.items():
+        table = torch.stack([values[i].vector for i in indices]).cpu().tolist()
+        for index, row in zip(indices, table, strict=True):
+            rows[index] = dict(zip(names, row, strict=True))
+    yield from rows

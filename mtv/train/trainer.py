@@ -14,7 +14,7 @@ import json
 import signal
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from mtv.batch import Batch
 from mtv.checkpoint import save_checkpoint
 from mtv.data.loader import build_stream
 from mtv.data.lock import ExclusiveLock, Locked
@@ -39,7 +40,7 @@ from mtv.train.precision import resolve_precision
 from mtv.train.prepare import RunData, prepare_data
 from mtv.train.rundir import RunRefused, accept_run, critical_settings, environment
 from mtv.train.schedule import lr_factor
-from mtv.train.step import TrainStep, read_window
+from mtv.train.step import StepValues, TrainStep, read_window
 
 
 class TrainingError(RuntimeError):
@@ -178,7 +179,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
         # Steps whose values are still on the device, with what the host knows of each.
-        self._window: list[tuple[dict[str, Any], torch.Tensor]] = []
+        self._window: list[tuple[dict[str, Any], StepValues]] = []
         self._window_images = 0
         self._window_wait = 0.0
         self._window_started = time.perf_counter()
@@ -286,8 +287,20 @@ class Trainer:
         that `read_rows` brings to the host at the next log step."""
         spec = self.spec
         lr = spec.optim.lr * lr_factor(spec.schedule, self.step)
-        self.stepper.start(lr)
-        for micro in range(spec.optim.accumulate):
+        every = spec.runtime.grad_probe_every
+        probe = bool(every) and self.step % every == 0
+        values = self.stepper(self._micro_batches(), self.step, lr, probe=probe)
+        # `step` counts the optimiser steps done with this row's, 1..schedule.steps: the numbers
+        # of the console, the checkpoints (step-N) and the evaluations (taken after step N).
+        host: dict[str, Any] = {"step": self.step + 1, "lr": lr}
+        if self.graph.teacher is not None:
+            host["teacher_momentum"] = self.graph.teacher_momentum(self.step)
+        host.update(self.stepper.probe)
+        self._window.append((host, values))
+
+    def _micro_batches(self) -> Iterator[Batch]:
+        """The stream's batches on the device, timed (the window's data wait) and counted."""
+        while True:
             start = time.perf_counter()
             batch, _ = next(self.stream)
             batch = batch.to(self.device, non_blocking=True)
@@ -296,17 +309,7 @@ class Trainer:
             if batch.region_names is not None and self._compiles():
                 # The distinct-name count varies by batch: one graph for every count.
                 torch._dynamo.maybe_mark_dynamic(batch.region_names, 0)
-            every = spec.runtime.grad_probe_every
-            probe = bool(every) and micro == 0 and self.step % every == 0
-            self.stepper.forward_backward(batch, self.step, micro, probe=probe)
-        values = self.stepper.optimizer_step(self.step)
-        # `step` counts the optimiser steps done with this row's, 1..schedule.steps: the numbers
-        # of the console, the checkpoints (step-N) and the evaluations (taken after step N).
-        host: dict[str, Any] = {"step": self.step + 1, "lr": lr}
-        if self.graph.teacher is not None:
-            host["teacher_momentum"] = self.graph.teacher_momentum(self.step)
-        host.update(self.stepper.probe)
-        self._window.append((host, values))
+            yield batch
 
     def read_rows(self) -> list[dict[str, Any]]:
         """The window's rows, read from the device in one copy (a log step): each step's values,
@@ -317,7 +320,7 @@ class Trainer:
         hosts, values = zip(*self._window, strict=True)
         elapsed = max(time.perf_counter() - self._window_started, 1e-9)
         rows = []
-        for host, read in zip(hosts, read_window(list(values), self.stepper.names), strict=True):
+        for host, read in zip(hosts, read_window(list(values)), strict=True):
             finite = {k: read.pop(f"finite/{k}") for k in self.stepper.kinds}
             skipped = bool(read.pop("skipped"))
             row = {**host, **read}
