@@ -29,7 +29,9 @@ SEED = 0
 CENTERING_SPLIT = (3, 5)
 CENTERING_STEPS = 2
 # Cases in the order every rank runs them (each has collectives, so the order must agree).
-CASES = ("vl", "vl_local_grad_gather", "centering", "ground", "compiled")
+CASES = ("vl", "vl_local_grad_gather", "centering", "ground", "compiled", "pcgrad")
+# Two tasks: PCGrad's projection is then free of its random task order.
+PCGRAD_TASKS = ["vl", "depth"]
 
 
 def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
@@ -56,10 +58,18 @@ def rank_rows(rank: int, split: tuple[int, ...]) -> tuple[int, int]:
     return start, start + split[rank]
 
 
-def make_graph(tasks: list[str]) -> TaskGraph:
+def make_graph(tasks: list[str], **fields: object) -> TaskGraph:
     """The same parameters in every process: a fixed seed before building."""
     torch.manual_seed(SEED)
-    return TaskGraph(tiny_spec(tasks))
+    return TaskGraph(tiny_spec(tasks, **fields))
+
+
+def pcgrad_half(rank: int) -> tuple[TaskGraph, Batch]:
+    """The pcgrad graph and this rank's half of the global batch."""
+    graph = make_graph(PCGRAD_TASKS, optim={"weighting": "pcgrad"})
+    batch = random_batch(graph, batch_size=GLOBAL_BATCH, seed=SEED)
+    share = GLOBAL_BATCH // WORLD_SIZE
+    return graph, slice_batch(batch, rank * share, (rank + 1) * share)
 
 
 def centering_batch(graph: TaskGraph, seed: int) -> Batch:
@@ -169,6 +179,13 @@ def case_compiled(rank: int) -> dict[str, object]:
         want, got = eager.step(mine, step), compiled.step(mine, step)
         losses.append({k: (got.losses[k].detach(), want.losses[k].detach()) for k in tasks})
     return {"losses": losses, "unique_graphs": counters["stats"]["unique_graphs"]}
+
+
+def case_pcgrad(rank: int) -> dict[str, object]:
+    """The weights PCGrad gives each task, from the Gramian summed over the ranks."""
+    graph, half = pcgrad_half(rank)
+    out = graph.step(half)
+    return {"weights": {k: float(out.report[f"weight/{k}"]) for k in PCGRAD_TASKS}}
 
 
 def run_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from mtv.distributed import is_distributed
 from mtv.graph import TaskGraph
-from mtv.tasks import REGION_TEXT
+from mtv.tasks import REGION_TEXT, StepInputs
 from mtv.tasks.base import GLOBAL
 from mtv.tasks.ground import region_text_loss
 from mtv.tasks.ssl_heads import Centering
@@ -252,3 +252,39 @@ def test_compiled_step_has_no_graph_break_on_two_ranks(ranks):
                 torch.testing.assert_close(
                     got, want, atol=ATOL, rtol=RTOL, msg=f"rank {rank} {kind}"
                 )
+
+
+def test_pcgrad_weights_come_from_the_gramian_of_both_ranks(ranks):
+    """Both ranks weight the tasks alike, and as one process does from the sum of the two
+    halves' Gramians (each rank alone would see only its own)."""
+    from torchjd.aggregation import PCGradWeighting
+
+    per_rank = result(ranks, "pcgrad")
+    assert per_rank[0]["weights"] == per_rank[1]["weights"]
+    gramians = []
+    for rank in range(w.WORLD_SIZE):
+        graph, half = w.pcgrad_half(rank)
+        student = graph.student
+        features = student.encode_views(graph.plan.student, half, student.encoder)
+        inputs = StepInputs(half, features, student.encode_texts(half), {}, torch.zeros(()))
+        shared = student.shared_outputs(features)
+        rows = []
+        for kind in w.PCGRAD_TASKS:
+            loss = graph.plan.weights[kind] * student.tasks[kind](inputs).loss
+            grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+            rows.append(
+                torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(f)).flatten()
+                        for g, f in zip(grads, shared, strict=True)
+                    ]
+                )
+            )
+        jacobian = torch.stack(rows)
+        gramians.append(jacobian @ jacobian.T)
+    weights = PCGradWeighting()(sum(gramians).double())
+    expected = {
+        k: float(c) * graph.plan.weights[k] for k, c in zip(w.PCGRAD_TASKS, weights, strict=True)
+    }
+    for kind, value in expected.items():
+        assert per_rank[0]["weights"][kind] == pytest.approx(value, rel=1e-4), kind
