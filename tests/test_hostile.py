@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from mtv.data import FolderSource, TarShardSource
 from mtv.data.sources import CorruptImageError, Sample, decode_image
 from mtv.specs import SpecError, load_spec
+from mtv.specs.label import LabelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
@@ -444,6 +445,30 @@ def test_a_datasets_parquet_with_image_paths_is_read_from_its_folder(tmp_path: P
         confined.get("train-00000/1")
 
 
+def _folder_depth_labelling(tmp_path: Path, images: dict[str, bytes], resolution: int) -> LabelSpec:
+    """A folder `tmp_path/photos` of `images` (file name -> bytes) with a caption each, and the
+    job that labels its depth with the tiny Depth Anything into `tmp_path/labels.zarr`."""
+    from tests.tiny_hf import build_tiny_depth_anything
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    lines = []
+    for name, data in images.items():
+        (photos / name).write_bytes(data)
+        lines.append(json.dumps({"file": name, "caption": f"a photo {name}"}))
+    (photos / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return LabelSpec.model_validate(
+        {
+            "source": {"kind": "folder", "root": str(photos)},
+            "output": str(tmp_path / "labels.zarr"),
+            "depth": {"kind": "depth_anything", "model": str(build_tiny_depth_anything(tmp_path))},
+            "boxes": None,
+            "resolution": resolution,
+            "chunk_size": 2,
+        }
+    )
+
+
 def test_a_source_in_which_no_image_decodes_is_refused_by_label_and_check(
     tmp_path: Path,
 ) -> None:
@@ -452,26 +477,9 @@ def test_a_source_in_which_no_image_decodes_is_refused_by_label_and_check(
     from mtv.label import run_labelling
     from mtv.label.check import check_store
     from mtv.label.pipeline import LabelSpecError
-    from mtv.specs.label import LabelSpec
-    from tests.tiny_hf import build_tiny_depth_anything
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    lines = []
-    for i in range(3):
-        (photos / f"{i}.png").write_bytes(b"not a png at all " * 4)
-        lines.append(json.dumps({"file": f"{i}.png", "caption": f"a photo {i}"}))
-    (photos / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    spec = LabelSpec.model_validate(
-        {
-            "source": {"kind": "folder", "root": str(photos)},
-            "output": str(tmp_path / "labels.zarr"),
-            "depth": {"kind": "depth_anything", "model": str(build_tiny_depth_anything(tmp_path))},
-            "boxes": None,
-            "resolution": 16,
-            "chunk_size": 2,
-        }
-    )
+    images = {f"{i}.png": b"not a png at all " * 4 for i in range(3)}
+    spec = _folder_depth_labelling(tmp_path, images, resolution=16)
     with pytest.raises(LabelSpecError, match=r"no image of the source decoded \(3 sample\(s\)\)"):
         run_labelling(spec)
     from mtv.data.store import LabelStore
@@ -604,34 +612,20 @@ def test_changed_samples_are_relabelled_on_request_with_the_store_keeping_the_re
     from mtv.label import run_labelling
     from mtv.label.check import check_store
     from mtv.label.pipeline import LabelSpecError, resolve_source
-    from mtv.specs.label import LabelSpec
-    from tests.tiny_hf import build_tiny_depth_anything
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
     rng = np.random.default_rng(0)
 
-    def photo(name: str, side: int = 24) -> None:
+    def photo(side: int = 24) -> bytes:
         pixels = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(photos / name)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        return buffer.getvalue()
 
-    lines = []
-    for i in range(6):
-        photo(f"{i}.png")
-        lines.append(json.dumps({"file": f"{i}.png", "caption": f"a photo {i}"}))
-    (photos / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    raw = {
-        "source": {"kind": "folder", "root": str(photos)},
-        "output": str(tmp_path / "labels.zarr"),
-        "depth": {"kind": "depth_anything", "model": str(build_tiny_depth_anything(tmp_path))},
-        "boxes": None,
-        "resolution": 8,
-        "chunk_size": 2,
-    }
-    spec = LabelSpec.model_validate(raw)
+    spec = _folder_depth_labelling(tmp_path, {f"{i}.png": photo() for i in range(6)}, resolution=8)
     store, _ = run_labelling(spec)
     before = store.root["depth"][:].copy()
-    photo("3.png", side=30)  # edited: same key, another image (a folder source sees its size)
+    # edited: same key, another image (a folder source sees its size)
+    (tmp_path / "photos" / "3.png").write_bytes(photo(side=30))
     with pytest.raises(LabelSpecError, match=r"1 sample\(s\).*differ.*relabel_changed=true"):
         run_labelling(spec)
     store, stats = run_labelling(spec.model_copy(update={"relabel_changed": True}))

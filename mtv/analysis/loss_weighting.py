@@ -12,7 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
-from mtv.analysis.synergy import Estimate, gain
+from mtv.analysis.sweep_report import experiment_seeds
+from mtv.analysis.synergy import paired
 from mtv.analysis.verdicts import Verdict, column_metrics, short_name
 
 CLAIM = "Uniform loss weighting converges stably and is competitive"
@@ -41,14 +42,6 @@ def converges_stably(metrics: pl.DataFrame) -> tuple[bool, str]:
     return True, f"loss {first:.3g} -> {last:.3g}"
 
 
-def _per_seed(final: pl.DataFrame, experiment: str) -> dict[int, dict[str, float]]:
-    frame = final.filter(pl.col("experiment") == experiment)
-    return {
-        int(seed): dict(zip(f["metric"].to_list(), f["value"].to_list(), strict=True))  # type: ignore[arg-type]
-        for (seed,), f in frame.group_by("seed")
-    }
-
-
 def weighting_verdict(
     final: pl.DataFrame,
     uniform: str,
@@ -68,20 +61,14 @@ def weighting_verdict(
     unstable = [f"{Path(r).name}: {why}" for r, (ok, why) in stability.items() if not ok]
     direction = dict(final.select("metric", "higher_is_better").unique().iter_rows())
     metrics = [m for m in column_metrics(set(direction), blind).values() if m is not None]
-    base = _per_seed(final, uniform)
+    base = experiment_seeds(final, uniform)
     beaten, parts = False, []
     for name in present:
-        other = _per_seed(final, name)
+        other = experiment_seeds(final, name)
         wins, losses, shown = 0, 0, []
         for metric in metrics:
             higher = direction[metric]
-            seeds = sorted(set(base) & set(other))
-            gains = [
-                gain(other[s][metric], base[s][metric], higher)
-                for s in seeds
-                if metric in other[s] and metric in base[s]
-            ]
-            estimate = Estimate.of(gains)
+            estimate = paired(other, base, metric, higher)
             if not estimate.n:
                 continue
             better = estimate.significant and estimate.mean > 0

@@ -335,6 +335,7 @@ def _markdown(
     sight: pl.DataFrame | None = None,
     gradients: pl.DataFrame | None = None,
 ) -> str:
+    blind = blind_metrics(sight) if sight is not None else frozenset()
     seeds = sorted(final["seed"].unique().to_list())
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     lines = [
@@ -392,7 +393,6 @@ def _markdown(
         except MissingRuns as err:
             lines.append(f"(no ladder: {err})\n")
         try:
-            blind = blind_metrics(sight) if sight is not None else frozenset()
             matrix = _paper_synergy(runs.filter(pl.col("metric").is_in(metrics)), blind)
             lines += [
                 "## Task synergy (Table 4 layout, Eq. 4)\n",

@@ -16,6 +16,7 @@ import polars as pl
 
 from mtv.analysis.synergy import (
     Estimate,
+    PerSeed,
     critical_t,
     label,
     paired,
@@ -106,6 +107,15 @@ def instrument_reach(summary: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
+def experiment_seeds(final: pl.DataFrame, experiment: str) -> PerSeed:
+    """One experiment's final values: seed -> metric -> value."""
+    frame = final.filter(pl.col("experiment") == experiment)
+    return {
+        int(seed): dict(zip(f["metric"].to_list(), f["value"].to_list(), strict=True))
+        for (seed,), f in frame.group_by("seed")
+    }
+
+
 def comparisons(final: pl.DataFrame, pairs: Sequence[Any], metrics: Sequence[str]) -> pl.DataFrame:
     """Per comparison (a, b, title) and metric: the gain of a over b paired by seed (`gain`:
     positive when a is better; `difference`: a − b in the metric's units)."""
@@ -114,11 +124,7 @@ def comparisons(final: pl.DataFrame, pairs: Sequence[Any], metrics: Sequence[str
     for pair in pairs:
         runs = {}
         for name in (pair.a, pair.b):
-            frame = final.filter(pl.col("experiment") == name)
-            runs[name] = {
-                int(seed): dict(zip(f["metric"].to_list(), f["value"].to_list(), strict=True))
-                for (seed,), f in frame.group_by("seed")
-            }
+            runs[name] = experiment_seeds(final, name)
         for metric in metrics:
             if metric not in direction:
                 continue

@@ -268,7 +268,7 @@ def verdicts(
     out = []
     for claim in CLAIMS:
         if claim.step is None:
-            chosen = tuple(m for c in PAPER_SYNERGY_COLUMNS if (m := columns.get(c)) is not None)
+            chosen = synergy_metrics(metrics, blind)
             out.append(_synergy_verdict(results, claim, chosen, blind_note))
         else:
             out.append(_step_verdict(results, claim, columns, blind_note))

@@ -332,6 +332,11 @@ class LabelStore:
     def done(self) -> np.ndarray:
         return self.root["done"][:]
 
+    def nothing_decoded(self) -> bool:
+        """Whether the store has samples and labelling could decode none of their images."""
+        status = self.root["status"][:]
+        return bool(len(status)) and bool((status == STATUS_UNDECODABLE).all())
+
     def write_chunk(self, chunk: int, labels: ChunkLabels) -> None:
         """Write one chunk's labels, then its done marker (so a kill leaves it unmarked)."""
         with zarr.config.set({"array.write_empty_chunks": True}):

@@ -50,7 +50,7 @@ def check_store(
     for i in np.flatnonzero(status == STATUS_UNDECODABLE):
         note = "image undecodable when labelled; training leaves it out"
         problems.append(StoreProblem(keys[i], "status", note, fatal=False))
-    if n and bool((status == STATUS_UNDECODABLE).all()):
+    if store.nothing_decoded():
         problems.append(StoreProblem("", "status", f"no image of the {n} sample(s) decoded"))
     if "depth" in store.attrs["kinds"]:
         problems += _check_depth(store, unreadable)

@@ -366,13 +366,12 @@ def _label_store(
     return store, stats
 
 
-def refuse_if_nothing_decoded(store: Any, skipped: list[tuple[str, str]]) -> None:
+def refuse_if_nothing_decoded(store: LabelStore, skipped: list[tuple[str, str]]) -> None:
     """A store in which no sample's image decoded labels nothing: an error naming why (the
     first reason), not a finished job (the store stays on disk, as written)."""
-    status = store.root["status"][:]
-    if len(status) and bool((status == STATUS_UNDECODABLE).all()):
+    if store.nothing_decoded():
         example = f"; e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
         raise LabelSpecError(
-            f"no image of the source decoded ({len(status)} sample(s)){example}: {store.path} "
+            f"no image of the source decoded ({len(store.keys)} sample(s)){example}: {store.path} "
             "holds no labels. Check the source's images (mtv label check lists them)"
         )
