@@ -121,7 +121,14 @@ def _fake_runs(frame: pl.DataFrame) -> pl.DataFrame:
             folder / "metrics.parquet"
         )
         (folder / "environment.json").write_text(
-            json.dumps({"host": "test", "device": "cpu", "device_name": "x86"})
+            json.dumps(
+                {
+                    "host": "test",
+                    "device": "cpu",
+                    "device_name": "x86",
+                    "precision": {"resolved": "fp32"},
+                }
+            )
         )
     return frame
 
@@ -166,6 +173,7 @@ def test_the_report_carries_verdicts_tables_and_references(tmp_path: Path) -> No
     # the planted runs logged no gradient probe: said, not silently left out
     assert "## Gradient agreement and synergy" in text and "No gradient probes" in text
     assert "± " in text and "Seeds: 0, 1, 2" in text
+    assert "Machine: test: x86 (cpu), world size 1, torch ?, precision fp32" in text
     # a comparison in the metrics' own directions: the full set's RMSE is 0.15 lower
     comparison = text.split("**Full vs SSL** (vl_ssl_ground_depth − vl_ssl")[1].split("\n\n")[1]
     header, _, values = comparison.splitlines()[:3]

@@ -87,10 +87,12 @@ def _machine(final: pl.DataFrame) -> str:
         else {}
     )
     torch = env.get("packages", {}).get("torch", "?")
+    precision = env.get("precision", {}).get("resolved")
     return (
         f"{env.get('host', platform.node())}: {env.get('device_name', '?')} "
         f"({env.get('device', '?')}), "
         f"world size {env.get('world_size', 1)}, torch {torch}"
+        + (f", precision {precision}" if precision else "")
     )
 
 
