@@ -55,7 +55,7 @@ def loader_rate(spec: ExperimentSpec, batches: int = 16) -> tuple[float, Batch]:
     data = prepare_data(spec, report=lambda m: None)
     stream = build_stream(
         spec.data,
-        plan_graph(spec).view_request(spec),
+        plan_graph(spec).view_request(),
         data.source,
         data.store,
         data.tokenizer,

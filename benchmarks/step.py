@@ -115,7 +115,7 @@ def synthetic_batch(spec: ExperimentSpec, device: torch.device, seed: int = 0) -
     repeat as on the mini-world (where about half of a batch's name slots are distinct): drawn
     from B*R/2 random names, with every padding slot holding the one empty name."""
     plan = plan_graph(spec)
-    regions = plan.view_request(spec).max_regions
+    regions = plan.view_request().max_regions
     shape = SimpleNamespace(plan=plan, spec=spec)  # all random_batch reads of a graph
     batch = random_batch(shape, spec.data.batch_size, regions, seed)  # type: ignore[arg-type]
     if batch.region_names is not None and batch.box_valid is not None:

@@ -14,8 +14,9 @@ from rich.table import Table
 from mtv.analysis import MissingRuns, task_groups
 from mtv.analysis.report import scaling_report, synergy_report
 from mtv.analysis.synergy import synergy_wide
+from mtv.checkpoint import CheckpointError
 from mtv.eval import evaluate_run, suite_names
-from mtv.specs import SpecError, load_spec
+from mtv.specs import SpecError, load_run_spec
 
 
 def _table(frame: pl.DataFrame, title: str) -> Table:
@@ -107,7 +108,7 @@ def evaluate(
             results, path = evaluate_run(
                 target, suite, only, scenes, data, limit, classes=classes, labels=labels
             )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, CheckpointError) as err:
         raise fail(str(err)) from None
     name, step = results["suite"][0], results["step"][0]
     console.print(
@@ -145,7 +146,7 @@ def synergy(
     stands out of its noise."""
     try:
         for path in baseline or []:
-            kinds = [t.kind for t in load_spec(path / "spec.yaml").tasks]
+            kinds = [t.kind for t in load_run_spec(path).tasks]
             if task_groups(kinds):
                 raise ValueError(
                     f"--baseline {path}: a baseline is a VL-only run; this one also trains "

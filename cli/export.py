@@ -10,6 +10,7 @@ from mtv_cli.output import console, fail
 from rich.markup import escape
 from rich.table import Table
 
+from mtv.checkpoint import CheckpointError
 from mtv.export import export_run
 from mtv.specs import SpecError
 
@@ -34,7 +35,7 @@ def export(
         raise fail(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     try:
         result = FORMATS[fmt](source, out, tokenizer, overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError, CheckpointError) as err:
         raise fail(str(err)) from None
     except SpecError as err:
         raise fail(err) from None

@@ -1,12 +1,31 @@
 """mtv: multi-task visual representation pretraining (SigLIP + DINO/iBOT/KoLeo + region-text
-grounding + relative depth on one ViT), declared as YAML experiments."""
+grounding + relative depth on one ViT), declared as YAML experiments.
 
-from mtv.batch import Batch
-from mtv.experiment import Experiment, load_experiment
-from mtv.graph import GraphError, GraphPlan, StepOutput, TaskGraph, count_parameters, plan_graph
-from mtv.specs import ExperimentSpec, SpecError, load_spec
+The names below are imported on first use (PEP 562), so `import mtv.specs` (or any other layer)
+loads that layer and what it needs, not the whole toolkit."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Batch": "mtv.batch",
+    "Experiment": "mtv.experiment",
+    "load_experiment": "mtv.experiment",
+    "GraphError": "mtv.graph",
+    "GraphPlan": "mtv.graph",
+    "StepOutput": "mtv.graph",
+    "TaskGraph": "mtv.graph",
+    "count_parameters": "mtv.graph",
+    "plan_graph": "mtv.graph",
+    "ExperimentSpec": "mtv.specs",
+    "SpecError": "mtv.specs",
+    "load_spec": "mtv.specs",
+}
 
 __all__ = [
     "Batch",
@@ -23,3 +42,18 @@ __all__ = [
     "load_spec",
     "plan_graph",
 ]
+
+if TYPE_CHECKING:
+    from mtv.batch import Batch
+    from mtv.experiment import Experiment, load_experiment
+    from mtv.graph import GraphError, GraphPlan, StepOutput, TaskGraph, count_parameters, plan_graph
+    from mtv.specs import ExperimentSpec, SpecError, load_spec
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mtv' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

@@ -41,9 +41,19 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: 
     return final
 
 
+def _marked_step(path: Path) -> int | None:
+    """The step a checkpoint's COMPLETE marker holds; None when it is missing, empty or not a
+    number (a write cut short: the marker is the last thing written)."""
+    try:
+        return int((path / MARKER).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def is_checkpoint(path: Path) -> bool:
-    """Whether `path` is one complete checkpoint directory."""
-    return path.is_dir() and (path / MARKER).is_file() and (path / STATE).is_file()
+    """Whether `path` is one complete checkpoint directory: its state and a marker that names
+    its step."""
+    return path.is_dir() and (path / STATE).is_file() and _marked_step(path) is not None
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -51,7 +61,23 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if is_checkpoint(p)]
-    return sorted(found, key=lambda p: int((p / MARKER).read_text()))
+    return sorted(found, key=lambda p: _marked_step(p) or 0)
+
+
+def damaged_markers(run_dir: Path) -> list[Path]:
+    """Checkpoint folders whose COMPLETE marker is there but empty or not a step (a write cut
+    short): passed over as incomplete, and named."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir()
+        and not p.name.endswith(".partial")
+        and (p / MARKER).is_file()
+        and _marked_step(p) is None
+    )
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -74,6 +100,8 @@ def load_latest_readable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Pa
     """The newest complete checkpoint that reads back whole, and its state. A checkpoint that
     does not (a disk error, a file truncated after it was marked complete) is passed over with a
     warning naming it, for the one before it."""
+    for path in damaged_markers(run_dir):
+        warn(f"warning: checkpoint {path} has a damaged {MARKER} marker; passed over")
     found = complete_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"{run_dir} has no complete checkpoint")

@@ -19,6 +19,7 @@ from mtv.models.text import TextTransformer
 from mtv.models.tokenizer import EOS, PAD, UNK, TextTokenizer
 from mtv.models.vit import VisionTransformer
 from mtv.restore import load_trained_run
+from mtv.tasks.base import ScoresImageText
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> Path:
@@ -141,7 +142,8 @@ def export_run(
         )
     run = load_trained_run(source, tokenizer)
     graph, student, text_tokenizer = run.graph, run.graph.student, run.tokenizer
-    logits = getattr(getattr(student.tasks, "vl", None), "logits", None)  # the vl task's
+    scorer = student.task_with(ScoresImageText)
+    logits = scorer.image_text_logits() if scorer is not None else None
     size = graph.plan.env.global_size
     result = export_siglip(out, student.encoder, student.text, logits, text_tokenizer, size)
     if not graph.plan.uses_pool:

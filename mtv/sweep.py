@@ -29,7 +29,7 @@ import polars as pl
 from mtv.analysis.reproduction import write_sweep_analysis
 from mtv.checkpoint import latest_checkpoint
 from mtv.eval import RESULT_COLUMNS, read_results
-from mtv.specs import load_spec
+from mtv.specs import load_run_spec, load_spec
 from mtv.specs.loading import load_yaml_model
 from mtv.specs.sweep import LocalExecutorSpec, SlurmExecutorSpec, SweepEvalSpec, SweepSpec
 
@@ -273,7 +273,7 @@ def trained(job: SweepJob) -> bool:
     checkpoint = latest_checkpoint(job.run_dir)
     if checkpoint is None:
         return False
-    steps = load_spec(job.run_dir / "spec.yaml").schedule.steps
+    steps = load_run_spec(job.run_dir).schedule.steps
     return int(checkpoint.name.rsplit("-", 1)[1]) >= steps
 
 
@@ -406,7 +406,7 @@ def collect_sweep(jobs: list[SweepJob]) -> pl.DataFrame:
     task kinds and run directory."""
     frames = []
     for job in jobs:
-        kinds = [t.kind for t in load_spec(job.run_dir / "spec.yaml").tasks]
+        kinds = [t.kind for t in load_run_spec(job.run_dir).tasks]
         history = read_results(job.run_dir, job.evaluation.suite, latest=False)
         rows = history.select(
             pl.lit(job.experiment).alias("experiment"),

@@ -185,7 +185,7 @@ def case_pcgrad(rank: int) -> dict[str, object]:
     """The weights PCGrad gives each task, from the Gramian summed over the ranks."""
     graph, half = pcgrad_half(rank)
     out = graph.step(half)
-    return {"weights": {k: float(out.report[f"weight/{k}"]) for k in PCGRAD_TASKS}}
+    return {"weights": {k: float(out.logged[f"weight/{k}"]) for k in PCGRAD_TASKS}}
 
 
 def run_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:

@@ -10,6 +10,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 import mtv
 
 ROOT = Path(mtv.__file__).parent
@@ -193,6 +195,66 @@ def test_a_task_from_one_new_module_trains_in_the_graph(corpus: str, tmp_path: P
     assert sum(colour[-5:]) / 5 < 0.5 * sum(colour[:5]) / 5, colour
 
 
+def _fresh_python(code: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`code` in a new interpreter (nothing of mtv imported yet), `path` first on sys.path."""
+    env = dict(os.environ)
+    if path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(path), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_built_in_task_kinds_validate_whatever_was_imported_first() -> None:
+    """The spec layer knows mtv's own task kinds through package metadata (the `mtv.tasks` entry
+    point), not because some module happened to import `mtv.tasks` first: importing the spec
+    layer alone loads no task module, and a spec naming every built-in kind validates."""
+    done = _fresh_python(
+        "import sys\n"
+        "import mtv.specs.tasks as registry\n"
+        "assert 'mtv.tasks' not in sys.modules, 'the spec layer imported the tasks'\n"
+        "assert 'mtv.graph' not in sys.modules, 'the spec layer imported the graph'\n"
+        "for kind in ['vl', 'distill', 'masked', 'koleo', 'ground', 'depth']:\n"
+        "    assert registry.validate_task(kind).kind == kind\n"
+        "assert 'attributes' in registry.task_spec_classes()\n"
+        "print('ok')\n"
+    )
+    assert done.returncode == 0 and "ok" in done.stdout, done.stdout + done.stderr
+
+
+PLUGIN_TASK = TOY_TASK.replace("mean_colour", "plugin_colour").replace("MeanColour", "PluginColour")
+
+
+def test_an_installed_package_declares_its_tasks_through_the_entry_point(tmp_path: Path) -> None:
+    """A package whose metadata names a module in the `mtv.tasks` group makes its kinds valid
+    with no `imports:` line; a declared module that fails to import is one error naming it and
+    its package."""
+    (tmp_path / "colour_plugin.py").write_text(PLUGIN_TASK)
+    info = tmp_path / "colour_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: colour-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mtv.tasks]\ncolour = colour_plugin\n")
+    done = _fresh_python(
+        "from mtv.specs.tasks import validate_task\n"
+        "print(validate_task({'kind': 'plugin_colour', 'hidden': 4}).hidden)\n",
+        tmp_path,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "4", done.stdout + done.stderr
+
+    (tmp_path / "colour_plugin.py").write_text("raise RuntimeError('half-installed')\n")
+    broken = _fresh_python(
+        "from mtv.specs.tasks import TaskPluginError, validate_task\n"
+        "try:\n"
+        "    validate_task('vl')\n"
+        "except TaskPluginError as error:\n"
+        "    print(error)\n",
+        tmp_path,
+    )
+    assert broken.returncode == 0, broken.stderr
+    assert "'colour_plugin'" in broken.stdout and "colour-plugin" in broken.stdout
+    assert "half-installed" in broken.stdout
+
+
 TOY_EVALUATOR = '''
 """An evaluator of one's own: how well a least-squares readout of the pooled embedding predicts
 the mean brightness of held-out mini-world scenes (R^2 on the second half)."""
@@ -282,3 +344,12 @@ def test_every_package_of_mtv_is_installed() -> None:
         ".".join(path.parent.relative_to(ROOT.parent).parts) for path in ROOT.rglob("__init__.py")
     }
     assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
+
+
+def test_every_public_name_of_the_package_resolves() -> None:
+    """`mtv.<name>` for each name of `mtv.__all__` (imported on first use) is the object its
+    module defines."""
+    for name in mtv.__all__:
+        assert getattr(mtv, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        mtv.nothing  # noqa: B018

@@ -112,13 +112,13 @@ def test_the_task_learns_attributes_its_tokens_carry_and_no_others(planted: bool
         out.loss.backward()
         optimiser.step()
     colors = torch.randint(0, 3, (300,), generator=torch.Generator().manual_seed(999))
-    report = task(_inputs(task, colors, planted, 999)).report
-    assert report["regions"].item() == 300  # the padding slot is not counted
-    assert report["shape_accuracy"].item() == 1.0  # one shape only: learnt from the bias
+    logged = task(_inputs(task, colors, planted, 999)).logged
+    assert logged["regions"].item() == 300  # the padding slot is not counted
+    assert logged["shape_accuracy"].item() == 1.0  # one shape only: learnt from the bias
     if planted:
-        assert report["color_accuracy"].item() > 0.97
+        assert logged["color_accuracy"].item() > 0.97
     else:
-        assert report["color_accuracy"].item() < 0.5
+        assert logged["color_accuracy"].item() < 0.5
 
 
 def test_a_vocabulary_that_matches_no_name_is_reported() -> None:

@@ -175,7 +175,7 @@ def test_augment_with_every_probability_zero_is_the_identity_and_is_seeded() -> 
 def test_photometric_augmentation_changes_pixels_not_boxes_or_depth() -> None:
     spec = tiny_spec(ALL_TASKS)
     graph = TaskGraph(spec)
-    request = graph.plan.view_request(spec)
+    request = graph.plan.view_request()
     image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
     depth = torch.rand(32, 32)
     labels = {
@@ -208,7 +208,7 @@ def test_photometric_augmentation_changes_pixels_not_boxes_or_depth() -> None:
 def test_local_flips_leave_the_global_view_alone() -> None:
     spec = tiny_spec(ALL_TASKS)
     graph = TaskGraph(spec)
-    request = graph.plan.view_request(spec)
+    request = graph.plan.view_request()
     image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
     labels = {
         "depth": torch.rand(32, 32),

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from mtv.distributed import is_distributed
 from mtv.graph import TaskGraph
+from mtv.graph.passes import encode_pass, encode_passes
 from mtv.tasks import REGION_TEXT, StepInputs
 from mtv.tasks.base import GLOBAL
 from mtv.tasks.ground import region_text_loss
@@ -191,7 +192,7 @@ def ground_reference(graph: TaskGraph) -> torch.Tensor:
     student = graph.student
     task = student.tasks["ground"]
     (view,) = [p for p in graph.plan.student if p.view == GLOBAL]
-    features = student.encode(view, batch, student.encoder)
+    features = encode_pass(student.encoder, view, batch)
     texts = student.encode_texts(batch)[REGION_TEXT]
     regions = F.normalize(task.prompter(features.prenorm, batch.boxes).flatten(0, 1), dim=-1)
     names_emb = F.normalize(texts.flatten(0, 1), dim=-1)
@@ -265,7 +266,7 @@ def test_pcgrad_weights_come_from_the_gramian_of_both_ranks(ranks):
     for rank in range(w.WORLD_SIZE):
         graph, half = w.pcgrad_half(rank)
         student = graph.student
-        features = student.encode_views(graph.plan.student, half, student.encoder)
+        features = encode_passes(student.encoder, graph.plan.student, half)
         inputs = StepInputs(half, features, student.encode_texts(half), {}, torch.zeros(()))
         shared = student.shared_outputs(features)
         rows = []

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
 from mtv_cli.main import app
 from typer.testing import CliRunner
 
 from mtv.analysis.runs import train_smoke
-from mtv.eval import evaluate_run, evaluators_of, read_results
+from mtv.eval import MixedDataError, evaluate_run, evaluators_of, read_results
 from mtv.graph import count_parameters
 from mtv.specs import load_spec
 from tests.test_eval_public import write_coco
@@ -167,6 +168,17 @@ def test_eval_reads_a_public_benchmark_named_on_the_command_line(
     args = ["eval", str(run), "--suite", "coco_karpathy", "--data", str(broken)]
     bad = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "dataset_coco.json" in bad.output
+    # The same step measured on another copy of the benchmark: the history keeps both, keyed
+    # by the data, and refuses to hand them out mixed.
+    other = write_coco(tmp_path / "other")
+    args = ["eval", str(run), "--suite", "coco_karpathy", "--data", str(other)]
+    assert runner.invoke(app, args, env={"COLUMNS": "200"}).exit_code == 0
+    with pytest.raises(MixedDataError, match=r"2 data sets .*coco.*other"):
+        read_results(run, "coco_karpathy")
+    identities = pl.read_parquet(run / "eval" / "coco_karpathy.parquet")["data"].unique()
+    assert len(identities) == 2 and all(str(tmp_path) in d for d in identities)
+    (first,) = [d for d in identities if str(coco) + '"' in d]
+    assert read_results(run, "coco_karpathy", data=first).height == 4
 
 
 def _planted_run(root: Path, name: str, tasks: list[str], seed: int, accuracy: float) -> Path:

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from mtv_cli.main import app
+from typer.testing import CliRunner
 
-from mtv.checkpoint import STATE, complete_checkpoints
+from mtv.checkpoint import MARKER, STATE, CheckpointError, complete_checkpoints
 from mtv.data.lock import LOCK_NAME, ExclusiveLock
 from mtv.distributed import resolve_backend
+from mtv.restore import load_trained_run
 from mtv.train import Trainer, TrainingError, latest_checkpoint
 from tests.helpers import smoke
 
@@ -133,6 +136,32 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(
         path.joinpath(STATE).write_bytes(b"not a checkpoint")
     with pytest.raises(TrainingError, match=r"no checkpoint of .* can be read"):
         Trainer(spec, run, resume=True, report=lambda m: None)
+
+
+def test_evaluation_reads_past_damaged_checkpoints_and_names_them(
+    corpus: str, tmp_path: Path
+) -> None:
+    """What `mtv eval` and export read: a run's newest checkpoint truncated on disk, or with an
+    empty COMPLETE marker, is passed over for the one before with a warning naming it (as
+    `--resume` does); a damaged checkpoint named on its own is one error naming its file."""
+    run = tmp_path / "run"
+    spec = smoke(corpus, "schedule.steps=3", "output.checkpoint_every=1", "output.keep_last=3")
+    Trainer(spec, run, report=lambda m: None).run()
+    third, second, first = reversed(complete_checkpoints(run))
+    state = third / STATE
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    (second / MARKER).write_text("")  # a marker cut short
+    said: list[str] = []
+    restored = load_trained_run(run, warn=said.append)
+    assert restored.checkpoint == first and restored.step == 1
+    assert any(str(second) in m and "damaged COMPLETE" in m for m in said), said
+    assert any(str(third) in m and "cannot be read" in m for m in said), said
+    with pytest.raises(CheckpointError, match=rf"{third / STATE} cannot be read"):
+        load_trained_run(third)
+    with pytest.raises(CheckpointError, match=rf"{second / MARKER} is missing, empty"):
+        load_trained_run(second)
+    result = CliRunner().invoke(app, ["eval", str(third), "--only", "retrieval"])
+    assert result.exit_code != 0 and str(third / STATE) in result.output
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:

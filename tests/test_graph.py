@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from mtv.graph import GraphError, TaskGraph, plan_graph
-from mtv.tasks.base import GLOBAL, LOCAL, MASKED
+from mtv.graph.passes import encode_pass, encode_passes
+from mtv.tasks.base import GLOBAL, LOCAL, MASKED, PredictsDepth, ScoresImageText
 from tests.helpers import ALL_TASKS, random_batch, tiny_spec
 
 SETS = {
@@ -66,9 +67,9 @@ def test_the_batched_clean_and_masked_pass_equals_two_passes() -> None:
     batch = random_batch(graph)
     student = graph.student
     with torch.no_grad():
-        batched = student.encode_views(student.plan.student, batch, student.encoder)
+        batched = encode_passes(student.encoder, student.plan.student, batch)
         for view in student.plan.student:
-            alone = student.encode(view, batch, student.encoder)
+            alone = encode_pass(student.encoder, view, batch)
             torch.testing.assert_close(batched[view.view].tokens, alone.tokens)
             for layer, tap in alone.layers.items():
                 torch.testing.assert_close(batched[view.view].layers[layer], tap)
@@ -136,15 +137,35 @@ def test_total_is_the_weighted_sum_and_reports_are_detached() -> None:
     torch.testing.assert_close(out.total, expected)
     assert weights["masked"] == 2.0 and weights["koleo"] == 0.1
     assert all(torch.isfinite(v) for v in out.losses.values())
-    assert all(not v.requires_grad for v in out.report.values())
-    assert {"distill/teacher_entropy", "depth/ssi", "vl/logit_scale"} <= set(out.report)
+    assert all(not v.requires_grad for v in out.logged.values())
+    assert {"distill/teacher_entropy", "depth/ssi", "vl/logit_scale"} <= set(out.logged)
+
+
+def test_other_code_reaches_tasks_through_their_declared_interfaces() -> None:
+    """`task_with(interface)` finds the task that implements a protocol, whatever its kind: the
+    image-text scorer's logit scale/bias, the depth predictor's head (what evaluation reads), and
+    nothing when no task implements one."""
+    graph = TaskGraph(tiny_spec(["vl", "ground", "depth"]))
+    student = graph.student
+    scorer = student.task_with(ScoresImageText)
+    assert scorer is student.tasks["vl"]  # not ground, whose logits score regions
+    assert scorer.image_text_logits() is student.tasks["vl"].logits
+    predictor = student.task_with(PredictsDepth)
+    assert predictor is student.tasks["depth"]
+    batch = random_batch(graph)
+    with torch.no_grad():
+        encoded = student.encoder(batch.images, layers=predictor.depth_layers(), pool=False)
+        disparity = predictor.predict_depth(encoded.layers, encoded.grid, (20, 24))
+    assert disparity.shape == (batch.size, 1, 20, 24)
+    vl_only = TaskGraph(tiny_spec(["vl"])).student
+    assert vl_only.task_with(PredictsDepth) is None
 
 
 def test_teacher_temperature_follows_the_step() -> None:
     torch.manual_seed(0)
     graph = TaskGraph(tiny_spec(["distill"]))  # 100 steps, warm-up over 30% = 30 steps
     batch = random_batch(graph)
-    temps = [graph.step(batch, s).report["distill/teacher_temp"].item() for s in (0, 15, 30, 90)]
+    temps = [graph.step(batch, s).logged["distill/teacher_temp"].item() for s in (0, 15, 30, 90)]
     assert temps == pytest.approx([0.04, 0.055, 0.07, 0.07])
 
 
@@ -152,12 +173,12 @@ def test_missing_label_is_refused_before_any_module_is_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     spec = tiny_spec(["vl", "depth"], data={"labels": {"kinds": ["boxes"]}})
-    import mtv.graph
+    import mtv.graph.task_graph
 
     def must_not_build(*args: object, **kwargs: object) -> None:
         raise AssertionError("modules were built")
 
-    monkeypatch.setattr(mtv.graph, "StudentModel", must_not_build)
+    monkeypatch.setattr(mtv.graph.task_graph, "StudentModel", must_not_build)
     with pytest.raises(GraphError) as info:
         TaskGraph(spec)
     (problem,) = info.value.problems

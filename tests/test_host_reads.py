@@ -35,7 +35,7 @@ import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mtv.graph import TaskGraph
-from mtv.teacher import ema_update
+from mtv.graph.teacher import ema_update
 from mtv.train import Trainer
 from mtv.train.step import TrainStep
 from tests.helpers import join_local_ranks, random_batch, smoke, tiny_spec
@@ -226,7 +226,7 @@ def test_the_step_counter_lives_on_the_device() -> None:
     graph = TaskGraph(tiny_spec(["distill"]))
     batch = random_batch(graph)
     with torch.no_grad():
-        want = {s: graph.step(batch, s).report["distill/teacher_temp"] for s in (0, 1, 2, 7, 8)}
+        want = {s: graph.step(batch, s).logged["distill/teacher_temp"] for s in (0, 1, 2, 7, 8)}
     assert len({float(t) for t in want.values()}) == 5  # the schedule does move
     seen: list[torch.Tensor] = []
     step = graph.step

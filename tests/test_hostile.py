@@ -640,3 +640,31 @@ def test_changed_samples_are_relabelled_on_request_with_the_store_keeping_the_re
     assert len(record) == 1 and record[0]["samples"] == 1 and record[0]["chunks"] == [changed // 2]
     source, _ = resolve_source(spec)
     assert check_store(store, source) == []  # the store matches the edited source again
+
+
+@pytest.mark.parametrize("name", ["../secret.safetensors", "/etc/passwd", "sub/../../x.bin"])
+def test_a_sharded_index_cannot_name_a_file_outside_its_checkpoint(
+    tmp_path: Path, name: str
+) -> None:
+    """`model.init_from`'s sharded index names its shard files; one that leads out of the
+    checkpoint's folder is refused, naming the index, before anything is opened. Shards beside
+    the index load."""
+    pytest.importorskip("safetensors")
+    import torch
+    from safetensors.torch import save_file
+
+    from mtv.models.hf_siglip import read_hf_siglip
+
+    checkpoint = tmp_path / "siglip"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"model_type": "siglip"}))
+    save_file({"vision_model.a": torch.ones(2)}, str(checkpoint / "part-1.safetensors"))
+    save_file({"vision_model.b": torch.zeros(3)}, str(tmp_path / "secret.safetensors"))
+    index = checkpoint / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"vision_model.a": "part-1.safetensors"}}))
+    _, tensors = read_hf_siglip(checkpoint)
+    assert set(tensors) == {"vision_model.a"}
+    weights = {"vision_model.a": "part-1.safetensors", "vision_model.b": name}
+    index.write_text(json.dumps({"weight_map": weights}))
+    with pytest.raises(ValueError, match=r"model.safetensors.index.json: weight_map names"):
+        read_hf_siglip(checkpoint)

@@ -75,7 +75,7 @@ def stream_for(
         world["root"] / "tokenizer.json", lambda: truth._captions, 1024, 16
     )
     plan = plan_graph(spec)
-    return build_stream(spec.data, plan.view_request(spec), source, world["store"], tokenizer, **kw)
+    return build_stream(spec.data, plan.view_request(), source, world["store"], tokenizer, **kw)
 
 
 def normalised_disparity(depth: np.ndarray) -> np.ndarray:
@@ -345,7 +345,7 @@ def test_real_photos_through_source_labelling_and_loader(tmp_path: Path) -> None
     plan = plan_graph(spec)
     stream = build_stream(
         spec.data,
-        plan.view_request(spec),
+        plan.view_request(),
         TarShardSource([str(shard)]),
         LabelStore.open(tmp_path / "labels.zarr"),
         tokenizer,

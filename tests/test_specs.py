@@ -321,14 +321,14 @@ def test_an_own_data_experiment_is_extends_plus_a_data_block(tmp_path: Path) -> 
     spec = load_spec(path)
     assert spec.data.source.kind == "folder"
     assert spec.data.source.model_dump(exclude_defaults=True) == {
-        "root": "photos",
-        "captions": "captions.jsonl",
+        "root": str(tmp_path / "photos"),  # beside the file that names it
+        "captions": "captions.jsonl",  # relative to root, as documented
     }  # nothing of the mini-world source (n_images, image_size, seed) survived
     assert (
         spec.data.batch_size
         == load_spec(ROOT / "experiments" / "vl_ssl_depth.yaml").data.batch_size
     )
-    assert spec.data.labels.store == "photos/labels.zarr"
+    assert spec.data.labels.store == str(tmp_path / "photos" / "labels.zarr")
 
 
 def test_replace_tag_replaces_a_mapping_instead_of_merging(tmp_path: Path) -> None:
@@ -347,3 +347,44 @@ def test_replace_tag_replaces_a_mapping_instead_of_merging(tmp_path: Path) -> No
     )
     same.write_text("extends: base.yaml\ndata: {source: {kind: miniworld, n_images: 20}}\n")
     assert load_spec(same).data.source.seed == 3
+
+
+def test_paths_resolve_against_the_file_that_wrote_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path in a spec file means that file's folder (a base file's own paths its
+    folder), a `--set` value or a default the working folder; URLs and absolute paths stay. The
+    resolved spec holds them absolute, so a run's spec.yaml means the same files anywhere."""
+    shared = tmp_path / "shared"
+    mine = tmp_path / "mine"
+    elsewhere = tmp_path / "elsewhere"
+    for folder in (shared, mine, elsewhere):
+        folder.mkdir()
+    write(
+        shared,
+        "base.yaml",
+        f"extends: {ROOT / 'experiments' / 'vl.yaml'}\n"
+        "data:\n  source: {kind: shards, urls: [shards/a.tar, 's3://bucket/b.tar', /abs/c.tar]}\n"
+        "model: {tokenizer: {path: ../tokenizers/bpe.json}}\n",
+    )
+    child = write(
+        mine,
+        "exp.yaml",
+        "extends: ../shared/base.yaml\ndata: {labels: {store: labels.zarr}}\n"
+        "eval: {classes: classes.txt}\n",
+    )
+    monkeypatch.chdir(elsewhere)
+    spec = load_spec(child, ["eval.data=held_out"])
+    assert spec.data.source.urls == [
+        str(shared / "shards/a.tar"),
+        "s3://bucket/b.tar",
+        "/abs/c.tar",
+    ]
+    assert spec.model.tokenizer.path == str(tmp_path / "tokenizers" / "bpe.json")
+    assert spec.data.labels.store == str(mine / "labels.zarr")
+    assert spec.eval.classes == str(mine / "classes.txt")
+    assert spec.eval.data == str(elsewhere / "held_out")  # --set: the working folder
+    assert spec.output.root == str(ROOT / "runs")  # experiments/base.yaml writes ../runs
+    default = load_spec(write(mine, "plain.yaml", "name: plain\ntasks: [vl]\n"))
+    assert default.output.root == str(elsewhere / "runs")  # a default: the working folder
+    assert str(shared / "shards/a.tar") in spec_to_yaml(spec)

@@ -64,11 +64,11 @@ def test_reports_are_the_mean_over_micro_batches() -> None:
     runner = TrainStep(spec, graph, torch.device("cpu"), world=1)
     batches = [random_batch(graph, seed=s) for s in (1, 2)]
     twin = copy.deepcopy(graph)  # the same passes in the same order (teacher centres move)
-    reports = [twin.step(b, 0).report for b in batches]
+    logged = [twin.step(b, 0).logged for b in batches]
     out = runner(batches, 0, 1e-9)
     values = dict(zip(out.names, out.vector.tolist(), strict=True))
-    for name in reports[0]:
-        expected = (float(reports[0][name]) + float(reports[1][name])) / 2
+    for name in logged[0]:
+        expected = (float(logged[0][name]) + float(logged[1][name])) / 2
         assert values[name] == pytest.approx(expected, rel=1e-4, abs=1e-6), name
 
 

@@ -17,7 +17,8 @@ import torch
 from mtv_cli.main import app
 from typer.testing import CliRunner
 
-from mtv.specs import load_spec
+from mtv.checkpoint import load_checkpoint
+from mtv.specs import load_run_spec, load_spec
 from mtv.train import NonFiniteLoss, Trainer, TrainingError, latest_checkpoint
 from tests import train_workers
 from tests.helpers import smoke
@@ -224,6 +225,32 @@ def test_a_resume_with_another_task_list_is_refused(corpus: str, tmp_path: Path)
     )
     assert longer.step == 2
     assert longer.run().steps == 4
+
+
+def test_a_run_that_stored_relative_paths_resumes_and_reads_back(
+    corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs written before specs stored their paths absolute hold the data root relative to the
+    folder they were started from: from that folder they resume (the spec now resolves the same
+    root absolute) and read back (`load_run_spec`) with the root where it was."""
+    run = tmp_path / "run"
+    Trainer(smoke(corpus, "schedule.steps=2"), run, report=lambda m: None).run()
+    monkeypatch.chdir(Path(corpus).parent)
+    relative = Path(corpus).name
+    checkpoint = latest_checkpoint(run)
+    state = load_checkpoint(checkpoint)
+    assert state["critical"]["data.source"]["root"] == corpus  # absolute today
+    state["critical"]["data.source"]["root"] = relative  # as an older run wrote it
+    torch.save(state, checkpoint / "state.pt")
+    written = (run / "spec.yaml").read_text()
+    (run / "spec.yaml").write_text(written.replace(f"root: {corpus}", f"root: {relative}"))
+    assert load_run_spec(run).data.source.root == corpus  # the working folder, not the run's
+    monkeypatch.chdir(tmp_path)  # from elsewhere the relative root names another folder
+    with pytest.raises(TrainingError, match=r"--resume: the spec differs .*data.source"):
+        Trainer(smoke(corpus, "schedule.steps=3"), run, resume=True, report=lambda m: None)
+    monkeypatch.chdir(Path(corpus).parent)
+    resumed = Trainer(smoke(corpus, "schedule.steps=3"), run, resume=True, report=lambda m: None)
+    assert resumed.step == 2 and resumed.run().steps == 3
 
 
 def test_gradient_probe_records_task_norms_and_cosines(corpus: str, tmp_path: Path) -> None:

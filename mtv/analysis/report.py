@@ -12,7 +12,7 @@ import polars as pl
 from mtv.analysis.scaling import plot_scaling, scaling_results, scaling_table
 from mtv.analysis.synergy import MissingRuns, ladder_table, synergy_table
 from mtv.eval import read_results
-from mtv.specs import load_spec
+from mtv.specs import load_run_spec
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -24,7 +24,7 @@ def collect_results(run_dirs: list[Path], suite: str = "mini") -> pl.DataFrame:
     `runtime.seed`."""
     frames = []
     for run_dir in run_dirs:
-        spec = load_spec(run_dir / "spec.yaml")
+        spec = load_run_spec(run_dir)
         kinds = [t.kind for t in spec.tasks]
         frame = read_results(run_dir, suite).select(
             pl.lit(str(run_dir)).alias("run"),

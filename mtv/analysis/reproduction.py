@@ -47,7 +47,7 @@ from mtv.analysis.verdicts import (
     synergy_metrics,
     verdicts,
 )
-from mtv.specs import load_spec
+from mtv.specs import load_run_spec
 
 if TYPE_CHECKING:
     from mtv.specs.sweep import SweepSpec
@@ -71,7 +71,7 @@ def _training_minutes(final: pl.DataFrame) -> dict[tuple[str, str], float]:
     minutes: dict[tuple[str, str], list[float]] = {}
     for (experiment, variant, run), _ in final.group_by("experiment", "variant", "run"):
         metrics = pl.read_parquet(Path(run) / "metrics.parquet")
-        batch = load_spec(Path(run) / "spec.yaml").data.batch_size
+        batch = load_run_spec(run).data.batch_size
         rate = float(metrics["images_per_s"].drop_nulls().median())
         minutes.setdefault((str(experiment), str(variant)), []).append(
             metrics.height * batch / rate / 60

@@ -17,7 +17,7 @@ import polars as pl
 from mtv.analysis.synergy import label, task_groups
 from mtv.eval import read_results
 from mtv.graph import count_parameters
-from mtv.specs import load_spec
+from mtv.specs import load_run_spec
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -30,7 +30,7 @@ def scaling_results(run_dirs: Sequence[str | Path], suite: str = "mini") -> pl.D
     higher_is_better) over every stored evaluation of every run; metric = `evaluator/metric`."""
     frames = []
     for run_dir in map(Path, run_dirs):
-        spec = load_spec(run_dir / "spec.yaml")
+        spec = load_run_spec(run_dir)
         encoder = count_parameters(spec)["encoder"]
         frames.append(
             read_results(run_dir, suite, latest=False).select(

@@ -17,6 +17,7 @@ from mtv.graph import TaskGraph
 from mtv.models.tokenizer import TextTokenizer
 from mtv.restore import load_trained_run
 from mtv.specs import ExperimentSpec
+from mtv.tasks.base import PredictsDepth
 
 
 @dataclass
@@ -123,17 +124,19 @@ class FrozenModel:
 
     @property
     def has_depth_head(self) -> bool:
-        return "depth" in self.graph.student.tasks
+        return self.graph.student.task_with(PredictsDepth) is not None
 
     @torch.no_grad()
     def disparity(self, images: np.ndarray, batch: int = 64) -> Tensor:
         """(N, H, W) relative disparity from the run's own depth head, at the input size."""
-        task = self.graph.student.tasks["depth"]
+        task = self.graph.student.task_with(PredictsDepth)
+        if task is None:
+            raise ValueError("this run has no task that predicts depth")
         encoder = self.graph.student.encoder
         out = []
         for start in range(0, len(images), batch):
             chunk = images[start : start + batch]
-            result = encoder(self._pixels(chunk), layers=task.layers, pool=False)  # type: ignore[arg-type]
-            prediction = task.predict(result.layers, result.grid, chunk.shape[1:3])  # type: ignore[operator]
+            result = encoder(self._pixels(chunk), layers=task.depth_layers(), pool=False)
+            prediction = task.predict_depth(result.layers, result.grid, chunk.shape[1:3])
             out.append(prediction[:, 0].float().cpu())
         return torch.cat(out)

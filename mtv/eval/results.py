@@ -16,10 +16,11 @@ import mtv.eval.suites  # noqa: F401  (registers the suites)
 from mtv.eval.contract import load_data, measure, suites
 from mtv.eval.model import FrozenModel
 from mtv.specs import EvalSpec
-from mtv.specs.loading import format_loc
+from mtv.specs.loading import absolute_path, format_loc
 
 RESULT_COLUMNS = (
     "suite",
+    "data",  # the data's identity (`data_identity`): rows of other data never mix
     "evaluator",
     "metric",
     "value",
@@ -45,8 +46,10 @@ def suite_names() -> list[str]:
     return list(suites())
 
 
-def _settings_key(settings: EvalSpec) -> str:
-    """What the suite's data depends on: reference rows are reused only for the same."""
+def data_identity(settings: EvalSpec) -> str:
+    """What the suite's data depends on (suite, scenes, data folder, limit, class list, label
+    store), as one string: rows of a run's history, and its cached reference rows, are kept
+    apart by it."""
     keys = ("suite", "scenes", "data", "limit", "classes", "labels")
     return json.dumps({k: getattr(settings, k) for k in keys})
 
@@ -57,14 +60,14 @@ def _cached_reference(
     path = None if run_dir is None else run_dir / "eval" / f"{settings.suite}.random_init.parquet"
     if path is None or not path.is_file():
         return None
-    rows = pl.read_parquet(path).filter(pl.col("settings") == _settings_key(settings))
+    rows = pl.read_parquet(path).filter(pl.col("settings") == data_identity(settings))
     return rows if evaluators <= set(rows["evaluator"]) else None
 
 
 def _store_reference(run_dir: Path, settings: EvalSpec, rows: pl.DataFrame) -> None:
     path = run_dir / "eval" / f"{settings.suite}.random_init.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = rows.with_columns(pl.lit(_settings_key(settings)).alias("settings"))
+    rows = rows.with_columns(pl.lit(data_identity(settings)).alias("settings"))
     if path.is_file():
         old = pl.read_parquet(path)
         rows = pl.concat([old.join(rows, on=["settings", "evaluator"], how="anti"), rows])
@@ -98,6 +101,7 @@ def run_suite(model: FrozenModel, settings: EvalSpec, reference: bool = True) ->
         results = results.with_columns(random_init)
     return results.with_columns(
         pl.lit(settings.suite).alias("suite"),
+        pl.lit(data_identity(settings)).alias("data"),
         pl.lit(model.step).alias("step"),
         pl.lit(model.samples_seen).alias("samples_seen"),
     ).select(RESULT_COLUMNS)
@@ -109,18 +113,31 @@ def _write_atomically(frame: pl.DataFrame, path: Path) -> None:
     partial.replace(path)
 
 
+def _not_replaced(old: pl.DataFrame, replaced: pl.DataFrame) -> pl.DataFrame:
+    """The rows of `old` that new rows at (step, evaluator, data) `replaced` leave: those of
+    another step, evaluator or data; a row without recorded data goes when its step and
+    evaluator come again."""
+    other = old.join(replaced, on=["step", "evaluator", "data"], how="anti")  # null never joins
+    unrecorded = other.filter(pl.col("data").is_null()).join(
+        replaced.select("step", "evaluator").unique(), on=["step", "evaluator"], how="anti"
+    )
+    return pl.concat([other.filter(pl.col("data").is_not_null()), unrecorded])
+
+
 def store_results(results: pl.DataFrame, run_dir: Path, suite: str) -> Path:
-    """Merge `results` into `run_dir/eval/<suite>.parquet` (+ `.json`): rows of other steps
-    are kept, so a run's file is its evaluation history; rows of the same step and evaluator
-    are replaced. Written to a temporary file and renamed, so a crash loses nothing."""
+    """Merge `results` into `run_dir/eval/<suite>.parquet` (+ `.json`): rows of other steps or
+    other data are kept, so a run's file is its evaluation history; rows of the same step,
+    evaluator and data are replaced (and rows written before the data was recorded, which
+    cannot be told apart, at the same step and evaluator). Written to a temporary file and
+    renamed, so a crash loses nothing."""
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
     path = out / f"{suite}.parquet"
     merged = results.select(RESULT_COLUMNS)
     if path.is_file():
         old = _with_reference_columns(pl.read_parquet(path))
-        replaced = merged.select("step", "evaluator").unique()
-        kept = old.join(replaced, on=["step", "evaluator"], how="anti")
+        replaced = merged.select("step", "evaluator", "data").unique()
+        kept = _not_replaced(old, replaced)
         merged = pl.concat([kept.select(RESULT_COLUMNS), merged], how="vertical_relaxed")
     merged = merged.sort("step", "evaluator", "metric", maintain_order=True)
     _write_atomically(merged, path)
@@ -132,20 +149,45 @@ def store_results(results: pl.DataFrame, run_dir: Path, suite: str) -> Path:
 
 
 def _with_reference_columns(frame: pl.DataFrame) -> pl.DataFrame:
-    """Results written before the reference columns existed read with them empty."""
+    """Results written before the reference columns and the data identity existed read with
+    them empty."""
     missing = [
         pl.lit(None, dtype=pl.Float64).alias(c) for c in REFERENCE_COLUMNS if c not in frame.columns
     ]
+    if "data" not in frame.columns:
+        missing.append(pl.lit(None, dtype=pl.String).alias("data"))
     return frame.with_columns(missing) if missing else frame
 
 
-def read_results(run_dir: Path, suite: str = "mini", latest: bool = True) -> pl.DataFrame:
-    """A run's stored evaluation rows; only those of its latest evaluated step when `latest`."""
+class MixedDataError(ValueError):
+    """A run's results hold one step measured on several data sets, and no data was chosen."""
+
+
+def read_results(
+    run_dir: Path, suite: str = "mini", latest: bool = True, data: str | None = None
+) -> pl.DataFrame:
+    """A run's stored evaluation rows; only those of its latest evaluated step when `latest`;
+    only those of one data identity (`data_identity`, the `data` column) when `data` is given.
+    Rows of one step and evaluator measured on several data sets are refused unless `data`
+    picks one: averaged or tabled together they would mix two measurements."""
     path = run_dir / "eval" / f"{suite}.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no {suite} results: run `mtv eval {run_dir}` first")
     frame = _with_reference_columns(pl.read_parquet(path))
-    return frame.filter(pl.col("step") == pl.col("step").max()) if latest else frame
+    if data is not None:
+        frame = frame.filter(pl.col("data") == data)
+    if latest:
+        frame = frame.filter(pl.col("step") == pl.col("step").max())
+    mixed = frame.group_by("step", "evaluator").agg(pl.col("data").n_unique().alias("n"))
+    mixed = mixed.filter(pl.col("n") > 1)
+    if mixed.height:
+        step = mixed["step"].min()
+        found = sorted(str(d) for d in frame.filter(pl.col("step") == step)["data"].unique())
+        raise MixedDataError(
+            f"{path}: step {step} was evaluated on {len(found)} data sets ({'; '.join(found)}); "
+            "choose one with read_results(..., data=...)"
+        )
+    return frame
 
 
 def evaluate_run(
@@ -170,10 +212,11 @@ def evaluate_run(
             "suite": suite,
             "only": only,
             "scenes": scenes,
-            "data": None if data is None else str(data),
+            # Absolute, as the spec's own paths are: the data's identity is where it is.
+            "data": None if data is None else absolute_path(str(data), Path.cwd()),
             "limit": limit,
-            "classes": None if classes is None else str(classes),
-            "labels": None if labels is None else str(labels),
+            "classes": None if classes is None else absolute_path(str(classes), Path.cwd()),
+            "labels": None if labels is None else absolute_path(str(labels), Path.cwd()),
         }.items()
         if value is not None
     }

@@ -202,6 +202,27 @@ def require_safetensors() -> Any:
     return safetensors.torch
 
 
+def _shard_files(index: Path) -> list[Path]:
+    """The files a sharded checkpoint's index names: plain file names in the checkpoint's own
+    folder. A name that leads elsewhere (`../../etc/passwd`, an absolute path, a link out) is
+    refused, naming the index, before anything is opened."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted({str(name) for name in weight_map.values()})
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{index}: not a sharded checkpoint index ({err})") from None
+    folder = index.parent.resolve()
+    files = []
+    for name in names:
+        file = (index.parent / name).resolve()
+        if Path(name).is_absolute() or file.parent != folder:
+            raise ValueError(
+                f"{index}: weight_map names {name!r}, which is not a file beside the index"
+            )
+        files.append(index.parent / name)
+    return files
+
+
 def read_hf_siglip(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The config and tensors of a local SigLIP directory (SiglipModel, SiglipVisionModel or
     SiglipTextModel), tensor names always prefixed as in SiglipModel."""
@@ -218,8 +239,7 @@ def read_hf_siglip(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]
         if not files and (path / name).is_file():
             files = [path / name]
         elif not files and index.is_file():
-            shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
-            files = [path / s for s in sorted(set(shards))]
+            files = _shard_files(index)
     if not files:
         raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
     tensors: dict[str, Tensor] = {}
@@ -254,20 +274,18 @@ class LoadReport:
 
 def load_hf_siglip(
     path: str | Path,
-    target: nn.Module,
+    encoder: VisionTransformer,
     text: TextTransformer | None = None,
+    logits: nn.Module | None = None,
 ) -> LoadReport:
-    """Initialise mtv modules from a local SigLIP checkpoint: the encoder (MAP head included when
-    the checkpoint has one) and, when both sides have them, the text tower and the vl task's
-    logit scale/bias. `target` is a StudentModel or an encoder (then `text` is the text tower).
+    """Initialise mtv modules from a local SigLIP checkpoint: `encoder` (MAP head included when
+    the checkpoint has one) and, when both sides have them, the `text` tower and the `logits`
+    (the image-text task's LogitScaleBias, `ScoresImageText.image_text_logits()`).
     Everything is checked before anything is copied: any mismatch raises one ValueError naming
     the tensors and both shapes (or the config field)."""
     config, tensors = read_hf_siglip(path)
-    encoder: VisionTransformer = getattr(target, "encoder", target)  # type: ignore[assignment]
     if not isinstance(encoder, VisionTransformer):
-        raise TypeError(f"cannot load SigLIP weights into {type(target).__name__}")
-    text = getattr(target, "text", text)
-    logits = getattr(getattr(getattr(target, "tasks", None), "vl", None), "logits", None)
+        raise TypeError(f"cannot load SigLIP weights into {type(encoder).__name__}")
     has = {p: any(k.startswith(f"{p}_model.") for k in tensors) for p in ("vision", "text")}
     if not has["vision"]:
         raise ValueError(f"{path}: the checkpoint has no vision_model weights")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -14,3 +16,16 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
     )
+
+
+class SpecPath:
+    """Field metadata: a local path that a spec file gives relative to its own folder (as
+    `extends:` and `imports:` are). Loading a spec file makes it absolute: relative to the file
+    that set it, to the working folder for `--set` and defaults. URLs (`scheme://`) stay."""
+
+    def __repr__(self) -> str:
+        return "SpecPath()"
+
+
+# A spec field holding a local path or URL (see SpecPath).
+PathText = Annotated[str, SpecPath()]

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from mtv.specs.base import StrictModel
+from mtv.specs.base import PathText, StrictModel
 from mtv.specs.limits import DEFAULT_INDEX_THREADS, DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE
 from mtv.specs.model import ModelSpec
 from mtv.specs.oracle import OracleBoxesSpec, OracleDepthSpec
@@ -50,7 +50,7 @@ class MiniWorldSourceSpec(StrictModel):
         description="range of the cameras' distance to the scene centre (world units): closer "
         "shows fewer objects, larger; the mini suite renders its scenes with the same range",
     )
-    root: str = Field("data/miniworld", description="where the rendered corpus is cached")
+    root: PathText = Field("data/miniworld", description="where the rendered corpus is cached")
 
     @field_validator("camera_distance")
     @classmethod
@@ -68,7 +68,7 @@ class ShardsSourceSpec(StrictModel):
     """Webdataset-style tar shards (KEY.jpg|png|webp + KEY.txt [+ KEY.json]) over fsspec."""
 
     kind: Literal["shards"] = "shards"
-    urls: list[str] = Field(
+    urls: list[PathText] = Field(
         min_length=1, description="paths or URLs; brace ranges such as {0000..0099} expand"
     )
     index_threads: int = Field(
@@ -86,7 +86,7 @@ class FolderSourceSpec(StrictModel):
     imagefolder layout included)."""
 
     kind: Literal["folder"] = "folder"
-    root: str
+    root: PathText
     captions: str | None = Field(
         None,
         description="a .jsonl, .csv or .parquet file with `file` (or `file_name`), `caption` (or "
@@ -103,7 +103,7 @@ class ParquetSourceSpec(StrictModel):
     Face `datasets`' layouts)."""
 
     kind: Literal["parquet"] = "parquet"
-    urls: list[str] = Field(
+    urls: list[PathText] = Field(
         min_length=1, description="paths or URLs; brace ranges such as {0000..0099} expand"
     )
     image_column: str | None = Field(
@@ -114,7 +114,7 @@ class ParquetSourceSpec(StrictModel):
     key_column: str | None = Field(
         "key", description="the key column if present; else keys are FILE_STEM/ROW"
     )
-    image_root: str | None = Field(
+    image_root: PathText | None = Field(
         None,
         description="where the image paths of rows without bytes (`datasets`' {bytes: null, "
         "path}) are relative to, and which they may not leave; null: each Parquet file's "
@@ -152,7 +152,7 @@ class OracleLabelsSpec(StrictModel):
 class LabelsSpec(StrictModel):
     """Which pseudo-labels the data provides besides captions, and where they are stored."""
 
-    store: str | None = Field(None, description="the Zarr label store made by `mtv label`")
+    store: PathText | None = Field(None, description="the Zarr label store made by `mtv label`")
     kinds: list[Literal["boxes", "depth"]] = Field(
         default_factory=list,
         description="labels the store provides (boxes = boxes + entity names; depth = relative "
@@ -370,16 +370,16 @@ class EvalSpec(StrictModel):
         description="held-out scenes of the mini suite: multi-object scenes (two views each, "
         "retrieval in galleries of 100) and as many single-object scenes (zero-shot, probes)",
     )
-    data: str | None = Field(
+    data: PathText | None = Field(
         None,
         description="the benchmark's root for a public suite; for `source`, held-out image-text "
         "data: a folder (captions file or Hugging Face metadata), .parquet or .tar",
     )
     limit: int | None = Field(None, gt=0, description="read at most this many benchmark samples")
-    classes: str | None = Field(
+    classes: PathText | None = Field(
         None, description="`source` suite: a text file of class names, one a line (zero_shot)"
     )
-    labels: str | None = Field(
+    labels: PathText | None = Field(
         None, description="`source` suite: a label store of the eval data (relative_depth)"
     )
 
@@ -388,7 +388,7 @@ LoggerName = Literal["parquet", "tensorboard", "wandb", "mlflow"]
 
 
 class OutputSpec(StrictModel):
-    root: str = Field("runs", description="run directories are made under this folder")
+    root: PathText = Field("runs", description="run directories are made under this folder")
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(500, gt=0)
     keep_last: int = Field(3, gt=0)

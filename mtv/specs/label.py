@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from mtv.specs.base import StrictModel
+from mtv.specs.base import PathText, StrictModel
 from mtv.specs.experiment import MiniWorldSourceSpec, SourceSpec
 from mtv.specs.limits import DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE
 from mtv.specs.oracle import OracleBoxesSpec, OracleDepthSpec
@@ -43,8 +43,8 @@ class SiglipTaggerSpec(StrictModel):
     finds in the image, zero-shot, by its sigmoid image-text probability."""
 
     kind: Literal["siglip"] = "siglip"
-    model: str = Field(description="a local SigLIP directory (config, weights, processor)")
-    vocabulary: str = Field(description="a text file of tags, one a line")
+    model: PathText = Field(description="a local SigLIP directory (config, weights, processor)")
+    vocabulary: PathText = Field(description="a text file of tags, one a line")
     threshold: float = Field(0.3, ge=0.0, le=1.0, description="least sigmoid probability kept")
     max_tags: int = Field(8, gt=0)
     template: str = Field("a photo of a {}.", description="the prompt each tag fills")
@@ -62,7 +62,7 @@ class LabelSpec(StrictModel):
     """One labelling job. Oracle experts need a mini-world source (its ground truth)."""
 
     source: SourceSpec = Field(default_factory=MiniWorldSourceSpec)
-    output: str = Field(description="the Zarr label store to write (resumed if it exists)")
+    output: PathText = Field(description="the Zarr label store to write (resumed if it exists)")
     depth: DepthExpertSpec | None = Field(default_factory=OracleDepthSpec)
     boxes: BoxExpertSpec | None = Field(default_factory=OracleBoxesSpec)
     tagger: TaggerSpec = Field(default_factory=CaptionTaggerSpec)

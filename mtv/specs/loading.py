@@ -7,8 +7,9 @@ inherited from a base file names the base file, not the file the user passed.
 from __future__ import annotations
 
 import difflib
+import os
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
@@ -16,6 +17,7 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mtv.specs.base import SpecPath
 from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.tasks import TaskDefaults, TaskSpecBase, task_defaults_model, task_spec_classes
 
@@ -441,8 +443,61 @@ def _locate_imports(raw: dict[str, Any], provenance: dict[Loc, str], path: Path)
     raw["imports"] = located
 
 
+def _marks_path(annotation: Any, metadata: Sequence[Any] = ()) -> bool:
+    """Whether a field's type is `PathText` (alone, optional, or as list items)."""
+    if any(isinstance(m, SpecPath) for m in metadata):
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        inner, *extra = get_args(annotation)
+        return _marks_path(inner, extra)
+    if origin in (Union, types.UnionType, list):
+        return any(_marks_path(arm) for arm in get_args(annotation))
+    return False
+
+
+def absolute_path(value: str, folder: Path) -> str:
+    """`value` as an absolute local path (relative to `folder`); a URL as it is."""
+    if "://" in value:  # a URL (s3://, https://, ...): not a local path
+        return value
+    path = Path(value).expanduser()
+    return os.path.normpath(path if path.is_absolute() else folder.absolute() / path)
+
+
+def absolute_paths(model: BaseModel, folder_of: Callable[[Loc], Path], loc: Loc = ()) -> None:
+    """Make every `PathText` field of `model` (and of the models inside it) absolute, in place:
+    a relative value at `loc` against `folder_of(loc)`."""
+    for name, field_info in type(model).model_fields.items():
+        value = getattr(model, name)
+        here = (*loc, name)
+        if _marks_path(field_info.annotation, field_info.metadata):
+            if isinstance(value, str):
+                new: Any = absolute_path(value, folder_of(here))
+            elif isinstance(value, list):
+                new = [absolute_path(v, folder_of((*here, i))) for i, v in enumerate(value)]
+            else:
+                continue
+            if new != value:
+                setattr(model, name, new)
+        elif isinstance(value, BaseModel):
+            absolute_paths(value, folder_of, here)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    absolute_paths(item, folder_of, (*here, index))
+
+
+def _folder_of(provenance: dict[Loc, str], loc: Loc) -> Path:
+    """The folder a relative path at `loc` is relative to: that of the file that set the value;
+    the working folder for a `--set` value or a default."""
+    source = provenance.get(loc)
+    if source is None or source.startswith("--set "):
+        return Path.cwd()
+    return Path(source).parent
+
+
 def _read_and_validate(
-    path: Path, overrides: Sequence[str], model: type[ModelT]
+    path: Path, overrides: Sequence[str], model: type[ModelT], paths_from_file: bool = True
 ) -> tuple[ModelT, dict[str, Any], dict[Loc, str]]:
     provenance: dict[Loc, str] = {}
     raw = _load_with_extends(path, provenance, (), None)
@@ -452,9 +507,15 @@ def _read_and_validate(
     if "imports" in model.model_fields:
         _locate_imports(raw, provenance, path)
     try:
-        return model.model_validate(raw), raw, provenance
+        validated = model.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_validation_problems(err, raw, provenance, path, model)) from None
+    # Paths relative to the file that wrote them, stored absolute: the resolved spec (a run's
+    # spec.yaml) then means the same files from any working folder.
+    absolute_paths(
+        validated, lambda loc: _folder_of(provenance, loc) if paths_from_file else Path.cwd()
+    )
+    return validated, raw, provenance
 
 
 def load_yaml_model(path: str | Path, model: type[ModelT], overrides: Sequence[str] = ()) -> ModelT:
@@ -473,6 +534,13 @@ def resolve_spec(path: str | Path, overrides: Sequence[str] = ()) -> ResolvedSpe
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
     """The validated `ExperimentSpec` of a YAML file. Raises SpecError naming file and field."""
     return resolve_spec(path, overrides).spec
+
+
+def load_run_spec(run_dir: str | Path) -> ExperimentSpec:
+    """The resolved spec a run wrote (RUN/spec.yaml). Its paths are absolute; a run written
+    before specs stored them absolute holds them relative to the folder it was started from,
+    taken to be the working folder (not the run's own folder)."""
+    return _read_and_validate(Path(run_dir) / "spec.yaml", (), ExperimentSpec, False)[0]
 
 
 def experiment_json_schema() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from mtv.specs.base import StrictModel
+from mtv.specs.base import PathText, StrictModel
 from mtv.specs.limits import MAX_IMAGE_SIDE
 
 
@@ -66,7 +66,7 @@ class TokenizerSpec(StrictModel):
     """An offline tokenizer: a `tokenizers` JSON file, trained from the corpus captions if
     absent."""
 
-    path: str | None = Field(
+    path: PathText | None = Field(
         None,
         description="tokenizer.json; when null, a BPE is trained from the corpus captions and "
         "saved beside the data",
@@ -161,7 +161,7 @@ class ModelSpec(StrictModel):
     text: TextSpec = Field(default_factory=TextSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
-    init_from: str | None = Field(
+    init_from: PathText | None = Field(
         None,
         min_length=1,
         description="a local Hugging Face SigLIP directory (config.json + model.safetensors or "

@@ -6,11 +6,16 @@ A task is one file in `mtv/tasks/` (or any module of yours): it defines its spec
 named in the field's description) and its task class, and registers both at once with
 `mtv.tasks.register_task`. Experiment specs validate `tasks:` entries and `task_defaults:`
 against whatever is registered when they are validated, and their JSON schema lists the same.
+
+mtv's own tasks, and those of any installed package, are found through package metadata: the
+modules named in the `mtv.tasks` entry-point group are imported before the first validation, so a
+built-in kind is valid whatever was imported before (and this layer imports no task module).
 """
 
 from __future__ import annotations
 
 from functools import cache
+from importlib.metadata import entry_points
 from typing import Any
 
 from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, create_model
@@ -27,6 +32,38 @@ class TaskSpecBase(StrictModel):
 
 
 _TASK_SPECS: dict[str, type[TaskSpecBase]] = {}
+TASK_ENTRY_POINTS = "mtv.tasks"  # the entry-point group of task modules (pyproject.toml)
+_entry_points_loaded = False
+
+
+class TaskPluginError(ImportError):
+    """A module declared in the `mtv.tasks` entry-point group failed to import."""
+
+
+def load_task_entry_points() -> None:
+    """Import, once, every module that an installed package declares in the `mtv.tasks`
+    entry-point group (mtv declares `mtv.tasks`, whose import registers every built-in task).
+    A module that fails to import is one error naming it and its package."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True  # before loading: a module that validates a spec does not recurse
+    for point in entry_points(group=TASK_ENTRY_POINTS):
+        try:
+            point.load()
+        except Exception as error:
+            package = point.dist.name if point.dist is not None else "an unknown package"
+            raise TaskPluginError(
+                f"the task module '{point.value}' (entry point '{point.name}' of {package}, "
+                f"group {TASK_ENTRY_POINTS}) failed to import: {type(error).__name__}: {error}"
+            ) from error
+
+
+def registered_task_specs() -> dict[str, type[TaskSpecBase]]:
+    """Task kind -> spec class: the installed task modules' (loaded on first use), and any
+    registered since (an experiment's `imports:`)."""
+    load_task_entry_points()
+    return _TASK_SPECS
 
 
 def task_kind_of(cls: type[TaskSpecBase]) -> str:
@@ -51,7 +88,7 @@ def register_task_spec(cls: type[TaskSpecBase]) -> str:
 
 def task_spec_classes() -> dict[str, type[TaskSpecBase]]:
     """Task kind -> spec class, for every task registered so far."""
-    return dict(_TASK_SPECS)
+    return dict(registered_task_specs())
 
 
 def validate_task(value: Any) -> TaskSpecBase:
@@ -63,9 +100,10 @@ def validate_task(value: Any) -> TaskSpecBase:
     if not isinstance(value, dict):
         raise ValueError(f"a task is a mapping with `kind` or a kind's name, not {value!r}")
     kind = value.get("kind")
-    if kind not in _TASK_SPECS:
+    specs = registered_task_specs()
+    if kind not in specs:
         # The errors a discriminated union raises, so that messages read the same everywhere.
-        expected = ", ".join(f"'{k}'" for k in _TASK_SPECS)
+        expected = ", ".join(f"'{k}'" for k in specs)
         error: InitErrorDetails = (
             {
                 "type": "union_tag_invalid",
@@ -82,7 +120,7 @@ def validate_task(value: Any) -> TaskSpecBase:
             }
         )
         raise ValidationError.from_exception_data("TaskSpec", [error])
-    return _TASK_SPECS[kind].model_validate(value)
+    return specs[kind].model_validate(value)
 
 
 class TaskEntry:
@@ -106,8 +144,9 @@ class TaskEntry:
     def __get_pydantic_json_schema__(
         cls, schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        classes = [handler(c.__pydantic_core_schema__) for c in _TASK_SPECS.values()]
-        return {"oneOf": [*classes, {"enum": sorted(_TASK_SPECS)}]}
+        specs = registered_task_specs()
+        classes = [handler(c.__pydantic_core_schema__) for c in specs.values()]
+        return {"oneOf": [*classes, {"enum": sorted(specs)}]}
 
 
 def _defaults_fields(cls: type[TaskSpecBase]) -> type[StrictModel]:
@@ -124,11 +163,12 @@ def _defaults_fields(cls: type[TaskSpecBase]) -> type[StrictModel]:
 
 @cache
 def task_defaults_model() -> type[StrictModel]:
+    specs = registered_task_specs()
     return create_model(
         "TaskDefaultsSpec",
         __base__=StrictModel,
         __doc__="Per task kind, fields applied to every task of that kind.",
-        **{kind: (_defaults_fields(c) | None, None) for kind, c in _TASK_SPECS.items()},
+        **{kind: (_defaults_fields(c) | None, None) for kind, c in specs.items()},
     )
 
 

@@ -140,8 +140,8 @@ class AttributesTask(Task):
             regions=spec.max_regions,
         )
 
-    def warnings(self, report: Mapping[str, float]) -> list[str]:
-        if report.get("regions", 1.0) == 0.0:
+    def warnings(self, logged: Mapping[str, float]) -> list[str]:
+        if logged.get("regions", 1.0) == 0.0:
             return [
                 "no box name of this batch is spelt from name_parts (a vocabulary that does not "
                 "match the labels' names trains nothing)"
@@ -172,8 +172,8 @@ class AttributesTask(Task):
             logits = [head(regions) for head in self.heads]
             loss = attribute_loss(logits, labels, known)
         count = known.sum().clamp(min=1)
-        report = {"regions": known.sum().detach().float()}
+        logged = {"regions": known.sum().detach().float()}
         for column, (name, part_logits) in enumerate(zip(self.spec.classify, logits, strict=True)):
             right = (part_logits.argmax(-1) == labels[:, column]) & known
-            report[f"{name}_accuracy"] = (right.sum() / count).detach()
-        return TaskOutput(loss, report)
+            logged[f"{name}_accuracy"] = (right.sum() / count).detach()
+        return TaskOutput(loss, logged)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,9 @@ from mtv.models.vit import EncoderOutput
 from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.model import EncoderSpec
 from mtv.specs.tasks import TaskSpecBase, register_task_spec, task_kind_of
+
+if TYPE_CHECKING:
+    from mtv.tasks.sigmoid import LogitScaleBias
 
 # View names. The masked view is the global crop with `batch.patch_mask` applied.
 GLOBAL, LOCAL, MASKED = "global", "local", "masked"
@@ -80,7 +83,33 @@ class StepInputs:
 @dataclass
 class TaskOutput:
     loss: Tensor  # 0-d fp32, unweighted
-    report: dict[str, Tensor] = field(default_factory=dict)  # detached 0-d tensors
+    logged: dict[str, Tensor] = field(default_factory=dict)  # detached 0-d values to log
+
+
+@runtime_checkable
+class ScoresImageText(Protocol):
+    """A task that scores image-caption pairs as SigLIP does, with a learned logit scale and
+    bias: what SigLIP export and loading read (`StudentModel.task_with(ScoresImageText)`)."""
+
+    def image_text_logits(self) -> LogitScaleBias:
+        """The module holding the logit scale t (used as exp(t)) and bias b."""
+        ...
+
+
+@runtime_checkable
+class PredictsDepth(Protocol):
+    """A task with a dense relative-depth head on tapped encoder layers: what evaluation reads
+    (`StudentModel.task_with(PredictsDepth)`)."""
+
+    def depth_layers(self) -> tuple[int, ...]:
+        """The 1-based encoder layers the head reads."""
+        ...
+
+    def predict_depth(
+        self, layers: Mapping[int, Tensor], grid: tuple[int, int], size: tuple[int, int]
+    ) -> Tensor:
+        """(B, 1, *size) relative disparity from the normed tokens of `depth_layers()`."""
+        ...
 
 
 TASK_REGISTRY: dict[str, type[Task]] = {}
@@ -144,9 +173,9 @@ class Task(nn.Module, ABC):
         (the trainer gives them their own optimiser groups). Default: none, all at 1."""
         return {}
 
-    def warnings(self, report: Mapping[str, float]) -> list[str]:
-        """Signs of trouble in this task's logged values (`report`'s names, read at log steps),
-        e.g. a collapsing teacher; each a sentence. Default: none."""
+    def warnings(self, logged: Mapping[str, float]) -> list[str]:
+        """Signs of trouble in this task's logged values (`TaskOutput.logged`'s names, read at
+        log steps), e.g. a collapsing teacher; each a sentence. Default: none."""
         return []
 
     def before_optimizer_step(self, step: int) -> None:
@@ -169,4 +198,4 @@ class Task(nn.Module, ABC):
 
     @abstractmethod
     def forward(self, inputs: StepInputs) -> TaskOutput:
-        """This task's unweighted loss and its report."""
+        """This task's unweighted loss and the values it logs."""

@@ -6,6 +6,7 @@ disparity. Head and loss run in fp32 even under bf16 autocast."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -253,10 +254,14 @@ class DepthTask(Task):
             return [f"layers {layers} must be 4 distinct layers"]
         return []
 
-    def predict(
-        self, layers: dict[int, Tensor], grid: tuple[int, int], size: tuple[int, int]
+    def depth_layers(self) -> tuple[int, ...]:
+        return tuple(self.layers)
+
+    def predict_depth(
+        self, layers: Mapping[int, Tensor], grid: tuple[int, int], size: tuple[int, int]
     ) -> Tensor:
-        """(B, 1, *size) relative disparity, computed in fp32 whatever the autocast state."""
+        """(B, 1, *size) relative disparity, computed in fp32 whatever the autocast state
+        (`PredictsDepth`)."""
         device = next(iter(layers.values())).device
         with fp32(device):
             return self.head([layers[i].float() for i in self.layers], grid, size)
@@ -266,7 +271,7 @@ class DepthTask(Task):
         if batch.depth is None:
             raise ValueError("the depth task needs batch.depth")
         out = inputs.student[GLOBAL]
-        prediction = self.predict(out.layers, out.grid, tuple(batch.depth.shape[-2:]))
+        prediction = self.predict_depth(out.layers, out.grid, tuple(batch.depth.shape[-2:]))
         valid = batch.depth_valid if batch.depth_valid is not None else torch.isfinite(batch.depth)
         with fp32(prediction.device):
             ssi, gm = depth_ssi_trimmed_loss(

@@ -199,4 +199,4 @@ class GroundTask(Task):
                 offset=rank() * region_emb.shape[0],
                 mask_identical_names=self.spec.mask_identical_names,
             )
-        return TaskOutput(loss, {**self.logits.report(), "regions": valid.sum().detach().float()})
+        return TaskOutput(loss, {**self.logits.logged(), "regions": valid.sum().detach().float()})

@@ -92,7 +92,7 @@ class LogitScaleBias(nn.Module):
         stuck above the bound, where it gets no gradient (as open_clip clamps after the step)."""
         self.logit_scale.clamp_(max=self.scale_max)
 
-    def report(self, prefix: str = "") -> dict[str, Tensor]:
+    def logged(self, prefix: str = "") -> dict[str, Tensor]:
         return {
             f"{prefix}logit_scale": self.scale().detach().exp(),
             f"{prefix}logit_bias": self.logit_bias.detach(),

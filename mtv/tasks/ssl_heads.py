@@ -150,8 +150,8 @@ class SelfDistillationTask(Task):
         if step < self.spec.freeze_prototypes_steps:
             self.head.prototypes.grad = None
 
-    def warnings(self, report: Mapping[str, float]) -> list[str]:
-        entropy = report.get("teacher_entropy")
+    def warnings(self, logged: Mapping[str, float]) -> list[str]:
+        entropy = logged.get("teacher_entropy")
         if entropy is None:
             return []
         uniform = math.log(self.spec.n_prototypes)

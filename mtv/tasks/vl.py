@@ -61,6 +61,10 @@ class VLTask(Task):
             labels=frozenset({"caption"}),
         )
 
+    def image_text_logits(self) -> LogitScaleBias:
+        """`ScoresImageText`: SigLIP's t and b, for export and SigLIP loading."""
+        return self.logits
+
     def after_optimizer_step(self, step: int) -> None:
         self.logits.clamp_()
 
@@ -76,4 +80,4 @@ class VLTask(Task):
             loss = siglip_loss(
                 image, text, self.logits.scale(), self.logits.logit_bias, rank() * image.shape[0]
             )
-        return TaskOutput(loss, self.logits.report())
+        return TaskOutput(loss, self.logits.logged())

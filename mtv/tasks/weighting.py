@@ -69,15 +69,15 @@ class LossWeighting(nn.Module):
             return self._pcgrad(losses, features)
         log_variance = dict(zip(self.learned, self.log_variance.float().unbind(), strict=True))
         total = torch.zeros((), device=self.log_variance.device)
-        report: dict[str, Tensor] = {}
+        logged: dict[str, Tensor] = {}
         for kind in self.kinds:
             if kind in log_variance:
                 scale = self.weights[kind] * torch.exp(-log_variance[kind])
                 total = total + scale * losses[kind].float() + log_variance[kind]
-                report[f"weight/{kind}"] = scale.detach()
+                logged[f"weight/{kind}"] = scale.detach()
             else:
                 total = total + self.weights[kind] * losses[kind]
-        return total, report
+        return total, logged
 
     def _pcgrad(
         self, losses: dict[str, Tensor], features: Sequence[Tensor]
@@ -102,8 +102,8 @@ class LossWeighting(nn.Module):
         coefficients = PCGradWeighting()(gramian.double()).to(jacobian.dtype)
         coefficients = broadcast_from_first(coefficients)
         total = (coefficients.detach() * torch.stack(weighted)).sum()
-        report = {
+        logged = {
             f"weight/{k}": (c * self.weights[k]).detach()
             for k, c in zip(self.kinds, coefficients.unbind(), strict=True)
         }
-        return total, report
+        return total, logged

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 import mtv
 from mtv.checkpoint import CheckpointError, latest_checkpoint, load_latest_readable
-from mtv.specs.experiment import ExperimentSpec
+from mtv.specs.experiment import ExperimentSpec, SourceSpec
+from mtv.specs.loading import absolute_paths
+from mtv.specs.model import ModelSpec
 from mtv.train.metrics import MetricsHistoryError, check_history
 
 
@@ -60,6 +63,29 @@ def critical_settings(spec: ExperimentSpec, world: int) -> dict[str, Any]:
     return out
 
 
+def _paths_absolute(saved: dict[str, Any]) -> dict[str, Any]:
+    """Critical settings with their relative paths made absolute against the working folder,
+    which is what they mean: a spec loaded from a file has none left, but a checkpoint written
+    before specs stored their paths absolute has, and a spec built in code may. So such a run
+    resumes. A setting that no longer validates stays as it was (and is then named as a
+    difference)."""
+    out = dict(saved)
+    adapters: dict[str, TypeAdapter[Any]] = {
+        "data.source": TypeAdapter(SourceSpec),
+        "model": TypeAdapter(ModelSpec),
+    }
+    for key, adapter in adapters.items():
+        if not isinstance(saved.get(key), dict):
+            continue
+        try:
+            value: BaseModel = adapter.validate_python(saved[key])
+        except ValidationError:
+            continue
+        absolute_paths(value, lambda loc: Path.cwd())
+        out[key] = adapter.dump_python(value, mode="json")
+    return out
+
+
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [
         f"{key} (checkpoint: {json.dumps(saved.get(key))[:120]}, now: {json.dumps(value)[:120]})"
@@ -89,7 +115,9 @@ def accept_run(
         path, state = load_latest_readable(run_dir, warn)
     except CheckpointError as err:
         raise RunRefused(f"--resume: {err}") from None
-    differences = _differences(state["critical"], critical_settings(spec, world))
+    differences = _differences(
+        _paths_absolute(state["critical"]), _paths_absolute(critical_settings(spec, world))
+    )
     if differences:
         raise RunRefused(
             f"--resume: the spec differs from {path.name}'s in what matters: "

@@ -31,8 +31,8 @@ from mtv.train.precision import ResolvedPrecision, resolve_precision
 @dataclass(frozen=True)
 class StepValues:
     """One optimiser step's values, still on the device (fp32), each named: the total loss, the
-    tasks' losses, their reports, the gradient norm, whether the step was skipped, then 1/0 per
-    task for its loss being finite."""
+    tasks' losses, their logged values, the gradient norm, whether the step was skipped, then
+    1/0 per task for its loss being finite."""
 
     names: tuple[str, ...]
     vector: Tensor
@@ -76,11 +76,11 @@ class TrainStep:
         # host-to-device copy on CUDA. `_step_at` is the step it holds, as the host knows it.
         self._step = torch.zeros((), dtype=torch.float32, device=device)
         self._step_at = 0
-        self._report_names: list[str] | None = None  # fixed by the first step
+        self._logged_names: list[str] | None = None  # fixed by the first step
         self._losses: list[Tensor] = []
         self._totals: list[Tensor] = []  # the objective as the graph weighted it, per micro-batch
         self._finite: Tensor | None = None
-        self._report: dict[str, Tensor] = {}
+        self._logged: dict[str, Tensor] = {}
         self.probe: dict[str, float] = {}  # the gradient probe's values of this step, if probed
 
     def __call__(
@@ -105,11 +105,11 @@ class TrainStep:
 
     # ------------------------------------------------------------------ names of the vector
     def _names(self) -> tuple[str, ...]:
-        assert self._report_names is not None
+        assert self._logged_names is not None
         return (
             "loss",
             *(f"loss/{k}" for k in self.kinds),
-            *self._report_names,
+            *self._logged_names,
             "grad_norm",
             "skipped",
             *(f"finite/{k}" for k in self.kinds),
@@ -124,7 +124,7 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
-        self._losses, self._totals, self._finite, self._report = [], [], None, {}
+        self._losses, self._totals, self._finite, self._logged = [], [], None, {}
         self.probe = {}
 
     def device_step(self, step: int) -> Tensor:
@@ -156,12 +156,12 @@ class TrainStep:
             (out.total / accumulate).backward()
         self._losses.append(values / accumulate)
         self._totals.append(out.total.detach().float().reshape(1) / accumulate)
-        # The step's reports are the mean over its micro-batches, as its losses are.
-        for name, value in out.report.items():
+        # The step's logged values are the mean over its micro-batches, as its losses are.
+        for name, value in out.logged.items():
             share = value.detach().float().reshape(()) / accumulate
-            self._report[name] = self._report[name] + share if name in self._report else share
-        if self._report_names is None:
-            self._report_names = list(out.report)
+            self._logged[name] = self._logged[name] + share if name in self._logged else share
+        if self._logged_names is None:
+            self._logged_names = list(out.logged)
 
     def _optimizer_step(self, step: int) -> Tensor:
         """Clip, step, hooks and EMA; the step's values in the order of `_names()`."""
@@ -181,12 +181,12 @@ class TrainStep:
         self.optimizer.step()
         self.graph.after_optimizer_step(step, skipped=skipped)
         losses = torch.stack(self._losses).sum(0)
-        report = [self._report[n] for n in self._report_names or ()]
+        logged = [self._logged[n] for n in self._logged_names or ()]
         values = torch.cat(
             [
                 torch.stack(self._totals).sum(0),  # the weights applied once, by the graph
                 losses,
-                torch.stack(report) if report else losses.new_zeros(0),
+                torch.stack(logged) if logged else losses.new_zeros(0),
                 grad_norm.detach().float().reshape(1),
                 skipped.reshape(1),
                 finite.float(),
@@ -200,7 +200,7 @@ class TrainStep:
 
 def read_window(values: list[StepValues]) -> Iterator[dict[str, float]]:
     """The rows of a window of steps, in order, read from the device in one copy (one per set of
-    names, should a step's reports differ from the others')."""
+    names, should a step's logged names differ from the others')."""
     groups: dict[tuple[str, ...], list[int]] = {}
     for index, value in enumerate(values):
         groups.setdefault(value.names, []).append(index)

@@ -168,7 +168,7 @@ class Trainer:
         self._wrap()
         self.stream = build_stream(
             spec.data,
-            self.graph.plan.view_request(spec),
+            self.graph.plan.view_request(),
             self.data.source,
             self.data.store,
             self.data.tokenizer,

@@ -1,27 +1,35 @@
 """The EMA teacher: frozen moving-average copies of the student encoder and of the heads of the
-tasks that distil from it. It holds no gradients and is never wrapped in DDP."""
+tasks that distil from it. It holds no gradients, is never wrapped in DDP, and runs its own
+passes of the plan through its own encoder."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from mtv.batch import Batch
+from mtv.graph.passes import encode_passes
+from mtv.graph.plan import ViewPass
 from mtv.models.vit import VisionTransformer
+from mtv.tasks.base import Task
 
 
 class EMATeacher(nn.Module):
     """`encoder` mirrors the student encoder; `heads[kind][name]` mirrors the module that task
-    `kind` returned under `name` from `ema_modules()`."""
+    `kind` returned under `name` from `ema_modules()`; `passes` are the plan's teacher passes."""
 
     def __init__(
         self,
         encoder: VisionTransformer,
         heads: Mapping[str, Mapping[str, nn.Module]],
+        passes: tuple[ViewPass, ...],
     ):
         super().__init__()
+        self.passes = passes
         self.encoder = copy.deepcopy(encoder)
         self.heads = nn.ModuleDict(
             {
@@ -30,6 +38,18 @@ class EMATeacher(nn.Module):
             }
         )
         self.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, batch: Batch, step: Tensor, tasks: Mapping[str, Task]) -> dict[str, Any]:
+        """Task kind -> what its `teacher_targets` makes of this teacher's passes and its own
+        head copies (e.g. `SoftTargets`), for each task that distils. `tasks` are the student's
+        task modules, passed in (not held, so they are not registered here a second time)."""
+        outputs = encode_passes(self.encoder, self.passes, batch)
+        return {
+            kind: task.teacher_targets(outputs, self.heads[kind], batch, step)
+            for kind, task in tasks.items()
+            if kind in self.heads
+        }
 
 
 @torch.no_grad()
