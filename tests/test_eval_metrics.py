@@ -3,8 +3,10 @@ score chance, a perfect segmentation scores mIoU 1, the depth probe recovers a p
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mtv.eval.metrics import (
     correspondence_recall,
@@ -177,3 +179,36 @@ def test_trivial_references_match_their_definitions() -> None:
         float((distance.norm(dim=-1) <= 1).float().mean())
     )
     assert expected["recall@8px"] == 1.0
+
+
+class NamedClassOracle:
+    """Duck-types FrozenModel: an image's pooled embedding is the one-hot of the class its
+    pixels encode (the fill value); a text's is the one-hot of the class word in it."""
+
+    has_text = True
+    classes = ("cat", "dog")
+
+    def images(self, images: np.ndarray) -> Features:
+        pooled = F.one_hot(torch.from_numpy(images[:, 0, 0, 0].astype(np.int64)), 2).float()
+        return Features(pooled, pooled[:, None, None, :])
+
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        found = [next(i for i, c in enumerate(self.classes) if c in t) for t in texts]
+        return F.one_hot(torch.tensor(found), 2).float()
+
+
+def test_source_zero_shot_says_how_many_images_it_classified() -> None:
+    """Captions that name no class or several are left out of source zero-shot; the share of
+    images it classified is a metric of its own (they were dropped without a count)."""
+    from mtv.eval.evaluators.zero_shot import SourceZeroShot
+    from mtv.eval.source import SourceData
+    from mtv.specs import EvalSpec
+
+    captions = ["a cat", "a dog on a sofa", "two cats", "a Dog", "a tree", "a cat and a dog"]
+    truth = [0, 1, 0, 1, 0, 0]
+    images = np.zeros((6, 4, 4, 3), np.uint8) + np.asarray(truth, np.uint8)[:, None, None, None]
+    data = SourceData([str(i) for i in range(6)], images, captions, ["cat", "dog"], None, None)
+    scores = SourceZeroShot(EvalSpec(suite="source"))(NamedClassOracle(), data)
+    # "two cats" names no class as a whole word; "a cat and a dog" names two
+    assert scores["named_share"].value == pytest.approx(3 / 6)
+    assert scores["top1"].value == 1.0 and scores["top1"].trivial == pytest.approx(2 / 3)

@@ -219,12 +219,19 @@ def test_a_resume_with_another_task_list_is_refused(corpus: str, tmp_path: Path)
     changed = smoke(corpus, "schedule.steps=4", "tasks=[vl, distill, masked, koleo, depth]")
     with pytest.raises(TrainingError, match=r"--resume: the spec differs .*tasks"):
         Trainer(changed, tmp_path / "run", resume=True, report=lambda m: None)
-    # a longer schedule is not a difference that matters: it resumes
+    # a longer schedule is not a difference that matters: it resumes, saying what the
+    # recomputed schedule does to the learning rate (it jumped silently)
+    said: list[str] = []
     longer = Trainer(
-        smoke(corpus, "schedule.steps=4"), tmp_path / "run", resume=True, report=lambda m: None
+        smoke(corpus, "schedule.steps=4"), tmp_path / "run", resume=True, report=said.append
     )
     assert longer.step == 2
+    (jump,) = [m for m in said if "learning rate jumps" in m]
+    assert jump.startswith("warning: resuming at step 2 with schedule.steps 2 -> 4"), jump
     assert longer.run().steps == 4
+    said.clear()
+    Trainer(smoke(corpus, "schedule.steps=4"), tmp_path / "run", resume=True, report=said.append)
+    assert not [m for m in said if "learning rate" in m]  # the same schedule: nothing to say
 
 
 def test_a_run_that_stored_relative_paths_resumes_and_reads_back(
@@ -291,6 +298,26 @@ def test_accumulation_gives_the_full_batch_gradient(corpus: str, tmp_path: Path)
     scale = max(float(g.abs().max()) for g in grads[1].values())
     for name, grad in grads[1].items():
         torch.testing.assert_close(grads[2][name], grad, atol=1e-4 * scale, rtol=1e-3)
+
+
+def test_a_grounding_task_without_boxes_says_it_trains_nothing(
+    corpus: str, tmp_path: Path
+) -> None:
+    """Labels in which every box is missing (a tagger that names nothing, an expert that finds
+    nothing) train a grounding loss of exactly 0: the run says so at its log steps."""
+    messages: list[str] = []
+    boxes = "data.labels.oracle.boxes"
+    spec = smoke(
+        corpus,
+        "schedule.steps=2",
+        "tasks=[vl, ground]",
+        f"{boxes}.miss_rate=1.0",
+        f"{boxes}.false_rate=0.0",
+    )
+    Trainer(spec, tmp_path / "run", report=messages.append).run()
+    rows = pl.read_parquet(tmp_path / "run" / "metrics.parquet")
+    assert rows["loss/ground"].to_list() == [0.0, 0.0] and rows["ground/regions"].sum() == 0
+    assert sum("ground has no box in this step's batch" in m for m in messages) == 2, messages
 
 
 def test_collapse_is_reported(corpus: str, tmp_path: Path) -> None:

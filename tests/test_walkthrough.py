@@ -161,7 +161,10 @@ def test_own_photos_from_labels_to_transformers(
         measured
     )
     assert results["random_init"].is_not_null().all() and "random init" in output
-    top1 = results.filter(pl.col("evaluator") == "zero_shot")["trivial"][0]
+    zero_shot = results.filter(pl.col("evaluator") == "zero_shot")
+    top1 = zero_shot.filter(pl.col("metric") == "top1")["trivial"][0]
+    # every held-out caption names exactly one of the ten classes
+    assert zero_shot.filter(pl.col("metric") == "named_share")["value"][0] == 1.0
     assert top1 == pytest.approx(1 / 10)  # the held-out photos: ten classes, equally many
 
     # 4b. the depth-and-features notebook shows these photos and their pseudo-depth

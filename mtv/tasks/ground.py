@@ -6,6 +6,7 @@ by the sigmoid loss of Eq. 1, against every region name of the (global) batch.""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -169,6 +170,15 @@ class GroundTask(Task):
 
     def lr_scales(self) -> dict[str, float]:
         return self.logits.lr_scales("logits.")
+
+    def warnings(self, logged: Mapping[str, float]) -> list[str]:
+        if logged.get("regions", 1.0) == 0.0:
+            return [
+                "has no box in this step's batch: its loss is 0 and trains nothing (does the "
+                "label store hold boxes? a tagger that names nothing, or an expert that finds "
+                "nothing, leaves none)"
+            ]
+        return []
 
     def forward(self, inputs: StepInputs) -> TaskOutput:
         batch = inputs.batch

@@ -4,6 +4,7 @@ machine. Decided before anything in the directory is written."""
 from __future__ import annotations
 
 import json
+import math
 import platform
 from collections.abc import Callable
 from importlib import metadata
@@ -16,9 +17,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 import mtv
 from mtv.checkpoint import CheckpointError, latest_checkpoint, load_latest_readable
 from mtv.specs.experiment import ExperimentSpec, SourceSpec
-from mtv.specs.loading import absolute_paths
+from mtv.specs.loading import SpecError, absolute_paths, load_run_spec
 from mtv.specs.model import ModelSpec
 from mtv.train.metrics import MetricsHistoryError, check_history
+from mtv.train.schedule import lr_factor
 
 
 class RunRefused(RuntimeError):
@@ -61,6 +63,32 @@ def critical_settings(spec: ExperimentSpec, world: int) -> dict[str, Any]:
             node = node[part]
         out[path] = node
     return out
+
+
+def learning_rate_jump(run_dir: Path, spec: ExperimentSpec, step: int) -> str | None:
+    """What a resume at optimiser step `step` does to the learning rate when `spec` changes the
+    run's schedule or base lr (e.g. `--set schedule.steps=40` on a finished cosine run): the
+    schedule is recomputed for the new settings, so the lr of the next step jumps. A sentence
+    saying so, with both values; None when they agree (or the run's spec cannot be read)."""
+    try:
+        before = load_run_spec(run_dir)
+    except (SpecError, OSError):
+        return None
+    was = before.optim.lr * lr_factor(before.schedule, step)
+    now = spec.optim.lr * lr_factor(spec.schedule, step)
+    if math.isclose(was, now, rel_tol=1e-3, abs_tol=1e-12):
+        return None
+    old = {"optim.lr": before.optim.lr} | {
+        f"schedule.{k}": v for k, v in before.schedule.model_dump().items()
+    }
+    new = {"optim.lr": spec.optim.lr} | {
+        f"schedule.{k}": v for k, v in spec.schedule.model_dump().items()
+    }
+    changed = ", ".join(f"{k} {old[k]} -> {v}" for k, v in new.items() if old.get(k) != v)
+    return (
+        f"resuming at step {step} with {changed}: the schedule is recomputed, so the learning "
+        f"rate jumps from {was:.3g} (the run's schedule) to {now:.3g}"
+    )
 
 
 def _paths_absolute(saved: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,13 @@ from mtv.train.loggers import LoggerError, Loggers, Outcome, check_available, op
 from mtv.train.metrics import MetricsLog
 from mtv.train.precision import resolve_precision
 from mtv.train.prepare import RunData, prepare_data
-from mtv.train.rundir import RunRefused, accept_run, critical_settings, environment
+from mtv.train.rundir import (
+    RunRefused,
+    accept_run,
+    critical_settings,
+    environment,
+    learning_rate_jump,
+)
 from mtv.train.schedule import lr_factor
 from mtv.train.step import StepValues, TrainStep, read_window
 
@@ -213,6 +219,13 @@ class Trainer:
             self.lock.release()
             raise
         if self.is_main:
+            jump = (
+                None
+                if restored is None
+                else learning_rate_jump(self.run_dir, self.spec, int(restored[1]["step"]))
+            )
+            if jump is not None:
+                self.report(f"warning: {jump}")
             (self.run_dir / "spec.yaml").write_text(spec_to_yaml(self.spec))
             env = environment(self.device, self.world) | {"precision": self.precision.as_dict()}
             (self.run_dir / "environment.json").write_text(json.dumps(env, indent=1))

@@ -86,7 +86,8 @@ def named_class(caption: str, patterns: list[re.Pattern[str]]) -> int:
 @register_evaluator
 class SourceZeroShot(Evaluator):
     """Images whose caption names exactly one class of `eval.classes`, classified among all
-    classes. Trivial: the share of the most common class."""
+    classes. Trivial: the share of the most common class. `named_share` says how many images
+    that is: those whose caption names no class, or several, are left out."""
 
     name = "zero_shot"
     suites = ("source",)
@@ -109,7 +110,10 @@ class SourceZeroShot(Evaluator):
             pooled[chosen], texts, torch.from_numpy(classes[chosen]), (1,)
         )
         majority = float(np.bincount(classes[chosen]).max() / len(chosen))
-        return {"top1": Score(accuracy["top1"], majority)}
+        return {
+            "top1": Score(accuracy["top1"], majority),
+            "named_share": Score(len(chosen) / len(classes)),
+        }
 
 
 @register_evaluator
