@@ -300,9 +300,7 @@ def test_accumulation_gives_the_full_batch_gradient(corpus: str, tmp_path: Path)
         torch.testing.assert_close(grads[2][name], grad, atol=1e-4 * scale, rtol=1e-3)
 
 
-def test_a_grounding_task_without_boxes_says_it_trains_nothing(
-    corpus: str, tmp_path: Path
-) -> None:
+def test_a_grounding_task_without_boxes_says_it_trains_nothing(corpus: str, tmp_path: Path) -> None:
     """Labels in which every box is missing (a tagger that names nothing, an expert that finds
     nothing) train a grounding loss of exactly 0: the run says so at its log steps."""
     messages: list[str] = []
