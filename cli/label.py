@@ -80,8 +80,12 @@ def label_run(
 
         try:
             store, stats = run_labelling(spec, rank, world, advance, skipped, start)
-        except (LabelSpecError, FileNotFoundError) as err:
-            raise fail(f"{spec_file}: {err}") from None
+        except BaseException as err:
+            if not progress.tasks[0].completed:
+                progress.remove_task(task)  # an empty bar under the error would say nothing
+            if isinstance(err, (LabelSpecError, FileNotFoundError)):
+                raise fail(f"{spec_file}: {err}") from None
+            raise
     seconds = ", ".join(f"{part} {value:.1f}s" for part, value in stats.seconds.items())
     console.print(
         f"labelled {stats.images} images in {stats.chunks} chunk(s) into {escape(str(store.path))}"

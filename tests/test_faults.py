@@ -218,6 +218,11 @@ def test_two_ranks_under_torchrun_speak_with_one_voice(corpus: str, tmp_path: Pa
     assert result.stdout.count("run directory:") == 2  # rank 0: at the start and the end
     assert result.stdout.count("finished 2 steps") == 1
     assert json.loads((out / "environment.json").read_text())["world_size"] == 2
+    # The final line is rank 0's last step, as the step lines and metrics.parquet are (it was
+    # a mean over the ranks, which no other line showed).
+    last = pl.read_parquet(out / "metrics.parquet").row(-1, named=True)
+    (final,) = [line for line in result.stdout.splitlines() if "final losses:" in line]
+    assert f"total {last['loss']:.4f}" in final and f"vl {last['loss/vl']:.4f}" in final
 
 
 def test_metrics_of_a_run_started_before_one_based_steps_are_renumbered(tmp_path: Path) -> None:
@@ -247,6 +252,9 @@ def test_a_resume_refuses_a_missing_or_holed_metrics_history(corpus: str, tmp_pa
     assert not history.exists()  # nothing written by the refused resume
     rows.filter(pl.col("step") != 2).write_parquet(history)
     with pytest.raises(TrainingError, match=r"has no rows for steps 2 of the 3"):
+        Trainer(more, run, resume=True, report=lambda m: None)
+    history.write_bytes(b"PAR1 cut short")  # unreadable: named, never trusted
+    with pytest.raises(TrainingError, match=rf"{history} cannot be read"):
         Trainer(more, run, resume=True, report=lambda m: None)
     rows.write_parquet(history)  # the whole history back: the run resumes
     assert Trainer(more, run, resume=True, report=lambda m: None).run().steps == 4

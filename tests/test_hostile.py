@@ -668,3 +668,22 @@ def test_a_sharded_index_cannot_name_a_file_outside_its_checkpoint(
     index.write_text(json.dumps({"weight_map": weights}))
     with pytest.raises(ValueError, match=r"model.safetensors.index.json: weight_map names"):
         read_hf_siglip(checkpoint)
+
+
+def test_a_labelling_job_that_fails_before_its_first_image_leaves_no_empty_bar(
+    tmp_path: Path,
+) -> None:
+    """The error is the last word: no empty `labelling ━━━ 0/?` bar printed under it."""
+    import subprocess
+    import sys
+
+    spec = tmp_path / "label.yaml"
+    spec.write_text(f"source: {{kind: folder, root: {tmp_path / 'absent'}}}\n")
+    spec.write_text(spec.read_text() + f"output: {tmp_path / 'labels.zarr'}\n")
+    mtv = str(Path(sys.executable).parent / "mtv")
+    done = subprocess.run(
+        [mtv, "label", "run", str(spec)], capture_output=True, text=True, timeout=300
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "image folder not found" in output, output
+    assert "━" not in output and "0/?" not in output, output

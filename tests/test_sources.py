@@ -540,3 +540,18 @@ def test_parquet_with_image_bytes_in_both_common_layouts(tmp_path: Path) -> None
     pq.write_table(pa.table({"image": struct}), tmp_path / "hf" / "no-text.parquet")
     with pytest.raises(ValueError, match=r"needed: image bytes.*and a caption"):
         open_source(ParquetSourceSpec(urls=[str(tmp_path / "hf" / "no-text.parquet")]))
+
+
+def test_a_hugging_face_split_layout_is_named_with_what_to_point_at(tmp_path: Path) -> None:
+    """`train/`, `test/` imagefolders under one root (how `datasets` lays out splits): mtv says
+    which splits it found and which folder to train and evaluate on (it said only that the root
+    had no metadata file); pointed at a split, the folder reads as any imagefolder."""
+    for split in ("train", "test"):
+        rows = make_folder(tmp_path / split)
+        lines = [json.dumps({"file_name": r["file"], "text": r["caption"]}) for r in rows]
+        (tmp_path / split / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(FileNotFoundError, match=r"in splits \(train, test\)") as info:
+        FolderSource(str(tmp_path))
+    assert f"data.source.root: {tmp_path}/train" in str(info.value)
+    assert f"--data {tmp_path}/test" in str(info.value)
+    assert len(FolderSource(str(tmp_path / "train"))) == 4

@@ -32,6 +32,7 @@ from mtv.data.sources import (
 FILE_COLUMNS = ("file", "file_name")  # mtv's, Hugging Face imagefolder's
 CAPTION_COLUMNS = ("caption", "text")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+SPLIT_FOLDERS = ("train", "validation", "valid", "val", "test")  # Hugging Face's split names
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,20 @@ class FolderSource:
             for name in METADATA_FILES:
                 if self._fs.isfile(f"{self._root_path}/{name}"):
                     return f"{self.root}/{name}"
+            splits = [
+                split
+                for split in SPLIT_FOLDERS
+                if any(self._fs.isfile(f"{self._root_path}/{split}/{n}") for n in METADATA_FILES)
+            ]
+            if splits:
+                # Hugging Face's layout of a dataset with splits: one imagefolder per split.
+                first, last = splits[0], splits[-1]
+                raise FileNotFoundError(
+                    f"{self.root} holds a Hugging Face dataset in splits ({', '.join(splits)}), "
+                    f"one imagefolder each: train on one (data.source.root: {self.root}/{first}) "
+                    f"and evaluate on another (mtv eval --suite source --data "
+                    f"{self.root}/{last})"
+                )
             raise FileNotFoundError(
                 f"{self.root} has no {', '.join(METADATA_FILES)} (Hugging Face imagefolder); "
                 "name the captions file with data.source.captions"

@@ -95,17 +95,6 @@ def training_device(value: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Each value averaged over the ranks (each saw its own shard of the data)."""
-    if not is_distributed() or not values:
-        return values
-    names = sorted(values)
-    # On the training device: nccl reduces CUDA tensors only.
-    tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return dict(zip(names, (tensor / dist.get_world_size()).tolist(), strict=True))
-
-
 def _silent(message: str) -> None:
     del message
 
@@ -425,8 +414,8 @@ class Trainer:
                 )
         if self.is_main:
             self.metrics.flush()
-        last = _mean_over_ranks(self._last, self.device)
-        return RunSummary(self.run_dir, self.step, last, time.perf_counter() - started)
+        # This rank's last logged losses: on rank 0, the last step line and metrics row.
+        return RunSummary(self.run_dir, self.step, self._last, time.perf_counter() - started)
 
     def _take_rows(self) -> None:
         """A log step: the window's rows to the metrics, the trackers and the console; the tasks'
