@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from mtv.checkpoint import CheckpointError
 from mtv.data.loader import TooManyBadSamples
 from mtv.experiment import load_experiment
 from mtv.specs import SpecError
@@ -23,6 +24,7 @@ from mtv.train import (
     TrainingError,
     default_run_dir,
 )
+from mtv.train.metrics import MetricsHistoryError
 
 
 class _View:
@@ -109,7 +111,13 @@ def run(
         )
         console.print(f"{escape(str(err))}\nresume with: {escape(again)}", highlight=False)
         raise typer.Exit(code=130 if err.signal == "SIGINT" else 143) from None
-    except (TrainingError, DataPreparationError, TooManyBadSamples) as err:
+    except (
+        TrainingError,
+        DataPreparationError,
+        TooManyBadSamples,
+        CheckpointError,
+        MetricsHistoryError,
+    ) as err:
         raise fail(str(err)) from None
     if not trainer.is_main:  # one voice per run: rank 0 speaks for all
         return

@@ -25,14 +25,21 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: 
     or this one complete, never a half-written one that `latest_checkpoint` would pick."""
     final = checkpoint_dir(run_dir, step)
     partial = final.with_name(final.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    with open(partial / STATE, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    (partial / MARKER).write_text(str(step))
+    try:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        with open(partial / STATE, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        (partial / MARKER).write_text(str(step))
+    except OSError as err:  # a full disk, a quota, a lost mount
+        shutil.rmtree(partial, ignore_errors=True)
+        raise CheckpointError(
+            f"cannot write the checkpoint {final}: {err.strerror or err}; the checkpoints "
+            "before it are as they were"
+        ) from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)

@@ -236,3 +236,30 @@ def test_significance_is_students_t_with_the_seeds_degrees_of_freedom() -> None:
     five = Estimate.of([0.2, 0.6, 1.0, 0.4, 0.8])  # mean 0.6, SE 0.141: 4.2 SEs, 4 df
     assert five.significant
     assert Estimate.of([1.0]).significant is None
+
+
+def test_notebooks_evaluate_mini_world_runs_and_name_runs_on_data_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`evaluate_unevaluated` (the synergy notebook's first step) evaluates the mini-world runs
+    without results, keeps those with results, and names a run trained on a folder of its own
+    instead of spending minutes evaluating it on the mini-world (it did)."""
+    import mtv.analysis.runs as runs_module
+    from mtv.specs import load_spec, spec_to_yaml
+
+    root = Path(__file__).resolve().parents[1] / "experiments" / "vl.yaml"
+    folders = {name: tmp_path / name for name in ("fresh", "measured", "photos")}
+    for name, folder in folders.items():
+        folder.mkdir()
+        extra = ["data.source={kind: folder, root: /photos}"] if name == "photos" else []
+        (folder / "spec.yaml").write_text(spec_to_yaml(load_spec(root, extra)))
+    (folders["measured"] / "eval").mkdir()
+    (folders["measured"] / "eval" / "mini.parquet").write_bytes(b"")
+    called: list[Path] = []
+    monkeypatch.setattr(runs_module, "evaluate_run", lambda run, **kw: called.append(run))
+    said: list[str] = []
+    measured = runs_module.evaluate_unevaluated(list(folders.values()), "mini", 6, said.append)
+    assert called == [folders["fresh"]]
+    assert measured == [folders["fresh"], folders["measured"]]
+    (named,) = [m for m in said if m.startswith("photos")]
+    assert "folder data, not the mini-world" in named and "--suite source" in named

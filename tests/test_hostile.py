@@ -687,3 +687,43 @@ def test_a_labelling_job_that_fails_before_its_first_image_leaves_no_empty_bar(
     output = done.stdout + done.stderr
     assert done.returncode == 2 and "image folder not found" in output, output
     assert "━" not in output and "0/?" not in output, output
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_partial_write(
+    corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint or metrics write that the disk refuses (ENOSPC) ends the run with one line
+    naming the file, its `.partial` removed, what was written before untouched (it surfaced as
+    a library-internal message naming no file, and left the `.partial` folder)."""
+    import errno
+
+    import polars as pl
+
+    import mtv.checkpoint
+    from mtv.train.metrics import MetricsHistoryError, MetricsLog
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(mtv.checkpoint.torch, "save", full)
+    result = runner.invoke(
+        app,
+        ["run", str(SMOKE), "--out", str(run), "--set", f"data.source.root={corpus}",
+         "--set", "schedule.steps=2", "--set", "data.loader.workers=0"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    final = run / "checkpoints" / "step-00000002"
+    assert f"cannot write the checkpoint {final}: No space left on device" in result.output
+    assert not list((run / "checkpoints").glob("*.partial"))
+
+    log = MetricsLog(tmp_path / "metrics.parquet")
+    log.add({"step": 1, "loss": 2.0})
+    log.flush()
+    log.add({"step": 2, "loss": 1.0})
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", full)
+    with pytest.raises(MetricsHistoryError, match=r"cannot write .*metrics.parquet: No space"):
+        log.flush()
+    monkeypatch.undo()
+    assert not (tmp_path / "metrics.partial").exists()
+    assert pl.read_parquet(tmp_path / "metrics.parquet")["step"].to_list() == [1]

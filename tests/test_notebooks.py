@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import polars as pl
 import pytest
 from nbclient import NotebookClient
 
@@ -50,3 +51,22 @@ def test_synergy_notebook_on_a_partial_set_of_runs_says_what_is_missing(
     assert not [o for o in outputs if o.output_type == "error"]
     printed = " ".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "missing" in printed.lower()
+
+
+def test_own_data_notebook_with_a_depth_expert_labels_trains_and_evaluates_depth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The notebook's documented `MTV_DEPTH_EXPERT` (a local Depth Anything V2 directory; here a
+    tiny random one) labels depth, trains the depth task and evaluates it (it stopped at the
+    run: the experiment asked the depth-only store for boxes)."""
+    from tests.tiny_hf import build_tiny_depth_anything
+
+    monkeypatch.setenv("MTV_DEPTH_EXPERT", str(build_tiny_depth_anything(tmp_path / "da2")))
+    monkeypatch.setenv("MTV_WORK", str(tmp_path / "work"))
+    monkeypatch.setenv("MTV_STEPS", "2")
+    outputs = execute(next(p for p in NOTEBOOKS if p.name == "own_data.ipynb"))
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = " ".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "labels: " in printed and "no MTV_DEPTH_EXPERT" not in printed
+    results = pl.read_parquet(next((tmp_path / "work").rglob("eval/source.parquet")))
+    assert "relative_depth" in set(results["evaluator"])

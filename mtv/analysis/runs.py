@@ -8,7 +8,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mtv.specs import load_spec
+from mtv.eval import evaluate_run
+from mtv.specs import load_run_spec, load_spec
 from mtv.train import Trainer
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -66,3 +67,30 @@ def notebook_runs(default: str | Path = "runs", names: Sequence[str] | None = No
     if names is not None:
         found = [p for p in found if p.name in names]
     return found
+
+
+def evaluate_unevaluated(
+    runs: Sequence[Path],
+    suite: str = "mini",
+    scenes: int = 120,
+    say: Callable[[str], None] = print,
+) -> list[Path]:
+    """Evaluate, with `suite`, each run that has no results of it yet; the runs that have
+    results of it now. A run trained on data of its own is not evaluated on the mini-world
+    (minutes per run for a number about other images): it is named, with the command that
+    evaluates it on its own data, and left out."""
+    measured = []
+    for run in runs:
+        if not (run / "eval" / f"{suite}.parquet").is_file():
+            source = load_run_spec(run).data.source
+            if suite == "mini" and source.kind != "miniworld":
+                say(
+                    f"{run.name} trains on {source.kind} data, not the mini-world: not evaluated "
+                    f"on it; evaluate it on held-out data of its own with `mtv eval {run} "
+                    "--suite source --data HELD_OUT` (and choose that suite here)"
+                )
+                continue
+            say(f"evaluating {run.name} ({suite} suite)")
+            evaluate_run(run, suite=suite, scenes=scenes)
+        measured.append(run)
+    return measured

@@ -83,5 +83,12 @@ class MetricsLog:
         if not self.rows:
             return
         partial = self.path.with_suffix(".partial")
-        self.frame().write_parquet(partial)
+        try:
+            self.frame().write_parquet(partial)
+        except OSError as err:  # a full disk, a quota, a lost mount
+            partial.unlink(missing_ok=True)
+            raise MetricsHistoryError(
+                f"cannot write {self.path}: {err.strerror or err}; the file keeps the rows "
+                "written before"
+            ) from None
         os.replace(partial, self.path)
