@@ -258,3 +258,22 @@ def test_a_resume_refuses_a_missing_or_holed_metrics_history(corpus: str, tmp_pa
         Trainer(more, run, resume=True, report=lambda m: None)
     rows.write_parquet(history)  # the whole history back: the run resumes
     assert Trainer(more, run, resume=True, report=lambda m: None).run().steps == 4
+
+
+def test_a_second_stop_signal_acts_as_it_would_without_mtv() -> None:
+    """The first Ctrl-C asks for a graceful stop (recorded, nothing raised); the second acts as
+    Python's own handler does, so a stuck run still stops at once; `restore` puts it all back."""
+    from mtv.signals import StopRequest
+
+    before = signal.getsignal(signal.SIGINT)
+    stop = StopRequest(deadline=None).install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+        assert stop.signal == signal.SIGINT and stop.name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is before

@@ -260,9 +260,13 @@ def test_overwrite_never_deletes_a_folder_without_mtvs_marker(tmp_path: Path) ->
     assert json.loads((corpus / "world.json").read_text())["images"] == 3
 
 
-def test_a_loader_worker_error_ends_the_run_with_its_workers(corpus: str, tmp_path: Path) -> None:
-    """A damaged label chunk read in a loader worker: the run prints the error as one line and
-    exits non-zero, its worker processes gone (it printed the error, then waited forever)."""
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_a_loader_worker_error_ends_the_run_with_its_workers(
+    corpus: str, tmp_path: Path, workers: int
+) -> None:
+    """A damaged label chunk read in a loader worker (or in the main process, 0 workers): the
+    run prints the error as one line and exits non-zero, its worker processes gone (it printed
+    the error, then waited forever)."""
     import shutil
     import subprocess
     import sys
@@ -274,7 +278,7 @@ def test_a_loader_worker_error_ends_the_run_with_its_workers(corpus: str, tmp_pa
         if chunk.is_file():
             chunk.write_bytes(b"not a zstd frame")
     run = tmp_path / "run"
-    sets = [f"data.source.root={copy}", "data.loader.workers=2", "schedule.steps=20"]
+    sets = [f"data.source.root={copy}", f"data.loader.workers={workers}", "schedule.steps=20"]
     command = [sys.executable, "-m", "mtv_cli.main", "run", str(SMOKE), "--out", str(run)]
     done = subprocess.run(
         [*command, *(x for s in sets for x in ("--set", s))],
@@ -285,7 +289,8 @@ def test_a_loader_worker_error_ends_the_run_with_its_workers(corpus: str, tmp_pa
     assert done.returncode != 0
     output = done.stdout + done.stderr
     errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "LabelStoreDamaged" in errors[0], output
+    assert len(errors) == 1 and "the depth of sample" in errors[0], output
+    assert "cannot be read" in errors[0] and "mtv label check" in errors[0], output
     assert "Traceback" not in done.stdout + done.stderr
     left = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True)
     assert left.stdout.strip() == "", left.stdout  # no worker outlived the run
@@ -523,6 +528,26 @@ def test_a_label_store_has_one_writer_and_survives_a_killed_creation(
     finally:
         holder.release()
     assert not output.exists()  # the refused job wrote nothing
+    # The same with the holder in another process (as two `mtv label` commands are).
+    import subprocess
+    import sys
+
+    hold = (
+        "import sys, time; from pathlib import Path; from mtv.data.lock import ExclusiveLock; "
+        "lock = ExclusiveLock.for_store(Path(sys.argv[1])); lock.acquire('mtv label (other)'); "
+        "print('held', flush=True); time.sleep(120)"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", hold, str(output)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        with pytest.raises(LabelSpecError, match=rf"labels\.zarr is in use by pid {other.pid}"):
+            run_labelling(spec)
+    finally:
+        other.kill()
+        other.wait()
+    assert not output.exists()
     # A creation killed half-way: only the aside folder, which the next job starts over.
     partial = tmp_path / "labels.zarr.partial"
     partial.mkdir()
@@ -640,6 +665,16 @@ def test_changed_samples_are_relabelled_on_request_with_the_store_keeping_the_re
     assert len(record) == 1 and record[0]["samples"] == 1 and record[0]["chunks"] == [changed // 2]
     source, _ = resolve_source(spec)
     assert check_store(store, source) == []  # the store matches the edited source again
+    # A caption fixed (the case that locked stores): the same refusal, the same way out.
+    metadata = tmp_path / "photos" / "metadata.jsonl"
+    metadata.write_text(metadata.read_text().replace("a photo 5.png", "a photo of a cat"))
+    with pytest.raises(LabelSpecError, match=r"1 sample\(s\).*differ"):
+        run_labelling(spec)
+    store, stats = run_labelling(spec.model_copy(update={"relabel_changed": True}))
+    assert stats.chunks == 1
+    record = LabelStore.open(tmp_path / "labels.zarr").attrs["relabelled"]
+    assert len(record) == 2 and record[1]["samples"] == 1
+    assert check_store(store, resolve_source(spec)[0]) == []
 
 
 @pytest.mark.parametrize("name", ["../secret.safetensors", "/etc/passwd", "sub/../../x.bin"])
