@@ -50,6 +50,13 @@ class SweepStopped(RuntimeError):
         self.signal = signal_number
 
 
+def mtv_command() -> list[str]:
+    """How a job runs `mtv`: the installed command's module, with `-P` so that the job's working
+    folder is not put first on `sys.path` (`imports:` are never searched for there; `python -m`
+    alone would)."""
+    return [sys.executable, "-P", "-m", command_module()]
+
+
 @functools.cache
 def command_module() -> str:
     """The module behind the installed `mtv` command, read from the package's metadata: a job
@@ -106,7 +113,6 @@ class SweepJob:
         return recorded == wanted
 
     def _mtv(self) -> list[str]:
-        module = command_module()
         if self.gpus > 1:
             return [
                 sys.executable,
@@ -114,10 +120,10 @@ class SweepJob:
                 "torch.distributed.run",
                 "--standalone",
                 f"--nproc_per_node={self.gpus}",
-                "-m",
-                module,
+                "--no-python",
+                *mtv_command(),
             ]
-        return [sys.executable, "-m", module]
+        return mtv_command()
 
     def run_command(self) -> list[str]:
         command = [*self._mtv(), "run", str(self.path), "--out", str(self.run_dir)]
@@ -128,7 +134,7 @@ class SweepJob:
 
     def eval_command(self) -> list[str]:
         evaluation = self.evaluation
-        command = [sys.executable, "-m", command_module(), "eval", str(self.run_dir)]
+        command = [*mtv_command(), "eval", str(self.run_dir)]
         command += ["--suite", evaluation.suite, "--scenes", str(evaluation.scenes)]
         command += [arg for name in evaluation.only for arg in ("--only", name)]
         if evaluation.data is not None:

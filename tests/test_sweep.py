@@ -229,3 +229,27 @@ def test_a_sweep_resumed_from_another_copy_of_the_repository_finds_its_finished_
     other = {**legacy, "experiment": str(first.path.with_name("base.yaml"))}
     (first.run_dir / MARKER).write_text(json.dumps(other))
     assert not second.complete()
+
+
+def test_a_sweep_job_never_imports_from_its_working_folder(tmp_path: Path) -> None:
+    """Jobs run `mtv` as `python -P -m ...`: a module in the job's working folder is not found
+    by a bare `imports:` name (plain `python -m` puts that folder first on sys.path, and the
+    stray module ran)."""
+    from mtv.sweep import mtv_command
+
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
+    spec = experiments / "exp.yaml"
+    spec.write_text(f"extends: {smoke}\nimports: [stray_task]\n")
+    marker = tmp_path / "stray-ran"
+    (tmp_path / "stray_task.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    done = subprocess.run(
+        [*mtv_command(), "spec", "validate", str(spec)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0 and "stray_task" in done.stdout + done.stderr
+    assert not marker.exists()
