@@ -388,3 +388,18 @@ def test_paths_resolve_against_the_file_that_wrote_them(
     default = load_spec(write(mine, "plain.yaml", "name: plain\ntasks: [vl]\n"))
     assert default.output.root == str(elsewhere / "runs")  # a default: the working folder
     assert str(shared / "shards/a.tar") in spec_to_yaml(spec)
+
+
+def test_imports_run_where_the_spec_file_is_loaded_not_in_validation(tmp_path: Path) -> None:
+    """`imports:` modules are imported by loading the spec file, once; validating a spec model
+    (what every read of a spec did, twice per validation) runs no code of the user's."""
+    marker = tmp_path / "runs.txt"
+    module = tmp_path / "counted_task.py"
+    module.write_text(f"with open({str(marker)!r}, 'a') as f:\n    f.write('ran\\n')\n")
+    raw = {"name": "x", "imports": [str(module)], "tasks": ["vl"]}
+    ExperimentSpec.model_validate(raw)
+    assert not marker.exists()
+    spec_file = write(tmp_path, "exp.yaml", "name: x\nimports: [counted_task]\ntasks: [vl]\n")
+    assert load_spec(spec_file).imports == [str(module)]
+    load_spec(spec_file)
+    assert marker.read_text() == "ran\n"  # imported once, by the first load

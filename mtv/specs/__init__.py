@@ -10,6 +10,7 @@ from mtv.specs.experiment import (
     RuntimeSpec,
     ScheduleSpec,
     ViewsSpec,
+    import_task_modules,
 )
 from mtv.specs.loading import (
     SPEC_KINDS,
@@ -48,6 +49,7 @@ __all__ = [
     "TokenizerSpec",
     "ViewsSpec",
     "experiment_json_schema",
+    "import_task_modules",
     "json_schema",
     "load_run_spec",
     "load_spec",

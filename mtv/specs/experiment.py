@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -467,7 +466,9 @@ class ExperimentSpec(StrictModel):
         description="Python modules imported before the tasks are read: your own tasks, each a "
         "module that registers its spec and task classes (mtv.tasks.register_task): a module "
         "or package beside the spec file, a .py path relative to it, or an installed module "
-        "(the working folder is not searched); the resolved spec keeps absolute paths",
+        "(the working folder is not searched); the resolved spec keeps absolute paths. Loading "
+        "the spec file imports them, once (a spec built in code imports its own first: "
+        "mtv.specs.import_task_modules)",
     )
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -481,12 +482,6 @@ class ExperimentSpec(StrictModel):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
-
-    @field_validator("imports")
-    @classmethod
-    def _importable(cls, value: list[str]) -> list[str]:
-        import_task_modules(value)  # validated before `tasks`, which may name their kinds
-        return value
 
     @field_validator("name")
     @classmethod
@@ -503,10 +498,6 @@ class ExperimentSpec(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _expand_tasks(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("imports"), list):
-            # Before the tasks and their defaults are read; a failure is reported at `imports`.
-            with contextlib.suppress(ValueError):
-                import_task_modules(data["imports"])
         if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
             return data
         defaults = data.get("task_defaults") or {}

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mtv.specs.base import SpecPath
-from mtv.specs.experiment import ExperimentSpec
+from mtv.specs.experiment import ExperimentSpec, import_task_modules
 from mtv.specs.tasks import TaskDefaults, TaskSpecBase, task_defaults_model, task_spec_classes
 
 Loc = tuple[str | int, ...]
@@ -496,6 +496,20 @@ def _folder_of(provenance: dict[Loc, str], loc: Loc) -> Path:
     return Path(source).parent
 
 
+def _import_declared(raw: dict[str, Any], provenance: dict[Loc, str], path: Path) -> None:
+    """Import the spec's `imports:` (located), before anything is validated: their tasks must be
+    registered when `tasks:` is read. Here, where the file is loaded, and once; a module that
+    does not import is one problem at `imports`, naming the file that declared it."""
+    entries = raw.get("imports")
+    if not isinstance(entries, list):
+        return  # the field's own validation names it
+    try:
+        import_task_modules(entries)
+    except ValueError as err:
+        source = source_of(provenance, ("imports",), str(path))
+        raise SpecError([SpecProblem(source, "imports", str(err))]) from None
+
+
 def _read_and_validate(
     path: Path, overrides: Sequence[str], model: type[ModelT], paths_from_file: bool = True
 ) -> tuple[ModelT, dict[str, Any], dict[Loc, str]]:
@@ -506,6 +520,7 @@ def _read_and_validate(
     raw = _plain(raw)
     if "imports" in model.model_fields:
         _locate_imports(raw, provenance, path)
+        _import_declared(raw, provenance, path)
     try:
         validated = model.model_validate(raw)
     except ValidationError as err:
