@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 from mtv.data.loader import build_stream
 from mtv.graph import plan_graph
 from mtv.specs import ExperimentSpec

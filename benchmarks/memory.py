@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 from mtv.graph import TaskGraph
 from mtv.train.step import TrainStep
 

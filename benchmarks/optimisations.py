@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 
 from common import Row, interleaved, median
 from step import FULL, TASK_SETS, BenchStep, Setting, bench_spec, count_flops

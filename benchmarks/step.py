@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 from mtv.graph import TaskGraph, plan_graph
 from mtv.specs import ExperimentSpec, load_spec
 from mtv.specs.model import model_presets

@@ -14,8 +14,8 @@ from rich.table import Table
 from mtv.analysis import MissingRuns, task_groups
 from mtv.analysis.report import scaling_report, synergy_report
 from mtv.analysis.synergy import synergy_wide
-from mtv.checkpoint import CheckpointError
 from mtv.eval import evaluate_run, suite_names
+from mtv.runs.checkpoint import CheckpointError
 from mtv.specs import SpecError, load_run_spec
 
 

@@ -10,8 +10,8 @@ from mtv_cli.output import console, fail
 from rich.markup import escape
 from rich.table import Table
 
-from mtv.checkpoint import CheckpointError
-from mtv.export import export_run
+from mtv.runs.checkpoint import CheckpointError
+from mtv.runs.export import export_run
 from mtv.specs import SpecError
 
 FORMATS = {"hf-siglip": export_run}

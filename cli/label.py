@@ -14,10 +14,10 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from mtv.data.store import LabelStore
-from mtv.distributed import init_from_environment
 from mtv.label.check import check_store, recorded_source
 from mtv.label.pipeline import LabelSpecError, describe_source, resolve_source, run_labelling
 from mtv.label.quality import label_quality
+from mtv.runtime.distributed import init_from_environment
 from mtv.specs import SpecError
 from mtv.specs.label import LabelSpec
 from mtv.specs.loading import load_yaml_model

@@ -21,7 +21,7 @@ from rich.table import Table
 
 import mtv
 from mtv.eval import check_settings
-from mtv.experiment import load_experiment
+from mtv.graph.experiment import load_experiment
 from mtv.specs import SPEC_KINDS, SpecError, json_schema, spec_kind, spec_to_yaml
 from mtv.specs.label import LabelSpec
 from mtv.specs.loading import load_yaml_model

@@ -13,9 +13,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from mtv.checkpoint import CheckpointError
 from mtv.data.loader import TooManyBadSamples
-from mtv.experiment import load_experiment
+from mtv.graph.experiment import load_experiment
+from mtv.runs.checkpoint import CheckpointError
 from mtv.specs import SpecError
 from mtv.train import (
     DataPreparationError,

@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "Batch": "mtv.batch",
-    "Experiment": "mtv.experiment",
-    "load_experiment": "mtv.experiment",
+    "Batch": "mtv.data.batch",
+    "Experiment": "mtv.graph.experiment",
+    "load_experiment": "mtv.graph.experiment",
     "GraphError": "mtv.graph",
     "GraphPlan": "mtv.graph",
     "StepOutput": "mtv.graph",
@@ -44,9 +44,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from mtv.batch import Batch
-    from mtv.experiment import Experiment, load_experiment
+    from mtv.data.batch import Batch
     from mtv.graph import GraphError, GraphPlan, StepOutput, TaskGraph, count_parameters, plan_graph
+    from mtv.graph.experiment import Experiment, load_experiment
     from mtv.specs import ExperimentSpec, SpecError, load_spec
 
 

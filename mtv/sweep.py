@@ -27,8 +27,8 @@ from typing import Any
 import polars as pl
 
 from mtv.analysis.reproduction import write_sweep_analysis
-from mtv.checkpoint import latest_checkpoint
 from mtv.eval import RESULT_COLUMNS, read_results
+from mtv.runs.checkpoint import latest_checkpoint
 from mtv.specs import load_run_spec, load_spec
 from mtv.specs.loading import load_yaml_model
 from mtv.specs.sweep import LocalExecutorSpec, SlurmExecutorSpec, SweepEvalSpec, SweepSpec

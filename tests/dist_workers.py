@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # spawn children normally inherit it; be safe either way
     sys.path.insert(0, str(ROOT))
 
-from mtv.batch import Batch  # noqa: E402
+from mtv.data.batch import Batch  # noqa: E402
 from mtv.graph import TaskGraph  # noqa: E402
 from tests.helpers import random_batch, tiny_spec  # noqa: E402
 
@@ -96,7 +96,7 @@ def local_grad_gather(x: torch.Tensor) -> torch.Tensor:
     local rows back in, so each rank only back-propagates its own loss into its own rows."""
     import torch.distributed as dist
 
-    from mtv.distributed import all_gather_no_grad
+    from mtv.runtime.distributed import all_gather_no_grad
 
     parts = list(all_gather_no_grad(x).chunk(dist.get_world_size()))
     parts[dist.get_rank()] = x

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 from mtv.graph import GraphPlan, TaskGraph
 from mtv.specs import ExperimentSpec
 from mtv.tasks import CAPTION_TEXT, MASKED, REGION_TEXT

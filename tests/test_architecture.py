@@ -19,7 +19,7 @@ ROOT = Path(mtv.__file__).parent
 
 def _unit(module: str) -> str:
     """The unit of the import order a module belongs to: `mtv.train.trainer` -> `mtv.train`; a
-    top-level module (`mtv.graph`) is a unit of its own."""
+    top-level module (`mtv.sweep`) is a unit of its own."""
     return ".".join(module.split(".")[:2])
 
 
@@ -106,6 +106,34 @@ def test_imports_between_mtv_packages_flow_one_way() -> None:
         if a in component and b in component
     ]
     assert not found, "import cycles between mtv packages:\n" + "\n".join(detail)
+
+
+def readme_layers() -> list[set[str]]:
+    """The import order the README's Layout section states, bottom first: one set of units per
+    level (`specs, runtime -> models -> ...`)."""
+    text = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Layout") :]
+    start = section.index("specs, runtime")
+    line = " ".join(section[start : section.index(";", start)].split())
+    return [{f"mtv.{unit.strip()}" for unit in level.split(",")} for level in line.split("->")]
+
+
+def test_imports_follow_the_order_the_readme_states() -> None:
+    """Every import between units goes down (or stays level with) the README's order, and
+    every unit of the package has its place in it: the order a reader is told is the real one."""
+    layers = readme_layers()
+    level = {unit: i for i, units in enumerate(layers) for unit in units}
+    units = {
+        _unit(".".join(p.relative_to(ROOT.parent).with_suffix("").parts))
+        for p in ROOT.rglob("*.py")
+    }
+    assert units - {"mtv.__init__"} == set(level), "units missing from the README's order"
+    upward = [
+        f"{a} -> {b} ({', '.join(where[:2])})"
+        for (a, b), where in import_graph().items()
+        if b in level and a in level and level[b] > level[a]
+    ]
+    assert not upward, "imports that go up the README's order:\n" + "\n".join(upward)
 
 
 def test_the_library_never_names_the_command_line() -> None:

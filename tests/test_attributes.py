@@ -10,7 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mtv.batch import Batch, name_id
+from mtv.data.batch import Batch, name_id
 from mtv.models.vit import EncoderOutput
 from mtv.specs import load_spec
 from mtv.specs.model import EncoderSpec

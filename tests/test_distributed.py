@@ -11,9 +11,9 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from mtv.distributed import is_distributed
 from mtv.graph import TaskGraph
 from mtv.graph.passes import encode_pass, encode_passes
+from mtv.runtime.distributed import is_distributed
 from mtv.tasks import REGION_TEXT, StepInputs
 from mtv.tasks.base import GLOBAL
 from mtv.tasks.ground import region_text_loss

@@ -16,10 +16,10 @@ import pytest
 from mtv_cli.main import app
 from typer.testing import CliRunner
 
-from mtv.checkpoint import MARKER, STATE, CheckpointError, complete_checkpoints
 from mtv.data.lock import LOCK_NAME, ExclusiveLock
-from mtv.distributed import resolve_backend
-from mtv.restore import load_trained_run
+from mtv.runs.checkpoint import MARKER, STATE, CheckpointError, complete_checkpoints
+from mtv.runs.restore import load_trained_run
+from mtv.runtime.distributed import resolve_backend
 from mtv.train import Trainer, TrainingError, latest_checkpoint
 from tests.helpers import smoke
 
@@ -263,7 +263,7 @@ def test_a_resume_refuses_a_missing_or_holed_metrics_history(corpus: str, tmp_pa
 def test_a_second_stop_signal_acts_as_it_would_without_mtv() -> None:
     """The first Ctrl-C asks for a graceful stop (recorded, nothing raised); the second acts as
     Python's own handler does, so a stuck run still stops at once; `restore` puts it all back."""
-    from mtv.signals import StopRequest
+    from mtv.runtime.signals import StopRequest
 
     before = signal.getsignal(signal.SIGINT)
     stop = StopRequest(deadline=None).install()

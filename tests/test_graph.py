@@ -356,7 +356,7 @@ def test_depth_head_and_losses_stay_fp32_under_bf16_autocast() -> None:
 
 
 def test_name_ids_are_stable_and_normalised() -> None:
-    from mtv.batch import name_id
+    from mtv.data.batch import name_id
 
     assert name_id("Small  Red cube") == name_id("small red cube") == name_id(" small red cube ")
     assert name_id("small red cube") != name_id("small red cone")

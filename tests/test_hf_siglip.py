@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from mtv_cli.main import app
 from typer.testing import CliRunner
 
-from mtv.checkpoint import save_checkpoint
-from mtv.export import export_run, export_siglip
 from mtv.graph import TaskGraph
 from mtv.models.hf_siglip import load_hf_siglip
 from mtv.models.tokenizer import TextTokenizer
 from mtv.models.vit import VisionTransformer
+from mtv.runs.checkpoint import save_checkpoint
+from mtv.runs.export import export_run, export_siglip
 from mtv.specs import load_spec, spec_to_yaml
 from mtv.train.prepare import _tokenizer_path
 from tests.helpers import tiny_spec

@@ -734,14 +734,14 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_partial_write(
 
     import polars as pl
 
-    import mtv.checkpoint
+    import mtv.runs.checkpoint
     from mtv.train.metrics import MetricsHistoryError, MetricsLog
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     run = tmp_path / "run"
-    monkeypatch.setattr(mtv.checkpoint.torch, "save", full)
+    monkeypatch.setattr(mtv.runs.checkpoint.torch, "save", full)
     result = runner.invoke(
         app,
         ["run", str(SMOKE), "--out", str(run), "--set", f"data.source.root={corpus}",

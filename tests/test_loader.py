@@ -195,7 +195,7 @@ def test_random_crops_move_boxes_and_depth_with_the_image(world: dict) -> None:
             for slot in torch.nonzero(batch.box_valid[row]).flatten().tolist():
                 name_ids = batch.region_name_ids[row, slot]
                 name = next(
-                    n for n in names if __import__("mtv.batch").batch.name_id(n) == name_ids
+                    n for n in names if __import__("mtv.data.batch").batch.name_id(n) == name_ids
                 )
                 instance = names[name]
                 if instance in inside:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtv.experiment import load_experiment
 from mtv.graph import count_parameters
+from mtv.graph.experiment import load_experiment
 from mtv.models import TextTokenizer, TextTransformer, VisionTransformer
 from mtv.specs import EncoderSpec, ExperimentSpec, TextSpec, load_spec
 from mtv.specs.model import model_presets

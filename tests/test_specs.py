@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtv.experiment import load_experiment
+from mtv.graph.experiment import load_experiment
 from mtv.specs import (
     ExperimentSpec,
     SpecError,

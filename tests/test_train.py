@@ -17,7 +17,7 @@ import torch
 from mtv_cli.main import app
 from typer.testing import CliRunner
 
-from mtv.checkpoint import load_checkpoint
+from mtv.runs.checkpoint import load_checkpoint
 from mtv.specs import load_run_spec, load_spec
 from mtv.train import NonFiniteLoss, Trainer, TrainingError, latest_checkpoint
 from tests import train_workers

@@ -16,13 +16,13 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from mtv.batch import Batch, name_id
+from mtv.data.batch import Batch, name_id
 from mtv.data.photometric import augment
 from mtv.data.sources import UnusableSample, decode_image
 from mtv.data.store import LabelStore
 from mtv.data.views import ViewRequest, crop_boxes, crop_image, crop_map, sample_crop
 from mtv.models.tokenizer import TextTokenizer
-from mtv.signals import ignore_stop_signals
+from mtv.runtime.signals import ignore_stop_signals
 from mtv.specs.experiment import DataSpec
 from mtv.specs.limits import DEFAULT_MAX_PIXELS
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from mtv.graph import TaskGraph
 from mtv.models.tokenizer import TextTokenizer
-from mtv.restore import load_trained_run
+from mtv.runs.restore import load_trained_run
 from mtv.specs import ExperimentSpec
 from mtv.tasks.base import PredictsDepth
 

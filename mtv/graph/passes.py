@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 from mtv.graph.plan import ViewPass
 from mtv.models.vit import EncoderOutput, VisionTransformer
 from mtv.tasks.base import GLOBAL, MASKED

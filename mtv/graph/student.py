@@ -8,7 +8,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 from mtv.graph.passes import encode_passes
 from mtv.graph.plan import GraphPlan
 from mtv.models.text import TextTransformer

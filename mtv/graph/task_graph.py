@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 from mtv.graph.plan import plan_graph
 from mtv.graph.student import StudentModel
 from mtv.graph.teacher import EMATeacher, ema_update

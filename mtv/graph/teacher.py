@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 from mtv.graph.passes import encode_passes
 from mtv.graph.plan import ViewPass
 from mtv.models.vit import VisionTransformer

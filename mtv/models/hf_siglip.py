@@ -1,6 +1,7 @@
 """Hugging Face SigLIP interop at the model level: the tensor mapping and configs between mtv's
 towers and `transformers.SiglipModel`, and initialising mtv modules from a SigLIP checkpoint
-(`model.init_from`). Writing a trained run as a SigLIP directory is `mtv.export`, above training.
+(`model.init_from`). Writing a trained run as a SigLIP directory is `mtv.runs.export`, above
+the graph.
 
 mtv's encoder and text tower have SigLIP's layout (conv patch embedding, learned positions,
 pre-norm blocks with tanh-GELU MLPs, final LayerNorm, MAP head; a text tower pooled at the last

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mtv.batch import name_id
+from mtv.data.batch import name_id
 from mtv.specs.tasks import TaskSpecBase
 from mtv.tasks.base import (
     GLOBAL,

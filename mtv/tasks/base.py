@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 from mtv.models.vit import EncoderOutput
 from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.model import EncoderSpec

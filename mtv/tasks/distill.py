@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 from torch import Tensor, nn
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 from mtv.models.vit import EncoderOutput
 from mtv.tasks.base import (
     GLOBAL,

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mtv.distributed import all_gather_no_grad, all_gather_with_grad, rank
 from mtv.models.layers import CrossAttention, Mlp, init_weights
+from mtv.runtime.distributed import all_gather_no_grad, all_gather_with_grad, rank
 from mtv.tasks.base import (
     GLOBAL,
     REGION_TEXT,

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 from mtv.models.vit import EncoderOutput
 from mtv.tasks.base import (
     GLOBAL,

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mtv.distributed import all_reduce_sum
 from mtv.models.layers import init_weights
+from mtv.runtime.distributed import all_reduce_sum
 from mtv.specs.tasks import TaskSpecBase
 from mtv.tasks.base import Task, TaskEnv, fp32
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtv.distributed import all_gather_with_grad, rank
+from mtv.runtime.distributed import all_gather_with_grad, rank
 from mtv.tasks.base import (
     CAPTION_TEXT,
     GLOBAL,

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torchjd.aggregation import PCGradWeighting
 
-from mtv.distributed import all_reduce_sum, broadcast_from_first
+from mtv.runtime.distributed import all_reduce_sum, broadcast_from_first
 
 Weighting = Literal["uniform", "uncertainty", "pcgrad"]
 

@@ -1,7 +1,7 @@
 """Training: data preparation, the loop (compile, DDP, bf16, EMA teacher, guards), checkpoints
 with exact resume, metrics, and gradient-interaction probes."""
 
-from mtv.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mtv.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mtv.train.prepare import DataPreparationError, RunData, prepare_data
 from mtv.train.trainer import (
     Interrupted,

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 import mtv
-from mtv.checkpoint import CheckpointError, latest_checkpoint, load_latest_readable
+from mtv.runs.checkpoint import CheckpointError, latest_checkpoint, load_latest_readable
 from mtv.specs.experiment import ExperimentSpec, SourceSpec
 from mtv.specs.loading import SpecError, absolute_paths, load_run_spec
 from mtv.specs.model import ModelSpec

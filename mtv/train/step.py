@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mtv.batch import Batch
+from mtv.data.batch import Batch
 from mtv.graph import TaskGraph
 from mtv.specs.experiment import ExperimentSpec
 from mtv.train.diagnostics import gradient_probe

@@ -23,14 +23,19 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from mtv.batch import Batch
-from mtv.checkpoint import save_checkpoint
+from mtv.data.batch import Batch
 from mtv.data.loader import build_stream
 from mtv.data.lock import ExclusiveLock, Locked
-from mtv.distributed import init_from_environment, is_distributed, local_rank, resolve_backend
 from mtv.eval import FrozenModel, check_settings, run_suite, store_results
 from mtv.graph import TaskGraph, plan_graph
-from mtv.signals import StopRequest
+from mtv.runs.checkpoint import save_checkpoint
+from mtv.runtime.distributed import (
+    init_from_environment,
+    is_distributed,
+    local_rank,
+    resolve_backend,
+)
+from mtv.runtime.signals import StopRequest
 from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.loading import spec_to_yaml
 from mtv.train.budget import memory_estimate, refusal

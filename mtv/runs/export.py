@@ -1,7 +1,7 @@
 """Export a run's towers as a Hugging Face SigLIP directory, so that `transformers.SiglipModel`
-(or `SiglipVisionModel`) loads them and returns mtv's embeddings and logits. Above training and
-evaluation in the import order: it reads trained runs (`mtv.restore`); the tensor mapping itself is
-`mtv.models.hf_siglip`, which the model layer uses to load SigLIP checkpoints."""
+(or `SiglipVisionModel`) loads them and returns mtv's embeddings and logits. It reads trained
+runs (`mtv.runs.restore`); the tensor mapping itself is `mtv.models.hf_siglip`, which the model
+layer uses to load SigLIP checkpoints."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from mtv.models.hf_siglip import require_safetensors, siglip_config, siglip_tens
 from mtv.models.text import TextTransformer
 from mtv.models.tokenizer import EOS, PAD, UNK, TextTokenizer
 from mtv.models.vit import VisionTransformer
-from mtv.restore import load_trained_run
+from mtv.runs.restore import load_trained_run
 from mtv.tasks.base import ScoresImageText
 
 

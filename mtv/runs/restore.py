@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtv.checkpoint import (
+from mtv.graph import TaskGraph
+from mtv.models.tokenizer import TextTokenizer
+from mtv.runs.checkpoint import (
     MARKER,
     STATE,
     CheckpointError,
@@ -18,8 +20,6 @@ from mtv.checkpoint import (
     load_checkpoint,
     load_latest_readable,
 )
-from mtv.graph import TaskGraph
-from mtv.models.tokenizer import TextTokenizer
 from mtv.specs import ExperimentSpec, load_run_spec
 
 
