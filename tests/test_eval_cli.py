@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-import pytest
 from mtv_cli.main import app
 from typer.testing import CliRunner
 
 from mtv.analysis.runs import train_smoke
-from mtv.eval import MixedDataError, evaluate_run, evaluators_of, read_results
+from mtv.eval import evaluate_run, evaluators_of, read_results
 from mtv.graph import count_parameters
 from mtv.specs import load_spec
 from tests.test_eval_public import write_coco
@@ -169,16 +168,18 @@ def test_eval_reads_a_public_benchmark_named_on_the_command_line(
     bad = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "dataset_coco.json" in bad.output
     # The same step measured on another copy of the benchmark: the history keeps both, keyed
-    # by the data, and refuses to hand them out mixed.
+    # by the data, and reads one of them, never the two mixed (the latest, or the one named).
     other = write_coco(tmp_path / "other")
     args = ["eval", str(run), "--suite", "coco_karpathy", "--data", str(other)]
     assert runner.invoke(app, args, env={"COLUMNS": "200"}).exit_code == 0
-    with pytest.raises(MixedDataError, match=r"2 data sets .*coco.*other"):
-        read_results(run, "coco_karpathy")
-    identities = pl.read_parquet(run / "eval" / "coco_karpathy.parquet")["data"].unique()
-    assert len(identities) == 2 and all(str(tmp_path) in d for d in identities)
+    stored = pl.read_parquet(run / "eval" / "coco_karpathy.parquet")
+    identities = stored["data"].unique().to_list()
+    assert len(identities) == 2 and stored.height == 8
     (first,) = [d for d in identities if str(coco) + '"' in d]
-    assert read_results(run, "coco_karpathy", data=first).height == 4
+    (second,) = [d for d in identities if str(other) + '"' in d]
+    latest = read_results(run, "coco_karpathy")
+    assert latest.height == 4 and latest["data"].to_list() == [second] * 4
+    assert read_results(run, "coco_karpathy", data=first)["data"].to_list() == [first] * 4
 
 
 def _planted_run(root: Path, name: str, tasks: list[str], seed: int, accuracy: float) -> Path:

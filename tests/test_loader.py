@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mtv.data import TarShardSource
+from mtv.data.batch import name_id
 from mtv.data.loader import BatchStream, EpochSampler, TooManyBadSamples, build_stream
 from mtv.data.store import LabelStore
 from mtv.data.views import Crop, crop_boxes, crop_image, crop_map, sample_crop
@@ -194,9 +195,7 @@ def test_random_crops_move_boxes_and_depth_with_the_image(world: dict) -> None:
             }
             for slot in torch.nonzero(batch.box_valid[row]).flatten().tolist():
                 name_ids = batch.region_name_ids[row, slot]
-                name = next(
-                    n for n in names if __import__("mtv.data.batch").batch.name_id(n) == name_ids
-                )
+                name = next(n for n in names if name_id(n) == name_ids)
                 instance = names[name]
                 if instance in inside:
                     box = inside[instance]

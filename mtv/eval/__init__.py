@@ -18,7 +18,6 @@ from mtv.eval.model import FrozenModel
 from mtv.eval.results import (
     RESULT_COLUMNS,
     Evaluation,
-    MixedDataError,
     data_identity,
     evaluate_run,
     read_results,
@@ -32,7 +31,6 @@ __all__ = [
     "Evaluation",
     "Evaluator",
     "FrozenModel",
-    "MixedDataError",
     "Suite",
     "check_settings",
     "data_identity",

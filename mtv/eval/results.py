@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,6 +30,7 @@ RESULT_COLUMNS = (
     "higher_is_better",
     "step",
     "samples_seen",
+    "evaluated_at",  # when (Unix seconds): of two evaluations of one step, the later is read
 )
 # The two reference points of every metric: `trivial`, what a trivial predictor scores on the
 # same data (chance, the majority class, a constant depth), and `random_init`, what the same
@@ -102,6 +104,7 @@ def run_suite(model: FrozenModel, settings: EvalSpec, reference: bool = True) ->
     return results.with_columns(
         pl.lit(settings.suite).alias("suite"),
         pl.lit(data_identity(settings)).alias("data"),
+        pl.lit(time.time(), dtype=pl.Float64).alias("evaluated_at"),
         pl.lit(model.step).alias("step"),
         pl.lit(model.samples_seen).alias("samples_seen"),
     ).select(RESULT_COLUMNS)
@@ -133,7 +136,7 @@ def store_results(results: pl.DataFrame, run_dir: Path, suite: str) -> Path:
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
     path = out / f"{suite}.parquet"
-    merged = results.select(RESULT_COLUMNS)
+    merged = _with_reference_columns(results).select(RESULT_COLUMNS)  # rows made by hand, too
     if path.is_file():
         old = _with_reference_columns(pl.read_parquet(path))
         replaced = merged.select("step", "evaluator", "data").unique()
@@ -156,37 +159,38 @@ def _with_reference_columns(frame: pl.DataFrame) -> pl.DataFrame:
     ]
     if "data" not in frame.columns:
         missing.append(pl.lit(None, dtype=pl.String).alias("data"))
+    if "evaluated_at" not in frame.columns:
+        missing.append(pl.lit(None, dtype=pl.Float64).alias("evaluated_at"))
     return frame.with_columns(missing) if missing else frame
-
-
-class MixedDataError(ValueError):
-    """A run's results hold one step measured on several data sets, and no data was chosen."""
 
 
 def read_results(
     run_dir: Path, suite: str = "mini", latest: bool = True, data: str | None = None
 ) -> pl.DataFrame:
-    """A run's stored evaluation rows; only those of its latest evaluated step when `latest`;
-    only those of one data identity (`data_identity`, the `data` column) when `data` is given.
-    Rows of one step and evaluator measured on several data sets are refused unless `data`
-    picks one: averaged or tabled together they would mix two measurements."""
+    """A run's stored evaluation rows; only those of its latest evaluated step when `latest`.
+    A step evaluated on several data sets (`mtv eval --data A`, then `--data B`; another
+    number of scenes) is read as one of them, never mixed: the data identity `data` names
+    (`data_identity`, the `data` column), or else the step's latest evaluation."""
     path = run_dir / "eval" / f"{suite}.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no {suite} results: run `mtv eval {run_dir}` first")
     frame = _with_reference_columns(pl.read_parquet(path))
     if data is not None:
         frame = frame.filter(pl.col("data") == data)
+    else:
+        # Rows written before evaluations were dated sort first: any dated one is later.
+        chosen = (
+            frame.sort("evaluated_at", nulls_last=False, maintain_order=True)
+            .group_by("step", maintain_order=True)
+            .agg(pl.col("data").last().alias("chosen"))
+        )
+        frame = (
+            frame.join(chosen, on="step", how="left", maintain_order="left")
+            .filter(pl.col("data").eq_missing(pl.col("chosen")))
+            .drop("chosen")
+        )
     if latest:
         frame = frame.filter(pl.col("step") == pl.col("step").max())
-    mixed = frame.group_by("step", "evaluator").agg(pl.col("data").n_unique().alias("n"))
-    mixed = mixed.filter(pl.col("n") > 1)
-    if mixed.height:
-        step = mixed["step"].min()
-        found = sorted(str(d) for d in frame.filter(pl.col("step") == step)["data"].unique())
-        raise MixedDataError(
-            f"{path}: step {step} was evaluated on {len(found)} data sets ({'; '.join(found)}); "
-            "choose one with read_results(..., data=...)"
-        )
     return frame
 
 

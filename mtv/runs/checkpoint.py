@@ -103,10 +103,13 @@ class CheckpointError(RuntimeError):
 REQUIRED = ("step", "graph", "optimizer", "loader", "rng", "critical")
 
 
-def load_latest_readable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
-    """The newest complete checkpoint that reads back whole, and its state. A checkpoint that
-    does not (a disk error, a file truncated after it was marked complete) is passed over with a
-    warning naming it, for the one before it."""
+def load_latest_readable(
+    run_dir: Path, warn: Callable[[str], None], required: tuple[str, ...] = REQUIRED
+) -> tuple[Path, dict[str, Any]]:
+    """The newest complete checkpoint that reads back whole (with the `required` entries: all a
+    resume needs by default), and its state. A checkpoint that does not (a disk error, a file
+    truncated after it was marked complete) is passed over with a warning naming it, for the
+    one before it."""
     for path in damaged_markers(run_dir):
         warn(f"warning: checkpoint {path} has a damaged {MARKER} marker; passed over")
     found = complete_checkpoints(run_dir)
@@ -116,7 +119,7 @@ def load_latest_readable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Pa
     for path in reversed(found):
         try:
             state = load_checkpoint(path)
-            missing = [key for key in REQUIRED if key not in state]
+            missing = [key for key in required if key not in state]
             if missing:
                 raise ValueError(f"it lacks {', '.join(missing)}")
         except Exception as err:  # torch.load reports damage as several error types

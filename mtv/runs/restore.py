@@ -71,7 +71,8 @@ def _read_checkpoint(
     checkpoint named by the caller that does not read is an error naming its file."""
     run_dir, named = _locate(path)
     if named is None:
-        checkpoint, state = load_latest_readable(run_dir, warn)
+        # The weights and the step: what evaluation and export read (not the optimiser's).
+        checkpoint, state = load_latest_readable(run_dir, warn, required=("step", "graph"))
         return run_dir, checkpoint, state
     try:
         return run_dir, named, load_checkpoint(named)
