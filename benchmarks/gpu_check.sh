@@ -38,13 +38,20 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # On the lent machine: the dependencies its image lacks come as wheels (benchmarks/gpu_wheels.sh,
 # carried as .whl), and mtv runs from this checkout without being installed.
-if ! "$python" -c 'import pydantic, polars, zarr, torchdata' 2>/dev/null && [ -d .whl ]; then
+if ! "$python" -c 'import pydantic, polars, zarr, torchdata, torchjd' 2>/dev/null && [ -d .whl ]; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$work/site" .whl/*.whl || exit 2
   export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if ! "$python" -c 'import mtv_cli.main' 2>/dev/null; then
   mkdir -p "$work/src" && ln -s "$PWD/cli" "$work/src/mtv_cli"
+  # The package metadata an install would write, so that what mtv finds through it works from
+  # the checkout too: its task kinds (the `mtv.tasks` entry point) and the `mtv` command.
+  meta="$work/src/mtv-0.1.0.dist-info"
+  mkdir -p "$meta"
+  printf 'Metadata-Version: 2.1\nName: mtv\nVersion: 0.1.0\n' > "$meta/METADATA"
+  printf '[console_scripts]\nmtv = mtv_cli.main:entry\n\n[mtv.tasks]\nbuiltin = mtv.tasks\n' \
+    > "$meta/entry_points.txt"
   export PYTHONPATH="$work/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 summary="$out/summary.md"
