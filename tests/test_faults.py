@@ -225,17 +225,26 @@ def test_two_ranks_under_torchrun_speak_with_one_voice(corpus: str, tmp_path: Pa
     assert f"total {last['loss']:.4f}" in final and f"vl {last['loss/vl']:.4f}" in final
 
 
-def test_metrics_of_a_run_started_before_one_based_steps_are_renumbered(tmp_path: Path) -> None:
-    from mtv.train.metrics import MetricsLog
+def test_files_of_pre_release_runs_are_one_error_each(tmp_path: Path) -> None:
+    """The compatibility code for files only pre-release runs wrote is gone; such a file is one
+    error saying what it is: metrics numbered from 0, a graph state with the student and the
+    teacher apart."""
+    from mtv.graph import TaskGraph
+    from mtv.train.metrics import MetricsHistoryError, MetricsLog
+    from tests.helpers import tiny_spec
 
     path = tmp_path / "metrics.parquet"
     pl.DataFrame({"step": [0, 1, 2, 3], "loss": [4.0, 3.0, 2.0, 1.0]}).write_parquet(path)
-    log = MetricsLog(path)
-    log.resume(2)  # checkpoint step-2: the old rows of steps 0 and 1 are steps 1 and 2
-    assert [(r["step"], r["loss"]) for r in log.rows] == [(1, 4.0), (2, 3.0)]
+    with pytest.raises(MetricsHistoryError, match=r"metrics.parquet numbers its steps from 0"):
+        MetricsLog(path).resume(2)
     pl.DataFrame({"step": [1, 2, 3], "loss": [4.0, 3.0, 2.0]}).write_parquet(path)
-    log.resume(2)  # already numbered from 1: kept as it is
+    log = MetricsLog(path)
+    log.resume(2)  # numbered from 1: rows after the checkpoint dropped
     assert [(r["step"], r["loss"]) for r in log.rows] == [(1, 4.0), (2, 3.0)]
+    graph = TaskGraph(tiny_spec(["vl", "distill"]))
+    old = {"student": graph.student.state_dict(), "teacher": graph.teacher.state_dict()}
+    with pytest.raises(ValueError, match="layout of a pre-release mtv"):
+        graph.load_state_dict(old)
 
 
 def test_a_resume_refuses_a_missing_or_holed_metrics_history(corpus: str, tmp_path: Path) -> None:
@@ -277,3 +286,15 @@ def test_a_second_stop_signal_acts_as_it_would_without_mtv() -> None:
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_results_without_reference_columns_are_one_error(tmp_path: Path) -> None:
+    """An evaluation file without `trivial` and `random_init` (a pre-release mtv) is refused,
+    naming it, not read with empty references."""
+    from mtv.eval import read_results
+
+    (tmp_path / "eval").mkdir()
+    rows = {"suite": ["mini"], "evaluator": ["retrieval"], "metric": ["i2t_r1"], "value": [0.3]}
+    pl.DataFrame(rows | {"step": [5]}).write_parquet(tmp_path / "eval" / "mini.parquet")
+    with pytest.raises(ValueError, match=r"mini.parquet lack the reference columns trivial"):
+        read_results(tmp_path)

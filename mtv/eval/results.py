@@ -136,9 +136,9 @@ def store_results(results: pl.DataFrame, run_dir: Path, suite: str) -> Path:
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
     path = out / f"{suite}.parquet"
-    merged = _with_reference_columns(results).select(RESULT_COLUMNS)  # rows made by hand, too
+    merged = _with_dated_identity(results).select(RESULT_COLUMNS)  # rows made by hand, too
     if path.is_file():
-        old = _with_reference_columns(pl.read_parquet(path))
+        old = _with_dated_identity(pl.read_parquet(path), path)
         replaced = merged.select("step", "evaluator", "data").unique()
         kept = _not_replaced(old, replaced)
         merged = pl.concat([kept.select(RESULT_COLUMNS), merged], how="vertical_relaxed")
@@ -151,12 +151,17 @@ def store_results(results: pl.DataFrame, run_dir: Path, suite: str) -> Path:
     return path
 
 
-def _with_reference_columns(frame: pl.DataFrame) -> pl.DataFrame:
-    """Results written before the reference columns and the data identity existed read with
-    them empty."""
-    missing = [
-        pl.lit(None, dtype=pl.Float64).alias(c) for c in REFERENCE_COLUMNS if c not in frame.columns
-    ]
+def _with_dated_identity(frame: pl.DataFrame, path: Path | None = None) -> pl.DataFrame:
+    """Rows as `RESULT_COLUMNS` has them: rows written before each recorded its data and time
+    read with those empty (they are the oldest). A file without the reference columns (a
+    pre-release mtv) is one error naming it."""
+    lacking = [c for c in REFERENCE_COLUMNS if c not in frame.columns]
+    if lacking:
+        raise ValueError(
+            f"{path or 'the results'} lack the reference columns {', '.join(lacking)} (written "
+            "by a pre-release mtv): evaluate the run again with `mtv eval`"
+        )
+    missing = []
     if "data" not in frame.columns:
         missing.append(pl.lit(None, dtype=pl.String).alias("data"))
     if "evaluated_at" not in frame.columns:
@@ -174,7 +179,7 @@ def read_results(
     path = run_dir / "eval" / f"{suite}.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no {suite} results: run `mtv eval {run_dir}` first")
-    frame = _with_reference_columns(pl.read_parquet(path))
+    frame = _with_dated_identity(pl.read_parquet(path), path)
     if data is not None:
         frame = frame.filter(pl.col("data") == data)
     else:

@@ -98,16 +98,13 @@ class TaskGraph(nn.Module):
     def load_state_dict(
         self, state: Mapping[str, Any], strict: bool = True, assign: bool = False
     ) -> Any:
-        """As nn.Module's; also reads checkpoints written before the graph was a module
-        (`{"student": ..., "teacher": ...}`)."""
+        """As nn.Module's; a checkpoint written before the graph was a module (its state holds
+        `{"student": ..., "teacher": ...}`, from a pre-release mtv) is one error saying so."""
         if isinstance(state.get("student"), Mapping):
-            if self.teacher is not None and state.get("teacher") is None:
-                raise ValueError("the checkpoint has no EMA teacher, but this graph needs one")
-            state = {
-                f"{part}.{name}": value
-                for part in ("student", "teacher")
-                for name, value in (state.get(part) or {}).items()
-            }
+            raise ValueError(
+                "the checkpoint holds the graph in the layout of a pre-release mtv (student and "
+                "teacher apart); it cannot be read: train the run again"
+            )
         return super().load_state_dict(state, strict=strict, assign=assign)
 
     def _teacher_parameter_pairs(self) -> Iterator[tuple[Tensor, Tensor]]:

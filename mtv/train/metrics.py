@@ -25,11 +25,14 @@ def _spans(steps: list[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
-def _one_based(frame: pl.DataFrame) -> pl.DataFrame:
-    """Rows of a file written before rows were numbered from 1 (its first step is 0),
-    renumbered, so a run started with an older mtv reads with one numbering throughout."""
-    if frame.height and frame["step"].min() == 0:
-        return frame.with_columns(pl.col("step") + 1)
+def _one_based(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """The rows, numbered from 1 (the step whose update they follow); a file numbered from 0
+    (a pre-release mtv) is one error naming it."""
+    if frame.height and frame["step"].min() < 1:
+        raise MetricsHistoryError(
+            f"{path} numbers its steps from {frame['step'].min()} (a pre-release mtv numbered "
+            "them from 0): it cannot be continued; train the run again"
+        )
     return frame
 
 
@@ -49,7 +52,7 @@ def check_history(path: Path, last_step: int) -> None:
         frame = pl.read_parquet(path, columns=["step"])
     except Exception as err:  # polars raises several types for a damaged file
         raise MetricsHistoryError(f"{path} cannot be read ({err}); restore the file") from None
-    steps = set(_one_based(frame)["step"].to_list())
+    steps = set(_one_based(frame, path)["step"].to_list())
     missing = [step for step in range(1, last_step + 1) if step not in steps]
     if missing:
         raise MetricsHistoryError(
@@ -68,9 +71,9 @@ class MetricsLog:
 
     def resume(self, last_step: int) -> None:
         """Keep the rows of steps 1..last_step (the checkpoint's), dropping any logged after it
-        (an older file's steps renumbered from 1, `_one_based`)."""
+        (a file numbered from 0 is refused, `_one_based`)."""
         if self.path.is_file():
-            frame = _one_based(pl.read_parquet(self.path))
+            frame = _one_based(pl.read_parquet(self.path), self.path)
             self.rows = frame.filter(pl.col("step") <= last_step).to_dicts()
 
     def add(self, row: dict[str, Any]) -> None:

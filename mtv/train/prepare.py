@@ -8,7 +8,6 @@ labelled with `mtv label` when their tasks need labels.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,11 +91,6 @@ def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = T
         root = Path(source_spec.root)
         oracle = spec.data.labels.oracle
         store_path = Path(spec.data.labels.store or root / oracle.store_name())
-        if needs_labels and is_main and spec.data.labels.store is None and _legacy(store_path):
-            # A store mtv made itself beside the corpus, before stores recorded what they
-            # labelled: made again (the oracle is deterministic), not trusted blindly.
-            report(f"{store_path} predates label-store provenance (format 1); labelling again")
-            shutil.rmtree(store_path)
         if needs_labels and is_main and not _complete(store_path):
             quality = "exact" if oracle.exact else "noisy"
             report(f"labelling the mini-world with the {quality} oracle into {store_path}")
@@ -215,13 +209,6 @@ def _labelled_keys(store: LabelStore, source: Any, report: Report) -> list[str]:
         )
     left_out = set(undecodable)
     return [k for k in store.keys if k not in left_out]
-
-
-def _legacy(path: Path) -> bool:
-    try:
-        return LabelStore.open(path).attrs.get("version", 1) < 2
-    except (FileNotFoundError, ValueError):
-        return False
 
 
 def _complete(path: Path) -> bool:
