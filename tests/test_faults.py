@@ -298,3 +298,19 @@ def test_results_without_reference_columns_are_one_error(tmp_path: Path) -> None
     pl.DataFrame(rows | {"step": [5]}).write_parquet(tmp_path / "eval" / "mini.parquet")
     with pytest.raises(ValueError, match=r"mini.parquet lack the reference columns trivial"):
         read_results(tmp_path)
+
+
+def test_a_checkpoint_being_written_is_never_the_latest(tmp_path: Path) -> None:
+    """The folder a checkpoint is written in holds its state and marker a moment before it is
+    renamed into place: readers (resume, eval, a sweep watching) never take it for a checkpoint
+    (they did, in that moment)."""
+    from mtv.runs.checkpoint import latest_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    save_checkpoint(run, 3, {"step": 3}, keep_last=2)
+    partial = run / "checkpoints" / "step-00000004.partial"
+    partial.mkdir()
+    (partial / STATE).write_bytes((run / "checkpoints" / "step-00000003" / STATE).read_bytes())
+    (partial / MARKER).write_text("4")
+    assert latest_checkpoint(run) == run / "checkpoints" / "step-00000003"
+    assert complete_checkpoints(run) == [run / "checkpoints" / "step-00000003"]

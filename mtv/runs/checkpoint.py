@@ -59,8 +59,14 @@ def _marked_step(path: Path) -> int | None:
 
 def is_checkpoint(path: Path) -> bool:
     """Whether `path` is one complete checkpoint directory: its state and a marker that names
-    its step."""
-    return path.is_dir() and (path / STATE).is_file() and _marked_step(path) is not None
+    its step, under its final name (a `.partial` folder holds both for a moment before it is
+    renamed, and is never one)."""
+    return (
+        not path.name.endswith(".partial")
+        and path.is_dir()
+        and (path / STATE).is_file()
+        and _marked_step(path) is not None
+    )
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
