@@ -247,28 +247,6 @@ def test_files_of_pre_release_runs_are_one_error_each(tmp_path: Path) -> None:
         graph.load_state_dict(old)
 
 
-def test_a_resume_refuses_a_missing_or_holed_metrics_history(corpus: str, tmp_path: Path) -> None:
-    """A missing metrics.parquet, or one without rows for steps the checkpoint trained, is never
-    trusted: resuming would start the history at the resumed step (or keep its holes)."""
-    run = tmp_path / "run"
-    Trainer(smoke(corpus, "schedule.steps=3"), run, report=lambda m: None).run()
-    history = run / "metrics.parquet"
-    rows = pl.read_parquet(history)
-    more = smoke(corpus, "schedule.steps=4")
-    history.unlink()
-    with pytest.raises(TrainingError, match=r"metrics\.parquet is missing, though the checkpoint"):
-        Trainer(more, run, resume=True, report=lambda m: None)
-    assert not history.exists()  # nothing written by the refused resume
-    rows.filter(pl.col("step") != 2).write_parquet(history)
-    with pytest.raises(TrainingError, match=r"has no rows for steps 2 of the 3"):
-        Trainer(more, run, resume=True, report=lambda m: None)
-    history.write_bytes(b"PAR1 cut short")  # unreadable: named, never trusted
-    with pytest.raises(TrainingError, match=rf"{history} cannot be read"):
-        Trainer(more, run, resume=True, report=lambda m: None)
-    rows.write_parquet(history)  # the whole history back: the run resumes
-    assert Trainer(more, run, resume=True, report=lambda m: None).run().steps == 4
-
-
 def test_a_second_stop_signal_acts_as_it_would_without_mtv() -> None:
     """The first Ctrl-C asks for a graceful stop (recorded, nothing raised); the second acts as
     Python's own handler does, so a stuck run still stops at once; `restore` puts it all back."""

@@ -762,3 +762,30 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_partial_write(
     monkeypatch.undo()
     assert not (tmp_path / "metrics.partial").exists()
     assert pl.read_parquet(tmp_path / "metrics.parquet")["step"].to_list() == [1]
+
+
+def test_a_resume_refuses_a_missing_or_holed_metrics_history(corpus: str, tmp_path: Path) -> None:
+    """A missing metrics.parquet, or one without rows for steps the checkpoint trained, is never
+    trusted: resuming would start the history at the resumed step (or keep its holes)."""
+    import polars as pl
+
+    from mtv.train import Trainer, TrainingError
+    from tests.helpers import smoke
+
+    run = tmp_path / "run"
+    Trainer(smoke(corpus, "schedule.steps=3"), run, report=lambda m: None).run()
+    history = run / "metrics.parquet"
+    rows = pl.read_parquet(history)
+    more = smoke(corpus, "schedule.steps=4")
+    history.unlink()
+    with pytest.raises(TrainingError, match=r"metrics\.parquet is missing, though the checkpoint"):
+        Trainer(more, run, resume=True, report=lambda m: None)
+    assert not history.exists()  # nothing written by the refused resume
+    rows.filter(pl.col("step") != 2).write_parquet(history)
+    with pytest.raises(TrainingError, match=r"has no rows for steps 2 of the 3"):
+        Trainer(more, run, resume=True, report=lambda m: None)
+    history.write_bytes(b"PAR1 cut short")  # unreadable: named, never trusted
+    with pytest.raises(TrainingError, match=rf"{history} cannot be read"):
+        Trainer(more, run, resume=True, report=lambda m: None)
+    rows.write_parquet(history)  # the whole history back: the run resumes
+    assert Trainer(more, run, resume=True, report=lambda m: None).run().steps == 4
