@@ -8,7 +8,9 @@
 #
 # Parts (each timed; a failing part is recorded and the next one runs):
 #   1. step      whole-step time and utilisation per task set, B/16 at 224 px, per-GPU batch 128,
-#                bf16, eager and compiled (benchmarks/run.py parts 1 2 3)
+#                bf16 (benchmarks/run.py parts 1 2)
+#   1b. compile  the full-set step compiled against eager (part 3; --tiny: dynamo's eager
+#                backend, the tracing path in seconds); a step that cannot compile fails it
 #   2. peer      mtv's encoder against transformers' SiglipVisionModel (benchmarks/peer.py)
 #   3. nccl      `torchrun --nproc_per_node 1` training the smoke experiment with backend nccl
 #   4. syncs     the dispatcher-level host-read test, under torch.cuda.set_sync_debug_mode("error")
@@ -76,17 +78,23 @@ part() {  # part NAME COMMAND...: run, time and record one part
 
 if [ $tiny = 1 ]; then
   step_args=(--model tiny --batch 4 --quick --parts 1 2)
+  # The compiled step's tracing (dynamo, both passes, no graph break allowed to fail silently);
+  # inductor's code generation would take minutes on a CPU and is not the GPU's anyway.
+  compile_args=(--model tiny --batch 4 --repeats 2 --parts 3 --compile-backend eager)
   peer_args=(--shapes tiny-32 --modes eager --repeats 2)
   backend=gloo
   sync_filter="cpu and vl and not ssl"
 else
-  step_args=(--model B16 --image-size 224 --batch 128 --parts 1 2 3)
+  step_args=(--model B16 --image-size 224 --batch 128 --parts 1 2)
+  compile_args=(--model B16 --image-size 224 --batch 128 --parts 3)
   peer_args=(--shapes B16-224-b64)
   backend=nccl
   sync_filter="cuda or guard or ema or counter"
 fi
 
 part step "$python" benchmarks/run.py --device "$device" "${step_args[@]}" --out "$out" --stem step
+part compile "$python" benchmarks/run.py --device "$device" "${compile_args[@]}" --require-compile \
+  --out "$out" --stem compile
 part peer "$python" benchmarks/peer.py --device "$device" "${peer_args[@]}" --out "$out"
 part "$backend" "$python" -m torch.distributed.run --standalone --nproc_per_node 1 \
   -m mtv_cli.main run experiments/smoke.yaml --out "$work/run" \

@@ -44,6 +44,17 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads for torch (default: all cores)"
     )
+    parser.add_argument(
+        "--compile-backend",
+        choices=["inductor", "aot_eager", "eager"],
+        default="inductor",
+        help="part 3's torch.compile backend (eager: dynamo's tracing alone, fast on a CPU)",
+    )
+    parser.add_argument(
+        "--require-compile",
+        action="store_true",
+        help="exit 1 when part 3 cannot compile the step (it is otherwise a row of the table)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--stem", default="performance")
     args = parser.parse_args()
@@ -106,8 +117,9 @@ def main() -> None:
             write()
         if "3" in args.parts and not args.quick:
             with section(table, "3 compile"):
-                rows = compile_rows(setting, repeats)
+                rows = compile_rows(setting, repeats, backend=args.compile_backend)
                 table.extend(rows)
+                failed = [r.note for r in rows if r.note.startswith("compile failed")]
                 compiled = [r.value for r in rows if r.measure == "full-set step, compiled"]
                 if loader_rate and compiled and compiled[0]:
                     ratio = loader_rate * compiled[0] / setting.batch
@@ -123,6 +135,8 @@ def main() -> None:
                         )
                     )
             write()
+            if failed and args.require_compile:
+                raise SystemExit(f"part 3: {failed[0]}")
     total = time.perf_counter() - started
     within = total < 600 if setting.device.type == "cpu" else None
     table.add(Row("all", "suite wall time", total, "s", "< 600 on CPU", within))

@@ -313,13 +313,20 @@ def utilisation_rows(setting: Setting, repeats: int, compile: bool) -> list[Row]
 
 
 # ---------------------------------------------------------------------------- part 3: compile
-def compile_rows(setting: Setting, repeats: int, eager: BenchStep | None = None) -> list[Row]:
+def compile_rows(
+    setting: Setting, repeats: int, eager: BenchStep | None = None, backend: str = "inductor"
+) -> list[Row]:
     """The full task set's step compiled as the trainer compiles it (`runtime.compile`: student
-    and teacher pass each through torch.compile) against the eager step, side by side."""
+    and teacher pass each through torch.compile with `backend`) against the eager step, side by
+    side. `backend="eager"` traces with dynamo only (no code generation): the tracing path, in
+    seconds, for the CPU rehearsal of the GPU check."""
     part = "3 compile"
     eager = eager or BenchStep(bench_spec(setting, TASK_SETS[FULL]), setting.device)
     try:
-        compiled = BenchStep(bench_spec(setting, TASK_SETS[FULL], compile=True), setting.device)
+        spec = bench_spec(
+            setting, TASK_SETS[FULL], compile=True, extra=[f"runtime.compile_backend={backend}"]
+        )
+        compiled = BenchStep(spec, setting.device)
         start = time.perf_counter()
         for _ in range(2):  # the first step compiles; the second catches any recompilation
             compiled()

@@ -25,8 +25,10 @@ def test_the_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     summary = (out / "summary.md").read_text()
-    for part in ("step", "peer", "gloo", "syncs"):
+    for part in ("step", "compile", "peer", "gloo", "syncs"):
         assert f"| {part} | ok |" in summary, summary
+    compiled = pl.read_parquet(out / "compile.parquet")
+    assert "full-set step, compiled" in compiled["measure"].to_list()  # it traced, and ran
     steps = pl.read_parquet(out / "step.parquet")
     assert "FAILED" not in steps["measure"].to_list()
     assert steps.filter(pl.col("part") == "2 utilisation").height > 0
