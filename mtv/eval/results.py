@@ -17,7 +17,8 @@ import mtv.eval.suites  # noqa: F401  (registers the suites)
 from mtv.eval.contract import load_data, measure, suites
 from mtv.eval.model import FrozenModel
 from mtv.specs import EvalSpec
-from mtv.specs.loading import absolute_path, format_loc
+from mtv.specs.loading import format_loc
+from mtv.specs.paths import absolute_path
 
 RESULT_COLUMNS = (
     "suite",

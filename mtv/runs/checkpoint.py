@@ -102,6 +102,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path / STATE, map_location="cpu", weights_only=True)
 
 
+def damage(err: BaseException) -> str:
+    """What reading a damaged checkpoint raised, in one line (torch.load raises several types)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class CheckpointError(RuntimeError):
     """No complete checkpoint of a run can be read."""
 
@@ -129,7 +135,7 @@ def load_latest_readable(
             if missing:
                 raise ValueError(f"it lacks {', '.join(missing)}")
         except Exception as err:  # torch.load reports damage as several error types
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = damage(err)
             problems.append(f"{path.name} ({reason})")
             warn(f"warning: checkpoint {path} cannot be read ({reason}); trying the one before")
             continue

@@ -15,6 +15,7 @@ from mtv.runs.checkpoint import (
     MARKER,
     STATE,
     CheckpointError,
+    damage,
     is_checkpoint,
     latest_checkpoint,
     load_checkpoint,
@@ -77,8 +78,7 @@ def _read_checkpoint(
     try:
         return run_dir, named, load_checkpoint(named)
     except Exception as err:  # torch.load reports damage as several error types
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{named / STATE} cannot be read ({reason})") from None
+        raise CheckpointError(f"{named / STATE} cannot be read ({damage(err)})") from None
 
 
 def run_tokenizer(run_dir: Path, spec: ExperimentSpec) -> Path:

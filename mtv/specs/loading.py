@@ -7,9 +7,8 @@ inherited from a base file names the base file, not the file the user passed.
 from __future__ import annotations
 
 import difflib
-import os
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
@@ -17,11 +16,10 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mtv.specs.base import SpecPath
 from mtv.specs.experiment import ExperimentSpec, import_task_modules
+from mtv.specs.paths import Loc, absolute_paths
 from mtv.specs.tasks import TaskDefaults, TaskSpecBase, task_defaults_model, task_spec_classes
 
-Loc = tuple[str | int, ...]
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -441,50 +439,6 @@ def _locate_imports(raw: dict[str, Any], provenance: dict[Loc, str], path: Path)
                 entry = str(package.resolve())
         located.append(entry)
     raw["imports"] = located
-
-
-def _marks_path(annotation: Any, metadata: Sequence[Any] = ()) -> bool:
-    """Whether a field's type is `PathText` (alone, optional, or as list items)."""
-    if any(isinstance(m, SpecPath) for m in metadata):
-        return True
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        inner, *extra = get_args(annotation)
-        return _marks_path(inner, extra)
-    if origin in (Union, types.UnionType, list):
-        return any(_marks_path(arm) for arm in get_args(annotation))
-    return False
-
-
-def absolute_path(value: str, folder: Path) -> str:
-    """`value` as an absolute local path (relative to `folder`); a URL as it is."""
-    if "://" in value:  # a URL (s3://, https://, ...): not a local path
-        return value
-    path = Path(value).expanduser()
-    return os.path.normpath(path if path.is_absolute() else folder.absolute() / path)
-
-
-def absolute_paths(model: BaseModel, folder_of: Callable[[Loc], Path], loc: Loc = ()) -> None:
-    """Make every `PathText` field of `model` (and of the models inside it) absolute, in place:
-    a relative value at `loc` against `folder_of(loc)`."""
-    for name, field_info in type(model).model_fields.items():
-        value = getattr(model, name)
-        here = (*loc, name)
-        if _marks_path(field_info.annotation, field_info.metadata):
-            if isinstance(value, str):
-                new: Any = absolute_path(value, folder_of(here))
-            elif isinstance(value, list):
-                new = [absolute_path(v, folder_of((*here, i))) for i, v in enumerate(value)]
-            else:
-                continue
-            if new != value:
-                setattr(model, name, new)
-        elif isinstance(value, BaseModel):
-            absolute_paths(value, folder_of, here)
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                if isinstance(item, BaseModel):
-                    absolute_paths(item, folder_of, (*here, index))
 
 
 def _folder_of(provenance: dict[Loc, str], loc: Loc) -> Path:

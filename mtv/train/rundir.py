@@ -17,8 +17,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 import mtv
 from mtv.runs.checkpoint import CheckpointError, latest_checkpoint, load_latest_readable
 from mtv.specs.experiment import ExperimentSpec, SourceSpec
-from mtv.specs.loading import SpecError, absolute_paths, load_run_spec
+from mtv.specs.loading import SpecError, load_run_spec
 from mtv.specs.model import ModelSpec
+from mtv.specs.paths import absolute_paths
 from mtv.train.metrics import MetricsHistoryError, check_history
 from mtv.train.schedule import lr_factor
 
