@@ -11,7 +11,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from mtv.specs import SpecError
-from mtv.sweep import SweepError, SweepStopped, load_sweep, plan_sweep, run_sweep
+from mtv.sweep import (
+    SweepError,
+    SweepStopped,
+    load_sweep,
+    plan_sweep,
+    report_so_far,
+    run_sweep,
+)
 
 
 def _say(message: str) -> None:
@@ -33,6 +40,14 @@ def sweep(
             "--reevaluate",
             help="evaluate complete jobs again (no retraining), e.g. after the "
             "evaluation code changed",
+        ),
+    ] = False,
+    partial: Annotated[
+        bool,
+        typer.Option(
+            "--partial",
+            help="write the analysis of the jobs complete so far under OUT/partial/ (a report "
+            "marked partial, never the sweep's own report); run none",
         ),
     ] = False,
 ) -> None:
@@ -57,6 +72,12 @@ def sweep(
                     escape(str(job.run_dir)),
                 )
             console.print(table)
+            return
+        if partial:
+            outcome = report_so_far(spec, sweep_file)
+            _say(f"{len(outcome.skipped)} of {len(outcome.jobs)} job(s) complete")
+            for path in outcome.written:
+                _say(f"wrote {path}")
             return
         outcome = run_sweep(spec, sweep_file, report=_say, reevaluate=reevaluate)
     except SpecError as err:

@@ -406,6 +406,50 @@ def run_sweep(
     return SweepOutcome(jobs, skipped, failures, results, written)
 
 
+def _missing_text(missing: list[SweepJob]) -> str:
+    """The jobs not yet complete, grouped by experiment and variant: "vl_ground (seeds 0, 1)"."""
+    seeds: dict[str, list[int]] = {}
+    for job in missing:
+        name = f"{job.experiment} ({job.variant})" if job.variant else job.experiment
+        seeds.setdefault(name, []).append(job.seed)
+    return "; ".join(
+        f"{name} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})"
+        for name, s in seeds.items()
+    )
+
+
+def report_so_far(spec: SweepSpec, sweep_file: str | Path) -> SweepOutcome:
+    """The analysis of the jobs complete so far, for a sweep that takes days: the aggregate,
+    tables and report written under OUT/partial/, never to the sweep's own report path (a
+    partial report must not pass for the final one), its first lines saying how many jobs it
+    holds and which are missing. Runs nothing."""
+    jobs = plan_sweep(spec, sweep_file)
+    done = [job for job in jobs if job.complete()]
+    if not done:
+        raise SweepError(f"{spec.name}: none of its {len(jobs)} job(s) is complete yet")
+    missing = [job for job in jobs if job not in done]
+    out = Path(spec.out) / "partial"
+    out.mkdir(parents=True, exist_ok=True)
+    frame = collect_sweep(done)
+    results = out / "results.parquet"
+    frame.write_parquet(results)
+    note = (
+        f"**Partial report: {len(done)} of {len(jobs)} job(s) complete**"
+        + (f"; missing: {_missing_text(missing)}" if missing else "")
+        + f". Written by `mtv sweep {Path(sweep_file).name} --partial`; the sweep writes its "
+        "report only once every job is complete."
+    )
+    partial = spec.model_copy(
+        update={
+            "description": f"{note}\n\n{spec.description or ''}".strip() + "\n",
+            "report": str(out / Path(spec.report).name) if spec.report else None,
+            "out": str(out),  # where its aggregate lies, as the report's last line says
+        }
+    )
+    written = write_sweep_analysis(frame, partial, out)
+    return SweepOutcome(jobs, done, [], results, [results, *written])
+
+
 def collect_sweep(jobs: list[SweepJob]) -> pl.DataFrame:
     """One row per (job, evaluated step, metric): every run's evaluation history (its final
     step, and the steps evaluated during training), with the job's experiment, variant, seed,
@@ -435,6 +479,7 @@ __all__ = [
     "collect_sweep",
     "load_sweep",
     "plan_sweep",
+    "report_so_far",
     "run_job",
     "run_sweep",
 ]

@@ -19,7 +19,7 @@ from mtv_cli.main import app
 from typer.testing import CliRunner
 
 from mtv.specs import SpecError
-from mtv.sweep import MARKER, SweepError, load_sweep, plan_sweep, run_sweep
+from mtv.sweep import MARKER, SweepError, load_sweep, plan_sweep, run_job, run_sweep
 from mtv.world.corpus import render_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,3 +253,26 @@ def test_a_sweep_job_never_imports_from_its_working_folder(tmp_path: Path) -> No
     )
     assert done.returncode != 0 and "stray_task" in done.stdout + done.stderr
     assert not marker.exists()
+
+
+def test_a_partial_report_holds_the_complete_jobs_and_names_the_missing_ones(
+    tmp_path: Path, corpus: Path
+) -> None:
+    report = tmp_path / "final" / "report.md"
+    path = write_sweep(tmp_path, corpus, seeds=[0, 1], report=str(report))
+    result = runner.invoke(app, ["sweep", str(path), "--partial"])
+    assert result.exit_code != 0 and "none of its 2 job(s) is complete" in result.output
+    jobs = plan_sweep(load_sweep(path), path)
+    run_job(jobs[0])
+    result = runner.invoke(app, ["sweep", str(path), "--partial"])
+    assert result.exit_code == 0, result.output
+    assert "1 of 2 job(s) complete" in result.output
+    partial = tmp_path / "out" / "partial"
+    text = (partial / "report.md").read_text()
+    assert "**Partial report: 1 of 2 job(s) complete**; missing: smoke (seed 1)" in text
+    assert "out/partial/results.parquet" in text
+    assert not report.exists()  # the sweep's own report waits for every job
+    assert not (tmp_path / "out" / "results.parquet").exists()
+    results = pl.read_parquet(partial / "results.parquet")
+    assert results["seed"].unique().to_list() == [0]
+    assert not jobs[1].complete()  # nothing ran

@@ -11,6 +11,7 @@ import polars as pl
 
 from mtv.analysis.controls import blind_metrics, instrument_sight
 from mtv.analysis.reproduction import write_sweep_analysis
+from mtv.analysis.sections import sight_section
 from mtv.analysis.sweep_report import final_rows, instrument_reach, run_summary
 from mtv.analysis.verdicts import COLUMN_METRICS, FAMILIES, verdicts
 from mtv.specs import spec_to_yaml
@@ -305,6 +306,16 @@ def test_the_positive_control_marks_blind_instruments_and_not_seeing_ones() -> N
     }
     # another experiment's rows are not the control's
     assert instrument_sight(rows, "vl").height == 0
+
+
+def test_a_one_seed_control_says_its_sight_is_untested() -> None:
+    rows = control_rows({"segmentation/miou": 0.2}, ["depth_probe/rmse"])
+    three = "\n".join(sight_section(instrument_sight(rows, "control"), "control"))
+    assert "sign only" not in three and "no test yet" not in three
+    one = rows.filter(pl.col("seed") == rows["seed"].min())
+    text = "\n".join(sight_section(instrument_sight(one, "control"), "control"))
+    assert "With one seed there is no test yet" in text
+    assert "| sees (1 seed: sign only) |" in text
 
 
 def test_blind_metrics_leave_the_verdicts_and_each_column_counts_once() -> None:

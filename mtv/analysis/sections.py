@@ -35,6 +35,8 @@ def sight_section(sight: pl.DataFrame, control: str, decides: bool = True) -> li
     for r in sight.iter_rows(named=True):
         gain = Estimate(r["gain"], r["gain_se"], r["seeds"]).text(signed=True)
         state = "sees" if r["sees"] else "**blind**" if r["sees"] is False else "not judged"
+        if r["seeds"] == 1 and r["sees"] is not None:
+            state += " (1 seed: sign only)"
         rows.append(
             [short_name(r["metric"]), num(r["control"]), num(r["random_init"]), gain, state]
         )
@@ -44,12 +46,21 @@ def sight_section(sight: pl.DataFrame, control: str, decides: bool = True) -> li
             "is judged by it.\n"
         ]
     blind = sorted(blind_metrics(sight))
+    # One seed has no spread to test against: the sign of the gain is all it gives, and a
+    # reader of a partial sweep must not take that for the test the text describes.
+    untested = (
+        " With one seed there is no test yet: an instrument is marked by the sign of its gain "
+        "alone, until more seeds finish."
+        if sight["seeds"].max() == 1
+        else ""
+    )
     table = md_table(["metric", "control", "random init", "gain", "instrument"], rows)
     if not decides:
         return [
             f"Also `{control}` against its own random init (shown, not deciding blindness: "
             "see its experiment file for how it differs)"
             + (f"; blind there: {', '.join(short_name(m) for m in blind)}." if blind else ".")
+            + untested
             + "\n",
             *table,
             "",
@@ -61,6 +72,7 @@ def sight_section(sight: pl.DataFrame, control: str, decides: bool = True) -> li
         "does not gain significantly is *blind* at this scale and left out of the verdicts and "
         "the synergy average"
         + (f": {', '.join(short_name(m) for m in blind)}." if blind else " (none is).")
+        + untested
         + "\n",
         *table,
         "",
