@@ -226,6 +226,14 @@ def test_metrics_no_task_set_lifts_above_trivial_or_random_init_are_named(tmp_pa
     assert "At the trivial predictor's level" in at_trivial and "0-shot shape" in at_trivial
     assert "Not above the untrained encoder" in untrained and "depth lin. RMSE" in untrained
     assert "seg mIoU" not in section
+    assert "significantly, Student's t" in at_trivial and "no test" not in section
+    # One seed has no spread: the report says its "beats" is the sign alone, not a test.
+    one = frame.filter(pl.col("seed") == frame["seed"].min())
+    (tmp_path / "one").mkdir()
+    _, text = _report(one, tmp_path / "one", "planted")
+    section = text.split("### What the instruments can see")[1].split("##")[0]
+    assert "none beats it at all; one seed, no test" in section
+    assert "significantly" not in section.split("At the trivial")[1]
 
 
 def test_a_grid_over_one_experiment_is_reported_without_ladder_or_synergy(tmp_path: Path) -> None:

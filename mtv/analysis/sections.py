@@ -97,11 +97,14 @@ def instrument_section(
         return f"best {name} {value}"
 
     lines = []
+    # With one seed there is no spread: "beats" is then the sign of the difference alone.
+    tested = reach.height > 0 and (reach["seeds"].max() or 1) > 1
+    how = "significantly, Student's t at p < 0.05" if tested else "at all; one seed, no test"
     flat = [r for r in reach.iter_rows(named=True) if not r["beats_trivial"]]
     if flat:
         lines.append(
-            "At the trivial predictor's level for every task set (none beats it significantly, "
-            "Student's t at p < 0.05; differences between task sets on these metrics are noise): "
+            f"At the trivial predictor's level for every task set (none beats it {how}; "
+            "differences between task sets on these metrics are noise): "
             + "; ".join(
                 f"{short_name(r['metric'])} ({best(r)}, trivial {num(r['trivial'])})" for r in flat
             )
@@ -112,9 +115,9 @@ def instrument_section(
     ]
     if untrained:
         lines.append(
-            "Not above the untrained encoder (no task set beats its own random-init weights "
-            "significantly; the instrument reads what a random encoder's features already "
-            "hold): "
+            f"Not above the untrained encoder (no task set beats its own random-init weights "
+            f"{how.split(',')[0]}; the instrument reads what a random encoder's features "
+            "already hold): "
             + "; ".join(
                 f"{short_name(r['metric'])} ({best(r)}, random init {num(r['random_init'])}, "
                 f"trivial {num(r['trivial'])})"
