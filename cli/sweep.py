@@ -63,7 +63,14 @@ def sweep(
             for column in ("experiment", "variant", "seed", "state", "run directory"):
                 table.add_column(column)
             for job in jobs:
-                state = "complete" if job.complete() else "to run"
+                stale = job.outdated()
+                state = (
+                    f"to evaluate again ({', '.join(stale)}: older protocol)"
+                    if stale
+                    else "complete"
+                    if job.complete()
+                    else "to run"
+                )
                 table.add_row(
                     job.experiment,
                     job.variant or "-",

@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 
 from mtv.analysis.reproduction import write_sweep_analysis
-from mtv.eval import RESULT_COLUMNS, read_results
+from mtv.eval import RESULT_COLUMNS, outdated_evaluators, read_results
 from mtv.runs.checkpoint import latest_checkpoint
 from mtv.specs import load_run_spec, load_spec
 from mtv.specs.loading import load_yaml_model
@@ -94,6 +94,20 @@ class SweepJob:
         }
 
     def complete(self) -> bool:
+        """Trained and evaluated as this job asks, by today's evaluation protocols."""
+        return self._marked() and not self.outdated()
+
+    def outdated(self) -> list[str]:
+        """The evaluators whose scores in a finished job's evaluation come from an older
+        protocol version: such a job is evaluated again (not trained again)."""
+        if not self._marked():
+            return []
+        try:
+            return outdated_evaluators(self.run_dir, self.evaluation.suite)
+        except FileNotFoundError:
+            return []
+
+    def _marked(self) -> bool:
         marker = self.run_dir / MARKER
         if not marker.is_file():
             return False
@@ -305,8 +319,11 @@ def run_local(jobs: list[SweepJob], report: Progress) -> list[tuple[SweepJob, st
     failures = []
     for index, job in enumerate(jobs, start=1):
         where = f"[{index}/{len(jobs)}] {job.label}"
+        stale = job.outdated()
         state = (
-            "evaluating"
+            f"evaluating again (older protocol: {', '.join(stale)})"
+            if stale
+            else "evaluating"
             if trained(job)
             else "resuming"
             if latest_checkpoint(job.run_dir)

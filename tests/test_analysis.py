@@ -238,6 +238,15 @@ def test_significance_is_students_t_with_the_seeds_degrees_of_freedom() -> None:
     assert Estimate.of([1.0]).significant is None
 
 
+RESULT_SCHEMA = {
+    "data": pl.String,
+    "trivial": pl.Float64,
+    "random_init": pl.Float64,
+    "samples_seen": pl.Int64,
+    "evaluated_at": pl.Float64,
+}
+
+
 def test_notebooks_evaluate_mini_world_runs_and_name_runs_on_data_of_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -248,18 +257,25 @@ def test_notebooks_evaluate_mini_world_runs_and_name_runs_on_data_of_their_own(
     from mtv.specs import load_spec, spec_to_yaml
 
     root = Path(__file__).resolve().parents[1] / "experiments" / "vl.yaml"
-    folders = {name: tmp_path / name for name in ("fresh", "measured", "photos")}
+    from mtv.eval import RESULT_COLUMNS, evaluators_of, store_results
+
+    folders = {name: tmp_path / name for name in ("fresh", "measured", "stale", "photos")}
     for name, folder in folders.items():
         folder.mkdir()
         extra = ["data.source={kind: folder, root: /photos}"] if name == "photos" else []
         (folder / "spec.yaml").write_text(spec_to_yaml(load_spec(root, extra)))
-    (folders["measured"] / "eval").mkdir()
-    (folders["measured"] / "eval" / "mini.parquet").write_bytes(b"")
+    current = evaluators_of("mini")["depth_probe"].version
+    for name, version in (("measured", current), ("stale", current - 1)):
+        row = dict.fromkeys(RESULT_COLUMNS)
+        row |= {"suite": "mini", "evaluator": "depth_probe", "version": version, "step": 1}
+        row |= {"metric": "rmse", "value": 1.0, "higher_is_better": False}
+        store_results(pl.DataFrame([row], schema_overrides=RESULT_SCHEMA), folders[name], "mini")
     called: list[Path] = []
     monkeypatch.setattr(runs_module, "evaluate_run", lambda run, **kw: called.append(run))
     said: list[str] = []
     measured = runs_module.evaluate_unevaluated(list(folders.values()), "mini", 6, said.append)
-    assert called == [folders["fresh"]]
-    assert measured == [folders["fresh"], folders["measured"]]
+    assert called == [folders["fresh"], folders["stale"]]  # the older protocol's run too
+    assert measured == [folders["fresh"], folders["measured"], folders["stale"]]
+    assert "stale: depth_probe measured by an older protocol" in said
     (named,) = [m for m in said if m.startswith("photos")]
     assert "folder data, not the mini-world" in named and "--suite source" in named

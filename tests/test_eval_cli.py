@@ -3,14 +3,16 @@ smoke-sized runs of the whole ladder prints both tables and writes the heatmap."
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import polars as pl
+import pytest
 from mtv_cli.main import app
 from typer.testing import CliRunner
 
 from mtv.analysis.runs import train_smoke
-from mtv.eval import evaluate_run, evaluators_of, read_results
+from mtv.eval import FrozenModel, evaluate_run, evaluators_of, outdated_evaluators, read_results
 from mtv.graph import count_parameters
 from mtv.specs import load_spec
 from tests.test_eval_public import write_coco
@@ -248,3 +250,35 @@ def test_synergy_over_seeds_prints_mean_se_and_marks_non_significant_differences
     assert single.exit_code == 0 and "one seed per task set" in single.output
     wrong = runner.invoke(app, ["synergy", *map(str, runs), "--baseline", str(runs[3])])
     assert wrong.exit_code == 2 and "a baseline is a VL-only run" in wrong.output
+
+
+def test_scores_of_an_older_protocol_are_out_of_date_and_never_reused(
+    ladder_runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "vl"
+    shutil.copytree(ladder_runs["vl"], run)
+    evaluate_run(run, only=["retrieval", "depth_probe"], scenes=6)
+    assert outdated_evaluators(run) == []
+    first = read_results(run)
+    versions = dict(first.select("evaluator", "version").unique().iter_rows())
+    assert versions == {name: EVALUATORS[name].version for name in ("retrieval", "depth_probe")}
+    # The depth probe's protocol changes: its stored scores and its cached random-init
+    # reference are both of the older protocol.
+    monkeypatch.setattr(EVALUATORS["depth_probe"], "version", 7)
+    assert outdated_evaluators(run) == ["depth_probe"]
+    references = []
+    original = FrozenModel.random_init
+
+    def counted(self: FrozenModel) -> FrozenModel:
+        references.append(self)
+        return original(self)
+
+    monkeypatch.setattr(FrozenModel, "random_init", counted)
+    evaluate_run(run, only=["retrieval", "depth_probe"], scenes=6)
+    assert len(references) == 1  # the reference measured again, not read from the cache
+    again = read_results(run)
+    assert outdated_evaluators(run) == []
+    assert again.filter(pl.col("evaluator") == "depth_probe")["version"].to_list() == [7, 7]
+    assert again.height == first.height  # replaced, not mixed with the older scores
+    evaluate_run(run, only=["retrieval", "depth_probe"], scenes=6)
+    assert len(references) == 1  # now the cache is current

@@ -19,7 +19,7 @@ from mtv.eval.metrics import (
     zero_shot_accuracy,
 )
 from mtv.eval.model import Features
-from mtv.eval.probes import ClassifierProbe, DepthBinProbe, depth_probe_scores
+from mtv.eval.probes import ClassifierProbe, DepthBinProbe, _train, depth_probe_scores
 
 g = torch.Generator().manual_seed(0)
 
@@ -124,6 +124,25 @@ def test_probe_scores_do_not_depend_on_the_global_random_state() -> None:
         probe = ClassifierProbe(8, 3).fit(features, labels, steps=20)
         predictions.append(probe(features))
     torch.testing.assert_close(predictions[0], predictions[1])
+
+
+def test_a_probe_ends_at_its_minimum_not_at_a_noisy_iterate() -> None:
+    """The learning rate decays to 0, so the last minibatches barely move the weights; at a
+    constant rate Adam moves them as far at the end as at the start, and the score is whichever
+    noisy iterate the last minibatch left."""
+    features = torch.randn(64, 8, generator=g)
+    labels = (features[:, 0] > 0).long() ^ (torch.rand(64, generator=g) < 0.3).long()  # noisy
+    head = torch.nn.Linear(8, 2)
+    seen = []
+
+    def loss(index: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.cat([head.weight.detach().flatten(), head.bias.detach()]))
+        return F.cross_entropy(head(features[index]), labels[index])
+
+    _train(head, features, loss, steps=50, lr=1e-2, batch=4, seed=0)
+    seen.append(torch.cat([head.weight.detach().flatten(), head.bias.detach()]))
+    first, last = (seen[1] - seen[0]).norm(), (seen[-1] - seen[-2]).norm()
+    assert first > 0 and last < 0.05 * first
 
 
 def test_depth_probe_beats_the_constant_predictor_only_when_features_carry_depth() -> None:

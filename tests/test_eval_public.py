@@ -126,7 +126,14 @@ def tiny_model() -> FrozenModel:
 
 
 def check_rows(frame: pl.DataFrame, expected: dict[str, set[str]]) -> dict[str, float]:
-    assert frame.columns == ["evaluator", "metric", "value", "trivial", "higher_is_better"]
+    assert frame.columns == [
+        "evaluator",
+        "metric",
+        "value",
+        "trivial",
+        "higher_is_better",
+        "version",
+    ]
     assert frame["value"].is_finite().all()
     # Every public evaluator knows its trivial predictor's score on the same data.
     assert frame["trivial"].is_not_null().all() and frame["trivial"].is_finite().all()
@@ -134,7 +141,7 @@ def check_rows(frame: pl.DataFrame, expected: dict[str, set[str]]) -> dict[str, 
     for evaluator, metric in frame.select("evaluator", "metric").iter_rows():
         found.setdefault(evaluator, set()).add(metric)
     assert found == expected
-    return {m: v for _, m, v, _, _ in frame.iter_rows()}
+    return {m: v for _, m, v, *_ in frame.iter_rows()}
 
 
 # ImageNet-style class folders ----------------------------------------------------------------
@@ -370,7 +377,7 @@ def test_depth_suites_on_planted_and_constant_features(tmp_path: Path, tiny_mode
     disparity = [1.0] + [1 / d for d in LEVELS] + [1.0] * 3  # colour -> true disparity
     right = run_public_suite(PlantedModel(disparity_of=disparity), "nyuv2", root)
     check_rows(right, expected)
-    values = {(e, m): v for e, m, v, _, _ in right.iter_rows()}
+    values = {(e, m): v for e, m, v, *_ in right.iter_rows()}
     assert values["depth_probe", "rmse"] < 0.2 and values["depth_probe", "absrel"] < 0.1
     assert values["relative_depth", "absrel"] < 1e-4 and values["relative_depth", "delta1"] == 1
     wrong = run_public_suite(PlantedModel(constant=True), "nyuv2", root)

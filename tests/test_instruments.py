@@ -110,7 +110,7 @@ def test_object_shape_sees_a_seeing_encoder_and_not_a_blind_one(data: MiniData) 
     assert "object_shape" in evaluators_of("mini")
     seeing = {
         metric: (value, trivial)
-        for _, metric, value, trivial, _ in measure(CropOracle(data, True), settings, data).rows()
+        for _, metric, value, trivial, *_ in measure(CropOracle(data, True), settings, data).rows()
     }
     assert set(seeing) == {"shape_top1", "shape_acc", "color_top1", "color_acc"}
     # Zero-shot is exact; the probes meet a few test objects of a class that the 40 training
@@ -119,7 +119,7 @@ def test_object_shape_sees_a_seeing_encoder_and_not_a_blind_one(data: MiniData) 
     for value, trivial in seeing.values():
         assert value > 0.85 and trivial < 0.35
     blind = measure(CropOracle(data, False), settings, data)
-    for _, metric, value, trivial, _ in blind.rows():
+    for _, metric, value, trivial, *_ in blind.rows():
         # One class for every image: at most that class's share, near chance / majority.
         assert value <= trivial + 0.1, (metric, value, trivial)
 

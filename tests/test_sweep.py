@@ -18,6 +18,7 @@ import yaml
 from mtv_cli.main import app
 from typer.testing import CliRunner
 
+from mtv.eval import evaluators_of, read_results
 from mtv.specs import SpecError
 from mtv.sweep import MARKER, SweepError, load_sweep, plan_sweep, run_job, run_sweep
 from mtv.world.corpus import render_corpus
@@ -276,3 +277,27 @@ def test_a_partial_report_holds_the_complete_jobs_and_names_the_missing_ones(
     results = pl.read_parquet(partial / "results.parquet")
     assert results["seed"].unique().to_list() == [0]
     assert not jobs[1].complete()  # nothing ran
+
+
+def test_a_job_evaluated_by_an_older_protocol_is_evaluated_again_not_retrained(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_sweep(tmp_path, corpus, seeds=[0])
+    (job,) = plan_sweep(load_sweep(path), path)
+    run_job(job)
+    assert job.complete() and job.outdated() == []
+    checkpoint = sorted((job.run_dir / "checkpoints").iterdir())[-1].stat().st_mtime_ns
+    monkeypatch.setattr(evaluators_of("mini")["depth_probe"], "version", 9)
+    assert job.outdated() == ["depth_probe"] and not job.complete()
+    listed = runner.invoke(app, ["sweep", str(path), "--dry-run"], env={"COLUMNS": "300"})
+    assert "to evaluate again (depth_probe: older protocol)" in listed.output
+    evaluated = read_results(job.run_dir)["evaluated_at"].max()
+    said: list[str] = []
+    outcome = run_sweep(load_sweep(path), path, report=said.append)
+    assert not outcome.failures and outcome.skipped == []
+    assert any("evaluating again (older protocol: depth_probe)" in line for line in said)
+    assert read_results(job.run_dir)["evaluated_at"].min() > evaluated  # every row anew
+    assert sorted((job.run_dir / "checkpoints").iterdir())[-1].stat().st_mtime_ns == checkpoint
+    # The job's own process evaluated with the installed protocol (the patch stays here).
+    monkeypatch.undo()
+    assert job.complete()

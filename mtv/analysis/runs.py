@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mtv.eval import evaluate_run
+from mtv.eval import evaluate_run, outdated_evaluators
 from mtv.specs import load_run_spec, load_spec
 from mtv.train import Trainer
 
@@ -75,13 +75,18 @@ def evaluate_unevaluated(
     scenes: int = 120,
     say: Callable[[str], None] = print,
 ) -> list[Path]:
-    """Evaluate, with `suite`, each run that has no results of it yet; the runs that have
-    results of it now. A run trained on data of its own is not evaluated on the mini-world
-    (minutes per run for a number about other images): it is named, with the command that
-    evaluates it on its own data, and left out."""
+    """Evaluate, with `suite`, each run that has no results of it yet, or whose results come
+    from an older protocol of some evaluator; the runs that have results of it now. A run
+    trained on data of its own is not evaluated on the mini-world (minutes per run for a
+    number about other images): it is named, with the command that evaluates it on its own
+    data, and left out."""
     measured = []
     for run in runs:
-        if not (run / "eval" / f"{suite}.parquet").is_file():
+        evaluated = (run / "eval" / f"{suite}.parquet").is_file()
+        stale = outdated_evaluators(run, suite) if evaluated else []
+        if stale:
+            say(f"{run.name}: {', '.join(stale)} measured by an older protocol")
+        if not evaluated or stale:
             source = load_run_spec(run).data.source
             if suite == "mini" and source.kind != "miniworld":
                 say(

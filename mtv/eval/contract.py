@@ -56,6 +56,11 @@ class Evaluator(ABC):
     name: ClassVar[str]
     suites: ClassVar[tuple[str, ...]]
     needs_text: ClassVar[bool] = False
+    # The protocol's version, stored with every score: raise it when a change makes the scores
+    # incomparable with earlier ones. A run evaluated by an older version is then out of date
+    # (`mtv sweep` evaluates it again, and its cached random-init scores are recomputed), so
+    # scores of two protocols never meet in one table.
+    version: ClassVar[int] = 1
 
     def __init__(self, settings: EvalSpec | None = None):
         self.settings = settings or EvalSpec()
@@ -122,6 +127,11 @@ def evaluators_of(suite: str) -> dict[str, type[Evaluator]]:
     return dict(_EVALUATORS.get(suite, {}))
 
 
+def evaluator_versions(suite: str) -> dict[str, int]:
+    """The protocol version of each evaluator of `suite`, by name."""
+    return {name: cls.version for name, cls in evaluators_of(suite).items()}
+
+
 def check_settings(settings: EvalSpec) -> Suite:
     """The settings' suite, after checking what no spec field can check alone: the suite
     exists, its data is named when it reads some, and every evaluator of `only` is one of it."""
@@ -146,15 +156,20 @@ def load_data(settings: EvalSpec, model: Any) -> Any:
 
 
 def measure(model: Any, settings: EvalSpec, data: Any) -> pl.DataFrame:
-    """Rows (evaluator, metric, value, trivial, higher_is_better) of the evaluators `settings`
-    chooses (`only`, or all of its suite), run on `data` as `load_data` returns it."""
+    """Rows (evaluator, metric, value, trivial, higher_is_better, version) of the evaluators
+    `settings` chooses (`only`, or all of its suite), run on `data` as `load_data` returns
+    it."""
     check_settings(settings)
     chosen = evaluators_of(settings.suite)
     if settings.only:
         chosen = {name: chosen[name] for name in settings.only}
     if not getattr(model, "has_text", True):
         chosen = {name: cls for name, cls in chosen.items() if not cls.needs_text}
-    return result_rows({name: cls(settings)(model, data) for name, cls in chosen.items()})
+    rows = result_rows({name: cls(settings)(model, data) for name, cls in chosen.items()})
+    versions = {name: cls.version for name, cls in chosen.items()}
+    return rows.with_columns(
+        pl.col("evaluator").replace_strict(versions, return_dtype=pl.Int64).alias("version")
+    )
 
 
 # Image features, once per (model, image array): several evaluators read the same images. Held

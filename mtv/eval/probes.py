@@ -5,6 +5,8 @@ a constant depth) on the same split, the reference a probe must beat."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,10 @@ from mtv.eval.model import Features
 def _train(
     head: nn.Module, inputs: Tensor, loss_of, steps: int, lr: float, batch: int, seed: int
 ) -> None:  # type: ignore[no-untyped-def]
+    """`steps` AdamW minibatch steps of `loss_of(index)`, the learning rate decayed from `lr` to
+    0 on a half cosine. Without the decay a probe's score is its last noisy iterate: on the
+    mini suite the DPT probe of one frozen encoder spread over 1.54-1.94 RMSE across probe
+    seeds (a random encoder's over 1.68-2.60) at a constant rate, 1.36-1.40 with the decay."""
     # The initial weights come from `seed` too, not from the global RNG: otherwise a probe's
     # score would depend on what ran before it (e.g. the order of evaluators).
     with torch.random.fork_rng(devices=[]):
@@ -33,7 +39,9 @@ def _train(
                 module.reset_parameters()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-    for _ in range(steps):
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         index = torch.randint(
             0, inputs.shape[0], (min(batch, inputs.shape[0]),), generator=generator
         )

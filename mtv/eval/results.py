@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 import mtv.eval.evaluators
 import mtv.eval.suites  # noqa: F401  (registers the suites)
-from mtv.eval.contract import load_data, measure, suites
+from mtv.eval.contract import evaluator_versions, load_data, measure, suites
 from mtv.eval.model import FrozenModel
 from mtv.specs import EvalSpec
 from mtv.specs.loading import format_loc
@@ -24,6 +24,7 @@ RESULT_COLUMNS = (
     "suite",
     "data",  # the data's identity (`data_identity`): rows of other data never mix
     "evaluator",
+    "version",  # the evaluator's protocol version (`Evaluator.version`)
     "metric",
     "value",
     "trivial",
@@ -57,6 +58,16 @@ def data_identity(settings: EvalSpec) -> str:
     return json.dumps({k: getattr(settings, k) for k in keys})
 
 
+def _current(rows: pl.DataFrame, suite: str) -> pl.DataFrame:
+    """The rows that today's evaluators of `suite` would write: of a known evaluator, at its
+    current protocol version (rows stored before versions were recorded are version 1)."""
+    versions = evaluator_versions(suite)
+    if "version" not in rows.columns:
+        rows = rows.with_columns(pl.lit(1, dtype=pl.Int64).alias("version"))
+    wanted = pl.col("evaluator").replace_strict(versions, default=None, return_dtype=pl.Int64)
+    return rows.filter(pl.col("version") == wanted)
+
+
 def _cached_reference(
     run_dir: Path | None, settings: EvalSpec, evaluators: set[str]
 ) -> pl.DataFrame | None:
@@ -64,6 +75,7 @@ def _cached_reference(
     if path is None or not path.is_file():
         return None
     rows = pl.read_parquet(path).filter(pl.col("settings") == data_identity(settings))
+    rows = _current(rows, settings.suite)  # an older protocol's reference is measured again
     return rows if evaluators <= set(rows["evaluator"]) else None
 
 
@@ -90,7 +102,7 @@ def run_suite(model: FrozenModel, settings: EvalSpec, reference: bool = True) ->
         cached = _cached_reference(model.run_dir, settings, evaluators)
         if cached is None:
             cached = measure(model.random_init(), settings, data).select(
-                "evaluator", "metric", pl.col("value").alias("random_init")
+                "evaluator", "version", "metric", pl.col("value").alias("random_init")
             )
             if model.run_dir is not None:
                 _store_reference(model.run_dir, settings, cached)
@@ -163,6 +175,8 @@ def _with_dated_identity(frame: pl.DataFrame, path: Path | None = None) -> pl.Da
             "by a pre-release mtv): evaluate the run again with `mtv eval`"
         )
     missing = []
+    if "version" not in frame.columns:  # written before versions: every protocol's first
+        missing.append(pl.lit(1, dtype=pl.Int64).alias("version"))
     if "data" not in frame.columns:
         missing.append(pl.lit(None, dtype=pl.String).alias("data"))
     if "evaluated_at" not in frame.columns:
@@ -241,3 +255,13 @@ def evaluate_run(
     results = run_suite(model, settings, reference)
     assert model.run_dir is not None  # from_run knows where the run is
     return Evaluation(results, store_results(results, model.run_dir, settings.suite))
+
+
+def outdated_evaluators(run_dir: Path, suite: str = "mini") -> list[str]:
+    """The evaluators whose scores in the run's latest evaluation came from an older protocol
+    version than today's (or from an evaluator that no longer exists): the evaluation is out
+    of date, and must be run again before it is compared with new ones."""
+    latest = read_results(run_dir, suite)
+    current = _current(latest, suite)
+    stale = latest.join(current, on=["evaluator", "metric"], how="anti")
+    return sorted(set(stale["evaluator"]))

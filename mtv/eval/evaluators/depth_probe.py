@@ -24,6 +24,7 @@ from mtv.eval.probes import depth_probe_scores, patch_depth
 class MiniDepthProbe(Evaluator):
     name = "depth_probe"
     suites = ("mini",)
+    version = 2  # probes trained with a decaying learning rate
 
     def __call__(self, model: FrozenModel, data: MiniData) -> Scores:
         depth = view_depth(data)
@@ -47,6 +48,7 @@ class MiniDepthProbe(Evaluator):
 class NyuDepthProbe(Evaluator):
     name = "depth_probe"
     suites = ("nyuv2",)
+    version = 2  # probes trained with a decaying learning rate
 
     def __call__(self, model: FrozenModel, data: TrainTest[DepthSet]) -> Scores:
         train = image_features(model, data.train.images)

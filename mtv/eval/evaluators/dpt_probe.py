@@ -29,6 +29,7 @@ def half_resolution(depth: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 class MiniDptProbe(Evaluator):
     name = "depth_dpt_probe"
     suites = ("mini",)
+    version = 2  # probes trained with a decaying learning rate
 
     def __call__(self, model: FrozenModel, data: MiniData) -> Scores:
         taps = default_depth_layers(model.graph.student.encoder.spec.depth)

@@ -52,6 +52,7 @@ def object_crops(data: MiniData, size: int) -> np.ndarray:
 class MiniObjectShape(Evaluator):
     name = "object_shape"
     suites = ("mini",)
+    version = 2  # probes trained with a decaying learning rate
 
     def __call__(self, model: FrozenModel, data: MiniData) -> Scores:
         crops = object_crops(data, model.size)

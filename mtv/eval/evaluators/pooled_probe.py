@@ -16,6 +16,7 @@ from mtv.world.geometry import SHAPE_NAMES
 class PooledProbe(Evaluator):
     name = "pooled_probe"
     suites = ("mini",)
+    version = 2  # probes trained with a decaying learning rate
 
     def __call__(self, model: FrozenModel, data: MiniData) -> Scores:
         train, test = halves(len(data.singles))

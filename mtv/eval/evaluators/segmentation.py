@@ -23,6 +23,7 @@ from mtv.world.render import CLASS_NAMES
 class MiniSegmentation(Evaluator):
     name = "segmentation"
     suites = ("mini",)
+    version = 2  # probes trained with a decaying learning rate
 
     def __call__(self, model: FrozenModel, data: MiniData) -> Scores:
         semantic = np.stack([v.semantic for v in data.views]).astype(np.int64)
@@ -37,6 +38,7 @@ class MiniSegmentation(Evaluator):
 class Ade20kSegmentation(Evaluator):
     name = "segmentation"
     suites = ("ade20k",)
+    version = 2  # probes trained with a decaying learning rate
 
     def __call__(self, model: FrozenModel, data: TrainTest[SegmentationSet]) -> Scores:
         train, test = data.train, data.test
