@@ -257,15 +257,12 @@ def test_scores_of_an_older_protocol_are_out_of_date_and_never_reused(
 ) -> None:
     run = tmp_path / "vl"
     shutil.copytree(ladder_runs["vl"], run)
-    evaluate_run(run, only=["retrieval", "depth_probe"], scenes=6)
+    only = ["retrieval", "depth_probe"]
+    evaluate_run(run, only=only, scenes=6)
     assert outdated_evaluators(run) == []
     first = read_results(run)
     versions = dict(first.select("evaluator", "version").unique().iter_rows())
-    assert versions == {name: EVALUATORS[name].version for name in ("retrieval", "depth_probe")}
-    # The depth probe's protocol changes: its stored scores and its cached random-init
-    # reference are both of the older protocol.
-    monkeypatch.setattr(EVALUATORS["depth_probe"], "version", 7)
-    assert outdated_evaluators(run) == ["depth_probe"]
+    assert versions == {name: EVALUATORS[name].version for name in only}
     references = []
     original = FrozenModel.random_init
 
@@ -274,11 +271,25 @@ def test_scores_of_an_older_protocol_are_out_of_date_and_never_reused(
         return original(self)
 
     monkeypatch.setattr(FrozenModel, "random_init", counted)
-    evaluate_run(run, only=["retrieval", "depth_probe"], scenes=6)
+    # Files as an mtv before protocol versions wrote them (every protocol then was version 1;
+    # the depth probe's is 2 now): its scores and cached reference are both out of date.
+    assert EVALUATORS["depth_probe"].version > 1 == EVALUATORS["retrieval"].version
+    for name in ("mini.parquet", "mini.random_init.parquet"):
+        path = run / "eval" / name
+        pl.read_parquet(path).drop("version").write_parquet(path)
+    assert outdated_evaluators(run) == ["depth_probe"]
+    evaluate_run(run, only=only, scenes=6)
     assert len(references) == 1  # the reference measured again, not read from the cache
+    assert outdated_evaluators(run) == []
+    assert read_results(run).height == first.height  # replaced, not mixed with older scores
+    # A protocol changes again: the same, from files that record versions.
+    monkeypatch.setattr(EVALUATORS["depth_probe"], "version", 7)
+    assert outdated_evaluators(run) == ["depth_probe"]
+    evaluate_run(run, only=only, scenes=6)
+    assert len(references) == 2
     again = read_results(run)
     assert outdated_evaluators(run) == []
     assert again.filter(pl.col("evaluator") == "depth_probe")["version"].to_list() == [7, 7]
-    assert again.height == first.height  # replaced, not mixed with the older scores
-    evaluate_run(run, only=["retrieval", "depth_probe"], scenes=6)
-    assert len(references) == 1  # now the cache is current
+    assert again.height == first.height
+    evaluate_run(run, only=only, scenes=6)
+    assert len(references) == 2  # now the cache is current

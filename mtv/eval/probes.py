@@ -6,6 +6,9 @@ a constant depth) on the same split, the reference a probe must beat."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 import torch
@@ -22,6 +25,20 @@ from mtv.eval.metrics import (
 )
 from mtv.eval.model import Features
 
+_SEED_OFFSET: ContextVar[int] = ContextVar("probe_seed_offset", default=0)
+
+
+@contextmanager
+def probe_seed_offset(offset: int) -> Iterator[None]:
+    """Every probe trained inside draws its initial weights and minibatches from its seed plus
+    `offset`: the same evaluation with another draw of the probe, which is how a probe's own
+    spread, its noise floor, is measured (`benchmarks/probe_noise.py`)."""
+    token = _SEED_OFFSET.set(offset)
+    try:
+        yield
+    finally:
+        _SEED_OFFSET.reset(token)
+
 
 def _train(
     head: nn.Module, inputs: Tensor, loss_of, steps: int, lr: float, batch: int, seed: int
@@ -32,6 +49,7 @@ def _train(
     seeds (a random encoder's over 1.68-2.60) at a constant rate, 1.36-1.40 with the decay."""
     # The initial weights come from `seed` too, not from the global RNG: otherwise a probe's
     # score would depend on what ran before it (e.g. the order of evaluators).
+    seed += _SEED_OFFSET.get()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module in head.modules():
@@ -313,7 +331,7 @@ def dpt_depth_probe_scores(
     width = train_layers[0].shape[-1]
     size = tuple(train_depth.shape[-2:])
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + _SEED_OFFSET.get())  # its convolutions, which `_train` keeps
         head = DPTHead(width, default_features(width), (width // 8, width // 4, width // 2, width))
     norms = [Standardize(width) for _ in train_layers]
     for norm, layer in zip(norms, train_layers, strict=True):

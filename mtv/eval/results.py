@@ -85,7 +85,10 @@ def _store_reference(run_dir: Path, settings: EvalSpec, rows: pl.DataFrame) -> N
     rows = rows.with_columns(pl.lit(data_identity(settings)).alias("settings"))
     if path.is_file():
         old = pl.read_parquet(path)
-        rows = pl.concat([old.join(rows, on=["settings", "evaluator"], how="anti"), rows])
+        if "version" not in old.columns:  # cached before versions were recorded: version 1
+            old = old.with_columns(pl.lit(1, dtype=pl.Int64).alias("version"))
+        kept = old.join(rows, on=["settings", "evaluator"], how="anti").select(rows.columns)
+        rows = pl.concat([kept, rows])
     _write_atomically(rows, path)
 
 
