@@ -19,7 +19,13 @@ from mtv.eval.metrics import (
     zero_shot_accuracy,
 )
 from mtv.eval.model import Features
-from mtv.eval.probes import ClassifierProbe, DepthBinProbe, _train, depth_probe_scores
+from mtv.eval.probes import (
+    ClassifierProbe,
+    DepthBinProbe,
+    _train,
+    depth_probe_scores,
+    probe_seed_offset,
+)
 
 g = torch.Generator().manual_seed(0)
 
@@ -124,6 +130,22 @@ def test_probe_scores_do_not_depend_on_the_global_random_state() -> None:
         probe = ClassifierProbe(8, 3).fit(features, labels, steps=20)
         predictions.append(probe(features))
     torch.testing.assert_close(predictions[0], predictions[1])
+
+
+def test_another_probe_draw_is_another_probe_and_the_same_draw_the_same() -> None:
+    features = torch.randn(48, 8, generator=g)
+    labels = torch.randint(0, 3, (48,), generator=g)
+
+    def weights(offset: int) -> torch.Tensor:
+        with probe_seed_offset(offset):
+            return ClassifierProbe(8, 3).fit(features, labels, steps=10).head.weight.detach()
+
+    torch.testing.assert_close(weights(0), weights(0))
+    assert not torch.allclose(weights(0), weights(1))
+    # Outside the context the offset is gone: the default draw again.
+    torch.testing.assert_close(
+        ClassifierProbe(8, 3).fit(features, labels, steps=10).head.weight.detach(), weights(0)
+    )
 
 
 def test_a_probe_ends_at_its_minimum_not_at_a_noisy_iterate() -> None:
