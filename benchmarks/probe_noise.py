@@ -77,6 +77,10 @@ def markdown(frame: pl.DataFrame, run: Path, scenes: int, n: int) -> str:
             f"| {r['random_mean']:.3f} ± {r['random_sd']:.3f} | {r['gap']:+.3f} "
             f"| {'yes' if r['resolves'] else '**no**'} |"
         )
+    lines.append(
+        "\nAn SD of 0 is a metric without a trained probe (`object_shape`'s zero-shot top-1 "
+        "scores): it is deterministic, and its gap is judged by the seeds of a sweep, not here.\n"
+    )
     return "\n".join(lines) + "\n"
 
 
