@@ -19,6 +19,7 @@ import polars as pl
 
 from mtv.eval import FrozenModel, load_data, measure
 from mtv.eval.probes import probe_seed_offset
+from mtv.runs.checkpoint import CheckpointError
 from mtv.specs import EvalSpec
 
 from common import machine
@@ -93,7 +94,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.draws < 2:
         parser.error("--draws must be at least 2: one draw has no spread")
-    model = FrozenModel.from_run(args.run)
+    try:
+        model = FrozenModel.from_run(args.run)
+    except (FileNotFoundError, CheckpointError) as err:  # no run there, or none readable
+        parser.error(str(err))
     settings = EvalSpec(suite="mini", scenes=args.scenes, only=list(PROBES))
     data = load_data(settings, model)
     trained = draws(model, settings, data, args.draws)

@@ -216,13 +216,13 @@ def main(argv: list[str] | None = None) -> None:
                 Worker(t, args.model, args.batch, args.device, args.task_sets)
                 for t in (old_tree, new_tree)
             ]
-        except TreeError as err:
+            try:
+                comparisons = measure(*workers, args.task_sets, args.rounds, args.steps, args.pause)
+            finally:
+                for worker in workers:
+                    worker.close()
+        except TreeError as err:  # a revision that is not there, or a worker that died
             sys.exit(f"step_ab: {err}")
-        try:
-            comparisons = measure(*workers, args.task_sets, args.rounds, args.steps, args.pause)
-        finally:
-            for worker in workers:
-                worker.close()
     setting = (
         f"`benchmarks/step_ab.py` --model {args.model} --batch {args.batch} --device "
         f"{args.device}, {args.rounds} rounds of {args.steps} steps per tree and task set"

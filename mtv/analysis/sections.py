@@ -99,7 +99,8 @@ def instrument_section(
     lines = []
     # With one seed there is no spread: "beats" is then the sign of the difference alone.
     tested = reach.height > 0 and (reach["seeds"].max() or 1) > 1
-    how = "significantly, Student's t at p < 0.05" if tested else "at all; one seed, no test"
+    beats = "significantly" if tested else "at all"
+    how = f"{beats}, Student's t at p < 0.05" if tested else f"{beats}; one seed, no test"
     flat = [r for r in reach.iter_rows(named=True) if not r["beats_trivial"]]
     if flat:
         lines.append(
@@ -116,7 +117,7 @@ def instrument_section(
     if untrained:
         lines.append(
             f"Not above the untrained encoder (no task set beats its own random-init weights "
-            f"{how.split(',')[0]}; the instrument reads what a random encoder's features "
+            f"{beats}; the instrument reads what a random encoder's features "
             "already hold): "
             + "; ".join(
                 f"{short_name(r['metric'])} ({best(r)}, random init {num(r['random_init'])}, "

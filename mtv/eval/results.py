@@ -58,12 +58,19 @@ def data_identity(settings: EvalSpec) -> str:
     return json.dumps({k: getattr(settings, k) for k in keys})
 
 
+def _with_version(rows: pl.DataFrame) -> pl.DataFrame:
+    """Rows with their protocol version: those stored before versions were recorded are every
+    protocol's first, version 1."""
+    if "version" in rows.columns:
+        return rows
+    return rows.with_columns(pl.lit(1, dtype=pl.Int64).alias("version"))
+
+
 def _current(rows: pl.DataFrame, suite: str) -> pl.DataFrame:
     """The rows that today's evaluators of `suite` would write: of a known evaluator, at its
-    current protocol version (rows stored before versions were recorded are version 1)."""
+    current protocol version."""
     versions = evaluator_versions(suite)
-    if "version" not in rows.columns:
-        rows = rows.with_columns(pl.lit(1, dtype=pl.Int64).alias("version"))
+    rows = _with_version(rows)
     wanted = pl.col("evaluator").replace_strict(versions, default=None, return_dtype=pl.Int64)
     return rows.filter(pl.col("version") == wanted)
 
@@ -84,9 +91,7 @@ def _store_reference(run_dir: Path, settings: EvalSpec, rows: pl.DataFrame) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = rows.with_columns(pl.lit(data_identity(settings)).alias("settings"))
     if path.is_file():
-        old = pl.read_parquet(path)
-        if "version" not in old.columns:  # cached before versions were recorded: version 1
-            old = old.with_columns(pl.lit(1, dtype=pl.Int64).alias("version"))
+        old = _with_version(pl.read_parquet(path))
         kept = old.join(rows, on=["settings", "evaluator"], how="anti").select(rows.columns)
         rows = pl.concat([kept, rows])
     _write_atomically(rows, path)
@@ -177,9 +182,8 @@ def _with_dated_identity(frame: pl.DataFrame, path: Path | None = None) -> pl.Da
             f"{path or 'the results'} lack the reference columns {', '.join(lacking)} (written "
             "by a pre-release mtv): evaluate the run again with `mtv eval`"
         )
+    frame = _with_version(frame)
     missing = []
-    if "version" not in frame.columns:  # written before versions: every protocol's first
-        missing.append(pl.lit(1, dtype=pl.Int64).alias("version"))
     if "data" not in frame.columns:
         missing.append(pl.lit(None, dtype=pl.String).alias("data"))
     if "evaluated_at" not in frame.columns:
