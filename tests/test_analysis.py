@@ -12,6 +12,7 @@ import torch
 
 from mtv.analysis import MissingRuns, ladder_table, synergy, synergy_table, task_groups
 from mtv.analysis.curves import load_curves, smooth
+from mtv.analysis.synergy import describe_tasks
 from mtv.eval.figures import depth_from_disparity, pca_rgb
 from mtv.eval.metrics import relative_depth_errors
 
@@ -51,6 +52,13 @@ def results(drop: tuple[str, ...] = ()) -> pl.DataFrame:
 def test_groups_follow_the_paper() -> None:
     assert task_groups(["vl", "distill", "masked", "koleo", "depth"]) == ("depth", "ssl")
     assert task_groups(["vl", "distill"]) == ()  # SSL counts only as the full trio
+
+
+def test_a_run_with_tasks_outside_the_paper_groups_is_not_described_as_a_paper_task_set() -> None:
+    # The positive control trains attributes beside VL and depth: it is not "VL + Depth".
+    assert describe_tasks(["vl", "attributes", "depth"]) == "VL + Depth + Attributes"
+    assert describe_tasks(["vl", "distill", "masked", "koleo", "ground"]) == "VL + SSL + Ground"
+    assert describe_tasks(["vl", "distill"]) == "VL + Distill"
 
 
 def test_synergy_matches_a_hand_computed_example_with_a_lower_is_better_metric() -> None:

@@ -18,9 +18,8 @@ from mtv.analysis.synergy import (
     Estimate,
     PerSeed,
     critical_t,
-    label,
+    describe_tasks,
     paired,
-    task_groups,
 )
 from mtv.analysis.verdicts import HEADLINE, short_name
 
@@ -55,7 +54,7 @@ def run_summary(final: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
             {
                 "experiment": experiment,
                 "variant": variant,
-                "tasks": label(task_groups(frame["tasks"][0])),
+                "tasks": describe_tasks(frame["tasks"][0]),
                 "metric": metric,
                 "seeds": value.n,
                 "mean": value.mean,

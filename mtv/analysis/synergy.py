@@ -121,6 +121,17 @@ def label(groups: Sequence[str]) -> str:
     return " + ".join(["VL", *(g.capitalize() if g != "ssl" else "SSL" for g in ordered)])
 
 
+def describe_tasks(kinds: Iterable[str]) -> str:
+    """A run's tasks for a reader: its paper groups ('VL + SSL + Depth'), then every kind that
+    no complete group covers, so a run with extra tasks (the positive control's `attributes`) is not
+    shown as the paper's task set it contains."""
+    kinds = list(kinds)
+    groups = task_groups(kinds)
+    covered = set().union({"vl"}, *(GROUPS[g] for g in groups))
+    extras = sorted({k for k in kinds if k not in covered})
+    return " + ".join([label(groups), *(k.capitalize() for k in extras)])
+
+
 def by_task_set(results: pl.DataFrame) -> dict[TaskSet, PerSeed]:
     """Task set -> seed -> metric -> value; refuses two runs of one task set and seed."""
     if "seed" not in results.columns:
