@@ -202,6 +202,19 @@ def test_ladder_over_seeds_shows_mean_se_and_marks_non_significant_steps() -> No
     assert "n.s." not in rows["Absolute gain"]
 
 
+def test_a_ladder_step_is_tested_on_the_seeds_both_steps_have() -> None:
+    # VL lacks seed 2: SSL's step rests on 2 paired seeds (+6, +4: 5 ± 1), which Student's t
+    # with 1 degree of freedom (12.7 SEs) does not separate from 0, though 2 would (4.30).
+    frame = seeded_results(PLANTED, {"ssl": [1.0, -1.0, 0.0]})
+    frame = frame.filter(~(pl.col("run") == "vl-2"))
+    rows = {r["tasks"]: r["acc"] for r in ladder_table(frame).iter_rows(named=True)}
+    assert rows["VL + SSL"].endswith("(+5 ± 1 n.s.)"), rows["VL + SSL"]
+    # a level is not a difference: it is never marked n.s.
+    small = seeded_results({**PLANTED, "vl": 0.5}, {})
+    rows = {r["tasks"]: r["acc"] for r in ladder_table(small).iter_rows(named=True)}
+    assert rows["VL"] == "0.5 ± 0.58"
+
+
 def test_synergy_over_seeds_needs_a_single_gain_that_stands_out() -> None:
     table = synergy_table(seeded_results(PLANTED, WOBBLE))
     cells = {(r["task_a"], r["task_b"], r["metric"]): r for r in table.iter_rows(named=True)}

@@ -89,3 +89,40 @@ def test_stability_needs_a_falling_loss() -> None:
         pl.DataFrame(schema={"experiment": pl.String, "run": pl.String}), "uniform", ["pcgrad"]
     )
     assert missing.verdict == "inconclusive" and "runs missing: uniform" in missing.evidence
+
+
+def test_a_missing_or_untestable_method_leaves_it_open_not_reproduced(tmp_path: Path) -> None:
+    frame = planted(tmp_path, {"uncertainty": {"retrieval/i2t_r1": 0.2}})
+    # pcgrad's runs not finished: uncertainty alone cannot make uniform competitive
+    without = frame.filter(pl.col("experiment") != "pcgrad")
+    verdict = weighting_verdict(
+        without.filter(pl.col("experiment") != "uncertainty"), "uniform", ["uncertainty", "pcgrad"]
+    )
+    assert verdict.verdict == "inconclusive" and "runs missing" in verdict.evidence
+    only_pcgrad_missing = weighting_verdict(
+        planted(tmp_path / "b", {}).filter(pl.col("experiment") != "pcgrad"),
+        "uniform",
+        ["uncertainty", "pcgrad"],
+    )
+    assert only_pcgrad_missing.verdict == "inconclusive", only_pcgrad_missing.evidence
+    assert "runs missing: pcgrad" in only_pcgrad_missing.evidence
+    # one seed of a method far better than uniform: no test, so no "not better" either
+    one_seed = frame.filter((pl.col("experiment") != "uncertainty") | (pl.col("seed") == 0))
+    verdict = weighting_verdict(one_seed, "uniform", ["uncertainty", "pcgrad"])
+    assert verdict.verdict == "inconclusive", verdict.evidence
+    assert "uncertainty − uniform: untested" in verdict.evidence
+    assert "I→T R@1 (1 seed(s) paired)" in verdict.evidence
+
+
+def test_a_history_too_short_to_judge_is_inconclusive_not_a_divergence(tmp_path: Path) -> None:
+    frame = planted(tmp_path, {})
+    for seed in NOISE:
+        run = tmp_path / f"uniform-{seed}"
+        pl.DataFrame({"step": [1, 2], "loss": [3.0, 2.0], "nonfinite": [0, 0]}).write_parquet(
+            run / "metrics.parquet"
+        )
+    ok, why = converges_stably(pl.read_parquet(tmp_path / "uniform-0" / "metrics.parquet"))
+    assert ok is None and "too short" in why
+    verdict = weighting_verdict(frame, "uniform", ["uncertainty", "pcgrad"])
+    assert verdict.verdict == "inconclusive", verdict.evidence
+    assert "uniform runs too short to judge" in verdict.evidence

@@ -5,11 +5,12 @@ carries the verdicts, the tables with their standard errors and the paper's numb
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import polars as pl
 
-from mtv.analysis.controls import blind_metrics, instrument_sight
+from mtv.analysis.controls import blind_metrics, instrument_sight, unseen_metrics
 from mtv.analysis.reproduction import write_sweep_analysis
 from mtv.analysis.sections import sight_section
 from mtv.analysis.sweep_report import final_rows, instrument_reach, run_summary
@@ -146,7 +147,7 @@ def _report(
         report=str(tmp_path / "results" / f"{name}.md"),
         analysis=analysis or {},
     )
-    (tmp_path / "out").mkdir()
+    (tmp_path / "out").mkdir(exist_ok=True)
     written = write_sweep_analysis(frame, spec, tmp_path / "out")
     return {p.name for p in written}, (tmp_path / "results" / f"{name}.md").read_text()
 
@@ -352,7 +353,7 @@ def test_blind_metrics_leave_the_verdicts_and_each_column_counts_once() -> None:
     depth = judged["Depth refines pixel-level metrics"]
     assert depth.verdict == "reproduced", depth.evidence
     assert "object relief RMSE ↓" in depth.evidence
-    assert "left out as blind: depth lin. RMSE ↓, depth DPT RMSE ↓" in depth.evidence
+    assert "not showing them to see: depth lin. RMSE ↓, depth DPT RMSE ↓" in depth.evidence
     # every metric of a column blind: the column cannot count, the family says so
     none = {v.claim: v for v in verdicts(frame, blind=blind | {"object_depth/relief_rmse"})}
     depth = none["Depth refines pixel-level metrics"]
@@ -385,14 +386,61 @@ def test_the_report_shows_the_control_and_marks_the_blind(tmp_path: Path) -> Non
     # the control in another world is shown and decides nothing
     assert "Also `control_near` against its own random init" in section
     assert "| 0-shot shape | 0.7" in section
-    assert "left out as blind: depth lin. RMSE ↓" in text.split("## Verdicts")[1]
+    left_out = text.split("## Verdicts")[1].split("not showing them to see: ")[1].split(")")[0]
+    assert "depth lin. RMSE ↓" in left_out
+    # metrics the control was never measured on are not shown to see: they are left out too
+    assert "Not measured on `control`, so not shown to see" in section
+    assert "I→T R@1" in left_out and "seg mIoU" not in left_out
 
 
-def test_a_control_without_runs_judges_nothing_and_says_so(tmp_path: Path) -> None:
+def test_a_control_without_runs_shows_no_instrument_to_see_so_nothing_is_judged(
+    tmp_path: Path,
+) -> None:
     frame = planted(PAPER_LIKE).with_columns(
         (pl.lit(str(tmp_path / "runs") + "/") + pl.col("run")).alias("run")
     )
     _fake_runs(frame)
     _, text = _report(frame, tmp_path, "early", {"control": "control", "tables": list(SETS)})
     assert "Positive control `control`: no finished run in this sweep yet" in text
-    assert "**reproduced**" in text  # nothing left out
+    # the paper-like results would reproduce every claim, but no metric is shown to see yet
+    verdicts_part = text.split("## Verdicts")[1].split("\n## ")[0]
+    assert "**reproduced**" not in verdicts_part and "**inconclusive**" in verdicts_part
+    # without a control in the sweep, nothing is judged and every metric counts
+    _, plain = _report(frame, tmp_path, "plain", {"tables": list(SETS)})
+    assert "**reproduced**" in plain
+
+
+def test_unjudged_and_unmeasured_metrics_are_not_shown_to_see() -> None:
+    rows = control_rows({"segmentation/miou": 0.2}, ["depth_probe/rmse"])
+    unjudged = control_rows({"retrieval/i2t_r1": 0.3}, []).with_columns(
+        pl.lit(None, pl.Float64).alias("random_init")
+    )
+    sight = instrument_sight(pl.concat([rows, unjudged]), "control")
+    assert sight.filter(pl.col("metric") == "retrieval/i2t_r1")["sees"][0] is None
+    metrics = ["segmentation/miou", "depth_probe/rmse", "retrieval/i2t_r1", "zero_shot/color_top1"]
+    assert unseen_metrics(sight, metrics) == {
+        "depth_probe/rmse",
+        "retrieval/i2t_r1",
+        "zero_shot/color_top1",
+    }
+    text = "\n".join(sight_section(sight, "control"))
+    assert "Not judged (no random-init values), so left out as well: I→T R@1" in text
+
+
+def test_a_task_set_whose_metric_failed_is_not_taken_for_the_best() -> None:
+    # polars sorts NaN above every number: a failed metric must not hide the real best
+    summary = pl.DataFrame(
+        {
+            "experiment": ["broken", "vl"],
+            "variant": ["", ""],
+            "metric": ["retrieval/i2t_r1"] * 2,
+            "seeds": [3, 3],
+            "mean": [math.nan, 0.6],
+            "se": [math.nan, 0.01],
+            "trivial": [0.01, 0.01],
+            "random_init": [0.01, 0.01],
+            "higher_is_better": [True, True],
+        }
+    )
+    reach = instrument_reach(summary).row(0, named=True)
+    assert reach["experiment"] == "vl" and reach["beats_trivial"]

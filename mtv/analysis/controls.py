@@ -12,6 +12,7 @@ significant by Student's t with the seeds' degrees of freedom (`mtv.analysis.syn
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import polars as pl
 
@@ -65,3 +66,11 @@ def blind_metrics(sight: pl.DataFrame) -> frozenset[str]:
     """The metrics the positive control shows to be blind (`sees` False; unjudged ones are not
     in it)."""
     return frozenset(sight.filter(pl.col("sees").eq(False))["metric"].to_list())
+
+
+def unseen_metrics(sight: pl.DataFrame, metrics: Iterable[str]) -> frozenset[str]:
+    """Of `metrics`, those the positive control does not show to see: blind ones, unjudged ones
+    (no random-init values) and ones the control was never measured on. The verdicts leave all
+    of them out: an instrument counts only once the control has shown that it can see."""
+    seeing = set(sight.filter(pl.col("sees").eq(True))["metric"].to_list())
+    return frozenset(m for m in metrics if m not in seeing)

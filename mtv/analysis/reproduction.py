@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import matplotlib
 import polars as pl
 
-from mtv.analysis.controls import blind_metrics, instrument_sight
+from mtv.analysis.controls import instrument_sight, unseen_metrics
 from mtv.analysis.gradients import gradient_synergy
 from mtv.analysis.loss_weighting import WEIGHTING_RULES, weighting_verdict
 from mtv.analysis.report import _save, plot_synergy
@@ -105,7 +105,7 @@ def _runs_section(
         "experiment", "variant", maintain_order=True
     ):
         values = {
-            r["metric"]: Estimate(r["mean"], r["se"], r["seeds"]).text()
+            r["metric"]: Estimate(r["mean"], r["se"], r["seeds"]).text(tested=False)
             for r in frame.iter_rows(named=True)
         }
         name = str(experiment) + (f" ({variant})" if variant else "")
@@ -132,7 +132,7 @@ def _baseline_section(summary: pl.DataFrame) -> list[str]:
         return []
     parts = []
     for row in baseline.iter_rows(named=True):
-        value = Estimate(row["mean"], row["se"], row["seeds"]).text()
+        value = Estimate(row["mean"], row["se"], row["seeds"]).text(tested=False)
         parts.append(
             f"{short_name(row['metric'])} {value} (trivial {num(row['trivial'])}, random init "
             f"{num(row['random_init'])})"
@@ -251,7 +251,9 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
     if sight is not None:
         sight.write_parquet(out / "instruments.parquet")
         written.append(out / "instruments.parquet")
-    blind = blind_metrics(sight) if sight is not None else frozenset()
+    # What the control does not show to see (blind, unjudged or unmeasured) stays out of the
+    # verdicts; without a control in the sweep nothing is judged and everything counts.
+    blind = unseen_metrics(sight, metrics) if sight is not None else frozenset()
     runs = _table_runs(final, spec.analysis.tables)
     ladder = matrix = None
     found: list[Verdict] = []
@@ -337,7 +339,7 @@ def _markdown(
     sight: pl.DataFrame | None = None,
     gradients: pl.DataFrame | None = None,
 ) -> str:
-    blind = blind_metrics(sight) if sight is not None else frozenset()
+    blind = unseen_metrics(sight, metrics) if sight is not None else frozenset()
     seeds = sorted(final["seed"].unique().to_list())
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     lines = [
@@ -400,9 +402,11 @@ def _markdown(
                 "## Task synergy (Table 4 layout, Eq. 4)\n",
                 "Synergy is defined only where the better single task's gain over VL stands out "
                 "of its noise; *n.s.* marks an excess dAB − max(dA, dB) that is not significant "
-                "(t-test, p < 0.05). "
+                "(t-test, p < 0.05); the ± of a synergy is that excess's SE divided by the better "
+                "single task's mean gain, whose own noise it leaves out, so the test, not the "
+                "±, says what stands out. "
                 "The average is over the counterparts of the paper's Table 4 columns, one metric "
-                "per column (the first of its metrics that is not blind).\n",
+                "per column (the first of its metrics that can see).\n",
                 *_synergy_section(matrix, metrics),
                 "",
             ]

@@ -43,9 +43,10 @@ def sight_section(sight: pl.DataFrame, control: str, decides: bool = True) -> li
     if not rows:
         return [
             f"Positive control `{control}`: no finished run in this sweep yet, so no instrument "
-            "is judged by it.\n"
+            "is shown to see, and the verdicts leave every metric out until it finishes.\n"
         ]
     blind = sorted(blind_metrics(sight))
+    unjudged = sorted(sight.filter(pl.col("sees").is_null())["metric"].to_list())
     # One seed has no spread to test against: the sign of the gain is all it gives, and a
     # reader of a partial sweep must not take that for the test the text describes.
     untested = (
@@ -72,6 +73,13 @@ def sight_section(sight: pl.DataFrame, control: str, decides: bool = True) -> li
         "does not gain significantly is *blind* at this scale and left out of the verdicts and "
         "the synergy average"
         + (f": {', '.join(short_name(m) for m in blind)}." if blind else " (none is).")
+        + (
+            " Not judged (no random-init values), so left out as well: "
+            + ", ".join(short_name(m) for m in unjudged)
+            + "."
+            if unjudged
+            else ""
+        )
         + untested
         + "\n",
         *table,
@@ -92,7 +100,7 @@ def instrument_section(
     reach = instrument_reach(summary)
 
     def best(row: dict) -> str:
-        value = Estimate(row["mean"], row["se"], row["seeds"]).text()
+        value = Estimate(row["mean"], row["se"], row["seeds"]).text(tested=False)
         name = row["experiment"] + (f" ({row['variant']})" if row["variant"] else "")
         return f"best {name} {value}"
 
@@ -127,6 +135,14 @@ def instrument_section(
             + ".\n"
         )
     controlled = sight_section(sight, control) if sight is not None and control else []
+    if sight is not None and control and sight.height:
+        unmeasured = sorted(set(summary["metric"].to_list()) - set(sight["metric"].to_list()))
+        if unmeasured:
+            controlled.append(
+                f"Not measured on `{control}`, so not shown to see and left out of the verdicts: "
+                + ", ".join(short_name(m) for m in unmeasured)
+                + ".\n"
+            )
     for name, other in (extra or {}).items():
         controlled += sight_section(other, name, decides=False)
     if not controlled:

@@ -86,8 +86,12 @@ def instrument_reach(summary: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for (metric,), frame in summary.group_by("metric", maintain_order=True):
         sign = 1.0 if frame["higher_is_better"][0] else -1.0
-        best = frame.sort(pl.col("mean") * sign, descending=True, nulls_last=True).row(
-            0, named=True
+        # NaN sorts above every number in polars: a task set whose seeds all failed the metric
+        # must not be taken for the best one.
+        best = (
+            frame.with_columns(pl.col("mean").fill_nan(None))
+            .sort(pl.col("mean") * sign, descending=True, nulls_last=True)
+            .row(0, named=True)
         )
         rows.append(
             {

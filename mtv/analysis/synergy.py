@@ -96,14 +96,16 @@ class Estimate:
         significant = self.significant
         return self.mean > 0 and (significant is None or significant)
 
-    def text(self, digits: int = 3, signed: bool = False) -> str:
+    def text(self, digits: int = 3, signed: bool = False, tested: bool = True) -> str:
+        """'mean ± SE', with 'n.s.' when `tested` and the mean does not stand out of 0. A level
+        (an accuracy, an RMSE) is not tested: 'n.s.' is for differences, gains and synergies."""
         sign = "+" if signed else ""
         if math.isnan(self.mean):
             return "-"
         out = f"{self.mean:{sign}.{digits}g}"
         if self.n >= 2:
             out += f" ± {self.se:.2g}"
-            if not self.significant:
+            if tested and not self.significant:
                 out += " n.s."
         return out
 
@@ -333,6 +335,7 @@ def _ladder_row(tasks: str, metric: str, value: Estimate, increment: Estimate | 
         "seeds": value.n,
         "increment": None if increment is None else increment.mean,
         "increment_se": None if increment is None else increment.se,
+        "increment_seeds": None if increment is None else increment.n,
         "significant": (value.significant if tasks == "Absolute gain" else None)
         if increment is None
         else increment.significant,
@@ -354,9 +357,10 @@ def ladder_table(results: pl.DataFrame, ladder: Sequence[tuple[str, ...]] = LADD
             if tasks == "Absolute gain":
                 row[r["metric"]] = value.text(signed=True)
                 continue
-            text = value.text()
+            text = value.text(tested=False)
             if r["increment"] is not None:
-                step = Estimate(r["increment"], r["increment_se"], r["seeds"])
+                # The increment's own seed count: the seeds both steps have.
+                step = Estimate(r["increment"], r["increment_se"], r["increment_seeds"])
                 text += f" ({step.text(signed=True)})"
             row[r["metric"]] = text
         rows.append(row)

@@ -16,16 +16,16 @@ from mtv.analysis.synergy import by_task_set, label, paired, synergy_table
 
 VERDICT_RULES = (
     "Each of the paper's columns counts once, through the first of its mini-suite metrics that "
-    "is not blind (the positive control beats its random init on it; see *What the "
-    "instruments can see*). A family of columns is *lifted* when at least one of its metrics "
-    "improves significantly and none worsens significantly, *hurt* in the opposite case, "
-    "*mixed* when both happen, and *unchanged* when nothing stands out of the noise. A claim "
-    "that a step lifts some families is *reproduced* when every family is lifted, "
-    "*contradicted* when one is hurt, and *inconclusive* otherwise (also when a family has no "
-    "metric that can see). The synergy claim is reproduced when every pair's average synergy is "
-    "significantly positive, contradicted when one is significantly negative, inconclusive "
-    "otherwise. Differences are shown in each metric's own direction, as in the ladder (an RMSE "
-    "that falls is a negative difference and a gain)."
+    "can see: the positive control beats its random init on it (see *What the instruments can "
+    "see*); a metric it shows blind, or has not judged, is left out. A family of columns is "
+    "*lifted* when at least one of its metrics improves significantly and none worsens "
+    "significantly, *hurt* in the opposite case, *mixed* when both happen, and *unchanged* when "
+    "nothing stands out of the noise. A claim that a step lifts some families is *reproduced* "
+    "when every family is lifted, *contradicted* when one is hurt, and *inconclusive* otherwise "
+    "(also when a family has no metric that can see). The synergy claim is reproduced when every "
+    "pair's average synergy is significantly positive, contradicted when one is significantly "
+    "negative, inconclusive otherwise. Differences are shown in each metric's own direction, as "
+    "in the ladder (an RMSE that falls is a negative difference and a gain)."
 )
 
 # The mini suite's counterparts of the paper's Table 3/4 columns (None: a measure the paper does
@@ -259,11 +259,13 @@ def verdicts(
     """One verdict per claim of the paper, from final-step results of the ladder and synergy
     runs (rows with run, seed, tasks, metric, value, higher_is_better). Each paper column counts
     once, through its first metric in `metrics` that is not in `blind` (the metrics the positive
-    control shows cannot see); the evidence names the blind ones left out."""
+    control does not show to see); the evidence names the ones left out."""
     columns = column_metrics(metrics, blind)
     left_out = [m for m in metrics if m in blind and PAPER_COLUMNS.get(m)]
     blind_note = (
-        f" (left out as blind: {', '.join(short_name(m) for m in left_out)})" if left_out else ""
+        f" (left out, the control not showing them to see: {', '.join(map(short_name, left_out))})"
+        if left_out
+        else ""
     )
     out = []
     for claim in CLAIMS:
