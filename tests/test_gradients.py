@@ -116,3 +116,37 @@ def test_the_table_pairs_each_pair_run_with_its_seed_synergy(tmp_path: Path) -> 
 
     text = "\n".join(gradient_section(points))
     assert "| depth x ground | +" in text and "over the 9 (pair, seed) points" in text
+
+
+def test_a_pair_with_undefined_synergy_keeps_its_cosine_and_leaves_the_correlation(
+    tmp_path: Path,
+) -> None:
+    from mtv.analysis.sections import gradient_section
+
+    rng = np.random.default_rng(5)
+    final_rows = []
+    for seed in (0, 1):
+        run = tmp_path / f"depth_ground_{seed}"
+        run.mkdir()
+        grads = {"depth": rng.normal(size=30), "ground": rng.normal(size=30)}
+        pl.DataFrame([probe_row(grads, 5), {"step": 100}]).write_parquet(run / "metrics.parquet")
+        final_rows.append({"run": str(run), "seed": seed, "tasks": ["vl", "depth", "ground"]})
+    # no single task's gain stood out: the synergy table has no seed averages for the pair
+    matrix = pl.DataFrame(
+        [
+            {
+                "task_a": "depth",
+                "task_b": "ground",
+                "metric": "average",
+                "seed_ids": [],
+                "seed_averages": [],
+            }
+        ],
+        schema_overrides={"seed_ids": pl.List(pl.Int64), "seed_averages": pl.List(pl.Float64)},
+    )
+    points = gradient_synergy(pl.DataFrame(final_rows), matrix)
+    assert points.height == 2 and points["synergy"].null_count() == 2
+    text = "\n".join(gradient_section(points))
+    assert "No gradient probes" not in text
+    assert "| depth x ground | " in text and "| undefined |" in text
+    assert "too few to correlate" in text

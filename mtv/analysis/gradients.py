@@ -111,9 +111,10 @@ def permutation_p(x: Sequence[float], y: Sequence[float], seed: int = 0) -> floa
 
 
 def gradient_synergy(final: pl.DataFrame, matrix: pl.DataFrame) -> pl.DataFrame:
-    """Per pair of groups and seed: the early gradient cosine between the two groups in the run
-    that trains both (one per seed in `final`'s runs) and that seed's synergy average (the
-    synergy table's `seed_averages`). Columns: pair, seed, cosine, synergy."""
+    """Per pair of groups and seed of the run that trains both (in `final`'s runs): the early
+    gradient cosine between the two groups, and that seed's synergy average (the synergy
+    table's `seed_averages`; null where the pair's synergy is undefined, e.g. no single task's
+    gain stands out of the noise). Columns: pair, seed, cosine, synergy."""
     averages = matrix.filter(pl.col("metric") == "average")
     runs: dict[tuple[tuple[str, ...], int], str] = {}
     for (run, seed), frame in final.group_by("run", "seed"):
@@ -122,37 +123,46 @@ def gradient_synergy(final: pl.DataFrame, matrix: pl.DataFrame) -> pl.DataFrame:
     for row in averages.iter_rows(named=True):
         a, b = row["task_a"], row["task_b"]
         synergies = dict(zip(row["seed_ids"] or [], row["seed_averages"] or [], strict=True))
-        for seed, synergy in synergies.items():
-            run = runs.get((tuple(sorted((a, b))), seed))
-            if run is None or not (Path(run) / "metrics.parquet").is_file():
+        pair = tuple(sorted((a, b)))
+        for seed in sorted(s for groups, s in runs if groups == pair):
+            run = Path(runs[(pair, seed)])
+            if not (run / "metrics.parquet").is_file():
                 continue
-            metrics = pl.read_parquet(Path(run) / "metrics.parquet")
+            metrics = pl.read_parquet(run / "metrics.parquet")
             cosine = early_cosine(metrics, sorted(GROUPS[a]), sorted(GROUPS[b]))
             if cosine is not None:
                 rows.append(
-                    {"pair": f"{a} x {b}", "seed": seed, "cosine": cosine, "synergy": synergy}
+                    {
+                        "pair": f"{a} x {b}",
+                        "seed": seed,
+                        "cosine": cosine,
+                        "synergy": synergies.get(seed),
+                    }
                 )
     schema = {"pair": pl.String, "seed": pl.Int64, "cosine": pl.Float64, "synergy": pl.Float64}
     return pl.DataFrame(rows, schema=schema)
 
 
 def gradient_synergy_summary(points: pl.DataFrame) -> tuple[pl.DataFrame, float, float, int]:
-    """Per pair: early cosine and synergy (mean, SE over seeds); and Spearman's rho between
-    cosine and synergy over every (pair, seed) point, its permutation p and the point count."""
+    """Per pair: early cosine and synergy (mean, SE over seeds; synergy over the seeds where it
+    is defined); and Spearman's rho between cosine and synergy over every (pair, seed) point
+    with a defined synergy, its permutation p and that point count."""
     rows = []
     for (pair,), frame in points.group_by("pair", maintain_order=True):
         cosine = Estimate.of(frame["cosine"].to_list())
-        synergy = Estimate.of(frame["synergy"].to_list())
+        synergy = Estimate.of(frame["synergy"].drop_nulls().to_list())
         rows.append(
             {
                 "pair": pair,
                 "cosine": cosine.mean,
                 "cosine_se": cosine.se,
+                "seeds": cosine.n,
                 "synergy": synergy.mean,
                 "synergy_se": synergy.se,
-                "seeds": cosine.n,
+                "synergy_seeds": synergy.n,
             }
         )
-    x, y = points["cosine"].to_list(), points["synergy"].to_list()
+    defined = points.filter(pl.col("synergy").is_not_null())
+    x, y = defined["cosine"].to_list(), defined["synergy"].to_list()
     rho = spearman(x, y)
     return pl.DataFrame(rows, infer_schema_length=None), rho, permutation_p(x, y), len(x)

@@ -164,20 +164,31 @@ def gradient_section(points: pl.DataFrame) -> list[str]:
         [
             r["pair"],
             Estimate(r["cosine"], r["cosine_se"], r["seeds"]).text(signed=True),
-            Estimate(r["synergy"], r["synergy_se"], r["seeds"]).text(signed=True),
+            Estimate(r["synergy"], r["synergy_se"], r["synergy_seeds"]).text(signed=True)
+            if r["synergy_seeds"]
+            else "undefined",
         ]
         for r in summary.iter_rows(named=True)
     ]
+    correlation = (
+        f"Spearman's rank correlation between the two over the {n} (pair, seed) points with a "
+        f"defined synergy: ρ = {num(rho, 2)}, permutation p = {num(p, 2)}. Points of one pair "
+        "share its runs' design, so they are not independent draws: with three pairs this can "
+        "show at most whether the orderings agree, not a law.\n"
+        if n >= 3
+        else f"{f'Only {n}' if n else 'No'} (pair, seed) point(s) with a defined synergy: too "
+        "few to correlate "
+        "(Spearman's ρ needs 3), so this table cannot say whether gradient agreement predicts "
+        "synergy.\n"
+    )
     return [
         *lines,
         "The cosine between the two groups' summed gradients at the shared encoder, averaged "
         f"over the probes in the first {EARLY_FRACTION:.0%} of the run that trains both "
         "(`runtime.grad_probe_every`; SSL = distill + masked + koleo), beside the pair's "
-        "average synergy (the Table 4 average above), mean ± SE over seeds.\n",
+        "average synergy (the Table 4 average above), mean ± SE over seeds; *undefined* where "
+        "no single task's gain stands out of the noise.\n",
         *md_table(["pair", "early gradient cosine", "synergy (average)"], rows),
         "",
-        f"Spearman's rank correlation between the two over the {n} (pair, seed) points: "
-        f"ρ = {num(rho, 2)}, permutation p = {num(p, 2)}. Points of one pair share its runs' "
-        "design, so they are not independent draws: with three pairs this can show at most "
-        "whether the orderings agree, not a law.\n",
+        correlation,
     ]
