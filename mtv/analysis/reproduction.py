@@ -19,7 +19,13 @@ from mtv.analysis.controls import instrument_sight, unseen_metrics
 from mtv.analysis.gradients import gradient_synergy
 from mtv.analysis.loss_weighting import WEIGHTING_RULES, weighting_verdict
 from mtv.analysis.report import _save, plot_synergy
-from mtv.analysis.sections import gradient_section, instrument_section, md_table, num
+from mtv.analysis.sections import (
+    gradient_section,
+    instrument_section,
+    md_table,
+    num,
+    stall_section,
+)
 from mtv.analysis.sweep_report import (
     _chosen,
     comparisons,
@@ -37,6 +43,7 @@ from mtv.analysis.synergy import (
     synergy_wide,
     task_groups,
 )
+from mtv.analysis.training import plot_vl_losses, vl_stalls
 from mtv.analysis.verdicts import (
     PAPER_COLUMNS,
     PAPER_LADDER_B16_10M,
@@ -295,6 +302,11 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
         figures["pilot"] = _save(
             plot_learning_curves(pilot, metrics), Path(f"{stem}_pilot_curves.png")
         )
+    stalls = vl_stalls(final)
+    if stalls.height:
+        stalls.write_parquet(out / "stalls.parquet")
+        written.append(out / "stalls.parquet")
+        figures["vl_loss"] = _save(plot_vl_losses(final), Path(f"{stem}_vl_loss.png"))
     if ladder is not None:
         figures["ladder"] = _save(plot_ladder(ladder, summary), Path(f"{stem}_ladder.png"))
     if matrix is not None:
@@ -318,6 +330,7 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
         report,
         sight,
         gradients,
+        stalls,
     )
     report.write_text(text)
     written.append(report)
@@ -338,6 +351,7 @@ def _markdown(
     report: Path,
     sight: pl.DataFrame | None = None,
     gradients: pl.DataFrame | None = None,
+    stalls: pl.DataFrame | None = None,
 ) -> str:
     blind = unseen_metrics(sight, metrics) if sight is not None else frozenset()
     seeds = sorted(final["seed"].unique().to_list())
@@ -368,6 +382,9 @@ def _markdown(
             {name: instrument_sight(final, name) for name in spec.analysis.extra_controls},
         ),
     ]
+    if stalls is not None:
+        figure = figures.get("vl_loss")
+        lines += stall_section(stalls, figure.name if figure else None)
     if "curves" in figures:
         lines += ["## Learning curves\n", f"![learning curves]({figures['curves'].name})\n"]
     if pilot is not None:

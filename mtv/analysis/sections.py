@@ -11,6 +11,7 @@ from mtv.analysis.controls import blind_metrics
 from mtv.analysis.gradients import EARLY_FRACTION, gradient_synergy_summary
 from mtv.analysis.sweep_report import instrument_reach
 from mtv.analysis.synergy import Estimate
+from mtv.analysis.training import STALL_FRACTION, STALL_TOLERANCE
 from mtv.analysis.verdicts import short_name
 
 
@@ -192,3 +193,34 @@ def gradient_section(points: pl.DataFrame) -> list[str]:
         "",
         correlation,
     ]
+
+
+def stall_section(stalls: pl.DataFrame, figure: str | None) -> list[str]:
+    """The VL loss of every run against L0, and the runs that stalled there."""
+    if not stalls.height:
+        return []
+    level = num(float(stalls["l0"][0]), 4)
+    lines = ["## Training histories\n"]
+    if figure:
+        lines.append(f"![VL loss per run]({figure})\n")
+    stalled = stalls.filter(pl.col("stalled"))
+    described = "; ".join(
+        f"{r['experiment']} seed {r['seed']} (steps {r['first']}–{r['last']}, at L0 for "
+        f"{r['steps']} of the run's {r['logged']} logged steps)"
+        for r in stalled.iter_rows(named=True)
+    )
+    lines.append(
+        f"L0 = {level} is the VL loss of logits that ignore the image (one positive caption in "
+        "the batch; `mtv/analysis/training.py`). "
+        + (
+            f"Stalled at L0 (within {STALL_TOLERANCE:.0%} of it for at least "
+            f"{STALL_FRACTION:.0%} of the run's steps in one stretch, brief spikes off it "
+            f"bridged): {described}. A stall is an "
+            "event of the optimisation, not what the task set can learn: where one stalled "
+            "seed drives a difference between task sets, the difference is that seed's.\n"
+            if stalled.height
+            else f"No run sat at L0 (within {STALL_TOLERANCE:.0%}) for {STALL_FRACTION:.0%} of "
+            "its steps in one stretch.\n"
+        )
+    )
+    return lines
