@@ -5,6 +5,7 @@ not. An instrument a seeing encoder cannot pass, or a blind one can, is broken."
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -14,10 +15,13 @@ import torch
 from mtv.eval.contract import evaluators_of, measure
 from mtv.eval.evaluators.object_depth import relief_scores, visible_objects
 from mtv.eval.evaluators.object_shape import object_crops
+from mtv.eval.evaluators.semantic_correspondence import cross_image_queries, sightings_by_shape
+from mtv.eval.metrics import query_recalls
 from mtv.eval.mini import COLOR_NAMES, EVAL_SEED, MiniData
 from mtv.eval.model import Features
 from mtv.specs import EvalSpec
-from mtv.world.geometry import SHAPE_NAMES
+from mtv.world.geometry import KEYPOINT_CLASSES, KEYPOINTS, SHAPE_NAMES
+from mtv.world.render import KEYPOINT_IDS
 from mtv.world.scene import sample_scene
 
 SIZE, GRID = 64, 8
@@ -162,3 +166,53 @@ def test_the_suite_renders_its_scenes_with_the_training_cameras() -> None:
         assert 3.0 <= np.linalg.norm(position) <= 4.0
     for view, scene in zip(close.singles, close.single_scenes, strict=True):
         assert scene.index == view.scene_index and len(scene.objects) == 1
+
+
+def keypoint_class_patches(data: MiniData) -> torch.Tensor:
+    """A seeing encoder for semantic correspondence: each patch carries the one-hot (shape,
+    symmetry class) of the visible keypoints in it, the most a yaw-invariant appearance allows
+    (a cube's four top corners look alike), over a faint constant channel."""
+    names = sorted({(s, g) for s, c in KEYPOINT_CLASSES.items() for g in c.values() if g})
+    out = torch.zeros(len(data.views), GRID, GRID, len(names) + 1)
+    out[..., -1] = 0.05
+    cell = SIZE // GRID
+    for n, view in enumerate(data.views):
+        for _, kp_id, x, y, visible in view.keypoints:
+            shape, name = KEYPOINT_IDS[int(kp_id)]
+            group = KEYPOINT_CLASSES[shape][name]
+            if visible and group:
+                row, col = min(int(y // cell), GRID - 1), min(int(x // cell), GRID - 1)
+                out[n, row, col, names.index((shape, group))] += 1
+    return out
+
+
+def test_keypoints_of_one_class_are_what_a_turn_maps_onto_each_other() -> None:
+    # yaw-equivalent points share their height and distance from the vertical axis; points of
+    # two classes of one shape must not (else nothing tells the classes apart either)
+    for shape, points in KEYPOINTS.items():
+        assert set(KEYPOINT_CLASSES[shape]) == set(points)
+        where: dict[str, set[tuple[float, float]]] = {}
+        for name, (x, y, z) in points.items():
+            group = KEYPOINT_CLASSES[shape][name]
+            if group is not None:
+                where.setdefault(group, set()).add((round(y, 6), round(math.hypot(x, z), 6)))
+        assert all(len(v) == 1 for v in where.values()), (shape, where)
+        assert len({next(iter(v)) for v in where.values()}) == len(where), shape
+
+
+def test_semantic_correspondence_sees_a_seeing_encoder_and_not_a_blind_one(
+    data: MiniData,
+) -> None:
+    queries = cross_image_queries(sightings_by_shape(data.views), SIZE / GRID, GRID)
+    assert len(queries) > 300
+    assert all(source != target for source, _, _, target, _ in queries)  # never its own image
+    threshold = (0.1 * SIZE,)
+    recall = f"recall@{0.1 * SIZE:g}px"
+    seeing = query_recalls(keypoint_class_patches(data), queries, SIZE / GRID, threshold)[recall]
+    assert seeing.value > 0.9 and seeing.trivial is not None and seeing.trivial < 0.2
+    n = len(data.views)
+    noise = torch.randn(n, GRID, GRID, 16, generator=torch.Generator().manual_seed(0))
+    position = torch.eye(GRID * GRID).reshape(1, GRID, GRID, -1).expand(n, -1, -1, -1).clone()
+    for blind in (noise, position):
+        score = query_recalls(blind, queries, SIZE / GRID, threshold)[recall]
+        assert score.value < seeing.trivial + 0.1

@@ -6,6 +6,7 @@ model: class-encoding features must give ~100% zero-shot accuracy and R@1, rando
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -176,15 +177,32 @@ def relative_depth_errors(
     }
 
 
+def _distance_to_truth(points: Tensor, target_xy: Tensor) -> Tensor:
+    """Distance of each query's point(s) to the nearest of its true locations. `points` (Q, 2)
+    or (P, 2) shared by all queries; `target_xy` (Q, 2), or (Q, K, 2) with NaN rows padding the
+    queries that have fewer than K acceptable locations (symmetric keypoints). -> (Q,) or
+    (Q, P)."""
+    truth = target_xy.float()
+    if truth.dim() == 2:
+        truth = truth[:, None, :]
+    if points.dim() == 2 and points.shape[0] == truth.shape[0]:
+        distance = (points[:, None, :] - truth).norm(dim=-1)  # (Q, K)
+    else:
+        distance = (points[None, :, None, :] - truth[:, None, :, :]).norm(dim=-1)  # (Q, P, K)
+    return distance.nan_to_num(math.inf).amin(dim=-1)
+
+
 def random_match_recall(
     grid: tuple[int, int], target_xy: Tensor, thresholds: tuple[float, ...]
 ) -> dict[str, float]:
     """What `correspondence_recall` expects from a match drawn uniformly among the target's
-    patches: per query, the share of patch centres within each threshold of the truth."""
+    patches: per query, the share of patch centres within each threshold of the truth (of the
+    nearest of its acceptable locations when `target_xy` is (Q, K, 2))."""
     rows, cols = grid
     ys, xs = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     centres = torch.stack([xs.flatten(), ys.flatten()], dim=1).float() + 0.5
-    error = torch.cdist(target_xy.float().reshape(-1, 2), centres)
+    truth = target_xy.float().reshape(-1, *target_xy.shape[-(target_xy.dim() - 1) :])
+    error = _distance_to_truth(centres, truth)  # (Q, P)
     return {f"recall@{t:g}px": float((error <= t).float().mean()) for t in thresholds}
 
 
@@ -193,12 +211,13 @@ def correspondence_recall(
 ) -> dict[str, float]:
     """Nearest-neighbour matching of query features `source` (Q, D) into a dense target map
     `target` (H, W, D); recall = share of queries whose match lands within each pixel
-    threshold of the true location `target_xy` (Q, 2) in (x, y) pixels."""
+    threshold of the true location `target_xy` (Q, 2) in (x, y) pixels, or of the nearest of
+    several acceptable ones ((Q, K, 2), NaN-padded)."""
     _, width, dim = target.shape
     flat = F.normalize(target.reshape(-1, dim).float(), dim=-1)
     best = (F.normalize(source.float(), dim=-1) @ flat.T).argmax(dim=1)
     found = torch.stack([best % width, best // width], dim=1).float() + 0.5
-    error = (found - target_xy.float()).norm(dim=1)
+    error = _distance_to_truth(found, target_xy)
     return {f"recall@{t:g}px": float((error <= t).float().mean()) for t in thresholds}
 
 
@@ -209,7 +228,8 @@ def query_recalls(
     thresholds_px: tuple[float, ...],
 ) -> Scores:
     """Mean recall of nearest-patch matches in `patches` (images, rows, cols, D) of (source
-    image, row, col, target image, true xy) queries, with a uniform match's as trivial;
+    image, row, col, target image, true xy) queries (xy: (2,), or (K, 2) acceptable locations
+    of which the nearest counts), with a uniform match's as trivial;
     locations and thresholds in image pixels (the matching itself runs on the patch grid, whose
     cells are `step` pixels wide). Queries into one target are matched at once."""
     if not queries:
@@ -224,7 +244,13 @@ def query_recalls(
         by_target.setdefault(target, []).append((source, row, col, xy))
     for target, items in by_target.items():
         sources = torch.stack([patches[s, r, c] for s, r, c, _ in items])
-        truth = torch.tensor(np.stack([xy for *_, xy in items]) / step, dtype=torch.float32)
+        # Each query's acceptable locations (one, or several for a symmetric keypoint),
+        # NaN-padded to a common count.
+        spots = [np.asarray(xy, dtype=np.float64).reshape(-1, 2) for *_, xy in items]
+        padded = np.full((len(spots), max(len(x) for x in spots), 2), np.nan)
+        for index, xy in enumerate(spots):
+            padded[index, : len(xy)] = xy
+        truth = torch.tensor(padded / step, dtype=torch.float32)
         recall = correspondence_recall(sources, patches[target], truth, thresholds)
         random = random_match_recall(tuple(patches.shape[1:3]), truth, thresholds)  # type: ignore[arg-type]
         for name, value, expected in zip(names, recall.values(), random.values(), strict=True):

@@ -246,3 +246,20 @@ KEYPOINTS: dict[str, dict[str, tuple[float, float, float]]] = {
     "prism": {"ridge_back": (0.0, PRISM_HEIGHT, -0.9), "ridge_front": (0.0, PRISM_HEIGHT, 0.9)},
     "octahedron": {"top": (0.0, 2.0, 0.0), "left": (-1.0, 1.0, 0.0), "right": (1.0, 1.0, 0.0)},
 }
+
+# Keypoints that a turn about the vertical axis maps onto each other share a class: every
+# instance is yawed uniformly at random, so nothing in an image tells them apart, and a match to
+# any keypoint of the class is right. None: a class the names do not cover (the octahedron has
+# four side vertices, two of them named), left out of semantic correspondence.
+KEYPOINT_CLASSES: dict[str, dict[str, str | None]] = {
+    "sphere": {"top": "top"},
+    "cube": dict.fromkeys(KEYPOINTS["cube"], "top_corner"),
+    "cylinder": {"top_centre": "top_centre"},
+    "cone": {"apex": "apex"},
+    "pyramid": {
+        "apex": "apex",
+        **dict.fromkeys((n for n in KEYPOINTS["pyramid"] if n.startswith("base_")), "base_corner"),
+    },
+    "prism": {"ridge_back": "ridge_end", "ridge_front": "ridge_end"},
+    "octahedron": {"top": "top", "left": None, "right": None},
+}

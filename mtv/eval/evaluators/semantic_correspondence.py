@@ -3,7 +3,11 @@ keypoint's patch feature is matched to the nearest (cosine) patch of the target 
 when the patch centre lies within a threshold of the true keypoint. Trivial: a match drawn
 uniformly among the target's patches.
 
-- mini: keypoints of the same kind in consecutive held-out scenes, PCK@0.1 of the image side;
+- mini: each visible keypoint is matched into the next held-out scene that shows its shape
+  (never into its own image), PCK@0.1 of the image side. Every instance is yawed at random,
+  so keypoints a turn maps onto each other (a cube's four top corners) look alike, as do two
+  instances of a shape: a match to any visible keypoint of the same class on the shape there
+  is right (`KEYPOINT_CLASSES`); classes the names do not cover are left out;
 - spair: SPair-71k's test pairs, PCK@0.1 of the target box's larger side.
 """
 
@@ -25,28 +29,60 @@ from mtv.eval.metrics import (
 )
 from mtv.eval.mini import MiniData
 from mtv.eval.model import FrozenModel
+from mtv.world.geometry import KEYPOINT_CLASSES
+from mtv.world.render import KEYPOINT_IDS, RenderedView
+
+Sighting = tuple[int, dict[str, list[tuple[float, float]]]]  # image, class -> visible points
+
+
+def sightings_by_shape(views: list[RenderedView], stride: int = 2) -> dict[str, list[Sighting]]:
+    """Shape -> the images (views[::stride], index in `views`) that show it, in order, each
+    with the visible keypoints of all its instances there grouped by symmetry class (classes
+    the names do not cover left out)."""
+    out: dict[str, list[Sighting]] = {}
+    for index in range(0, len(views), stride):
+        found: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        for _, kp_id, x, y, visible in views[index].keypoints:
+            shape, name = KEYPOINT_IDS[int(kp_id)]
+            group = KEYPOINT_CLASSES[shape][name]
+            if visible and group is not None:
+                found.setdefault(shape, {}).setdefault(group, []).append((float(x), float(y)))
+        for shape, points in found.items():
+            out.setdefault(shape, []).append((index, points))
+    return out
+
+
+def cross_image_queries(
+    sightings: dict[str, list[Sighting]], step: float, grid: int
+) -> list[tuple[int, int, int, int, np.ndarray]]:
+    """(source image, row, col, target image, acceptable xy (K, 2)) for every visible keypoint,
+    matched into the next image that shows its shape: right on any visible keypoint of its
+    class there (on any instance of the shape: nothing tells two instances' corners apart)."""
+    queries = []
+    for found in sightings.values():
+        for (source, points), (target, targets) in itertools.pairwise(found):
+            for group, spots in points.items():
+                truth = targets.get(group)
+                if not truth:
+                    continue
+                for x, y in spots:
+                    row, col = min(int(y / step), grid - 1), min(int(x / step), grid - 1)
+                    queries.append((source, row, col, target, np.array(truth)))
+    return queries
 
 
 @register_evaluator
 class MiniSemanticCorrespondence(Evaluator):
     name = "semantic_correspondence"
     suites = ("mini",)
+    version = 2  # across images only, symmetric keypoints matched as one class
 
     def __call__(self, model: FrozenModel, data: MiniData) -> Scores:
         features = image_features(model, data.images)
         size = data.images.shape[1]
         grid = features.patches.shape[1]
         step = size / grid
-        by_kind: dict[int, list[tuple[int, float, float]]] = {}
-        for index, view in enumerate(data.views[0::2]):
-            for _, kp_id, x, y, visible in view.keypoints:
-                if visible:
-                    by_kind.setdefault(int(kp_id), []).append((2 * index, float(x), float(y)))
-        queries = []
-        for points in by_kind.values():
-            for (a, xa, ya), (b, xb, yb) in itertools.pairwise(points):
-                row, col = min(int(ya / step), grid - 1), min(int(xa / step), grid - 1)
-                queries.append((a, row, col, b, np.array([xb, yb])))
+        queries = cross_image_queries(sightings_by_shape(data.views), step, grid)
         recall = query_recalls(features.patches, queries, step, (0.1 * size,))
         return {"pck@0.1": recall[f"recall@{0.1 * size:g}px"]} if recall else {}
 
