@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mtv.eval.contract import evaluators_of, measure
-from mtv.eval.evaluators.object_depth import relief_scores, visible_objects
+from mtv.eval.evaluators.object_depth import relief_scores, trivial_relief_rmse, visible_objects
 from mtv.eval.evaluators.object_shape import object_crops
 from mtv.eval.evaluators.semantic_correspondence import cross_image_queries, sightings_by_shape
 from mtv.eval.metrics import query_recalls
@@ -216,3 +216,19 @@ def test_semantic_correspondence_sees_a_seeing_encoder_and_not_a_blind_one(
     for blind in (noise, position):
         score = query_recalls(blind, queries, SIZE / GRID, threshold)[recall]
         assert score.value < seeing.trivial + 0.1
+
+
+def test_the_relief_trivial_is_chosen_without_the_test_labels() -> None:
+    # On the training objects apparent position says nothing about relief; on the test objects
+    # it happens to say everything. Choosing by the test labels would take the probe (RMSE 0);
+    # chosen on training rows, the trivial predictor is the constant.
+    gen = torch.Generator().manual_seed(0)
+    apparent = torch.randn(400, 3, generator=gen, dtype=torch.float64)
+    relief = torch.randn(400, generator=gen, dtype=torch.float64)
+    train = torch.arange(400) < 200
+    relief[~train] = 0.5 * apparent[~train, 0]
+    constant = float(((relief[~train] - relief[train].mean()) ** 2).mean().sqrt())
+    assert trivial_relief_rmse(apparent, relief, train) == pytest.approx(constant)
+    # where the apparent position does predict relief on the training objects, the probe wins
+    relief[train] = 0.5 * apparent[train, 0]
+    assert trivial_relief_rmse(apparent, relief, train) < 0.1 * constant
