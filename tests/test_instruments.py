@@ -14,7 +14,7 @@ import torch
 
 from mtv.eval.contract import evaluators_of, measure
 from mtv.eval.evaluators.object_depth import relief_scores, trivial_relief_rmse, visible_objects
-from mtv.eval.evaluators.object_shape import object_crops
+from mtv.eval.evaluators.object_shape import object_crops, square_window
 from mtv.eval.evaluators.semantic_correspondence import cross_image_queries, sightings_by_shape
 from mtv.eval.metrics import query_recalls
 from mtv.eval.mini import COLOR_NAMES, EVAL_SEED, MiniData
@@ -232,3 +232,14 @@ def test_the_relief_trivial_is_chosen_without_the_test_labels() -> None:
     # where the apparent position does predict relief on the training objects, the probe wins
     relief[train] = 0.5 * apparent[train, 0]
     assert trivial_relief_rmse(apparent, relief, train) < 0.1 * constant
+
+
+@pytest.mark.parametrize(
+    ("cx", "cy", "half"), [(32, 32, 10), (2, 60, 9.5), (63, 0, 12), (10, 50, 40), (5, 5, 0.2)]
+)
+def test_a_crop_window_stays_square_inside_the_image(cx: float, cy: float, half: float) -> None:
+    left, top, right, bottom = square_window(cx, cy, half, SIZE)
+    assert right - left == bottom - top == min(SIZE, max(1, math.ceil(2 * half)))
+    assert left >= 0 and top >= 0 and right <= SIZE and bottom <= SIZE
+    if 2 * half < SIZE:  # the object's centre stays inside the window
+        assert left <= cx <= right and top <= cy <= bottom

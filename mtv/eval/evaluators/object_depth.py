@@ -15,8 +15,8 @@ the patch tokens weighted by the share of each patch its pixels cover. The probe
 (`ridge_probe_predict`) fits on the objects of the first half of the views and scores on the
 second. Trivial: of a constant (the training mean) and the same probe on what the image shows
 without describing the object, its pixels' mean row and column and the log of its pixel area
-(0.097 on the same 200 scenes), the one better on held-out training objects. The features' probe reads those three too, so a
-score below the trivial one is what the features add.
+(0.097 on the same 200 scenes), the one better on held-out training objects. The features'
+probe reads those three too, so a score below the trivial one is what the features add.
 """
 
 from __future__ import annotations

@@ -30,18 +30,27 @@ from mtv.world.geometry import SHAPE_NAMES
 MARGIN = 0.15  # of the box's larger side, on each side of it
 
 
+def square_window(cx: float, cy: float, half: float, side: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a square of about 2 * `half` pixels centred on (cx, cy),
+    shifted inside a `side`-pixel image where it would cross its border (cut to the image only
+    when larger than it): zoomed to a square, it keeps the object's aspect."""
+    width = min(side, max(1, math.ceil(2 * half)))
+    left = min(max(0, math.floor(cx - width / 2)), side - width)
+    top = min(max(0, math.floor(cy - width / 2)), side - width)
+    return left, top, left + width, top + width
+
+
 def object_crops(data: MiniData, size: int) -> np.ndarray:
     """(singles, size, size, 3) uint8: each single-object scene's object box, squared with a
-    margin and zoomed to `size` pixels."""
+    margin (shifted inside the image at its border, never stretched) and zoomed to `size`
+    pixels."""
     images = data.single_images
     side = images.shape[1]
     crops = []
     for view, image in zip(data.singles, images, strict=True):
         x0, y0, x1, y1 = (np.asarray(view.boxes[0], dtype=np.float64) * side).tolist()
         half = max(x1 - x0, y1 - y0) * (0.5 + MARGIN)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        left, top = max(0, math.floor(cx - half)), max(0, math.floor(cy - half))
-        right, bottom = min(side, math.ceil(cx + half)), min(side, math.ceil(cy + half))
+        left, top, right, bottom = square_window((x0 + x1) / 2, (y0 + y1) / 2, half, side)
         pixels = torch.from_numpy(image[top:bottom, left:right]).permute(2, 0, 1)[None].float()
         zoomed = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)
         crops.append(zoomed[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy())
@@ -52,7 +61,7 @@ def object_crops(data: MiniData, size: int) -> np.ndarray:
 class MiniObjectShape(Evaluator):
     name = "object_shape"
     suites = ("mini",)
-    version = 2  # probes trained with a decaying learning rate
+    version = 3  # crops kept square at the image border (2: probes' decaying learning rate)
 
     def __call__(self, model: FrozenModel, data: MiniData) -> Scores:
         crops = object_crops(data, model.size)
