@@ -17,7 +17,14 @@ from mtv.eval.evaluators.object_depth import relief_scores, trivial_relief_rmse,
 from mtv.eval.evaluators.object_shape import object_crops, square_window
 from mtv.eval.evaluators.semantic_correspondence import cross_image_queries, sightings_by_shape
 from mtv.eval.metrics import query_recalls
-from mtv.eval.mini import COLOR_NAMES, EVAL_SEED, MiniData
+from mtv.eval.mini import (
+    COLOR_NAMES,
+    EVAL_SEED,
+    SINGLE_OBJECT_SEED,
+    MiniData,
+    halves,
+    view_halves,
+)
 from mtv.eval.model import Features
 from mtv.specs import EvalSpec
 from mtv.world.geometry import KEYPOINT_CLASSES, KEYPOINTS, SHAPE_NAMES
@@ -243,3 +250,21 @@ def test_a_crop_window_stays_square_inside_the_image(cx: float, cy: float, half:
     assert left >= 0 and top >= 0 and right <= SIZE and bottom <= SIZE
     if 2 * half < SIZE:  # the object's centre stays inside the window
         assert left <= cx <= right and top <= cy <= bottom
+
+
+@pytest.mark.parametrize("scenes", [4, 5, 7, 500])
+def test_probes_on_views_never_split_a_scene(scenes: int) -> None:
+    train, test = view_halves(2 * scenes)
+    assert train.stop == test.start and train.stop % 2 == 0  # a cut between two scenes
+    assert train.stop - train.start >= 2 * (scenes // 2) and test.stop == 2 * scenes
+    if scenes % 2 == 0:  # the cut every evaluation so far used
+        assert (train, test) == halves(2 * scenes)
+
+
+def test_a_corpus_cannot_be_drawn_from_the_suites_held_out_seeds() -> None:
+    from mtv.specs.experiment import MiniWorldSourceSpec
+
+    for seed in (EVAL_SEED, SINGLE_OBJECT_SEED):
+        with pytest.raises(ValueError, match="held-out evaluation scenes"):
+            MiniWorldSourceSpec(seed=seed)
+    assert MiniWorldSourceSpec(seed=7).seed == 7

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from mtv.eval.model import FrozenModel
+from mtv.specs.experiment import HELD_OUT_WORLD_SEEDS
 from mtv.world.geometry import SHAPE_NAMES
 from mtv.world.render import RenderedView, render_views
 from mtv.world.scene import CAMERA_DISTANCE, COLORS, Scene, sample_scene
 
-EVAL_SEED = 1_000_003  # never a training seed: the suite's scenes are held out
-SINGLE_OBJECT_SEED = 1_000_033  # the held-out single-object scenes
+# Never a training seed (the corpus spec refuses them): the suite's scenes are held out.
+EVAL_SEED, SINGLE_OBJECT_SEED = HELD_OUT_WORLD_SEEDS  # multi-object, single-object scenes
 COLOR_NAMES = tuple(COLORS)
 # Zero-shot prompts in the captions' own language; a class's text embedding is the mean over
 # these templates and over every value of the other attribute ("a red cube", "a blue cube", ...
@@ -90,6 +91,14 @@ def mini_camera_distance(model: FrozenModel) -> tuple[float, float]:
 def halves(n: int) -> tuple[slice, slice]:
     """The train and test halves of n items (the probes fit on the first, score on the second)."""
     return slice(0, n // 2), slice(n // 2, n)
+
+
+def view_halves(n_views: int) -> tuple[slice, slice]:
+    """`halves` of the multi-object views (two per scene, scene i at 2i and 2i + 1), cut at a
+    scene boundary: no scene has a view on each side, whatever the number of scenes (for an
+    even number, the same cut as `halves`)."""
+    cut = 2 * (n_views // 4)
+    return slice(0, cut), slice(cut, n_views)
 
 
 def view_depth(data: MiniData) -> np.ndarray:

@@ -32,6 +32,9 @@ LabelKind = Literal["caption", "boxes", "depth"]
 # a camera can stand beside an object and 5% of scenes show none (measured at 2.5-3.5).
 DEFAULT_CAMERA_DISTANCE = (5.0, 6.5)
 MIN_CAMERA_DISTANCE = 2.5
+# The world seeds of the mini suite's held-out scenes (multi-object, single-object): a training
+# corpus drawn from one of them would be evaluated on its own images.
+HELD_OUT_WORLD_SEEDS = (1_000_003, 1_000_033)
 
 
 class MiniWorldSourceSpec(StrictModel):
@@ -59,6 +62,17 @@ class MiniWorldSourceSpec(StrictModel):
             raise ValueError(
                 f"[near, far] with {MIN_CAMERA_DISTANCE} <= near <= far (closer, the camera can "
                 f"be inside an object), got {list(value)}"
+            )
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _not_held_out(cls, value: int) -> int:
+        if value in HELD_OUT_WORLD_SEEDS:
+            raise ValueError(
+                f"seed {value} draws the mini suite's held-out evaluation scenes (seeds "
+                f"{', '.join(map(str, HELD_OUT_WORLD_SEEDS))}): a corpus from it would be "
+                "evaluated on its own images; choose another seed"
             )
         return value
 

@@ -1,7 +1,7 @@
 """The paper's depth probe (`depth_probe_scores`): the [global ; patch] token -> linear logits
-over 256 depth bins spread over the training targets' range, trained by cross-entropy to the
-target bin; prediction = the softmax-weighted bin centre. RMSE and AbsRel over valid test
-patches. Trivial: the median training depth everywhere.
+over 256 depth bins spread over the training targets' range; prediction = the softmax-weighted
+bin centre, trained through that prediction by the log-depth SigLoss (`DepthBinProbe`). RMSE
+and AbsRel over valid test patches. Trivial: the median training depth everywhere.
 
 - mini: per patch of depth up to `MAX_PROBE_DEPTH` (and no sky), first half of the held-out
   views fits, second scores;
@@ -15,7 +15,7 @@ import numpy as np
 from mtv.eval.contract import Evaluator, image_features, register_evaluator
 from mtv.eval.formats import DepthSet, TrainTest
 from mtv.eval.metrics import Scores
-from mtv.eval.mini import MAX_PROBE_DEPTH, MiniData, halves, view_depth
+from mtv.eval.mini import MAX_PROBE_DEPTH, MiniData, view_depth, view_halves
 from mtv.eval.model import Features, FrozenModel
 from mtv.eval.probes import depth_probe_scores, patch_depth
 
@@ -33,7 +33,7 @@ class MiniDepthProbe(Evaluator):
         # Patches that see no sky, nearer than the cap (as NYUv2's 10 m): the floor near the
         # horizon reaches hundreds of units and would make RMSE a measure of a few patches.
         valid = whole & (target <= MAX_PROBE_DEPTH)
-        train, test = halves(len(depth))
+        train, test = view_halves(len(depth))
         return depth_probe_scores(
             Features(views.pooled[train], views.patches[train]),
             target[train],

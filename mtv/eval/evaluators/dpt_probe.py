@@ -10,7 +10,7 @@ import torch
 
 from mtv.eval.contract import Evaluator, register_evaluator
 from mtv.eval.metrics import Scores
-from mtv.eval.mini import MAX_PROBE_DEPTH, MiniData, halves, view_depth
+from mtv.eval.mini import MAX_PROBE_DEPTH, MiniData, view_depth, view_halves
 from mtv.eval.model import FrozenModel
 from mtv.eval.probes import dpt_depth_probe_scores
 from mtv.tasks.depth import default_depth_layers
@@ -37,7 +37,7 @@ class MiniDptProbe(Evaluator):
         # At half the image resolution (2 x 2 pixel blocks, valid where all 4 are): a quarter
         # of the decoder's work at the finest scale, which dominates the probe's cost on a CPU.
         depth, valid = half_resolution(view_depth(data))
-        train, test = halves(len(depth))
+        train, test = view_halves(len(depth))
         return dpt_depth_probe_scores(
             [m[train] for m in maps],
             depth[train],

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from mtv.eval.contract import Evaluator, image_features, register_evaluator
 from mtv.eval.metrics import Score, Scores
-from mtv.eval.mini import MiniData, halves
+from mtv.eval.mini import MiniData, view_halves
 from mtv.eval.model import FrozenModel
 from mtv.eval.probes import ridge_probe_predict
 
@@ -92,7 +92,7 @@ def relief_scores(patches: Tensor, data: MiniData) -> Scores:
     position and size) onto their relief, with the trivial predictors' (a constant; the probe
     on apparent position and size alone)."""
     objects = visible_objects(data)
-    train_views, _ = halves(len(data.views))
+    train_views, _ = view_halves(len(data.views))
     train = torch.tensor([n < train_views.stop for n, _, _ in objects])
     if int(train.sum()) < 2 or int((~train).sum()) < 2:
         return {}

@@ -13,7 +13,7 @@ import numpy as np
 from mtv.eval.contract import Evaluator, image_features, register_evaluator
 from mtv.eval.formats import SegmentationSet, TrainTest
 from mtv.eval.metrics import Scores
-from mtv.eval.mini import MiniData, halves
+from mtv.eval.mini import MiniData, view_halves
 from mtv.eval.model import FrozenModel
 from mtv.eval.probes import segmentation_probe_scores
 from mtv.world.render import CLASS_NAMES
@@ -27,7 +27,7 @@ class MiniSegmentation(Evaluator):
 
     def __call__(self, model: FrozenModel, data: MiniData) -> Scores:
         semantic = np.stack([v.semantic for v in data.views]).astype(np.int64)
-        train, test = halves(len(semantic))
+        train, test = view_halves(len(semantic))
         patches = image_features(model, data.images).patches
         return segmentation_probe_scores(
             patches[train], semantic[train], patches[test], semantic[test], len(CLASS_NAMES)
