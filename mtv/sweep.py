@@ -27,9 +27,17 @@ from typing import Any
 import polars as pl
 
 from mtv.analysis.reproduction import write_sweep_analysis
-from mtv.eval import RESULT_COLUMNS, outdated_evaluators, read_results
+from mtv.eval import (
+    RESULT_COLUMNS,
+    current_results,
+    data_identity,
+    eval_settings,
+    evaluator_versions,
+    outdated_evaluators,
+    read_results,
+)
 from mtv.runs.checkpoint import latest_checkpoint
-from mtv.specs import load_run_spec, load_spec
+from mtv.specs import SpecError, load_run_spec, load_spec
 from mtv.specs.loading import load_yaml_model
 from mtv.specs.sweep import LocalExecutorSpec, SlurmExecutorSpec, SweepEvalSpec, SweepSpec
 
@@ -97,26 +105,58 @@ class SweepJob:
         """Trained and evaluated as this job asks, by today's evaluation protocols."""
         return self._marked() and not self.outdated()
 
+    def data(self) -> str:
+        """The data identity of the job's evaluation (`data_identity`): the rows of the run's
+        history that are this sweep's, whatever else was evaluated on the run by hand."""
+        evaluation = self.evaluation
+        settings = eval_settings(
+            load_run_spec(self.run_dir).eval,
+            evaluation.suite,
+            list(evaluation.only) or None,
+            evaluation.scenes,
+            evaluation.data,
+            evaluation.limit,
+        )
+        return data_identity(settings)
+
+    def protocol(self) -> dict[str, int]:
+        """Today's version of each evaluator the job's evaluation runs."""
+        versions = evaluator_versions(self.evaluation.suite)
+        only = set(self.evaluation.only)
+        return {name: v for name, v in sorted(versions.items()) if not only or name in only}
+
     def outdated(self) -> list[str]:
-        """The evaluators whose scores in a finished job's evaluation come from an older
-        protocol version: such a job is evaluated again (not trained again)."""
+        """The evaluators of a finished job's evaluation that must run again (not the training):
+        those its scores hold from an older protocol version, and those that are new or changed
+        since the job was marked (the marker records the versions it ran)."""
         if not self._marked():
             return []
+        wanted = self.protocol()
+        recorded = self._recorded().get("protocol")
+        stale = (
+            {name for name, version in wanted.items() if recorded.get(name) != version}
+            if isinstance(recorded, dict)
+            else set()
+        )
         try:
-            return outdated_evaluators(self.run_dir, self.evaluation.suite)
-        except FileNotFoundError:
-            return []
+            stale |= set(outdated_evaluators(self.run_dir, self.evaluation.suite, self.data()))
+        except (FileNotFoundError, SpecError):
+            stale |= set(wanted)  # marked, but its spec or scores are gone: evaluate it again
+        return sorted(stale & set(wanted))
+
+    def _recorded(self) -> dict[str, Any]:
+        try:
+            recorded = json.loads((self.run_dir / MARKER).read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return recorded if isinstance(recorded, dict) else {}
 
     def _marked(self) -> bool:
-        marker = self.run_dir / MARKER
-        if not marker.is_file():
+        recorded = self._recorded()
+        if not recorded:
             return False
-        try:
-            recorded = json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            return False
-        if not isinstance(recorded, dict):
-            return False
+        # What was run, beside what makes the job this job: not part of its identity.
+        recorded = {k: v for k, v in recorded.items() if k != "protocol"}
         wanted = self.identity()
         written = recorded.get("experiment")
         if isinstance(written, str) and Path(written).is_absolute():
@@ -146,11 +186,13 @@ class SweepJob:
             command.append("--resume")
         return command
 
-    def eval_command(self) -> list[str]:
+    def eval_command(self, only: Sequence[str] = ()) -> list[str]:
+        """`mtv eval` of the run as the job asks; of the evaluators `only` names when given
+        (those out of date: the others' scores stand)."""
         evaluation = self.evaluation
         command = [*mtv_command(), "eval", str(self.run_dir)]
         command += ["--suite", evaluation.suite, "--scenes", str(evaluation.scenes)]
-        command += [arg for name in evaluation.only for arg in ("--only", name)]
+        command += [arg for name in (only or evaluation.only) for arg in ("--only", name)]
         if evaluation.data is not None:
             command += ["--data", evaluation.data]
         if evaluation.limit is not None:
@@ -304,9 +346,19 @@ def run_job(job: SweepJob) -> str:
     log = job.run_dir / "sweep.log"
     if not trained(job):
         _call(job.run_command(), log)
-    _call(job.eval_command(), log)
+    _call(job.eval_command(job.outdated()), log)
+    checkpoint = latest_checkpoint(job.run_dir)
+    final = None if checkpoint is None else int(checkpoint.name.rsplit("-", 1)[1])
+    evaluated = read_results(job.run_dir, job.evaluation.suite, data=job.data())["step"].max()
+    if evaluated is None or evaluated != final:
+        # `mtv eval` falls back to an older checkpoint when the last cannot be read: that
+        # evaluation is not the run's result.
+        raise SweepError(
+            f"{job.label}: evaluated step {evaluated}, not the run's last checkpoint ({final}); "
+            f"see {log}"
+        )
     partial = job.run_dir / (MARKER + ".partial")
-    partial.write_text(json.dumps(job.identity()))
+    partial.write_text(json.dumps(job.identity() | {"protocol": job.protocol()}))
     partial.replace(job.run_dir / MARKER)
     return job.label
 
@@ -319,22 +371,27 @@ def run_local(jobs: list[SweepJob], report: Progress) -> list[tuple[SweepJob, st
     failures = []
     for index, job in enumerate(jobs, start=1):
         where = f"[{index}/{len(jobs)}] {job.label}"
-        stale = job.outdated()
-        state = (
-            f"evaluating again (older protocol: {', '.join(stale)})"
-            if stale
-            else "evaluating"
-            if trained(job)
-            else "resuming"
-            if latest_checkpoint(job.run_dir)
-            else "training"
-        )
-        report(f"{where}: {state}")
         try:
+            # Inside the guard: reading a run's state can fail too (a spec file cut short).
+            stale = job.outdated()
+            state = (
+                f"evaluating again (older protocol: {', '.join(stale)})"
+                if stale
+                else "evaluating"
+                if trained(job)
+                else "resuming"
+                if latest_checkpoint(job.run_dir)
+                else "training"
+            )
+            report(f"{where}: {state}")
             run_job(job)
         except SweepError as err:
             failures.append((job, str(err)))
             report(f"{where}: failed ({err}); see {job.run_dir / 'sweep.log'}")
+            continue
+        except Exception as err:  # one broken job must not end the sweep: the rest still run
+            failures.append((job, f"{type(err).__name__}: {err}"))
+            report(f"{where}: failed ({type(err).__name__}: {err}); see {job.run_dir}")
             continue
         report(f"{where}: done")
     return failures
@@ -474,7 +531,12 @@ def collect_sweep(jobs: list[SweepJob]) -> pl.DataFrame:
     frames = []
     for job in jobs:
         kinds = [t.kind for t in load_run_spec(job.run_dir).tasks]
-        history = read_results(job.run_dir, job.evaluation.suite, latest=False)
+        # The sweep's own evaluations by today's protocols: not another one run by hand on
+        # the same run, nor an evaluator's scores from before it changed or was removed.
+        history = current_results(
+            read_results(job.run_dir, job.evaluation.suite, latest=False, data=job.data()),
+            job.evaluation.suite,
+        )
         rows = history.select(
             pl.lit(job.experiment).alias("experiment"),
             pl.lit(job.variant).alias("variant"),

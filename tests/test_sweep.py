@@ -18,9 +18,18 @@ import yaml
 from mtv_cli.main import app
 from typer.testing import CliRunner
 
-from mtv.eval import evaluators_of, read_results
+from mtv.eval import evaluate_run, evaluators_of, read_results
 from mtv.specs import SpecError
-from mtv.sweep import MARKER, SweepError, load_sweep, plan_sweep, run_job, run_sweep
+from mtv.sweep import (
+    MARKER,
+    SweepError,
+    SweepJob,
+    collect_sweep,
+    load_sweep,
+    plan_sweep,
+    run_job,
+    run_sweep,
+)
 from mtv.world.corpus import render_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,15 +230,18 @@ def test_a_sweep_resumed_from_another_copy_of_the_repository_finds_its_finished_
     first.run_dir.mkdir(parents=True)
     (first.run_dir / MARKER).write_text(json.dumps(first.identity()))
     assert first.identity()["experiment"] == "../smoke.yaml"
-    assert second.complete()
+    assert second._marked()
     # A marker of the old form (the absolute path) of the same experiment file still matches;
     # one of another experiment does not.
     legacy = {**first.identity(), "experiment": str(first.path)}
     (first.run_dir / MARKER).write_text(json.dumps(legacy))
-    assert second.complete()
+    assert second._marked()
     other = {**legacy, "experiment": str(first.path.with_name("base.yaml"))}
     (first.run_dir / MARKER).write_text(json.dumps(other))
-    assert not second.complete()
+    assert not second._marked()
+    # A marker alone, its run's spec and scores gone, is not a finished job: it is evaluated
+    (first.run_dir / MARKER).write_text(json.dumps(first.identity()))
+    assert not second.complete() and second.outdated() == ["depth_probe", "retrieval"]
 
 
 def test_a_sweep_job_never_imports_from_its_working_folder(tmp_path: Path) -> None:
@@ -291,13 +303,70 @@ def test_a_job_evaluated_by_an_older_protocol_is_evaluated_again_not_retrained(
     assert job.outdated() == ["depth_probe"] and not job.complete()
     listed = runner.invoke(app, ["sweep", str(path), "--dry-run"], env={"COLUMNS": "300"})
     assert "to evaluate again (depth_probe: older protocol)" in listed.output
-    evaluated = read_results(job.run_dir)["evaluated_at"].max()
+    before = read_results(job.run_dir)
+    evaluated = before["evaluated_at"].max()
     said: list[str] = []
     outcome = run_sweep(load_sweep(path), path, report=said.append)
     assert not outcome.failures and outcome.skipped == []
     assert any("evaluating again (older protocol: depth_probe)" in line for line in said)
-    assert read_results(job.run_dir)["evaluated_at"].min() > evaluated  # every row anew
+    after = read_results(job.run_dir)
+    # Only the out-of-date evaluator ran again; the other's scores stand as they were.
+    fresh = after.filter(pl.col("evaluated_at") > evaluated)["evaluator"].unique().to_list()
+    assert fresh == ["depth_probe"]
+    kept = after.filter(pl.col("evaluator") == "retrieval")
+    assert (
+        kept["evaluated_at"].to_list()
+        == before.filter(pl.col("evaluator") == "retrieval")["evaluated_at"].to_list()
+    )
     assert sorted((job.run_dir / "checkpoints").iterdir())[-1].stat().st_mtime_ns == checkpoint
-    # The job's own process evaluated with the installed protocol (the patch stays here).
+    # The marker records the versions the job was evaluated under, as this process sees them
+    # (the patched one; its child evaluated with the installed protocol): a protocol that
+    # changes again, either way, is evaluated again.
+    marker = json.loads((job.run_dir / MARKER).read_text())
+    assert marker["protocol"] == {"depth_probe": 9, "retrieval": 1}
     monkeypatch.undo()
-    assert job.complete()
+    assert job.outdated() == ["depth_probe"]
+
+
+def test_the_sweep_reads_its_own_evaluation_of_today_and_survives_a_broken_job(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_sweep(tmp_path, corpus, seeds=[0, 1])
+    first, second = plan_sweep(load_sweep(path), path)
+    real_run_job = run_job
+
+    def broken(job: SweepJob) -> str:
+        if job.seed == 0:
+            raise RuntimeError("a spec file cut short")
+        return real_run_job(job)
+
+    monkeypatch.setattr("mtv.sweep.run_job", broken)
+    said: list[str] = []
+    outcome = run_sweep(load_sweep(path), path, report=said.append)
+    assert [job.seed for job, _ in outcome.failures] == [0]
+    assert any("failed (RuntimeError: a spec file cut short)" in line for line in said)
+    assert second.complete() and not first.complete()  # the next job ran all the same
+    monkeypatch.undo()
+    sweep_rows = collect_sweep([second])
+    # An evaluation by hand on other data (more scenes) neither replaces the sweep's scores
+    # nor makes the job look undone.
+    evaluate_run(second.run_dir, scenes=6, only=["retrieval"])
+    assert second.complete()
+    assert collect_sweep([second]).equals(sweep_rows)
+    # Scores of an evaluator that no longer exists neither keep the job out of date forever
+    # nor reach the aggregate.
+    stored = second.run_dir / "eval" / "mini.parquet"
+    rows = pl.read_parquet(stored)
+    gone = rows.filter(pl.col("evaluator") == "retrieval").with_columns(
+        pl.lit("retired_evaluator").alias("evaluator")
+    )
+    pl.concat([rows, gone]).write_parquet(stored)
+    assert second.complete()
+    assert "retired_evaluator" not in "".join(collect_sweep([second])["metric"].to_list())
+    # An evaluation of another step than the run's last checkpoint is not the job's result.
+    monkeypatch.setattr(
+        "mtv.sweep.latest_checkpoint", lambda run: run / "checkpoints" / "step-00000099"
+    )
+    monkeypatch.setattr("mtv.sweep._call", lambda command, log: None)
+    with pytest.raises(SweepError, match="evaluated step 2, not the run's last checkpoint"):
+        run_job(second)

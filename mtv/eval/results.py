@@ -66,7 +66,7 @@ def _with_version(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.with_columns(pl.lit(1, dtype=pl.Int64).alias("version"))
 
 
-def _current(rows: pl.DataFrame, suite: str) -> pl.DataFrame:
+def current_results(rows: pl.DataFrame, suite: str) -> pl.DataFrame:
     """The rows that today's evaluators of `suite` would write: of a known evaluator, at its
     current protocol version."""
     versions = evaluator_versions(suite)
@@ -82,7 +82,7 @@ def _cached_reference(
     if path is None or not path.is_file():
         return None
     rows = pl.read_parquet(path).filter(pl.col("settings") == data_identity(settings))
-    rows = _current(rows, settings.suite)  # an older protocol's reference is measured again
+    rows = current_results(rows, settings.suite)  # an older protocol's reference is measured again
     return rows if evaluators <= set(rows["evaluator"]) else None
 
 
@@ -236,7 +236,24 @@ def evaluate_run(
     results in the run directory. Unset arguments come from the run spec's `eval:` section;
     `reference`: also score the random-init model (see `run_suite`)."""
     model = FrozenModel.from_run(target)
-    declared = model.spec.eval
+    settings = eval_settings(model.spec.eval, suite, only, scenes, data, limit, classes, labels)
+    results = run_suite(model, settings, reference)
+    assert model.run_dir is not None  # from_run knows where the run is
+    return Evaluation(results, store_results(results, model.run_dir, settings.suite))
+
+
+def eval_settings(
+    declared: EvalSpec,
+    suite: str | None = None,
+    only: list[str] | None = None,
+    scenes: int | None = None,
+    data: str | Path | None = None,
+    limit: int | None = None,
+    classes: str | Path | None = None,
+    labels: str | Path | None = None,
+) -> EvalSpec:
+    """What `mtv eval` evaluates with: a run spec's `eval:` section with the given settings in
+    place of its own (paths made absolute from the working folder)."""
     changes = {
         key: value
         for key, value in {
@@ -254,21 +271,24 @@ def evaluate_run(
     if "suite" in changes and changes["suite"] != declared.suite and "only" not in changes:
         changes["only"] = []  # the spec's evaluators belong to the spec's suite
     try:
-        settings = EvalSpec.model_validate(declared.model_dump() | changes)
+        return EvalSpec.model_validate(declared.model_dump() | changes)
     except ValidationError as err:
         first = err.errors()[0]
         where = format_loc(("eval", *first["loc"]))
         raise ValueError(f"{where}: {first['msg']}") from None
-    results = run_suite(model, settings, reference)
-    assert model.run_dir is not None  # from_run knows where the run is
-    return Evaluation(results, store_results(results, model.run_dir, settings.suite))
 
 
-def outdated_evaluators(run_dir: Path, suite: str = "mini") -> list[str]:
-    """The evaluators whose scores in the run's latest evaluation came from an older protocol
-    version than today's (or from an evaluator that no longer exists): the evaluation is out
-    of date, and must be run again before it is compared with new ones."""
-    latest = read_results(run_dir, suite)
-    current = _current(latest, suite)
-    stale = latest.join(current, on=["evaluator", "metric"], how="anti")
+def outdated_evaluators(run_dir: Path, suite: str = "mini", data: str | None = None) -> list[str]:
+    """The evaluators of today's `suite` whose scores in the run's latest evaluation (on the
+    data identity `data`, when given) came from an older protocol version: the evaluation is
+    out of date, and they must run again before it is compared with new ones. Scores of an
+    evaluator that no longer exists are not today's suite and are left out of comparisons
+    (`current_results`), not evaluated again. With no evaluation on `data` at all, every
+    evaluator of the suite."""
+    latest = read_results(run_dir, suite, data=data)
+    versions = evaluator_versions(suite)
+    if not latest.height:
+        return sorted(versions)
+    latest = latest.filter(pl.col("evaluator").is_in(list(versions)))
+    stale = latest.join(current_results(latest, suite), on=["evaluator", "metric"], how="anti")
     return sorted(set(stale["evaluator"]))

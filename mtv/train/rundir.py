@@ -32,6 +32,14 @@ class RunRefused(RuntimeError):
 RESUME_CRITICAL = ("tasks", "model", "data.batch_size", "data.source", "optim.accumulate")
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """`path` holds either its old text or `text`, never a part of it, whenever the process is
+    killed: a resumed run reads its spec from the run folder."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
 def environment(device: torch.device, world: int) -> dict[str, Any]:
     """What `environment.json` records: versions, platform, host, device and world size."""
     packages = {}

@@ -49,6 +49,7 @@ from mtv.train.rundir import (
     critical_settings,
     environment,
     learning_rate_jump,
+    write_text_atomically,
 )
 from mtv.train.schedule import lr_factor
 from mtv.train.step import StepValues, TrainStep, read_window
@@ -220,9 +221,9 @@ class Trainer:
             )
             if jump is not None:
                 self.report(f"warning: {jump}")
-            (self.run_dir / "spec.yaml").write_text(spec_to_yaml(self.spec))
+            write_text_atomically(self.run_dir / "spec.yaml", spec_to_yaml(self.spec))
             env = environment(self.device, self.world) | {"precision": self.precision.as_dict()}
-            (self.run_dir / "environment.json").write_text(json.dumps(env, indent=1))
+            write_text_atomically(self.run_dir / "environment.json", json.dumps(env, indent=1))
         return restored
 
     def _data(self) -> RunData:
