@@ -38,6 +38,7 @@ from mtv.eval import (
 )
 from mtv.runs.checkpoint import latest_checkpoint
 from mtv.specs import SpecError, load_run_spec, load_spec
+from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.loading import load_yaml_model
 from mtv.specs.sweep import LocalExecutorSpec, SlurmExecutorSpec, SweepEvalSpec, SweepSpec
 
@@ -339,12 +340,69 @@ def trained(job: SweepJob) -> bool:
     return int(checkpoint.name.rsplit("-", 1)[1]) >= steps
 
 
+# What a run's training depends on. A sweep refuses to resume a run whose experiment changed in
+# any of these since it started: the run would mix two protocols in one history, and its spec
+# (rewritten on resume) would name only the second. The loader's worker count is how fast, not
+# what.
+TRAINING_FIELDS = (
+    "data",
+    "model",
+    "task_defaults",
+    "tasks",
+    "optim",
+    "schedule",
+    "runtime.seed",
+    "runtime.precision",
+)
+TRAINING_FIELDS_IGNORED = ("data.loader.workers",)
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {
+            k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()
+        }
+    return {prefix.rstrip("."): value}
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    # Absolute paths name the same thing through another copy of the repository (a symlink).
+    if isinstance(a, str) and isinstance(b, str) and os.path.isabs(a) and os.path.isabs(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
+
+
+def changed_training_fields(started: ExperimentSpec, now: ExperimentSpec) -> list[str]:
+    """The fields under TRAINING_FIELDS in which `now` differs from the spec a run `started`
+    with."""
+    before, after = _flat(started.model_dump(mode="json")), _flat(now.model_dump(mode="json"))
+
+    def training(key: str) -> bool:
+        return any(key == f or key.startswith(f + ".") for f in TRAINING_FIELDS) and not any(
+            key == f or key.startswith(f + ".") for f in TRAINING_FIELDS_IGNORED
+        )
+
+    keys = sorted(k for k in set(before) | set(after) if training(k))
+    return [k for k in keys if not _same_value(before.get(k), after.get(k))]
+
+
 def run_job(job: SweepJob) -> str:
     """Train (resuming a stopped run; nothing when it is trained) and evaluate one job, then
     mark it complete. Returns the job's label. Both commands log to RUN/sweep.log."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     log = job.run_dir / "sweep.log"
     if not trained(job):
+        if latest_checkpoint(job.run_dir) is not None:
+            changed = changed_training_fields(
+                load_run_spec(job.run_dir), load_spec(job.path, job.overrides)
+            )
+            if changed:
+                raise SweepError(
+                    f"{job.label}: its experiment changed since the run started "
+                    f"({', '.join(changed[:6])}{', ...' if len(changed) > 6 else ''}); resuming "
+                    "would mix two protocols in one run. Restore the experiment, or move "
+                    f"{job.run_dir} away to train the job anew"
+                )
         _call(job.run_command(), log)
     _call(job.eval_command(job.outdated()), log)
     checkpoint = latest_checkpoint(job.run_dir)

@@ -370,3 +370,28 @@ def test_the_sweep_reads_its_own_evaluation_of_today_and_survives_a_broken_job(
     monkeypatch.setattr("mtv.sweep._call", lambda command, log: None)
     with pytest.raises(SweepError, match="evaluated step 2, not the run's last checkpoint"):
         run_job(second)
+
+
+def test_a_run_whose_experiment_changed_since_it_started_is_not_resumed(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mtv.specs import load_spec, spec_to_yaml
+    from mtv.sweep import changed_training_fields
+
+    path = write_sweep(tmp_path, corpus, seeds=[0])
+    (job,) = plan_sweep(load_sweep(path), path)
+    now = load_spec(job.path, job.overrides)
+    started = now.model_copy(update={"optim": now.optim.model_copy(update={"lr": 0.5})})
+    assert changed_training_fields(started, now) == ["optim.lr"]
+    # what does not change what is trained is not a change
+    quicker = now.model_copy(update={"output": now.output.model_copy(update={"log_every": 3})})
+    assert changed_training_fields(quicker, now) == []
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "spec.yaml").write_text(spec_to_yaml(started))
+    # a stopped run: a checkpoint short of the last step
+    monkeypatch.setattr("mtv.sweep.latest_checkpoint", lambda run: run / "step-00000001")
+    calls: list[list[str]] = []
+    monkeypatch.setattr("mtv.sweep._call", lambda command, log: calls.append(command))
+    with pytest.raises(SweepError, match=r"experiment changed since the run started \(optim.lr\)"):
+        run_job(job)
+    assert calls == []  # nothing ran
