@@ -443,6 +443,8 @@ def run_local(jobs: list[SweepJob], report: Progress) -> list[tuple[SweepJob, st
             )
             report(f"{where}: {state}")
             run_job(job)
+        except SweepStopped:
+            raise  # a stop asked for (SIGTERM, Ctrl-C) ends the sweep; it is no job's failure
         except SweepError as err:
             failures.append((job, str(err)))
             report(f"{where}: failed ({err}); see {job.run_dir / 'sweep.log'}")

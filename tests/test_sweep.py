@@ -24,6 +24,7 @@ from mtv.sweep import (
     MARKER,
     SweepError,
     SweepJob,
+    SweepStopped,
     collect_sweep,
     load_sweep,
     plan_sweep,
@@ -340,6 +341,13 @@ def test_the_sweep_reads_its_own_evaluation_of_today_and_survives_a_broken_job(
             raise RuntimeError("a spec file cut short")
         return real_run_job(job)
 
+    def stopped(job: SweepJob) -> str:
+        raise SweepStopped(signal.SIGTERM, "mtv run")
+
+    # A stop asked for ends the sweep at once: it is no job's failure to step over.
+    monkeypatch.setattr("mtv.sweep.run_job", stopped)
+    with pytest.raises(SweepStopped):
+        run_sweep(load_sweep(path), path, report=lambda line: None)
     monkeypatch.setattr("mtv.sweep.run_job", broken)
     said: list[str] = []
     outcome = run_sweep(load_sweep(path), path, report=said.append)
