@@ -126,3 +126,20 @@ def test_a_history_too_short_to_judge_is_inconclusive_not_a_divergence(tmp_path:
     verdict = weighting_verdict(frame, "uniform", ["uncertainty", "pcgrad"])
     assert verdict.verdict == "inconclusive", verdict.evidence
     assert "uniform runs too short to judge" in verdict.evidence
+
+
+def test_a_stalled_uniform_run_is_named_beside_the_verdict(tmp_path: Path) -> None:
+    from mtv.analysis.training import constant_siglip_loss
+    from mtv.specs import spec_to_yaml
+    from tests.helpers import tiny_spec
+
+    frame = planted(tmp_path, {})
+    run = tmp_path / "uniform-1"
+    (run / "spec.yaml").write_text(spec_to_yaml(tiny_spec(["vl"])))  # 4 captions a batch
+    history = pl.read_parquet(run / "metrics.parquet")
+    stalled = [constant_siglip_loss(4)] * 20 + [1.0] * (history.height - 20)
+    history.with_columns(pl.Series("loss/vl", stalled)).write_parquet(run / "metrics.parquet")
+    verdict = weighting_verdict(frame, "uniform", ["uncertainty", "pcgrad"])
+    # the rule's verdict stands; the stall is said beside it
+    assert verdict.verdict == "reproduced"
+    assert verdict.evidence.endswith("VL stalled at L0 in: uniform seed 1 (steps 1–20)")

@@ -14,6 +14,7 @@ import polars as pl
 
 from mtv.analysis.sweep_report import experiment_seeds
 from mtv.analysis.synergy import PerSeed, paired
+from mtv.analysis.training import vl_stalls
 from mtv.analysis.verdicts import Verdict, column_metrics, short_name
 
 CLAIM = "Uniform loss weighting converges stably and is competitive"
@@ -125,4 +126,12 @@ def weighting_verdict(
         if unknown
         else f"all {len(runs)} uniform runs converge stably"
     )
-    return Verdict(CLAIM, verdict, stable_text + "; " + "; ".join(parts))
+    # Said beside the verdict, not counted in it: a VL stall is an optimisation event the rule
+    # does not define as instability, but a reader weighing "stable" should see it.
+    stalls = vl_stalls(final.filter(pl.col("experiment").is_in([uniform, *present])))
+    stalled = [
+        f"{r['experiment']} seed {r['seed']} (steps {r['first']}–{r['last']})"
+        for r in stalls.filter(pl.col("stalled")).iter_rows(named=True)
+    ]
+    stall_text = f"; VL stalled at L0 in: {', '.join(stalled)}" if stalled else ""
+    return Verdict(CLAIM, verdict, stable_text + "; " + "; ".join(parts) + stall_text)
