@@ -282,12 +282,15 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path) -> list[SweepJob]:
     return jobs
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to kill it when the sweep process dies, so a killed
-    sweep never leaves a training run behind that a restarted sweep would race."""
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: ask Linux to kill it when the sweep process (`parent`) dies,
+    so a killed sweep never leaves a training run behind that a restarted sweep would race. A
+    sweep that died before the request took hold has already left: the child exits at once."""
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -308,7 +311,7 @@ def _call(command: list[str], log: Path) -> None:
             command,
             stdout=stream,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
             start_new_session=True,
             env={**os.environ, "COLUMNS": "200"},
         )

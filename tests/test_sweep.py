@@ -403,3 +403,21 @@ def test_a_run_whose_experiment_changed_since_it_started_is_not_resumed(
     with pytest.raises(SweepError, match=r"experiment changed since the run started \(optim.lr\)"):
         run_job(job)
     assert calls == []  # nothing ran
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_job_whose_sweep_is_gone_before_it_starts_never_runs() -> None:
+    import functools
+
+    from mtv.sweep import _die_with_parent
+
+    command = [sys.executable, "-c", "print('trained')"]
+    here = subprocess.run(
+        command, preexec_fn=functools.partial(_die_with_parent, os.getpid()), capture_output=True
+    )
+    assert here.returncode == 0 and here.stdout.strip() == b"trained"
+    # the sweep that started it has died (the child's parent is not it): it exits before exec
+    orphan = subprocess.run(
+        command, preexec_fn=functools.partial(_die_with_parent, 2**22 + 1), capture_output=True
+    )
+    assert orphan.returncode == 1 and orphan.stdout == b""
