@@ -252,19 +252,29 @@ def test_a_second_stop_signal_acts_as_it_would_without_mtv() -> None:
     Python's own handler does, so a stuck run still stops at once; `restore` puts it all back."""
     from mtv.runtime.signals import StopRequest
 
-    before = signal.getsignal(signal.SIGINT)
-    stop = StopRequest(deadline=None).install()
+    # What "without mtv" is depends on how the process was started: Python raises
+    # KeyboardInterrupt, unless SIGINT was ignored when it started (a job put in the background
+    # by a non-interactive shell, as CI may be), where Ctrl-C does nothing. Both, explicitly.
+    original = signal.getsignal(signal.SIGINT)
     try:
-        # raise_signal delivers to this thread and runs the handler before it returns; a
-        # process-wide kill could land on another thread and be handled some time later (on a
-        # loaded machine, after the check).
-        signal.raise_signal(signal.SIGINT)
-        assert stop.signal == signal.SIGINT and stop.name == "SIGINT"
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)
+        for without_mtv in (signal.default_int_handler, signal.SIG_IGN):
+            signal.signal(signal.SIGINT, without_mtv)
+            stop = StopRequest(deadline=None).install()
+            try:
+                # raise_signal delivers to this thread and runs the handler before it returns;
+                # a process-wide kill could land on another thread and be handled later.
+                signal.raise_signal(signal.SIGINT)
+                assert stop.signal == signal.SIGINT and stop.name == "SIGINT"
+                if without_mtv is signal.SIG_IGN:
+                    signal.raise_signal(signal.SIGINT)  # ignored, as it was before
+                else:
+                    with pytest.raises(KeyboardInterrupt):
+                        signal.raise_signal(signal.SIGINT)
+            finally:
+                stop.restore()
+            assert signal.getsignal(signal.SIGINT) is without_mtv
     finally:
-        stop.restore()
-    assert signal.getsignal(signal.SIGINT) is before
+        signal.signal(signal.SIGINT, original)
 
 
 def test_results_without_reference_columns_are_one_error(tmp_path: Path) -> None:
