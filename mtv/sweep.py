@@ -36,11 +36,11 @@ from mtv.eval import (
     outdated_evaluators,
     read_results,
 )
-from mtv.runs.checkpoint import latest_checkpoint
+from mtv.runs.checkpoint import checkpoint_step, latest_checkpoint
 from mtv.specs import SpecError, load_run_spec, load_spec
-from mtv.specs.experiment import ExperimentSpec
 from mtv.specs.loading import load_yaml_model
 from mtv.specs.sweep import LocalExecutorSpec, SlurmExecutorSpec, SweepEvalSpec, SweepSpec
+from mtv.train.rundir import changed_training_fields, write_text_atomically
 
 MARKER = "sweep-job.json"
 
@@ -340,53 +340,7 @@ def trained(job: SweepJob) -> bool:
     if checkpoint is None:
         return False
     steps = load_run_spec(job.run_dir).schedule.steps
-    return int(checkpoint.name.rsplit("-", 1)[1]) >= steps
-
-
-# What a run's training depends on. A sweep refuses to resume a run whose experiment changed in
-# any of these since it started: the run would mix two protocols in one history, and its spec
-# (rewritten on resume) would name only the second. The loader's worker count is how fast, not
-# what.
-TRAINING_FIELDS = (
-    "data",
-    "model",
-    "task_defaults",
-    "tasks",
-    "optim",
-    "schedule",
-    "runtime.seed",
-    "runtime.precision",
-)
-TRAINING_FIELDS_IGNORED = ("data.loader.workers",)
-
-
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {
-            k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()
-        }
-    return {prefix.rstrip("."): value}
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    # Absolute paths name the same thing through another copy of the repository (a symlink).
-    if isinstance(a, str) and isinstance(b, str) and os.path.isabs(a) and os.path.isabs(b):
-        return os.path.realpath(a) == os.path.realpath(b)
-    return a == b
-
-
-def changed_training_fields(started: ExperimentSpec, now: ExperimentSpec) -> list[str]:
-    """The fields under TRAINING_FIELDS in which `now` differs from the spec a run `started`
-    with."""
-    before, after = _flat(started.model_dump(mode="json")), _flat(now.model_dump(mode="json"))
-
-    def training(key: str) -> bool:
-        return any(key == f or key.startswith(f + ".") for f in TRAINING_FIELDS) and not any(
-            key == f or key.startswith(f + ".") for f in TRAINING_FIELDS_IGNORED
-        )
-
-    keys = sorted(k for k in set(before) | set(after) if training(k))
-    return [k for k in keys if not _same_value(before.get(k), after.get(k))]
+    return checkpoint_step(checkpoint) >= steps
 
 
 def run_job(job: SweepJob) -> str:
@@ -409,7 +363,7 @@ def run_job(job: SweepJob) -> str:
         _call(job.run_command(), log)
     _call(job.eval_command(job.outdated()), log)
     checkpoint = latest_checkpoint(job.run_dir)
-    final = None if checkpoint is None else int(checkpoint.name.rsplit("-", 1)[1])
+    final = None if checkpoint is None else checkpoint_step(checkpoint)
     evaluated = read_results(job.run_dir, job.evaluation.suite, data=job.data())["step"].max()
     if evaluated is None or evaluated != final:
         # `mtv eval` falls back to an older checkpoint when the last cannot be read: that
@@ -418,9 +372,9 @@ def run_job(job: SweepJob) -> str:
             f"{job.label}: evaluated step {evaluated}, not the run's last checkpoint ({final}); "
             f"see {log}"
         )
-    partial = job.run_dir / (MARKER + ".partial")
-    partial.write_text(json.dumps(job.identity() | {"protocol": job.protocol()}))
-    partial.replace(job.run_dir / MARKER)
+    write_text_atomically(
+        job.run_dir / MARKER, json.dumps(job.identity() | {"protocol": job.protocol()})
+    )
     return job.label
 
 

@@ -384,7 +384,7 @@ def test_a_run_whose_experiment_changed_since_it_started_is_not_resumed(
     tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mtv.specs import load_spec, spec_to_yaml
-    from mtv.sweep import changed_training_fields
+    from mtv.train.rundir import changed_training_fields
 
     path = write_sweep(tmp_path, corpus, seeds=[0])
     (job,) = plan_sweep(load_sweep(path), path)

@@ -47,7 +47,9 @@ def converges_stably(metrics: pl.DataFrame) -> tuple[bool | None, str]:
     return True, f"loss {first:.3g} -> {last:.3g}"
 
 
-def _compare(other: PerSeed, base: PerSeed, metrics: Sequence[str], direction: dict) -> tuple:
+def _compare(
+    other: PerSeed, base: PerSeed, metrics: Sequence[str], direction: dict[str, bool]
+) -> tuple[int, int, list[str], list[str]]:
     """(wins, losses, untested metrics, evidence) of one method against uniform."""
     wins, losses, untested, shown = 0, 0, [], []
     for metric in metrics:
@@ -72,9 +74,11 @@ def weighting_verdict(
     uniform: str,
     alternatives: Sequence[str],
     blind: Collection[str] = (),
+    stalls: pl.DataFrame | None = None,
 ) -> Verdict:
     """The verdict on the claim from the final rows of the uniform experiment and its
-    alternatives (experiment names; rows with run, seed, metric, value, higher_is_better)."""
+    alternatives (experiment names; rows with run, seed, metric, value, higher_is_better);
+    `stalls`: the runs' `vl_stalls`, when the caller has them already."""
     runs = sorted(final.filter(pl.col("experiment") == uniform)["run"].unique().to_list())
     present = [a for a in alternatives if final.filter(pl.col("experiment") == a).height]
     missing = [a for a in alternatives if a not in present]
@@ -90,7 +94,7 @@ def weighting_verdict(
     direction = dict(final.select("metric", "higher_is_better").unique().iter_rows())
     metrics = [m for m in column_metrics(set(direction), blind).values() if m is not None]
     base = experiment_seeds(final, uniform)
-    beaten, open_questions, parts = False, list(missing), []
+    beaten, open_questions, states, parts = False, list(missing), [], []
     for name in present:
         wins, losses, untested, shown = _compare(
             experiment_seeds(final, name), base, metrics, direction
@@ -105,6 +109,7 @@ def weighting_verdict(
             if shown
             else "untested"
         )
+        states.append(state)
         if untested or not shown:
             open_questions.append(name)
         parts.append(
@@ -115,7 +120,7 @@ def weighting_verdict(
         parts.append("runs missing: " + ", ".join(missing))
     if unstable or beaten:
         verdict = "contradicted"
-    elif not unknown and not open_questions and all("not better" in p for p in parts):
+    elif not unknown and not open_questions and all(s == "not better" for s in states):
         verdict = "reproduced"
     else:
         verdict = "inconclusive"
@@ -128,10 +133,11 @@ def weighting_verdict(
     )
     # Said beside the verdict, not counted in it: a VL stall is an optimisation event the rule
     # does not define as instability, but a reader weighing "stable" should see it.
-    stalls = vl_stalls(final.filter(pl.col("experiment").is_in([uniform, *present])))
+    weighed = pl.col("experiment").is_in([uniform, *present])
+    stalls = vl_stalls(final.filter(weighed)) if stalls is None else stalls
     stalled = [
         f"{r['experiment']} seed {r['seed']} (steps {r['first']}–{r['last']})"
-        for r in stalls.filter(pl.col("stalled")).iter_rows(named=True)
+        for r in stalls.filter(pl.col("stalled") & weighed).iter_rows(named=True)
     ]
     stall_text = f"; VL stalled at L0 in: {', '.join(stalled)}" if stalled else ""
     return Verdict(CLAIM, verdict, stable_text + "; " + "; ".join(parts) + stall_text)

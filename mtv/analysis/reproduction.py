@@ -262,6 +262,7 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
     # verdicts; without a control in the sweep nothing is judged and everything counts.
     blind = unseen_metrics(sight, metrics) if sight is not None else frozenset()
     runs = _table_runs(final, spec.analysis.tables)
+    stalls = vl_stalls(final)  # the report's section and the weighting evidence read them
     ladder = matrix = None
     found: list[Verdict] = []
     if runs is not None:
@@ -274,7 +275,7 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
             found = verdicts(runs, tuple(metrics), blind)
     claim = spec.analysis.weighting
     if claim is not None:
-        found.append(weighting_verdict(final, claim.uniform, claim.alternatives, blind))
+        found.append(weighting_verdict(final, claim.uniform, claim.alternatives, blind, stalls))
     gradients = gradient_synergy(runs, matrix) if runs is not None and matrix is not None else None
     if gradients is not None and gradients.height:
         gradients.write_parquet(out / "gradient_synergy.parquet")
@@ -302,7 +303,6 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
         figures["pilot"] = _save(
             plot_learning_curves(pilot, metrics), Path(f"{stem}_pilot_curves.png")
         )
-    stalls = vl_stalls(final)
     if stalls.height:
         stalls.write_parquet(out / "stalls.parquet")
         written.append(out / "stalls.parquet")

@@ -119,28 +119,26 @@ def plot_vl_losses(final: pl.DataFrame, smoothing: float = 0.9, columns: int = 4
     """One panel per experiment: the smoothed VL loss of each seed, L0 dotted."""
     import matplotlib.pyplot as plt
 
-    runs = final.select("experiment", "seed", "run").unique(maintain_order=True)
-    experiments = [
-        e
-        for e in runs["experiment"].unique(maintain_order=True).to_list()
-        if any(_vl_history(Path(r)) is not None for r in runs.filter(experiment=e)["run"])
-    ]
+    histories: dict[str, list[tuple[int, str, pl.DataFrame]]] = {}
+    for experiment, seed, run in (
+        final.select("experiment", "seed", "run").unique(maintain_order=True).iter_rows()
+    ):
+        history = _vl_history(Path(run))
+        if history is not None:
+            histories.setdefault(experiment, []).append((seed, run, history))
+    experiments = list(histories)
     columns = max(1, min(columns, len(experiments)))
     rows = max(1, -(-len(experiments) // columns))
     fig, axes = plt.subplots(
         rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False, sharey=True
     )
     for ax, experiment in zip(axes.flat, experiments, strict=False):
-        level = None
-        for seed, run in runs.filter(experiment=experiment).select("seed", "run").iter_rows():
-            history = _vl_history(Path(run))
-            if history is None:
-                continue
+        for seed, _, history in histories[experiment]:
             values = smooth(history["loss/vl"].to_list(), smoothing)
             ax.plot(history["step"].to_list(), values, linewidth=1, label=f"seed {seed}")
-            level = constant_siglip_loss(load_run_spec(run).data.batch_size)
-        if level is not None:
-            ax.axhline(level, color="grey", linestyle=":", linewidth=1)
+        run = histories[experiment][0][1]
+        level = constant_siglip_loss(load_run_spec(run).data.batch_size)
+        ax.axhline(level, color="grey", linestyle=":", linewidth=1)
         ax.set_title(experiment, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6)

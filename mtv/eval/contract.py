@@ -166,7 +166,7 @@ def measure(model: Any, settings: EvalSpec, data: Any) -> pl.DataFrame:
     if not getattr(model, "has_text", True):
         chosen = {name: cls for name, cls in chosen.items() if not cls.needs_text}
     rows = result_rows({name: cls(settings)(model, data) for name, cls in chosen.items()})
-    versions = {name: cls.version for name, cls in chosen.items()}
+    versions = evaluator_versions(settings.suite)
     return rows.with_columns(
         pl.col("evaluator").replace_strict(versions, return_dtype=pl.Int64).alias("version")
     )

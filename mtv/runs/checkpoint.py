@@ -20,6 +20,11 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:08d}"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint directory is named for (`checkpoint_dir`'s inverse)."""
+    return int(path.name.rsplit("-", 1)[1])
+
+
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
     """Write `state` for `step`; a crash at any point leaves either the previous checkpoints
     or this one complete, never a half-written one that `latest_checkpoint` would pick."""

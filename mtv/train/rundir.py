@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 from collections.abc import Callable
 from importlib import metadata
@@ -30,6 +31,54 @@ class RunRefused(RuntimeError):
 
 # What a resume must not change: it would train another model or see other batches.
 RESUME_CRITICAL = ("tasks", "model", "data.batch_size", "data.source", "optim.accumulate")
+
+
+# What a run's training depends on. `mtv sweep` refuses to resume a run whose experiment changed in
+# any of these since it started: the run would mix two protocols in one history, and its spec
+# (rewritten on resume) would name only the second. The loader's worker count is how fast, not
+# what.
+TRAINING_FIELDS = (
+    "data",
+    "model",
+    "task_defaults",
+    "tasks",
+    "optim",
+    "schedule",
+    "runtime.seed",
+    "runtime.precision",
+)
+TRAINING_FIELDS_IGNORED = ("data.loader.workers",)
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {
+            k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()
+        }
+    return {prefix.rstrip("."): value}
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    # Absolute paths name the same thing through another copy of the repository (a symlink).
+    if isinstance(a, str) and isinstance(b, str) and os.path.isabs(a) and os.path.isabs(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
+
+
+def changed_training_fields(started: ExperimentSpec, now: ExperimentSpec) -> list[str]:
+    """The fields under TRAINING_FIELDS in which `now` differs from the spec a run `started`
+    with."""
+    before, after = _flat(started.model_dump(mode="json")), _flat(now.model_dump(mode="json"))
+
+    def under(key: str, fields: tuple[str, ...]) -> bool:
+        return any(key == f or key.startswith(f + ".") for f in fields)
+
+    keys = sorted(
+        k
+        for k in set(before) | set(after)
+        if under(k, TRAINING_FIELDS) and not under(k, TRAINING_FIELDS_IGNORED)
+    )
+    return [k for k in keys if not _same_value(before.get(k), after.get(k))]
 
 
 def write_text_atomically(path: Path, text: str) -> None:
