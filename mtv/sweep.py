@@ -9,16 +9,14 @@ the rest; then it collects every run's results into one table (`results.parquet`
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import itertools
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -37,6 +35,7 @@ from mtv.eval import (
     read_results,
 )
 from mtv.runs.checkpoint import checkpoint_step, latest_checkpoint
+from mtv.runs.jobs import JobFailed, SweepStopped, job_processes
 from mtv.specs import SpecError, load_run_spec, load_spec
 from mtv.specs.loading import load_yaml_model
 from mtv.specs.sweep import LocalExecutorSpec, SlurmExecutorSpec, SweepEvalSpec, SweepSpec
@@ -47,16 +46,6 @@ MARKER = "sweep-job.json"
 
 class SweepError(RuntimeError):
     """The sweep cannot be planned or some of its jobs failed (the message names them)."""
-
-
-class SweepStopped(RuntimeError):
-    """A SIGINT or SIGTERM stopped the sweep: the running job was stopped with it, gracefully
-    (its checkpoint written), and no further job started. `signal` is the signal's number."""
-
-    def __init__(self, signal_number: int, job: str):
-        name = signal.Signals(signal_number).name
-        super().__init__(f"stopped by {name} during {job}; the same command resumes the sweep")
-        self.signal = signal_number
 
 
 def mtv_command() -> list[str]:
@@ -282,56 +271,23 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path) -> list[SweepJob]:
     return jobs
 
 
-def _die_with_parent(parent: int) -> None:
-    """In the child, before exec: ask Linux to kill it when the sweep process (`parent`) dies,
-    so a killed sweep never leaves a training run behind that a restarted sweep would race. A
-    sweep that died before the request took hold has already left: the child exits at once."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(1)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+def _label(command: list[str]) -> str:
+    """ "mtv run EXPERIMENT" / "mtv eval RUN": how a job's command is named in messages."""
+    words = command[command.index(command_module()) + 1 :] if command_module() in command else []
+    return " ".join(["mtv", *words[:2]])
 
 
 def _call(command: list[str], log: Path) -> None:
-    """Run one job's command to its end. A SIGINT or SIGTERM to the sweep (Ctrl-C, `scancel`,
-    a preemption: often sent to the whole process group) is forwarded to the job once, which
-    stops after its current step with a checkpoint; the sweep waits for that, then stops
-    (`SweepStopped`) instead of starting the next job. The job runs in a session of its own, so
-    a signal to the sweep's group reaches it only through the sweep, once; it still dies with
-    the sweep if the sweep is killed outright (`_die_with_parent`)."""
-    received: list[int] = []
-    with log.open("a") as stream:
-        stream.write("$ " + " ".join(command) + "\n")
-        stream.flush()
-        job = subprocess.Popen(
-            command,
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
-            start_new_session=True,
-            env={**os.environ, "COLUMNS": "200"},
-        )
-
-        def forward(signal_number: int, frame: object) -> None:
-            if not received:  # a second signal is not forwarded: the job is stopping already
-                job.send_signal(signal_number)
-            received.append(signal_number)
-
-        previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
-        try:
-            returncode = job.wait()
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-    if received:
-        raise SweepStopped(received[0], " ".join(command[2:4]))
-    if returncode != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        raise SweepError(f"`{' '.join(command[2:4])}` exited with {returncode}: {' | '.join(tail)}")
+    """Run one job's command to its end (`job_processes`): a SIGINT or SIGTERM to the sweep
+    (Ctrl-C, `scancel`, a preemption: often sent to the whole process group) is forwarded to
+    the running jobs once, which stop after their current step with a checkpoint; the sweep
+    waits for them, then stops (`SweepStopped`) instead of starting the next job. A job runs in
+    a session of its own, so a signal to the sweep's group reaches it only through the sweep,
+    once; it still dies with the sweep if the sweep is killed outright (`die_with_parent`)."""
+    try:
+        job_processes.run(command, log, _label(command))
+    except JobFailed as err:
+        raise SweepError(str(err)) from None
 
 
 def trained(job: SweepJob) -> bool:
@@ -381,37 +337,77 @@ def run_job(job: SweepJob) -> str:
 Progress = Callable[[str], None]
 
 
-def run_local(jobs: list[SweepJob], report: Progress) -> list[tuple[SweepJob, str]]:
-    """Run the jobs one after another; (job, error) of those that failed."""
-    failures = []
-    for index, job in enumerate(jobs, start=1):
-        where = f"[{index}/{len(jobs)}] {job.label}"
-        try:
-            # Inside the guard: reading a run's state can fail too (a spec file cut short).
-            stale = job.outdated()
-            state = (
-                f"evaluating again (older protocol: {', '.join(stale)})"
-                if stale
-                else "evaluating"
-                if trained(job)
-                else "resuming"
-                if latest_checkpoint(job.run_dir)
-                else "training"
-            )
-            report(f"{where}: {state}")
-            run_job(job)
-        except SweepStopped:
-            raise  # a stop asked for (SIGTERM, Ctrl-C) ends the sweep; it is no job's failure
-        except SweepError as err:
-            failures.append((job, str(err)))
-            report(f"{where}: failed ({err}); see {job.run_dir / 'sweep.log'}")
-            continue
-        except Exception as err:  # one broken job must not end the sweep: the rest still run
-            failures.append((job, f"{type(err).__name__}: {err}"))
-            report(f"{where}: failed ({type(err).__name__}: {err}); see {job.run_dir}")
-            continue
-        report(f"{where}: done")
-    return failures
+def _run_one(job: SweepJob, where: str, report: Progress) -> str | None:
+    """Run one job; the error of a failed one (None when it succeeded). A stop asked for
+    (`SweepStopped`) is raised: it is no job's failure."""
+    if job_processes.stopped is not None:  # a job queued behind a stop never starts
+        raise SweepStopped(job_processes.stopped, f"the wait for {job.label}")
+    try:
+        # Inside the guard: reading a run's state can fail too (a spec file cut short).
+        stale = job.outdated()
+        state = (
+            f"evaluating again (older protocol: {', '.join(stale)})"
+            if stale
+            else "evaluating"
+            if trained(job)
+            else "resuming"
+            if latest_checkpoint(job.run_dir)
+            else "training"
+        )
+        report(f"{where}: {state}")
+        run_job(job)
+    except SweepStopped:
+        raise
+    except SweepError as err:
+        report(f"{where}: failed ({err}); see {job.run_dir / 'sweep.log'}")
+        return str(err)
+    except Exception as err:  # one broken job must not end the sweep: the rest still run
+        report(f"{where}: failed ({type(err).__name__}: {err}); see {job.run_dir}")
+        return f"{type(err).__name__}: {err}"
+    report(f"{where}: done")
+    return None
+
+
+def run_local(
+    jobs: list[SweepJob], report: Progress, executor: LocalExecutorSpec | None = None
+) -> list[tuple[SweepJob, str]]:
+    """Run the jobs on this machine, in order: one after another, or `executor.parallel` at a
+    time on worker threads (each job a child process with `executor.job_threads` CPU threads).
+    Returns (job, error) of those that failed. A stop (SIGINT, SIGTERM) stops every running job
+    with a checkpoint, starts no other and raises `SweepStopped` once all have stopped."""
+    executor = executor or LocalExecutorSpec()
+    threads = executor.job_threads(os.cpu_count() or 1)
+    env = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
+    numbered = [(i, job, f"[{i}/{len(jobs)}] {job.label}") for i, job in enumerate(jobs, 1)]
+    failures: list[tuple[int, SweepJob, str]] = []
+    with job_processes.forwarding(env):
+        if executor.parallel == 1:
+            for i, job, where in numbered:
+                error = _run_one(job, where, report)
+                if error is not None:
+                    failures.append((i, job, error))
+            return [(job, error) for _, job, error in failures]
+        report(f"{executor.parallel} jobs at a time, {threads} CPU thread(s) each")
+        stops: list[tuple[int, SweepStopped]] = []
+        with ThreadPoolExecutor(executor.parallel, thread_name_prefix="mtv-sweep-job") as pool:
+            futures = {
+                pool.submit(_run_one, job, where, report): (i, job) for i, job, where in numbered
+            }
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                try:
+                    error = future.result()
+                except SweepStopped as stop:
+                    stops.append((futures[future][0], stop))
+                    for queued in futures:
+                        queued.cancel()  # those not started yet; the running ones are stopping
+                    continue
+                if error is not None:
+                    failures.append((*futures[future], error))
+        if stops:  # the first job's: one that ran (jobs start in order, queued ones after)
+            raise min(stops, key=lambda stop: stop[0])[1]
+        return [(job, error) for _, job, error in sorted(failures, key=lambda f: f[0])]
 
 
 def run_submitit(
@@ -483,7 +479,7 @@ def run_sweep(
     if not pending:
         failures: list[tuple[SweepJob, str]] = []
     elif isinstance(executor, LocalExecutorSpec):
-        failures = run_local(pending, report)
+        failures = run_local(pending, report, executor)
     else:
         failures = run_submitit(pending, executor, out, report)
     results, written = None, []

@@ -542,3 +542,42 @@ def test_a_grown_source_labels_only_its_new_samples(
     urls[0] = list(shards[:1])  # a shrunk source is another corpus: refused
     with pytest.raises(LabelSpecError, match="does not have"):
         run_labelling(spec)
+
+
+def test_ranks_writing_their_first_chunks_at_once_share_one_box_parts_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranks labelling side by side each write their chunks' boxes under `box_parts`: the group
+    is made with the store, and in a store made before that, the rank that loses the race to
+    create it uses the winner's (it once failed: "a group exists")."""
+    import numpy as np
+    import zarr
+
+    from mtv.data.store import STATUS_OK, BoxLabel, ChunkLabels, LabelStore
+
+    keys = [f"k{i}" for i in range(4)]
+    path = tmp_path / "store.zarr"
+    created = LabelStore.create(path, keys, ["boxes"], 16, 2, {}, {}, np.arange(4, dtype=np.uint64))
+    assert "box_parts" in created.root  # no rank has to create it
+    del created.root["box_parts"]  # as in a store made before it was made with the store
+    rank0, rank1 = LabelStore.open(path, "r+"), LabelStore.open(path, "r+")
+
+    def labels(name: str) -> ChunkLabels:
+        box = BoxLabel(np.array([[0.1, 0.1, 0.5, 0.5]]), [name], np.array([0.9]))
+        return ChunkLabels(None, None, [box, box], np.full(2, STATUS_OK, np.uint8))
+
+    real = zarr.Group.create_group
+    raced_once: list[bool] = []
+
+    def raced(group: zarr.Group, name: str, **kwargs: object) -> object:
+        if name == "box_parts" and not raced_once:
+            raced_once.append(True)
+            rank0.write_chunk(0, labels("cube"))  # rank 0 creates the group just before
+        return real(group, name, **kwargs)
+
+    monkeypatch.setattr(zarr.Group, "create_group", raced)
+    rank1.write_chunk(1, labels("sphere"))
+    assert raced_once  # rank 1 did lose the race
+    rank1.finalize()
+    done = LabelStore.open(path)
+    assert [done.boxes(k).names for k in keys] == [["cube"], ["cube"], ["sphere"], ["sphere"]]

@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -409,15 +411,110 @@ def test_a_run_whose_experiment_changed_since_it_started_is_not_resumed(
 def test_a_job_whose_sweep_is_gone_before_it_starts_never_runs() -> None:
     import functools
 
-    from mtv.sweep import _die_with_parent
+    from mtv.runs.jobs import die_with_parent
 
     command = [sys.executable, "-c", "print('trained')"]
     here = subprocess.run(
-        command, preexec_fn=functools.partial(_die_with_parent, os.getpid()), capture_output=True
+        command, preexec_fn=functools.partial(die_with_parent, os.getpid()), capture_output=True
     )
     assert here.returncode == 0 and here.stdout.strip() == b"trained"
     # the sweep that started it has died (the child's parent is not it): it exits before exec
     orphan = subprocess.run(
-        command, preexec_fn=functools.partial(_die_with_parent, 2**22 + 1), capture_output=True
+        command, preexec_fn=functools.partial(die_with_parent, 2**22 + 1), capture_output=True
     )
     assert orphan.returncode == 1 and orphan.stdout == b""
+
+
+# A stand-in for `mtv run`: says it started (with the threads it was given), then trains until a
+# SIGTERM, on which it writes its checkpoint (here: a file) and exits as `mtv run` does.
+STOPPABLE_JOB = """
+import os, pathlib, signal, sys, time
+folder = pathlib.Path(sys.argv[1])
+def stop(number, frame):
+    (folder / "stopped").write_text("checkpoint")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+(folder / "started").write_text(os.environ.get("OMP_NUM_THREADS", "default"))
+time.sleep(60)
+"""
+
+
+@dataclass
+class _FakeJob:
+    label: str
+    run_dir: Path
+
+    def outdated(self) -> list[str]:
+        return []
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_stop_reaches_every_running_job_and_starts_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parallel: int
+) -> None:
+    from mtv.specs.sweep import LocalExecutorSpec
+    from mtv.sweep import _call, run_local
+
+    jobs = [_FakeJob(f"job{i}", tmp_path / f"job{i}") for i in range(3)]
+
+    def stoppable(job: _FakeJob) -> str:
+        job.run_dir.mkdir()
+        _call([sys.executable, "-c", STOPPABLE_JOB, str(job.run_dir)], job.run_dir / "log")
+        return job.label
+
+    monkeypatch.setattr("mtv.sweep.run_job", stoppable)
+    running = jobs[:parallel]
+
+    def stop_when_running() -> None:
+        deadline = time.monotonic() + 60
+        while not all((job.run_dir / "started").is_file() for job in running):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # to the sweep (this process), as `kill` sends it
+
+    threading.Thread(target=stop_when_running, daemon=True).start()
+    executor = LocalExecutorSpec(parallel=parallel, threads_per_job=1 if parallel > 1 else None)
+    said: list[str] = []
+    start = time.monotonic()
+    with pytest.raises(SweepStopped, match="stopped by SIGTERM during"):
+        run_local(jobs, said.append, executor)  # type: ignore[arg-type]
+    assert time.monotonic() - start < 30  # the jobs stopped; nobody slept its 60 s out
+    for job in running:  # each was stopped by the one signal, and checkpointed
+        assert (job.run_dir / "stopped").read_text() == "checkpoint"
+        threads = (job.run_dir / "started").read_text()
+        assert threads == ("1" if parallel > 1 else os.environ.get("OMP_NUM_THREADS", "default"))
+    assert not (jobs[-1].run_dir).exists()  # the job queued behind the stop never started
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the sweep's handler is gone
+    assert not any("failed" in line for line in said)
+
+
+def test_parallel_local_jobs_are_cpu_jobs() -> None:
+    from pydantic import ValidationError
+
+    from mtv.specs.sweep import LocalExecutorSpec
+
+    with pytest.raises(ValidationError, match="parallel jobs share this machine's CPU cores"):
+        LocalExecutorSpec(parallel=2, gpus_per_job=1)
+    assert LocalExecutorSpec(parallel=3).job_threads(16) == 5
+    assert LocalExecutorSpec(parallel=4).job_threads(2) == 1
+    assert LocalExecutorSpec().job_threads(16) is None  # torch's own choice
+    assert LocalExecutorSpec(threads_per_job=3).job_threads(16) == 3
+
+
+@pytest.mark.slow
+def test_parallel_local_jobs_train_side_by_side_with_their_share_of_threads(
+    tmp_path: Path, corpus: Path
+) -> None:
+    path = write_sweep(tmp_path, corpus, seeds=[0, 1], executor={"kind": "local", "parallel": 2})
+    said: list[str] = []
+    outcome = run_sweep(load_sweep(path), path, report=said.append)
+    assert not outcome.failures and all(job.complete() for job in outcome.jobs)
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert said[1] == f"2 jobs at a time, {threads} CPU thread(s) each"
+    # both started before either finished
+    assert [line.split(": ")[1] for line in said[2:4]] == ["training", "training"]
+    for job in outcome.jobs:
+        environment = json.loads((job.run_dir / "environment.json").read_text())
+        assert environment["cpu_threads"] == threads
+    results = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert sorted(results["seed"].unique().to_list()) == [0, 1]

@@ -252,9 +252,16 @@ def test_a_grid_over_one_experiment_is_reported_without_ladder_or_synergy(tmp_pa
         ]
     )
     _fake_runs(frame)
+    for run in frame.filter(pl.col("variant") == "data.batch_size=32")["run"].unique():
+        pl.DataFrame({"step": range(20), "images_per_s": [100.0] * 20}).write_parquet(
+            Path(run) / "metrics.parquet"
+        )
     for run in frame.filter(pl.col("variant") == "data.batch_size=128")["run"].unique():
-        # this grid point trains at half the rate: twice the minutes
-        pl.DataFrame({"step": [0, 1], "images_per_s": [50.0, 50.0]}).write_parquet(
+        # This grid point trains at half the rate: twice the minutes. Most of its steps ran
+        # while something else shared the machine (at a fifth of that rate): that is not what
+        # the run costs, and the minutes do not charge it (the median rate would, 10x).
+        rates = [10.0] * 12 + [50.0] * 8
+        pl.DataFrame({"step": range(20), "images_per_s": rates}).write_parquet(
             Path(run) / "metrics.parquet"
         )
     names, text = _report(frame, tmp_path, "grid")
@@ -269,6 +276,16 @@ def test_a_grid_over_one_experiment_is_reported_without_ladder_or_synergy(tmp_pa
     # (shown to two significant digits)
     ratio = minutes["vl (data.batch_size=128)"] / minutes["vl (data.batch_size=32)"]
     assert 1.9 < ratio < 2.1
+    assert "shared the CPU with other work do not count" in text
+    assert "Not all runs trained alike" not in text  # one thread count (here: unrecorded)
+    for run in frame["run"].unique():
+        environment = json.loads((Path(run) / "environment.json").read_text())
+        threads = 1 if "batch_size=128" in run else 2  # this grid point ran side by side
+        (Path(run) / "environment.json").write_text(
+            json.dumps(environment | {"cpu_threads": threads})
+        )
+    _, text = _report(frame, tmp_path, "grid")
+    assert "3 run(s) with 1 CPU thread(s); 3 run(s) with 2 CPU thread(s)" in text
 
 
 def control_rows(seeing: dict[str, float], blind: list[str]) -> pl.DataFrame:

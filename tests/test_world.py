@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +262,45 @@ def test_spec_refuses_a_camera_range_that_is_inverted_or_too_close() -> None:
     for bad in [(4.0, 3.0), (1.0, 3.0)]:
         with pytest.raises(ValidationError, match="near <= far"):
             MiniWorldSourceSpec(camera_distance=bad)
+
+
+def test_runs_started_side_by_side_wait_for_the_one_preparing_their_shared_data(
+    tmp_path: Path,
+) -> None:
+    """Two runs of a parallel sweep on a fresh mini-world: while one renders and labels it, the
+    other waits (it neither fails on the label store's lock nor renders into the same folder),
+    then goes on."""
+    import threading
+
+    from mtv.data.lock import ExclusiveLock
+    from mtv.specs import load_spec
+    from mtv.train import prepare_data
+
+    root = tmp_path / "world"
+    spec = load_spec(
+        "experiments/smoke.yaml",
+        [
+            f"data.source.root={root}",
+            "data.source.n_images=4",
+            "data.source.image_size=32",
+            "tasks=[vl, depth]",
+        ],
+    )
+    first = ExclusiveLock.for_preparation(root)
+    first.acquire("mtv run (preparing its data)")  # the first run, busy preparing
+    said: list[str] = []
+    prepared: list[object] = []
+    second = threading.Thread(target=lambda: prepared.append(prepare_data(spec, said.append)))
+    second.start()
+    deadline = time.monotonic() + 60
+    while not said:
+        assert time.monotonic() < deadline, "the second run neither waited nor said so"
+        time.sleep(0.05)
+    assert said[0].startswith(f"waiting for pid {os.getpid()}") and str(root) in said[0]
+    time.sleep(0.5)
+    assert not root.exists() and not prepared  # it waits: it renders nothing meanwhile
+    first.release()
+    second.join(timeout=120)
+    assert prepared, "the second run did not go on once the first had finished"
+    assert any(line.startswith("rendering the mini-world") for line in said[1:])
+    assert any(line.startswith("labelling the mini-world") for line in said[1:])

@@ -72,14 +72,44 @@ def _table_runs(final: pl.DataFrame, tables: list[str] | None) -> pl.DataFrame |
     return final if len(set(groups)) == len(groups) else None
 
 
+# The step rate a run's training minutes are computed at: a high quantile of its logged rates,
+# so that stretches in which it shared the machine with other work (a test suite, a second
+# job) do not count; the median would charge them to the run.
+UNSHARED_RATE_QUANTILE = 0.9
+TRAIN_MINUTES_NOTE = (
+    "*train min*: what a run's training costs on this machine: its steps × batch at its "
+    f"{round(100 * UNSHARED_RATE_QUANTILE)}th-percentile logged rate, so that stretches in "
+    "which it shared the CPU with other work do not count; mean over seeds."
+)
+
+
+def _threads_note(final: pl.DataFrame) -> str:
+    """How many CPU threads the runs trained with (each run's `environment.json`): jobs of a
+    parallel sweep had fewer each, side by side, and took longer each than one job alone."""
+    threads: dict[str, int] = {}
+    for run in final["run"].unique().to_list():
+        path = Path(run) / "environment.json"
+        found = json.loads(path.read_text()).get("cpu_threads") if path.is_file() else None
+        key = "an unrecorded number of" if found is None else str(found)
+        threads[key] = threads.get(key, 0) + 1
+    if len(threads) < 2:
+        return ""
+    counts = "; ".join(f"{n} run(s) with {k} CPU thread(s)" for k, n in sorted(threads.items()))
+    return (
+        f" Not all runs trained alike: {counts}. Jobs that a parallel sweep ran side by side "
+        "had fewer threads each and shared the CPU, so their minutes are not comparable with "
+        "those of a job alone."
+    )
+
+
 def _training_minutes(final: pl.DataFrame) -> dict[tuple[str, str], float]:
-    """Mean training wall time per experiment and grid point (at each run's median step
-    rate)."""
+    """Mean training minutes per experiment and grid point, at each run's unshared step rate
+    (`UNSHARED_RATE_QUANTILE`)."""
     minutes: dict[tuple[str, str], list[float]] = {}
     for (experiment, variant, run), _ in final.group_by("experiment", "variant", "run"):
         metrics = pl.read_parquet(Path(run) / "metrics.parquet")
         batch = load_run_spec(run).data.batch_size
-        rate = float(metrics["images_per_s"].drop_nulls().median())
+        rate = float(metrics["images_per_s"].drop_nulls().quantile(UNSHARED_RATE_QUANTILE))
         minutes.setdefault((str(experiment), str(variant)), []).append(
             metrics.height * batch / rate / 60
         )
@@ -104,7 +134,10 @@ def _machine(final: pl.DataFrame) -> str:
 
 
 def _runs_section(
-    summary: pl.DataFrame, metrics: list[str], minutes: dict[tuple[str, str], float]
+    summary: pl.DataFrame,
+    metrics: list[str],
+    minutes: dict[tuple[str, str], float],
+    threads_note: str = "",
 ) -> list[str]:
     header = ["experiment", "tasks", "seeds", "train min", *map(short_name, metrics)]
     rows = []
@@ -129,7 +162,7 @@ def _runs_section(
         refs = summary.group_by("metric").agg(pl.col(column).mean())
         values = dict(refs.iter_rows())
         rows.append([f"*{title}*", "", "", "", *(num(values.get(m)) for m in metrics)])
-    return md_table(header, rows)
+    return [*md_table(header, rows), "", TRAIN_MINUTES_NOTE + threads_note]
 
 
 def _baseline_section(summary: pl.DataFrame) -> list[str]:
@@ -373,7 +406,7 @@ def _markdown(
     lines += _baseline_section(summary)
     lines += [
         "## Runs (final step)\n",
-        *_runs_section(summary, metrics, _training_minutes(final)),
+        *_runs_section(summary, metrics, _training_minutes(final), _threads_note(final)),
         "",
         *instrument_section(
             summary,
@@ -395,7 +428,11 @@ def _markdown(
         ]
         pilot_final = final_rows(pilot)
         pilot_summary = run_summary(pilot_final, metrics)
-        lines += [*_runs_section(pilot_summary, metrics, _training_minutes(pilot_final)), ""]
+        pilot_minutes = _training_minutes(pilot_final)
+        lines += [
+            *_runs_section(pilot_summary, metrics, pilot_minutes, _threads_note(pilot_final)),
+            "",
+        ]
         lines.append(f"![pilot learning curves]({figures['pilot'].name})\n")
     if missing_pilots:
         # Said, not left out: a reader must know the report lacks them.

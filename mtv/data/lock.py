@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,8 +54,17 @@ class ExclusiveLock:
     def for_store(cls, store: Path) -> ExclusiveLock:
         return cls(store.with_name(store.name + LOCK_NAME), store, "give it another output")
 
-    def acquire(self, command: str = "mtv run") -> None:
-        """Take the lock or raise `Locked` naming the process that holds it."""
+    @classmethod
+    def for_preparation(cls, root: Path) -> ExclusiveLock:
+        """Held while a run makes the data files it shares with other runs under `root` (a
+        rendered mini-world, its labels, a tokenizer): `ROOT.mtv-lock` beside it."""
+        return cls(root.with_name(root.name + LOCK_NAME), root, "let it finish")
+
+    def acquire(
+        self, command: str = "mtv run", on_wait: Callable[[str], None] | None = None
+    ) -> None:
+        """Take the lock. When another process holds it: raise `Locked` naming that process,
+        or, given `on_wait`, tell it that process (`on_wait(holder)`) and wait for it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held while training)
         try:
@@ -62,10 +72,13 @@ class ExclusiveLock:
         except BlockingIOError:
             handle.seek(0)
             holder = _holder(handle.read())
-            handle.close()
-            raise Locked(
-                f"{self.guards} is in use by {holder}; wait for it to finish, or {self.advice}"
-            ) from None
+            if on_wait is None:
+                handle.close()
+                raise Locked(
+                    f"{self.guards} is in use by {holder}; wait for it to finish, or {self.advice}"
+                ) from None
+            on_wait(holder)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         handle.seek(0)
         handle.truncate()
         handle.write(

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.core.sync import sync
+from zarr.errors import ContainsGroupError
 
 from mtv.data.provenance import content_digest
 
@@ -210,6 +211,10 @@ class LabelStore:
                 # NaN fill: a chunk that was never written reads as NaN, never as valid depth.
                 root.create_array("depth", dtype="float16", fill_value=np.nan, **spatial)
                 root.create_array("depth_valid", dtype="bool", fill_value=False, **spatial)
+            if "boxes" in kinds:
+                # Made here, once: ranks labelling side by side each creating it on their first
+                # chunk raced, and the loser failed ("a group exists").
+                root.create_group("box_parts")
             root.attrs.update(
                 {
                     "format": FORMAT,
@@ -349,7 +354,7 @@ class LabelStore:
             self.root["depth"][start:stop] = labels.depth.astype(np.float16)
             self.root["depth_valid"][start:stop] = labels.depth_valid
         if labels.boxes is not None:
-            part = self.root.require_group("box_parts").create_group(f"{chunk:08d}", overwrite=True)
+            part = self._box_parts().create_group(f"{chunk:08d}", overwrite=True)
             values = [b.boxes for b in labels.boxes]
             part.create_array(
                 "values",
@@ -368,6 +373,15 @@ class LabelStore:
             )
             _strings(part, "names", [n for b in labels.boxes for n in b.names], 65536)
         self.root["done"][chunk] = True
+
+    def _box_parts(self) -> zarr.Group:
+        try:
+            return self.root["box_parts"]  # type: ignore[return-value]
+        except KeyError:  # a store created before `create` made the group
+            try:
+                return self.root.create_group("box_parts")
+            except ContainsGroupError:  # another rank made it meanwhile
+                return self.root["box_parts"]  # type: ignore[return-value]
 
     def finalize(self) -> None:
         """Consolidate the chunks' boxes into flat values + offsets and mark the store complete.

@@ -78,8 +78,12 @@ class TextTokenizer:
         return cls(Tokenizer.from_file(str(path)), context_length)
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(path))
+        """Written whole or not at all: a run reading it meanwhile never sees half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        self.tokenizer.save(str(partial))
+        partial.replace(path)
 
     @property
     def vocab_size(self) -> int:

@@ -5,18 +5,48 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mtv.specs.base import StrictModel
 
 
 class LocalExecutorSpec(StrictModel):
-    """Runs the jobs one after another on this machine."""
+    """Runs the jobs on this machine: one after another, or `parallel` side by side on its CPU
+    cores."""
 
     kind: Literal["local"] = "local"
     gpus_per_job: int = Field(
         0, ge=0, description="> 1: each job is `torchrun --standalone --nproc_per_node=N`"
     )
+    parallel: int = Field(
+        1,
+        ge=1,
+        description="CPU jobs side by side, each with `threads_per_job` threads: a small model "
+        "uses its threads poorly, so several jobs with fewer threads each train more samples "
+        "per hour (benchmarks/results/sweep_parallel.md)",
+    )
+    threads_per_job: int | None = Field(
+        None,
+        ge=1,
+        description="each job's CPU threads (OMP_NUM_THREADS); default: with `parallel` > 1, "
+        "the machine's cores shared out, else torch's own choice",
+    )
+
+    @model_validator(mode="after")
+    def _parallel_jobs_are_cpu_jobs(self) -> LocalExecutorSpec:
+        if self.parallel > 1 and self.gpus_per_job > 0:
+            raise ValueError(
+                "parallel jobs share this machine's CPU cores; jobs on GPUs run one after "
+                "another here (or through the slurm executor)"
+            )
+        return self
+
+    def job_threads(self, cores: int) -> int | None:
+        """The CPU threads each job is given on a machine of `cores` cores (None: torch's
+        default)."""
+        if self.threads_per_job is not None:
+            return self.threads_per_job
+        return max(1, cores // self.parallel) if self.parallel > 1 else None
 
 
 class SlurmExecutorSpec(StrictModel):

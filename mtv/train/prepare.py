@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mtv.data import TarShardSource, open_source
+from mtv.data.lock import ExclusiveLock
 from mtv.data.provenance import content_digest, match_store, sample_fingerprints
 from mtv.data.store import STATUS_OK, LabelStore
 from mtv.label.pipeline import run_labelling
@@ -79,9 +80,34 @@ def _mini_world(spec: MiniWorldSourceSpec, report: Report) -> WorldCorpus:
     return corpus
 
 
+def _data_root(spec: ExperimentSpec) -> Path:
+    """Where the files a run derives from its data live (corpus, labels, tokenizer)."""
+    if isinstance(spec.data.source, MiniWorldSourceSpec):
+        return Path(spec.data.source.root)
+    store = spec.data.labels.store
+    return Path(store).parent if store else Path(spec.output.root)
+
+
 def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = True) -> RunData:
     """Source, labels and tokenizer for `spec`; renders/labels the mini-world when missing
-    (`is_main`: only one rank may create them; the others find them made)."""
+    (`is_main`: only one rank may create them; the others find them made). Runs started side
+    by side (a parallel sweep) share those files: one makes them, holding the data root's lock
+    (`ExclusiveLock.for_preparation`), and the others wait for it, then find them made."""
+    if not is_main:
+        return _prepare_data(spec, report, is_main)
+    root = _data_root(spec)
+    lock = ExclusiveLock.for_preparation(root)
+    lock.acquire(
+        "mtv run (preparing its data)",
+        on_wait=lambda holder: report(f"waiting for {holder}, which is preparing {root}"),
+    )
+    try:
+        return _prepare_data(spec, report, is_main)
+    finally:
+        lock.release()
+
+
+def _prepare_data(spec: ExperimentSpec, report: Report, is_main: bool) -> RunData:
     needs_labels = bool({"boxes", "depth"} & set(spec.data.labels.kinds))
     source_spec = spec.data.source
     if isinstance(source_spec, MiniWorldSourceSpec):
@@ -106,11 +132,7 @@ def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = T
             run_labelling(labels)
     else:
         source = open_source(source_spec)
-        root = (
-            Path(spec.data.labels.store).parent
-            if spec.data.labels.store
-            else Path(spec.output.root)
-        )
+        root = _data_root(spec)
         store_path = Path(spec.data.labels.store) if spec.data.labels.store else None  # type: ignore[assignment]
         if needs_labels and (store_path is None or not _complete(store_path)):
             raise DataPreparationError(

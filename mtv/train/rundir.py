@@ -90,7 +90,8 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def environment(device: torch.device, world: int) -> dict[str, Any]:
-    """What `environment.json` records: versions, platform, host, device and world size."""
+    """What `environment.json` records: versions, platform, host, device, world size and the
+    CPU threads torch computes on (a sweep running jobs side by side gives each fewer)."""
     packages = {}
     for name in ("torch", "numpy", "pydantic", "zarr", "polars", "torchdata", "transformers"):
         try:
@@ -108,6 +109,7 @@ def environment(device: torch.device, world: int) -> dict[str, Any]:
         "device": str(device),
         "device_name": device_name or platform.machine(),
         "world_size": world,
+        "cpu_threads": torch.get_num_threads(),
         "packages": packages,
     }
 
