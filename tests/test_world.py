@@ -286,7 +286,7 @@ def test_runs_started_side_by_side_wait_for_the_one_preparing_their_shared_data(
             "tasks=[vl, depth]",
         ],
     )
-    first = ExclusiveLock.for_preparation(root)
+    first = ExclusiveLock.for_preparation(root, beside=True)
     first.acquire("mtv run (preparing its data)")  # the first run, busy preparing
     said: list[str] = []
     prepared: list[object] = []
@@ -304,3 +304,30 @@ def test_runs_started_side_by_side_wait_for_the_one_preparing_their_shared_data(
     assert prepared, "the second run did not go on once the first had finished"
     assert any(line.startswith("rendering the mini-world") for line in said[1:])
     assert any(line.startswith("labelling the mini-world") for line in said[1:])
+
+
+def test_the_preparation_lock_of_a_users_folder_lies_inside_its_data_root(tmp_path: Path) -> None:
+    """Only a mini-world, which must not exist until rendered, has its lock beside it; a run on
+    one's own photos leaves no lock file next to the output folder (the repository's root)."""
+    from mtv.specs import load_spec
+    from mtv.train import prepare_data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rows = []
+    for i in range(4):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(photos / f"{i}.png")
+        rows.append(json.dumps({"file": f"{i}.png", "caption": f"a grey square number {i}"}))
+    (photos / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    spec = load_spec(
+        "experiments/smoke.yaml",
+        [
+            f"data.source={{kind: folder, root: {photos}}}",
+            "tasks=[vl]",
+            "data.labels.kinds=[]",
+            f"output.root={tmp_path / 'runs'}",
+        ],
+    )
+    prepare_data(spec, report=lambda _: None)
+    assert (tmp_path / "runs" / ".mtv-lock").is_file()
+    assert not (tmp_path / "runs.mtv-lock").exists()

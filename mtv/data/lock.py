@@ -55,10 +55,12 @@ class ExclusiveLock:
         return cls(store.with_name(store.name + LOCK_NAME), store, "give it another output")
 
     @classmethod
-    def for_preparation(cls, root: Path) -> ExclusiveLock:
+    def for_preparation(cls, root: Path, beside: bool = False) -> ExclusiveLock:
         """Held while a run makes the data files it shares with other runs under `root` (a
-        rendered mini-world, its labels, a tokenizer): `ROOT.mtv-lock` beside it."""
-        return cls(root.with_name(root.name + LOCK_NAME), root, "let it finish")
+        rendered mini-world, its labels, a tokenizer): `ROOT/.mtv-lock`, or `ROOT.mtv-lock`
+        `beside` it for a folder that must not exist, or must be empty, until it is made."""
+        path = root.with_name(root.name + LOCK_NAME) if beside else root / LOCK_NAME
+        return cls(path, root, "let it finish")
 
     def acquire(
         self, command: str = "mtv run", on_wait: Callable[[str], None] | None = None

@@ -96,7 +96,9 @@ def prepare_data(spec: ExperimentSpec, report: Report = print, is_main: bool = T
     if not is_main:
         return _prepare_data(spec, report, is_main)
     root = _data_root(spec)
-    lock = ExclusiveLock.for_preparation(root)
+    # A mini-world folder is rendered only where there is none yet: its lock lies beside it.
+    mini_world = isinstance(spec.data.source, MiniWorldSourceSpec)
+    lock = ExclusiveLock.for_preparation(root, beside=mini_world)
     lock.acquire(
         "mtv run (preparing its data)",
         on_wait=lambda holder: report(f"waiting for {holder}, which is preparing {root}"),
