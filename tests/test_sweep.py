@@ -518,3 +518,11 @@ def test_parallel_local_jobs_train_side_by_side_with_their_share_of_threads(
         assert environment["cpu_threads"] == threads
     results = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert sorted(results["seed"].unique().to_list()) == [0, 1]
+
+
+def test_a_jobs_messages_name_its_command() -> None:
+    from mtv.sweep import _label, command_module
+
+    command = [sys.executable, "-P", "-m", command_module(), "run", "exp.yaml", "--out", "x"]
+    assert _label(command) == "mtv run exp.yaml"  # was "-m mtv_cli.main"
+    assert _label([sys.executable, "-c", "pass"]) == "mtv"
