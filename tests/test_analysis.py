@@ -300,3 +300,39 @@ def test_notebooks_evaluate_mini_world_runs_and_name_runs_on_data_of_their_own(
     assert "stale: depth_probe measured by an older protocol" in said
     (named,) = [m for m in said if m.startswith("photos")]
     assert "folder data, not the mini-world" in named and "--suite source" in named
+
+
+def test_a_synergy_cell_is_estimated_on_the_seeds_all_four_task_sets_have() -> None:
+    """Depth x ground where the pair's run lacks seed 2: the cell's gains, excess and ratio all
+    rest on seeds 0 and 1, so the cell cannot take a sign its own excess does not have."""
+    values = {
+        "vl": [0.0, 0.0, 0.0],
+        "depth": [1.0, 1.05, 1.6],
+        "ground": [0.1, 0.1, 0.1],
+        "ground_depth": [1.1, 1.16, None],
+    }
+    rows = [
+        {
+            "run": f"{run}-{seed}",
+            "seed": seed,
+            "tasks": RUNS[run][0],
+            "metric": "acc",
+            "value": value,
+            "higher_is_better": True,
+        }
+        for run, per_seed in values.items()
+        for seed, value in enumerate(per_seed)
+        if value is not None
+    ]
+    table = synergy_table(pl.DataFrame(rows), pairs=[("depth", "ground")])
+    cell = table.filter(pl.col("metric") == "acc").row(0, named=True)
+    # Seeds 0 and 1: depth gains 1.025, the pair exceeds it by 0.1 and 0.11.
+    assert cell["seeds"] == 2 and cell["gain_a"] == pytest.approx(1.025)
+    assert cell["excess"] == pytest.approx(0.105)
+    assert cell["synergy"] == pytest.approx(0.105 / 1.025) and cell["synergy"] > 0
+    average = table.filter(pl.col("metric") == "average").row(0, named=True)
+    assert average["columns"] == 1 and average["seed_ids"] == [0, 1]
+    # A NaN at one seed leaves that seed out of the cell as a missing one does.
+    rows[-1]["value"] = math.nan
+    nan_cell = synergy_table(pl.DataFrame(rows), pairs=[("depth", "ground")]).row(0, named=True)
+    assert nan_cell["seeds"] == 1 and nan_cell["synergy"] == pytest.approx(0.1 / 1.0)

@@ -150,3 +150,38 @@ def test_a_pair_with_undefined_synergy_keeps_its_cosine_and_leaves_the_correlati
     assert "No gradient probes" not in text
     assert "| depth x ground | " in text and "| undefined |" in text
     assert "too few to correlate" in text
+
+
+def test_permutation_p_is_exact_for_few_points_and_says_when_it_cannot_reject() -> None:
+    from mtv.analysis.gradients import smallest_permutation_p
+
+    # Three points: 2 of the 6 pairings are as extreme as a perfect ordering.
+    assert permutation_p([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == pytest.approx(1 / 3)
+    assert smallest_permutation_p(4) == pytest.approx(2 / 24)
+    # With ties, against brute force over every pairing with scipy's rho.
+    rng = np.random.default_rng(6)
+    x, y = [1.0, 1.0, 2.0, 3.0, 3.0, 4.0], rng.normal(size=6).tolist()
+    observed = abs(spearmanr(x, y).statistic)
+    pairings = list(itertools.permutations(y))
+    extreme = sum(abs(spearmanr(x, list(p)).statistic) >= observed - 1e-9 for p in pairings)
+    assert permutation_p(x, y) == pytest.approx(extreme / len(pairings))
+
+
+def test_nan_points_are_left_out_of_the_correlation_and_few_points_are_said(
+    tmp_path: Path,
+) -> None:
+    from mtv.analysis.sections import gradient_section
+
+    points = pl.DataFrame(
+        {
+            "pair": ["a x b", "a x c", "b x c", "b x c"],
+            "seed": [0, 0, 0, 1],
+            "cosine": [0.1, 0.2, 0.3, 0.4],
+            "synergy": [0.1, 0.2, 0.3, math.nan],
+        }
+    )
+    _, rho, p, n = gradient_synergy_summary(points)
+    assert n == 3 and rho == pytest.approx(1.0) and p == pytest.approx(1 / 3)
+    text = "\n".join(gradient_section(points))
+    assert "exact, over all 3! pairings" in text
+    assert "3 points cannot give p below 0.33, so this test cannot reject at p < 0.05" in text

@@ -4,14 +4,29 @@ uniform run that diverges, contradicts it; a blind metric cannot decide it."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import polars as pl
 
-from mtv.analysis.loss_weighting import converges_stably, weighting_verdict
+from mtv.analysis.loss_weighting import converges_stably, nonfinite_steps, weighting_verdict
 
 METRICS = {"zero_shot/shape_top1": True, "retrieval/i2t_r1": True, "depth_probe/rmse": False}
 NOISE = {0: -0.01, 1: 0.0, 2: 0.012}
+
+
+def history(losses: list[float]) -> pl.DataFrame:
+    """A training history as the trainer logs it: a non-finite step is skipped and names its
+    task (`nonfinite`, a string: empty when every loss was finite)."""
+    bad = [not math.isfinite(v) for v in losses]
+    return pl.DataFrame(
+        {
+            "step": list(range(1, len(losses) + 1)),
+            "loss": losses,
+            "skipped": bad,
+            "nonfinite": ["depth" if b else "" for b in bad],
+        }
+    )
 
 
 def planted(tmp_path: Path, effects: dict[str, dict[str, float]], diverged: bool = False):
@@ -24,12 +39,8 @@ def planted(tmp_path: Path, effects: dict[str, dict[str, float]], diverged: bool
             run = tmp_path / f"{experiment}-{seed}"
             run.mkdir(parents=True)
             bad = diverged and experiment == "uniform" and seed == 1
-            pl.DataFrame(
-                {
-                    "step": list(range(1, 41)),
-                    "loss": [10.0 - 0.2 * k for k in range(40)],
-                    "nonfinite": [1 if bad and k == 20 else 0 for k in range(40)],
-                }
+            history(
+                [math.nan if bad and k == 20 else 10.0 - 0.2 * k for k in range(40)]
             ).write_parquet(run / "metrics.parquet")
             for metric, higher in METRICS.items():
                 effect = effects.get(experiment, {}).get(metric, 0.0)
@@ -80,10 +91,7 @@ def test_a_diverging_uniform_run_contradicts_it(tmp_path: Path) -> None:
 
 
 def test_stability_needs_a_falling_loss() -> None:
-    rising = pl.DataFrame(
-        {"step": [1, 2, 3, 4], "loss": [1.0, 2.0, 3.0, 4.0], "nonfinite": [0] * 4}
-    )
-    ok, why = converges_stably(rising)
+    ok, why = converges_stably(history([1.0, 2.0, 3.0, 4.0]))
     assert not ok and "first quarter" in why
     missing = weighting_verdict(
         pl.DataFrame(schema={"experiment": pl.String, "run": pl.String}), "uniform", ["pcgrad"]
@@ -118,9 +126,7 @@ def test_a_history_too_short_to_judge_is_inconclusive_not_a_divergence(tmp_path:
     frame = planted(tmp_path, {})
     for seed in NOISE:
         run = tmp_path / f"uniform-{seed}"
-        pl.DataFrame({"step": [1, 2], "loss": [3.0, 2.0], "nonfinite": [0, 0]}).write_parquet(
-            run / "metrics.parquet"
-        )
+        history([3.0, 2.0]).write_parquet(run / "metrics.parquet")
     ok, why = converges_stably(pl.read_parquet(tmp_path / "uniform-0" / "metrics.parquet"))
     assert ok is None and "too short" in why
     verdict = weighting_verdict(frame, "uniform", ["uncertainty", "pcgrad"])
@@ -143,3 +149,54 @@ def test_a_stalled_uniform_run_is_named_beside_the_verdict(tmp_path: Path) -> No
     # the rule's verdict stands; the stall is said beside it
     assert verdict.verdict == "reproduced"
     assert verdict.evidence.endswith("VL stalled at L0 in: uniform seed 1 (steps 1–20)")
+
+
+def test_a_real_training_history_is_read_and_its_nonfinite_steps_counted(
+    ladder_runs: dict[str, Path],
+) -> None:
+    """On the trainer's own metrics.parquet (`nonfinite` is a string there, not a count)."""
+    real = pl.read_parquet(ladder_runs["vl_ssl_ground_depth"] / "metrics.parquet")
+    ok, why = converges_stably(real)
+    assert ok is None and "too short" in why  # 3 steps
+    assert nonfinite_steps(real) == 0
+    skipped = real.with_columns(
+        pl.when(pl.col("step") == 2).then(pl.lit("depth")).otherwise(pl.col("nonfinite"))
+        .alias("nonfinite"),
+        (pl.col("step") == 2).alias("skipped"),
+    )  # fmt: skip
+    assert nonfinite_steps(skipped) == 1
+    assert converges_stably(skipped) == (False, "1 non-finite step(s)")
+
+
+def test_a_nonfinite_loss_early_in_the_run_is_not_stable_convergence() -> None:
+    # A NaN in the first quarter must not make "last < first" false and pass as convergence.
+    losses = [math.inf, *(10.0 - 0.2 * k for k in range(1, 40))]
+    ok, why = converges_stably(pl.DataFrame({"step": list(range(1, 41)), "loss": losses}))
+    assert ok is False and why == "1 non-finite step(s)"
+
+
+def test_a_win_beside_untested_columns_is_not_a_contradiction(tmp_path: Path) -> None:
+    frame = planted(tmp_path, {"uncertainty": {"retrieval/i2t_r1": 0.2}})
+    # uncertainty's depth numbers exist for one seed only: that column is untested.
+    frame = frame.filter(
+        (pl.col("experiment") != "uncertainty")
+        | (pl.col("metric") != "depth_probe/rmse")
+        | (pl.col("seed") == 0)
+    )
+    verdict = weighting_verdict(frame, "uniform", ["uncertainty", "pcgrad"])
+    assert verdict.verdict == "inconclusive", verdict.evidence
+    assert "uncertainty − uniform: beats uniform (" in verdict.evidence
+    assert "untested: depth lin. RMSE ↓ (1 seed(s) paired)" in verdict.evidence
+
+
+def test_only_the_reports_metrics_stand_for_paper_columns(tmp_path: Path) -> None:
+    # A win on a metric outside the report's list (whose sight the control never judged)
+    # cannot decide the claim.
+    frame = planted(tmp_path, {"uncertainty": {"zero_shot/shape_top1": 0.2}})
+    verdict = weighting_verdict(
+        frame, "uniform", ["uncertainty", "pcgrad"], metrics=["retrieval/i2t_r1"]
+    )
+    assert verdict.verdict == "reproduced", verdict.evidence
+    assert "shape" not in verdict.evidence
+    everything = weighting_verdict(frame, "uniform", ["uncertainty", "pcgrad"])
+    assert everything.verdict == "contradicted"

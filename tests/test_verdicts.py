@@ -461,3 +461,32 @@ def test_a_task_set_whose_metric_failed_is_not_taken_for_the_best() -> None:
     )
     reach = instrument_reach(summary).row(0, named=True)
     assert reach["experiment"] == "vl" and reach["beats_trivial"]
+
+
+def test_one_seed_tests_nothing_and_says_so_instead_of_printing_nan() -> None:
+    one_seed = planted(PAPER_LIKE).filter(pl.col("seed") == 0)
+    found = {v.claim: v for v in verdicts(one_seed)}
+    assert {v.verdict for v in found.values()} == {"inconclusive"}
+    for verdict in found.values():
+        assert "nan" not in verdict.evidence, verdict.evidence
+    ssl = found["SSL lifts both semantic and dense metrics"].evidence
+    assert "semantic untested" in ssl and "seg mIoU +0.1 (1 seed)" in ssl
+    synergy = found["Average pairwise synergy is positive"].evidence
+    assert "1 seed: untested" in synergy and "column(s)" in synergy
+
+
+def test_a_report_whose_tables_lack_runs_still_lists_every_claim(tmp_path: Path) -> None:
+    frame = planted(PAPER_LIKE).with_columns(
+        (pl.lit(str(tmp_path / "runs") + "/") + pl.col("run")).alias("run")
+    )
+    frame = frame.filter(pl.col("experiment") != "vl_ssl_ground_depth")
+    _fake_runs(frame)
+    _, text = _report(frame, tmp_path, "partial", {"tables": list(SETS)})
+    verdict_rows = text.split("## Verdicts")[1].split("\n\n")[1]
+    assert "| SSL lifts both semantic and dense metrics | **reproduced** |" in verdict_rows
+    assert (
+        "| Depth refines pixel-level metrics | **inconclusive** | "
+        "VL + SSL + Ground + Depth vs VL + SSL + Ground: runs missing |"
+    ) in verdict_rows
+    assert "(no ladder: missing runs for the ladder: VL + SSL + Ground + Depth)" in text
+    assert "4.30 standard errors with 3 seeds" in text

@@ -10,17 +10,19 @@ g_i . g_j = c_ij |g_i| |g_j|, and norms and dot products of sums are sums of tho
 
 from __future__ import annotations
 
+import itertools
 import math
-import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from mtv.analysis.synergy import GROUPS, Estimate, task_groups
 
 EARLY_FRACTION = 0.25  # "early": probes in the first quarter of the run's steps
 PERMUTATIONS = 20_000  # of the rank-correlation test (seeded: the same p on every rerun)
+EXACT_UP_TO = 9  # points up to which every pairing is enumerated (9! = 362,880)
 
 
 def _dot(row: Mapping[str, float | None], a: str, b: str) -> float | None:
@@ -69,45 +71,58 @@ def early_cosine(
     return sum(values) / len(values) if values else None
 
 
+def _ranks(values: Sequence[float]) -> list[float]:
+    """0-based ranks, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            out[order[k]] = (start + end) / 2
+        start = end + 1
+    return out
+
+
+def _centred_ranks(values: Sequence[float]) -> np.ndarray:
+    ranks = np.asarray(_ranks(values))
+    return ranks - ranks.mean()
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (average ranks for ties); NaN with fewer than 3 points or
     a constant side."""
-
-    def ranks(values: Sequence[float]) -> list[float]:
-        order = sorted(range(len(values)), key=lambda i: values[i])
-        out = [0.0] * len(values)
-        start = 0
-        while start < len(order):
-            end = start
-            while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-                end += 1
-            for k in range(start, end + 1):
-                out[order[k]] = (start + end) / 2
-            start = end + 1
-        return out
-
     if len(x) < 3:
         return math.nan
-    rx, ry = ranks(x), ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+    dx, dy = _centred_ranks(x), _centred_ranks(y)
+    norm = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    return float(dx @ dy) / norm if norm > 0 else math.nan
 
 
 def permutation_p(x: Sequence[float], y: Sequence[float], seed: int = 0) -> float:
-    """Two-sided p of Spearman's rho against shuffled pairings (seeded Monte Carlo, with the
-    observed pairing counted, so p is never 0)."""
+    """Two-sided p of Spearman's rho against shuffled pairings: exact over all n! pairings up
+    to `EXACT_UP_TO` points, else seeded Monte Carlo with the observed pairing counted (so p is
+    never 0). Few points bound it from below: 3 points cannot give less than 1/3."""
     observed = abs(spearman(x, y))
     if math.isnan(observed):
         return math.nan
-    rng = random.Random(seed)
-    shuffled = list(y)
-    extreme = 1
-    for _ in range(PERMUTATIONS):
-        rng.shuffle(shuffled)
-        extreme += abs(spearman(x, shuffled)) >= observed - 1e-12
-    return extreme / (PERMUTATIONS + 1)
+    dx, dy = _centred_ranks(x), _centred_ranks(y)
+    # Re-pairing permutes y's centred ranks; the norms stay, so |dx . dy| alone decides.
+    threshold = observed * math.sqrt(float(dx @ dx) * float(dy @ dy)) - 1e-9
+    if len(x) <= EXACT_UP_TO:
+        pairings = np.asarray(list(itertools.permutations(range(len(x)))))
+        return float(np.mean(np.abs(dy[pairings] @ dx) >= threshold))
+    rng = np.random.default_rng(seed)
+    pairings = rng.permuted(np.tile(np.arange(len(x)), (PERMUTATIONS, 1)), axis=1)
+    extreme = int(np.sum(np.abs(dy[pairings] @ dx) >= threshold))
+    return (extreme + 1) / (PERMUTATIONS + 1)
+
+
+def smallest_permutation_p(n: int) -> float:
+    """The smallest p `permutation_p` can give for n untied points (a perfect ordering)."""
+    return permutation_p(list(range(n)), list(range(n)))
 
 
 def gradient_synergy(final: pl.DataFrame, matrix: pl.DataFrame) -> pl.DataFrame:
@@ -162,7 +177,13 @@ def gradient_synergy_summary(points: pl.DataFrame) -> tuple[pl.DataFrame, float,
                 "synergy_seeds": synergy.n,
             }
         )
-    defined = points.filter(pl.col("synergy").is_not_null())
+    # A NaN (a metric missing at a seed upstream) has no rank: it would be ordered arbitrarily.
+    defined = points.filter(
+        pl.col("synergy").is_not_null()
+        & pl.col("synergy").is_not_nan()
+        & pl.col("cosine").is_not_null()
+        & pl.col("cosine").is_not_nan()
+    )
     x, y = defined["cosine"].to_list(), defined["synergy"].to_list()
     rho = spearman(x, y)
     return pl.DataFrame(rows, infer_schema_length=None), rho, permutation_p(x, y), len(x)

@@ -6,7 +6,6 @@ metric per paper column (none of them blind), and the uniform runs' own training
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -31,18 +30,35 @@ WEIGHTING_RULES = (
 )
 
 
+def nonfinite_steps(metrics: pl.DataFrame) -> int:
+    """How many logged steps of a run's history (its metrics.parquet, as the trainer writes it:
+    `skipped` a boolean, `nonfinite` the comma-joined names of the tasks whose loss was not
+    finite, empty when all were) were not finite: skipped, naming a task, or with a total loss
+    that is NaN or infinite."""
+    flags = [pl.lit(False)]
+    if "loss" in metrics.columns:
+        flags.append(~pl.col("loss").is_finite().fill_null(True))
+    if "skipped" in metrics.columns:
+        flags.append(pl.col("skipped").fill_null(False))
+    if "nonfinite" in metrics.columns:
+        flags.append(pl.col("nonfinite").fill_null("") != "")
+    return int(metrics.select(pl.any_horizontal(flags).sum()).item())
+
+
 def converges_stably(metrics: pl.DataFrame) -> tuple[bool | None, str]:
     """Whether a run's history (its metrics.parquet) shows stable convergence (None: too short a
     history to tell), and why."""
-    nonfinite = int(metrics["nonfinite"].fill_null(0).sum()) if "nonfinite" in metrics else 0
+    nonfinite = nonfinite_steps(metrics)
     if nonfinite:
         return False, f"{nonfinite} non-finite step(s)"
+    if "loss" not in metrics.columns:
+        return None, "no loss in its history"
     losses = metrics["loss"].drop_nulls().to_list()
     if len(losses) < 4:
         return None, f"{len(losses)} logged loss(es): too short a history to tell"
     quarter = len(losses) // 4
     first, last = sum(losses[:quarter]) / quarter, sum(losses[-quarter:]) / quarter
-    if not math.isfinite(last) or last >= first:
+    if last >= first:
         return False, f"loss {first:.3g} in the first quarter, {last:.3g} in the last"
     return True, f"loss {first:.3g} -> {last:.3g}"
 
@@ -75,10 +91,12 @@ def weighting_verdict(
     alternatives: Sequence[str],
     blind: Collection[str] = (),
     stalls: pl.DataFrame | None = None,
+    metrics: Collection[str] | None = None,
 ) -> Verdict:
     """The verdict on the claim from the final rows of the uniform experiment and its
     alternatives (experiment names; rows with run, seed, metric, value, higher_is_better);
-    `stalls`: the runs' `vl_stalls`, when the caller has them already."""
+    `stalls`: the runs' `vl_stalls`, when the caller has them already; `metrics`: the metrics
+    the paper columns may be read from (default: every one measured), those in `blind` never."""
     runs = sorted(final.filter(pl.col("experiment") == uniform)["run"].unique().to_list())
     present = [a for a in alternatives if final.filter(pl.col("experiment") == a).height]
     missing = [a for a in alternatives if a not in present]
@@ -92,14 +110,16 @@ def weighting_verdict(
     unstable = [f"{Path(r).name}: {why}" for r, (ok, why) in stability.items() if ok is False]
     unknown = [f"{Path(r).name}: {why}" for r, (ok, why) in stability.items() if ok is None]
     direction = dict(final.select("metric", "higher_is_better").unique().iter_rows())
-    metrics = [m for m in column_metrics(set(direction), blind).values() if m is not None]
+    measured = set(direction) if metrics is None else set(direction) & set(metrics)
+    chosen = [m for m in column_metrics(measured, blind).values() if m is not None]
     base = experiment_seeds(final, uniform)
     beaten, open_questions, states, parts = False, list(missing), [], []
     for name in present:
         wins, losses, untested, shown = _compare(
-            experiment_seeds(final, name), base, metrics, direction
+            experiment_seeds(final, name), base, chosen, direction
         )
-        beaten = beaten or (wins > 0 and losses == 0)
+        # "Without losing anywhere" needs every column tested: an untested one might lose.
+        beaten = beaten or (wins > 0 and losses == 0 and not untested)
         state = (
             "beats uniform"
             if wins and not losses

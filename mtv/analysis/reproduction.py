@@ -37,6 +37,7 @@ from mtv.analysis.sweep_report import (
 from mtv.analysis.synergy import (
     Estimate,
     MissingRuns,
+    critical_t,
     ladder_stats,
     ladder_table,
     synergy_table,
@@ -304,11 +305,15 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
         matrix = _table_file(
             lambda r: _paper_synergy(r, blind), chosen, out / "synergy.parquet", written
         )
-        if ladder is not None and matrix is not None:
+        # A sweep that names its tables, or forms one, is about the claims: each claim whose
+        # runs are missing says which, rather than dropping out of the report.
+        if spec.analysis.tables is not None or ladder is not None or matrix is not None:
             found = verdicts(runs, tuple(metrics), blind)
     claim = spec.analysis.weighting
     if claim is not None:
-        found.append(weighting_verdict(final, claim.uniform, claim.alternatives, blind, stalls))
+        found.append(
+            weighting_verdict(final, claim.uniform, claim.alternatives, blind, stalls, metrics)
+        )
     gradients = gradient_synergy(runs, matrix) if runs is not None and matrix is not None else None
     if gradients is not None and gradients.height:
         gradients.write_parquet(out / "gradient_synergy.parquet")
@@ -398,7 +403,12 @@ def _markdown(
         f"Evaluation: suite `{spec.eval.suite}`, {spec.eval.scenes} held-out scenes. "
         "Every number is mean ± standard error over seeds; differences between task sets are "
         "paired by seed and marked *n.s.* unless a two-sided Student's t-test with the seeds' "
-        "degrees of freedom rejects zero at p < 0.05 (4.30 standard errors with 3 seeds).\n",
+        "degrees of freedom rejects zero at p < 0.05"
+        + (
+            f" ({critical_t(len(seeds) - 1):.2f} standard errors with {len(seeds)} seeds).\n"
+            if len(seeds) > 1
+            else "; with one seed there is no standard error and nothing is tested.\n"
+        ),
     ]
     if found:
         rules = VERDICT_RULES + (" " + WEIGHTING_RULES if spec.analysis.weighting else "")
@@ -460,7 +470,17 @@ def _markdown(
                 "single task's mean gain, whose own noise it leaves out, so the test, not the "
                 "±, says what stands out. "
                 "The average is over the counterparts of the paper's Table 4 columns, one metric "
-                "per column (the first of its metrics that can see).\n",
+                "per column (the first of its metrics that can see), where synergy is defined; "
+                "it says over how many.\n",
+                *(
+                    []
+                    if (matrix["seeds"].max() or 0) >= 2
+                    else [
+                        "With one seed nothing is tested yet: a synergy is shown wherever the "
+                        "better single task gained at all, however little, and no cell is "
+                        "marked.\n"
+                    ]
+                ),
                 *_synergy_section(matrix, metrics),
                 "",
             ]

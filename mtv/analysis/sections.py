@@ -8,7 +8,13 @@ import math
 import polars as pl
 
 from mtv.analysis.controls import blind_metrics
-from mtv.analysis.gradients import EARLY_FRACTION, gradient_synergy_summary
+from mtv.analysis.gradients import (
+    EARLY_FRACTION,
+    EXACT_UP_TO,
+    PERMUTATIONS,
+    gradient_synergy_summary,
+    smallest_permutation_p,
+)
 from mtv.analysis.sweep_report import instrument_reach
 from mtv.analysis.synergy import Estimate
 from mtv.analysis.training import STALL_FRACTION, STALL_TOLERANCE
@@ -173,9 +179,20 @@ def gradient_section(points: pl.DataFrame) -> list[str]:
     ]
     correlation = (
         f"Spearman's rank correlation between the two over the {n} (pair, seed) points with a "
-        f"defined synergy: ρ = {num(rho, 2)}, permutation p = {num(p, 2)}. Points of one pair "
-        "share its runs' design, so they are not independent draws: with three pairs this can "
-        "show at most whether the orderings agree, not a law.\n"
+        f"defined synergy: ρ = {num(rho, 2)}, permutation p = {num(p, 2)} ("
+        + (
+            f"exact, over all {n}! pairings"
+            if n <= EXACT_UP_TO
+            else f"Monte Carlo, {PERMUTATIONS:,} pairings"
+        )
+        + (
+            f"; {n} points cannot give p below {num(smallest_permutation_p(n), 2)}, so this "
+            "test cannot reject at p < 0.05"
+            if smallest_permutation_p(n) >= 0.05
+            else ""
+        )
+        + "). Points of one pair share its runs' design, so they are not independent draws: "
+        "with three pairs this can show at most whether the orderings agree, not a law.\n"
         if n >= 3
         else f"{f'Only {n}' if n else 'No'} (pair, seed) point(s) with a defined synergy: too "
         "few to correlate "

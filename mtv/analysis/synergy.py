@@ -185,6 +185,18 @@ def _values(runs: PerSeed, metric: str) -> Estimate:
     return Estimate.of([v[metric] for v in runs.values() if metric in v])
 
 
+def _complete_seeds(task_sets: Sequence[PerSeed], metric: str) -> list[int]:
+    """The seeds at which every one of `task_sets` has a (non-NaN) value of `metric`."""
+    seeds = set.intersection(*(set(r) for r in task_sets))
+    return sorted(
+        s for s in seeds if all(metric in r[s] and not math.isnan(r[s][metric]) for r in task_sets)
+    )
+
+
+def _restrict(runs: PerSeed, seeds: Collection[int]) -> PerSeed:
+    return {s: runs[s] for s in seeds}
+
+
 def _require(runs: dict[TaskSet, PerSeed], needed: dict[TaskSet, str], what: str) -> None:
     missing = sorted(name for groups, name in needed.items() if groups not in runs)
     if missing:
@@ -199,9 +211,10 @@ def synergy_table(
     """Rows (task_a, task_b, metric, synergy and its SE, gains with their SEs, excess =
     dAB - max(dA, dB) with its SE, defined, significant, seeds) for every pair and metric, plus
     an `average` row per pair: the mean over the metrics where synergy is defined (of those in
-    `average_over`, when given), with an SE over seeds of the per-seed average of
-    excess / best gain (each seed's average in `seed_averages`, for the seeds `seed_ids`).
-    `significant`: the excess differs from 0 significantly (Student's t; None with one seed or
+    `average_over`, when given; how many in `columns`), with an SE over seeds of the per-seed
+    average of excess / best gain (each seed's average in `seed_averages`, for the seeds
+    `seed_ids`). Every estimate of a metric is over the seeds at which all four task sets have
+    it. `significant`: the excess differs from 0 significantly (Student's t; None with one seed or
     where synergy is undefined)."""
     runs = by_task_set(results)
     direction = _direction(results)
@@ -219,20 +232,26 @@ def synergy_table(
     for a, b in pairs:
         ra, rb, rab = runs[(a,)], runs[(b,)], runs[tuple(sorted((a, b)))]
         per_seed_ratios: dict[int, list[float]] = {}
+        averaged: list[str] = []  # the metrics the pair's average is over
         for metric, higher in direction.items():
-            ga, gb, gab = (paired(r, base, metric, higher) for r in (ra, rb, rab))
-            if math.isnan(ga.mean) or math.isnan(gb.mean) or math.isnan(gab.mean):
+            # Every estimate of a cell over the same seeds, those with a number in all four task
+            # sets: gains over different seed sets would not add up (a missing seed could turn
+            # the cell's sign against its own excess).
+            seeds = _complete_seeds((base, ra, rb, rab), metric)
+            if not seeds:
                 continue
-            best_runs = ra if ga.mean >= gb.mean else rb
+            sa, sb, sab, sbase = (_restrict(r, seeds) for r in (ra, rb, rab, base))
+            ga, gb, gab = (paired(r, sbase, metric, higher) for r in (sa, sb, sab))
+            best_runs = sa if ga.mean >= gb.mean else sb
             best = ga if ga.mean >= gb.mean else gb
-            excess = paired(rab, best_runs, metric, higher)
+            excess = paired(sab, best_runs, metric, higher)
             defined = best.positive
-            value = (gab.mean - best.mean) / best.mean if defined else math.nan
+            value = excess.mean / best.mean if defined else math.nan
             if defined and (average_over is None or metric in average_over):
-                for seed in sorted(set(rab) & set(best_runs)):
-                    if metric in rab[seed] and metric in best_runs[seed]:
-                        ratio = gain(rab[seed][metric], best_runs[seed][metric], higher) / best.mean
-                        per_seed_ratios.setdefault(seed, []).append(ratio)
+                averaged.append(metric)
+                for seed in seeds:
+                    ratio = gain(sab[seed][metric], best_runs[seed][metric], higher) / best.mean
+                    per_seed_ratios.setdefault(seed, []).append(ratio)
             rows.append(
                 {
                     "task_a": a,
@@ -266,6 +285,7 @@ def synergy_table(
                 "defined": average.n > 0,
                 "significant": average.significant,
                 "seeds": average.n,
+                "columns": len(averaged),
                 # The average of each seed (what the SE is over), for analyses by seed.
                 "seed_ids": seeds,
                 "seed_averages": per_seed,
@@ -276,20 +296,25 @@ def synergy_table(
 
 def synergy_wide(matrix: pl.DataFrame) -> pl.DataFrame:
     """The synergy rows in the paper's Table 4 layout: one row per pair (`pair`, e.g.
-    "ssl x depth"), one column per metric, `average` last. Cells are the synergy, or text
-    'mean ± SE' (with 'n.s.' where the excess is not significant) when there are seeds to tell."""
+    "ssl x depth"), one column per metric, `average` last. Cells are text: the synergy, with
+    '± SE' (and 'n.s.' where the excess is not significant) when there are seeds to tell, and
+    after an average the number of columns it is over."""
     seeded = (
         bool(matrix.filter(pl.col("seeds") >= 2).height) if "seeds" in matrix.columns else False
     )
 
-    def cell(row: dict) -> str | float:
+    def cell(row: dict) -> str:
         value = row["synergy"]
-        if not seeded:
-            return value
+        # An average says how many columns it is over: pairs may differ in where it is defined.
+        over = f", {row['columns']} columns" if row.get("columns") is not None else ""
         if value is None or math.isnan(value):
             return "undefined"
-        text = f"{value:+.2f} ± {row['synergy_se']:.2f}"
-        return text if row["significant"] else text + " n.s."
+        if not seeded:
+            return f"{value:+.2f}" + (f" ({over[2:]})" if over else "")
+        if row["significant"] is None:  # fewer than two seeds in this cell: no test
+            return f"{value:+.2f} ({row['seeds']} seed{over})"
+        text = f"{value:+.2f} ± {row['synergy_se']:.2f}" + ("" if row["significant"] else " n.s.")
+        return text + (f" ({over[2:]})" if over else "")
 
     rows = [
         {"pair": f"{r['task_a']} x {r['task_b']}", "metric": r["metric"], "cell": cell(r)}

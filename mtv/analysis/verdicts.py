@@ -19,8 +19,9 @@ VERDICT_RULES = (
     "can see: the positive control beats its random init on it (see *What the instruments can "
     "see*); a metric it shows blind, or has not judged, is left out. A family of columns is "
     "*lifted* when at least one of its metrics improves significantly and none worsens "
-    "significantly, *hurt* in the opposite case, *mixed* when both happen, and *unchanged* when "
-    "nothing stands out of the noise. A claim that a step lifts some families is *reproduced* "
+    "significantly, *hurt* in the opposite case, *mixed* when both happen, *unchanged* when "
+    "nothing stands out of the noise, and *untested* with one seed (no standard error). A "
+    "claim that a step lifts some families is *reproduced* "
     "when every family is lifted, *contradicted* when one is hurt, and *inconclusive* otherwise "
     "(also when a family has no metric that can see). The synergy claim is reproduced when every "
     "pair's average synergy is significantly positive, contradicted when one is significantly "
@@ -166,7 +167,17 @@ def _family_state(changes: list[tuple[str, float, float, bool | None]]) -> str:
     down = sum(1 for _, mean, _, sig in changes if sig and mean < 0)
     if up and down:
         return "mixed"
+    if not up and not down and all(sig is None for *_, sig in changes):
+        return "untested"  # one seed: no SE, so nothing can stand out of the noise
     return "lifted" if up else "hurt" if down else "unchanged"
+
+
+def difference_text(metric: str, difference: float, se: float, significant: bool | None) -> str:
+    """'depth lin. RMSE ↓ -0.1±0.02 n.s.': a paired difference in the metric's own direction;
+    with one seed there is no SE and no test ('(1 seed)')."""
+    if significant is None:
+        return f"{short_name(metric)} {difference:+.3g} (1 seed)"
+    return f"{short_name(metric)} {difference:+.3g}±{se:.2g}" + ("" if significant else " n.s.")
 
 
 def _step_verdict(
@@ -197,8 +208,7 @@ def _step_verdict(
         states.append(state)
         # The difference itself, not the gain: a lower-is-better metric's gain is its fall.
         shown = ", ".join(
-            f"{short_name(m)} {mean if direction[m] else -mean:+.3g}±{se:.2g}"
-            f"{'' if sig else ' n.s.'}"
+            difference_text(m, mean if direction[m] else -mean, se, sig)
             for m, mean, se, sig in changes
         )
         if unseen:
@@ -233,10 +243,18 @@ def _synergy_verdict(
             parts.append(f"{pair}: undefined (no single task's gain stands out of the noise)")
             continue
         significant = row["significant"]
+        columns = f"over {row['columns']} column(s)"
+        if significant is None:
+            states.append("untested")
+            parts.append(f"{pair} {100 * value:+.0f}% ({columns}; 1 seed: untested)")
+            continue
         states.append(
             "positive" if significant and value > 0 else "negative" if significant else "n.s."
         )
-        parts.append(f"{pair} {100 * value:+.0f}% ± {100 * se:.0f}{'' if significant else ' n.s.'}")
+        parts.append(
+            f"{pair} {100 * value:+.0f}% ± {100 * se:.0f}{'' if significant else ' n.s.'} "
+            f"({columns})"
+        )
     if states and all(s == "positive" for s in states):
         verdict = "reproduced"
     elif "negative" in states:
