@@ -256,33 +256,28 @@ def test_compiled_step_has_no_graph_break_on_two_ranks(ranks):
 
 
 def test_pcgrad_weights_come_from_the_gramian_of_both_ranks(ranks):
-    """Both ranks weight the tasks alike, and as one process does from the sum of the two
-    halves' Gramians (each rank alone would see only its own)."""
+    """Both ranks weight the tasks alike, and as one process does from the tasks' gradients
+    on the last block's parameters over the whole batch (each rank alone would see only its
+    half)."""
     from torchjd.aggregation import PCGradWeighting
+
+    from mtv.tasks.weighting import task_gradients
 
     per_rank = result(ranks, "pcgrad")
     assert per_rank[0]["weights"] == per_rank[1]["weights"]
-    gramians = []
-    for rank in range(w.WORLD_SIZE):
-        graph, half = w.pcgrad_half(rank)
-        student = graph.student
-        features = encode_passes(student.encoder, graph.plan.student, half)
-        inputs = StepInputs(half, features, student.encode_texts(half), {}, torch.zeros(()))
-        shared = student.shared_outputs(features)
-        rows = []
-        for kind in w.PCGRAD_TASKS:
-            loss = graph.plan.weights[kind] * student.tasks[kind](inputs).loss
-            grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
-            rows.append(
-                torch.cat(
-                    [
-                        (g if g is not None else torch.zeros_like(f)).flatten()
-                        for g, f in zip(grads, shared, strict=True)
-                    ]
-                )
-            )
-        jacobian = torch.stack(rows)
-        gramians.append(jacobian @ jacobian.T)
+    graph = w.make_graph(w.PCGRAD_TASKS, optim={"weighting": "pcgrad"})
+    whole = random_batch(graph, batch_size=w.GLOBAL_BATCH, seed=w.SEED)
+    student = graph.student
+    features = encode_passes(student.encoder, graph.plan.student, whole)
+    inputs = StepInputs(whole, features, student.encode_texts(whole), {}, torch.zeros(()))
+    weighted = [
+        graph.plan.weights[kind] * student.tasks[kind](inputs).loss for kind in w.PCGRAD_TASKS
+    ]
+    _, jacobian = task_gradients(
+        weighted, student.shared_outputs(features), list(student.encoder.blocks[-1].parameters())
+    )
+    jacobian = jacobian.double()
+    gramians = [jacobian @ jacobian.T]
     weights = PCGradWeighting()(sum(gramians).double())
     expected = {
         k: float(c) * graph.plan.weights[k] for k, c in zip(w.PCGRAD_TASKS, weights, strict=True)

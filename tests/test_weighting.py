@@ -124,7 +124,7 @@ def test_pcgrad_steps_along_the_projected_gradients(conflict: bool) -> None:
     feature = torch.zeros(6, dtype=torch.float64, requires_grad=True)
     hidden = feature * 1.0  # the encoder's output: not a leaf
     weighting = LossWeighting(["a", "b"], {"a": 1.0, "b": 2.0}, "pcgrad")
-    total, report = weighting({"a": a @ hidden, "b": 0.5 * (b @ hidden)}, [hidden])
+    total, report = weighting({"a": a @ hidden, "b": 0.5 * (b @ hidden)}, [hidden], [feature])
     total.backward()
     expected = pcgrad_literal([a, b])  # task b's weight 2 times its loss 0.5 b.x: gradient b
     assert feature.grad is not None
@@ -134,15 +134,58 @@ def test_pcgrad_steps_along_the_projected_gradients(conflict: bool) -> None:
         assert report["weight/b"].item() == pytest.approx(2.0)
 
 
-def test_pcgrad_in_the_graph_step_weights_every_task_from_the_encoder_outputs() -> None:
+def test_pcgrad_projects_the_encoder_and_leaves_each_head_its_own_gradient() -> None:
+    """Two tasks with a head each on a shared encoder `feature -> hidden`: the encoder gets the
+    projected sum (Algorithm 1), each head exactly its own task's gradient, and the step's loss
+    keeps the value of the plain weighted sum."""
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(5, generator=g, dtype=torch.float64), torch.randn(5, generator=g)
+    b = (b.double() - (a @ b.double()) / (a @ a) * a - 0.9 * a).double()  # they conflict
+    feature = torch.randn(5, generator=g, dtype=torch.float64).requires_grad_()
+    heads = {k: torch.tensor(1.5, dtype=torch.float64, requires_grad=True) for k in "ab"}
+    hidden = feature * 1.0
+    losses = {"a": heads["a"] * (a @ hidden), "b": heads["b"] * (b @ hidden)}
+    weighting = LossWeighting(["a", "b"], {"a": 1.0, "b": 0.5}, "pcgrad")
+    total, report = weighting(losses, [hidden], [feature])
+    assert float(total.detach()) == pytest.approx(float((losses["a"] + 0.5 * losses["b"]).detach()))
+    total.backward()
+    expected = pcgrad_literal([1.5 * a, 0.5 * 1.5 * b])
+    torch.testing.assert_close(feature.grad, expected)
+    assert report["weighting/conflicts"].item() == 1
+    assert report["weight/b"].item() > 0.5  # b's encoder gradient gained a multiple of a's
+    # the heads: d(w_k L_k)/d head_k, not scaled by the projection's weights
+    assert heads["a"].grad.item() == pytest.approx(float(a @ feature))
+    assert heads["b"].grad.item() == pytest.approx(0.5 * float(b @ feature))
+
+
+def test_pcgrad_in_the_graph_step_sees_every_tasks_gradient_on_the_encoder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The full task set, clean and masked views in one batched pass: every task's gradient
+    reaches the last block the Gramian is taken on and the outputs the weights act at."""
+    from mtv.tasks import weighting as weighting_module
+
+    seen: dict[str, object] = {}
+
+    def spy(*args: object) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
+        seen["at_outputs"], seen["rows"] = weighting_module_task_gradients(*args)
+        return seen["at_outputs"], seen["rows"]  # type: ignore[return-value]
+
+    weighting_module_task_gradients = weighting_module.task_gradients
+    monkeypatch.setattr(weighting_module, "task_gradients", spy)
     torch.manual_seed(0)
-    spec = tiny_spec(ALL_TASKS, optim={"weighting": "pcgrad"})
-    graph = TaskGraph(spec)
+    graph = TaskGraph(tiny_spec(ALL_TASKS, optim={"weighting": "pcgrad"}))
     out = graph.step(random_batch(graph), 0)
+    kinds = list(graph.student.tasks)
+    rows, at_outputs = seen["rows"], seen["at_outputs"]
+    for kind, row, grads in zip(kinds, rows, at_outputs, strict=True):  # type: ignore[call-overload]
+        assert float(row.norm()) > 0, f"{kind}: no gradient on the last block"
+        assert sum(float(g.norm()) for g in grads) > 0, f"{kind}: no gradient at the outputs"
     weights = {k: float(out.logged[f"weight/{k}"]) for k in ALL_TASKS}
     # every task keeps at least its own gradient (a projection only adds multiples of others)
     assert all(weights[k] >= graph.plan.weights[k] * (1 - 1e-6) for k in ALL_TASKS)
-    expected = sum(weights[k] * float(out.losses[k]) for k in ALL_TASKS)
+    # the step's loss is the plain weighted sum: the projection acts on gradients only
+    expected = sum(graph.plan.weights[k] * float(out.losses[k]) for k in ALL_TASKS)
     assert float(out.total) == pytest.approx(expected, rel=1e-5)
     out.total.backward()
     assert graph.student.encoder.patch_embed.weight.grad is not None

@@ -80,17 +80,25 @@ class StudentModel(nn.Module):
             out = task(inputs)
             losses[kind] = out.loss
             logged.update({f"{kind}/{name}": value for name, value in out.logged.items()})
-        total, weights = self.weighting(losses, self.shared_outputs(features))
+        total, weights = self.weighting(
+            losses, self.shared_outputs(features), list(self.encoder.blocks[-1].parameters())
+        )
         return total, losses, logged | weights
 
     def shared_outputs(self, features: dict[str, EncoderOutput]) -> list[Tensor]:
-        """The encoder's outputs every task reads from: each view's last hidden state (tokens
-        and pooled embeddings are computed from it) and the intermediate layers tapped for a
-        task (the last layer's tap is the tokens themselves, already behind the hidden state),
-        so no gradient path is counted twice."""
+        """The encoder's outputs every gradient into it passes through: each encoder pass's last
+        hidden state (tokens and pooled embeddings are computed from it) and the intermediate
+        layers tapped for a task (the last layer's tap is the tokens themselves, already behind
+        the hidden state), so no gradient path is counted twice. A view split from a batched
+        pass (the clean and masked global views) counts through that pass: the slices a task
+        reads of its tokens or pooled embeddings are not behind the slice of its hidden state."""
         depth = len(self.encoder.blocks)
-        out = []
+        passes: dict[int, EncoderOutput] = {}
         for encoded in features.values():
+            root = encoded.source or encoded
+            passes.setdefault(id(root), root)
+        out = []
+        for encoded in passes.values():
             out.append(encoded.prenorm)
             out += [tap for layer, tap in encoded.layers.items() if layer != depth]
         return out

@@ -22,6 +22,9 @@ class EncoderOutput:
     pooled: Tensor | None = None  # (B, D) MAP-pooled embedding, when asked for
     layers: dict[int, Tensor] = field(default_factory=dict)  # 1-based layer -> normed (B, N, D)
     grid: tuple[int, int] = (0, 0)  # patch grid (rows, columns)
+    # The batched pass this one was split from (None for a pass of its own): its tensors are
+    # where every gradient into the encoder meets, whichever slice a task read.
+    source: EncoderOutput | None = None
 
     def split(self, size: int) -> tuple[EncoderOutput, EncoderOutput]:
         """The first `size` images' outputs and the rest's (undoes a batched pass)."""
@@ -29,7 +32,9 @@ class EncoderOutput:
         def rows(part: slice) -> EncoderOutput:
             pooled = self.pooled[part] if self.pooled is not None else None
             layers = {k: v[part] for k, v in self.layers.items()}
-            return EncoderOutput(self.tokens[part], self.prenorm[part], pooled, layers, self.grid)
+            return EncoderOutput(
+                self.tokens[part], self.prenorm[part], pooled, layers, self.grid, source=self
+            )
 
         return rows(slice(None, size)), rows(slice(size, None))
 

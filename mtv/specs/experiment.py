@@ -298,8 +298,9 @@ class OptimSpec(StrictModel):
         "uniform",
         description="how task losses combine: uniform (the paper's: each task's fixed weight), "
         "uncertainty (Kendall et al. 2018: a learned log-variance per task on top of it) or "
-        "pcgrad (Yu et al. 2020: conflicting task gradients projected, from their Gramian at "
-        "the encoder's outputs; one backward per task through the heads)",
+        "pcgrad (Yu et al. 2020: the encoder's gradient is the tasks' gradients projected off "
+        "each other where they conflict, compared on the encoder's last block; one backward "
+        "per task through its head and that block; heads keep their own gradients)",
     )
 
 

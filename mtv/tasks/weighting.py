@@ -9,18 +9,25 @@
   It applies to the losses bounded below by 0 (`Task.nonnegative_loss`); the others (KoLeo)
   keep their fixed weight.
 
-- `pcgrad`: PCGrad (Yu et al., NeurIPS 2020), each task's gradient projected off the others'
-  where they conflict, with the projection weights computed by torchjd's `PCGradWeighting`
-  from the Gramian G_ij = g_i . g_j of the tasks' gradients with respect to the image
-  encoder's outputs (each view's last hidden state and the intermediate layers a task reads),
-  not its parameters, as MGDA-UB does (Sener and Koltun, NeurIPS 2018): one backward per task
-  through the heads only, then the ordinary backward of L = sum_k c_k w_k L_k with the
-  weights c_k held constant. The Gramian is summed over ranks and rank 0's weights are used
-  everywhere, so every rank steps the same way. The projection loop runs on the host (torchjd):
-  one device-to-host read per step on a GPU.
+- `pcgrad`: PCGrad (Yu et al., NeurIPS 2020), each task's gradient on the shared encoder
+  projected off the others' where they conflict (negative dot product). The projection is a
+  linear combination sum_k c_k g_k of the tasks' gradients, whose weights c_k torchjd's
+  `PCGradWeighting` computes from the Gramian G_ij = g_i . g_j. Here g_k is task k's gradient
+  on the parameters of the encoder's last block: every view of every task passes through it
+  (global, masked and local crops alike), so conflicts between tasks that read different views
+  show there, at the cost of one backward per task through its head and that one block, not
+  the whole encoder. The weights c_k then act on the whole encoder: at the encoder's outputs
+  (`StudentModel.shared_outputs`) the step's backward carries sum_k c_k w_k dL_k/dF, through a
+  term whose value is 0 and whose gradient adds sum_k (c_k - 1) w_k dL_k/dF. Task heads, and
+  the text tower outside the image encoder, train on their plain w_k L_k, as PCGrad leaves
+  task-specific parameters alone. The tasks' gradients are summed over ranks before the
+  Gramian and rank 0's weights are used everywhere, so every rank steps the same way; the
+  projection loop runs on the host (torchjd): one device-to-host read per step on a GPU.
 
-The effective weight of each task (w_k exp(-s_k), or c_k w_k) is reported as `weight/<kind>`
-every step.
+`weight/<kind>` reports each task's effective weight every step: w_k exp(-s_k) for the tasks
+whose s_k is learned (`uncertainty`), c_k w_k at the encoder (`pcgrad`, beside
+`weighting/conflicts`, the number of task pairs whose gradients conflict); `uniform` reports
+none, its weights being the spec's.
 """
 
 from __future__ import annotations
@@ -58,15 +65,19 @@ class LossWeighting(nn.Module):
             raise ValueError(f"optim.weighting: unknown method {method!r}")
 
     def forward(
-        self, losses: dict[str, Tensor], features: Sequence[Tensor] = ()
+        self,
+        losses: dict[str, Tensor],
+        features: Sequence[Tensor] = (),
+        probe: Sequence[Tensor] = (),
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The step's loss and the tasks' effective weights; `features` are the shared outputs
-        whose gradients `pcgrad` compares (ignored by the other methods)."""
+        """The step's loss and the tasks' effective weights. `pcgrad` (ignored by the other
+        methods) compares the tasks' gradients on the parameters `probe` and applies its
+        weights at the encoder outputs `features`, behind which the whole encoder lies."""
         if self.method == "uniform":
             total = sum(self.weights[k] * losses[k] for k in self.kinds)
             return torch.as_tensor(total), {}
         if self.method == "pcgrad":
-            return self._pcgrad(losses, features)
+            return self._pcgrad(losses, features, probe)
         log_variance = dict(zip(self.learned, self.log_variance.float().unbind(), strict=True))
         total = torch.zeros((), device=self.log_variance.device)
         logged: dict[str, Tensor] = {}
@@ -80,30 +91,49 @@ class LossWeighting(nn.Module):
         return total, logged
 
     def _pcgrad(
-        self, losses: dict[str, Tensor], features: Sequence[Tensor]
+        self, losses: dict[str, Tensor], features: Sequence[Tensor], probe: Sequence[Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         weighted = [self.weights[k] * losses[k].float() for k in self.kinds]
-        needed = [f for f in features if f.requires_grad]
-        if not torch.is_grad_enabled() or not needed:
-            return torch.stack(weighted).sum(), {}
-        rows = []
-        for loss in weighted:
-            grads = torch.autograd.grad(loss, needed, retain_graph=True, allow_unused=True)
-            rows.append(
-                torch.cat(
-                    [
-                        (g if g is not None else torch.zeros_like(f)).flatten().float()
-                        for g, f in zip(grads, needed, strict=True)
-                    ]
-                )
-            )
-        jacobian = torch.stack(rows)
-        gramian = all_reduce_sum(jacobian @ jacobian.T)
-        coefficients = PCGradWeighting()(gramian.double()).to(jacobian.dtype)
-        coefficients = broadcast_from_first(coefficients)
-        total = (coefficients.detach() * torch.stack(weighted)).sum()
+        total = torch.stack(weighted).sum()
+        outputs = [f for f in features if f.requires_grad]
+        parameters = [p for p in probe if p.requires_grad]
+        if not torch.is_grad_enabled() or not outputs or not parameters:
+            return total, {}
+        at_outputs, rows = task_gradients(weighted, outputs, parameters)
+        jacobian = all_reduce_sum(rows).double()  # each task's gradient over the global batch
+        # In fp64: the dot products run over the block's parameters, and where two gradients
+        # nearly cancel, fp32 rounding would move the projection's weights.
+        gramian = jacobian @ jacobian.T
+        coefficients = PCGradWeighting()(gramian).to(rows.dtype)
+        coefficients = broadcast_from_first(coefficients).detach()
+        # What the encoder must receive beyond the plain sum: sum_k (c_k - 1) w_k dL_k/dF at
+        # each output F, through (extra . (F - F.detach())), which is 0 in value.
+        for output, *per_task in zip(outputs, *at_outputs, strict=True):
+            extra = sum((c - 1) * g for c, g in zip(coefficients.unbind(), per_task, strict=True))
+            total = total + (extra.detach() * (output - output.detach())).sum()
         logged = {
-            f"weight/{k}": (c * self.weights[k]).detach()
+            f"weight/{k}": c * self.weights[k]
             for k, c in zip(self.kinds, coefficients.unbind(), strict=True)
         }
-        return total, logged
+        conflicts = torch.triu(gramian < 0, diagonal=1).sum()
+        return total, logged | {"weighting/conflicts": conflicts.to(rows.dtype)}
+
+
+def task_gradients(
+    weighted: Sequence[Tensor], outputs: Sequence[Tensor], parameters: Sequence[Tensor]
+) -> tuple[list[list[Tensor]], Tensor]:
+    """Each weighted loss's gradients at the encoder's `outputs` (one list per task, zeros
+    where a task does not read an output) and on `parameters`, flattened into one row per
+    task: the (tasks x parameters) Jacobian PCGrad compares the tasks on."""
+    at_outputs, rows = [], []
+    for loss in weighted:
+        grads = torch.autograd.grad(
+            loss, [*outputs, *parameters], retain_graph=True, allow_unused=True
+        )
+        filled = [
+            g if g is not None else torch.zeros_like(x)
+            for g, x in zip(grads, [*outputs, *parameters], strict=True)
+        ]
+        at_outputs.append(filled[: len(outputs)])
+        rows.append(torch.cat([g.flatten().float() for g in filled[len(outputs) :]]))
+    return at_outputs, torch.stack(rows)
