@@ -79,6 +79,20 @@ def test_object_depth_sees_a_seeing_encoder_and_not_a_blind_one(data: MiniData) 
         assert score.value > 0.95 * score.trivial
 
 
+@pytest.mark.parametrize("width", [128, 384])
+def test_features_that_say_nothing_cost_the_relief_probe_nothing(
+    data: MiniData, width: int
+) -> None:
+    """Noise of an encoder's width beside the apparent position and size scores the trivial
+    predictor's RMSE, not worse: a score above the trivial one is not a penalty of width."""
+    noise = torch.randn(
+        len(data.views), GRID, GRID, width, generator=torch.Generator().manual_seed(1)
+    )
+    score = relief_scores(noise, data)["relief_rmse"]
+    assert score.trivial is not None
+    assert abs(score.value / score.trivial - 1) < 0.02, (score.value, score.trivial)
+
+
 class CropOracle:
     """Duck-types FrozenModel for `object_shape`: a crop's pooled embedding is the one-hot of
     its object's shape and colour (looked up by the crop's pixels when `seeing`; the same
@@ -133,6 +147,23 @@ def test_object_shape_sees_a_seeing_encoder_and_not_a_blind_one(data: MiniData) 
     for _, metric, value, trivial, *_ in blind.rows():
         # One class for every image: at most that class's share, near chance / majority.
         assert value <= trivial + 0.1, (metric, value, trivial)
+
+
+@pytest.mark.parametrize("evaluator", ["zero_shot", "object_shape"])
+def test_zero_shot_chance_is_the_most_common_class_not_one_over_the_classes(
+    data: MiniData, evaluator: str
+) -> None:
+    """The single-object scenes' classes are not balanced: answering the most common class
+    scores its share, which is the trivial score, and an encoder that answers one class for
+    every image cannot beat it."""
+    rows = measure(CropOracle(data, False), EvalSpec(suite="mini", only=[evaluator]), data)
+    for _, metric, value, trivial, *_ in rows.rows():
+        if not metric.endswith("_top1"):
+            continue
+        labels = data.single_labels(metric.removesuffix("_top1")).numpy()
+        majority = np.bincount(labels).max() / len(labels)
+        assert trivial == pytest.approx(majority), metric
+        assert value <= trivial + 1e-9, (metric, value, trivial)
 
 
 def test_object_crops_zoom_on_the_object(data: MiniData) -> None:

@@ -26,7 +26,8 @@ COLOR_NAMES = tuple(COLORS)
 # Zero-shot prompts in the captions' own language; a class's text embedding is the mean over
 # these templates and over every value of the other attribute ("a red cube", "a blue cube", ...
 # for the class "cube").
-TEMPLATES = ("a {}.", "a rendering of a {}.", "a {} on a floor.", "one object on a floor: a {}.")
+# Filled with a phrase and its article ("an orange cube"), as captions write it.
+TEMPLATES = ("{}.", "a rendering of {}.", "{} on a floor.", "one object on a floor: {}.")
 GALLERY = 100  # retrieval galleries: consecutive blocks of this many scenes
 MAX_PROBE_DEPTH = 20.0  # world units; about the 95th percentile of patch depth in the mini-world
 

@@ -358,22 +358,35 @@ def dpt_depth_probe_scores(
 
 
 RIDGE_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # per training row, on standardised features
+FREE_PENALTY = 1e-8  # per training row, on the columns a probe must not shrink
 
 
-def _ridge_fit(x: Tensor, y: Tensor, penalty: float) -> Tensor:
-    """Weights (D + 1,) of y ~ [x, 1] with an L2 penalty `penalty * rows` on the x weights."""
+def _ridge_fit(x: Tensor, y: Tensor, penalty: float, free: int = 0) -> Tensor:
+    """Weights (D + 1,) of y ~ [x, 1] with an L2 penalty `penalty * rows` on the x weights but
+    the last `free` columns'."""
     design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
     gram = design.T @ design
     reg = torch.eye(design.shape[1], dtype=x.dtype) * penalty * len(x)
+    # The free columns are all but unshrunk: a trace of penalty keeps the system solvable
+    # where one is constant or they are collinear (a handful of training rows).
+    free_columns = torch.arange(design.shape[1] - 1 - free, design.shape[1] - 1)
+    reg[free_columns, free_columns] = FREE_PENALTY * len(x)
     reg[-1, -1] = 0.0  # the intercept is not shrunk
     return torch.linalg.solve(gram + reg, design.T @ y)
 
 
-def ridge_probe_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor) -> Tensor:
+def ridge_probe_predict(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    free: int = 0,
+    penalties: tuple[float, ...] = RIDGE_PENALTIES,
+) -> Tensor:
     """A ridge regression of (N, D) features onto (N,) targets, standardised with the training
-    features' statistics, its penalty chosen among RIDGE_PENALTIES on the last fifth of the
+    features' statistics, its penalty chosen among `penalties` on the last fifth of the
     training rows and refitted on all of them; predictions for `test_x`. Closed form, float64:
-    the same answer on every run, however the features are scaled."""
+    the same answer on every run, however the features are scaled. The last `free` columns are
+    not shrunk: what a baseline reads from them alone, the probe keeps whatever the penalty."""
     x, y = train_x.double(), train_y.double()
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     x, t = (x - mean) / std, (test_x.double() - mean) / std
@@ -381,10 +394,10 @@ def ridge_probe_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor) -> Ten
     fit, held = slice(0, cut), slice(cut, len(x))
 
     def held_out_error(penalty: float) -> float:
-        w = _ridge_fit(x[fit], y[fit], penalty)
+        w = _ridge_fit(x[fit], y[fit], penalty, free)
         design = torch.cat([x[held], torch.ones(len(x[held]), 1, dtype=x.dtype)], dim=1)
         return float(((design @ w - y[held]) ** 2).mean()) if len(x[held]) else 0.0
 
-    penalty = min(RIDGE_PENALTIES, key=held_out_error)
-    w = _ridge_fit(x, y, penalty)
+    penalty = min(penalties, key=held_out_error)
+    w = _ridge_fit(x, y, penalty, free)
     return torch.cat([t, torch.ones(len(t), 1, dtype=t.dtype)], dim=1) @ w

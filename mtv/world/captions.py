@@ -35,7 +35,8 @@ def plural(shape: str) -> str:
     return PLURAL.get(shape, shape + "s")
 
 
-def _article(phrase: str) -> str:
+def with_article(phrase: str) -> str:
+    """'an orange cube', 'a red cube': the phrase as captions write it."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
@@ -47,7 +48,7 @@ def noun_phrase(obj: SceneObject, rng: np.random.Generator, detail: float = 0.5)
     if rng.random() < detail * 0.6:
         words.append(obj.material)
     words += [obj.color, obj.shape]
-    return _article(" ".join(words))
+    return with_article(" ".join(words))
 
 
 def _join(items: list[str]) -> str:

@@ -30,9 +30,11 @@ from mtv.eval.contract import Evaluator, image_features, register_evaluator
 from mtv.eval.metrics import Score, Scores
 from mtv.eval.mini import MiniData, view_halves
 from mtv.eval.model import FrozenModel
-from mtv.eval.probes import ridge_probe_predict
+from mtv.eval.probes import RIDGE_PENALTIES, ridge_probe_predict
 
 MIN_PIXELS = 16  # an object seen over fewer pixels is left out
+
+RELIEF_PENALTIES = (*RIDGE_PENALTIES, 10.0, 100.0)  # per training row
 
 
 def visible_objects(data: MiniData) -> list[tuple[int, int, float]]:
@@ -80,11 +82,12 @@ def trivial_relief_rmse(apparent: Tensor, relief: Tensor, train: Tensor) -> floa
     cut = max(1, int(0.8 * len(y)))
     held = slice(cut, len(y))
     constant_held = _rmse(torch.full_like(y[held], float(y[:cut].mean())), y[held])
-    apparent_held = _rmse(ridge_probe_predict(x[:cut], y[:cut], x[held]), y[held])
+    free = apparent.shape[1]  # least squares: three columns need no shrinking
+    apparent_held = _rmse(ridge_probe_predict(x[:cut], y[:cut], x[held], free), y[held])
     truth = relief[~train]
     if constant_held <= apparent_held:
         return _rmse(torch.full_like(truth, float(y.mean())), truth)
-    return _rmse(ridge_probe_predict(x, y, apparent[~train]), truth)
+    return _rmse(ridge_probe_predict(x, y, apparent[~train], free), truth)
 
 
 def relief_scores(patches: Tensor, data: MiniData) -> Scores:
@@ -100,9 +103,17 @@ def relief_scores(patches: Tensor, data: MiniData) -> Scores:
     relief = torch.tensor([r for _, _, r in objects], dtype=torch.float64)
     truth = relief[~train]
 
-    # The features' probe is given what the trivial one reads too: what it adds is the score.
+    # The features' probe is given what the trivial one reads too, unshrunk, so that features
+    # that say nothing cost it nothing (shrunk with them, the apparent columns' fit would fall
+    # behind the trivial's): what the features add is the score. Penalties up to 100 per row
+    # let it shrink an encoder's width of useless features to nothing.
     given = torch.cat([features, apparent], dim=1)
-    probed = _rmse(ridge_probe_predict(given[train], relief[train], given[~train]), truth)
+    probed = _rmse(
+        ridge_probe_predict(
+            given[train], relief[train], given[~train], apparent.shape[1], RELIEF_PENALTIES
+        ),
+        truth,
+    )
     return {"relief_rmse": Score(probed, trivial_relief_rmse(apparent, relief, train))}
 
 
@@ -110,7 +121,9 @@ def relief_scores(patches: Tensor, data: MiniData) -> Scores:
 class MiniObjectDepth(Evaluator):
     name = "object_depth"
     suites = ("mini",)
-    version = 2  # the trivial predictor chosen on training rows, not on the test labels
+    # 3: the apparent position and size unshrunk in the features' probe (2: the trivial
+    # predictor chosen on training rows, not on the test labels)
+    version = 3
 
     def __call__(self, model: FrozenModel, data: MiniData) -> Scores:
         return relief_scores(image_features(model, data.images).patches, data)
