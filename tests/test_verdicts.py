@@ -490,3 +490,16 @@ def test_a_report_whose_tables_lack_runs_still_lists_every_claim(tmp_path: Path)
     ) in verdict_rows
     assert "(no ladder: missing runs for the ladder: VL + SSL + Ground + Depth)" in text
     assert "4.30 standard errors with 3 seeds" in text
+
+
+def test_a_column_passes_to_its_next_metric_when_one_run_lacks_the_first() -> None:
+    in1k = COLUMN_METRICS["IN-1k"]
+    frame = planted(PAPER_LIKE)
+    # SSL's run lacks whole-scene zero-shot shape: IN-1k counts through the zoomed object's.
+    lacking = frame.filter(~((pl.col("experiment") == "vl_ssl") & (pl.col("metric") == in1k[0])))
+    ssl = {v.claim: v for v in verdicts(lacking)}["SSL lifts both semantic and dense metrics"]
+    assert "object 0-shot shape +0.1±" in ssl.evidence, ssl.evidence
+    # Lacking all of IN-1k's metrics, the column is named, not silently dropped.
+    none = frame.filter(~((pl.col("experiment") == "vl_ssl") & pl.col("metric").is_in(in1k)))
+    ssl = {v.claim: v for v in verdicts(none)}["SSL lifts both semantic and dense metrics"]
+    assert "not measured in both: IN-1k" in ssl.evidence, ssl.evidence

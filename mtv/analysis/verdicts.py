@@ -181,7 +181,7 @@ def difference_text(metric: str, difference: float, se: float, significant: bool
 
 
 def _step_verdict(
-    results: pl.DataFrame, claim: Claim, columns: dict[str, str | None], blind_note: str
+    results: pl.DataFrame, claim: Claim, columns: dict[str, tuple[str, ...]], blind_note: str
 ) -> Verdict:
     assert claim.step is not None
     before, after = claim.step
@@ -192,17 +192,26 @@ def _step_verdict(
     direction = dict(results.select("metric", "higher_is_better").unique().iter_rows())
     states, parts = [], []
     for family in claim.families:
-        changes = []
-        unseen = [c for c in FAMILIES[family] if columns.get(c) not in direction]
+        changes, unseen, unpaired = [], [], []
         for column in FAMILIES[family]:
-            metric = columns.get(column)
-            if metric is None or metric not in direction:
+            candidates = [m for m in columns.get(column, ()) if m in direction]
+            if not candidates:
+                unseen.append(column)
                 continue
-            gain = paired(
-                runs[tuple(sorted(after))], runs[tuple(sorted(before))], metric, direction[metric]
-            )
-            if gain.n:
-                changes.append((metric, gain.mean, gain.se, gain.significant))
+            # The column counts once: through its first metric that both runs measured (a
+            # metric missing from one of them passes the column on to the next).
+            for metric in candidates:
+                gain = paired(
+                    runs[tuple(sorted(after))],
+                    runs[tuple(sorted(before))],
+                    metric,
+                    direction[metric],
+                )
+                if gain.n:
+                    changes.append((metric, gain.mean, gain.se, gain.significant))
+                    break
+            else:
+                unpaired.append(column)
         # A family none of whose columns can be measured says nothing either way.
         state = _family_state(changes) if changes else "unmeasured"
         states.append(state)
@@ -213,6 +222,8 @@ def _step_verdict(
         )
         if unseen:
             shown += ("; " if shown else "") + "no metric that can see: " + ", ".join(unseen)
+        if unpaired:
+            shown += ("; " if shown else "") + "not measured in both: " + ", ".join(unpaired)
         parts.append(f"{family} {state} ({shown})")
     if all(s == "lifted" for s in states):
         verdict = "reproduced"
@@ -278,7 +289,10 @@ def verdicts(
     runs (rows with run, seed, tasks, metric, value, higher_is_better). Each paper column counts
     once, through its first metric in `metrics` that is not in `blind` (the metrics the positive
     control does not show to see); the evidence names the ones left out."""
-    columns = column_metrics(metrics, blind)
+    columns = {
+        column: tuple(m for m in candidates if m in metrics and m not in blind)
+        for column, candidates in COLUMN_METRICS.items()
+    }
     left_out = [m for m in metrics if m in blind and PAPER_COLUMNS.get(m)]
     blind_note = (
         f" (left out, the control not showing them to see: {', '.join(map(short_name, left_out))})"
