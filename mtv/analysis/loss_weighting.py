@@ -14,7 +14,7 @@ import polars as pl
 from mtv.analysis.sweep_report import experiment_seeds
 from mtv.analysis.synergy import PerSeed, paired
 from mtv.analysis.training import vl_stalls
-from mtv.analysis.verdicts import Verdict, column_metrics, short_name
+from mtv.analysis.verdicts import Verdict, column_metrics, difference_text, short_name
 
 CLAIM = "Uniform loss weighting converges stably and is competitive"
 WEIGHTING_RULES = (
@@ -78,10 +78,7 @@ def _compare(
         wins += estimate.significant and estimate.mean > 0
         losses += estimate.significant and estimate.mean < 0
         difference = estimate.mean if higher else -estimate.mean
-        shown.append(
-            f"{short_name(metric)} {difference:+.3g}±{estimate.se:.2g}"
-            + ("" if estimate.significant else " n.s.")
-        )
+        shown.append(difference_text(metric, difference, estimate.se, estimate.significant))
     return wins, losses, untested, shown
 
 

@@ -186,9 +186,9 @@ def gradient_section(points: pl.DataFrame) -> list[str]:
             else f"Monte Carlo, {PERMUTATIONS:,} pairings"
         )
         + (
-            f"; {n} points cannot give p below {num(smallest_permutation_p(n), 2)}, so this "
-            "test cannot reject at p < 0.05"
-            if smallest_permutation_p(n) >= 0.05
+            f"; {n} points cannot give p below {num(floor, 2)}, so this test cannot reject at "
+            "p < 0.05"
+            if (floor := smallest_permutation_p(n)) >= 0.05
             else ""
         )
         + "). Points of one pair share its runs' design, so they are not independent draws: "

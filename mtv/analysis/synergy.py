@@ -305,16 +305,17 @@ def synergy_wide(matrix: pl.DataFrame) -> pl.DataFrame:
 
     def cell(row: dict) -> str:
         value = row["synergy"]
-        # An average says how many columns it is over: pairs may differ in where it is defined.
-        over = f", {row['columns']} columns" if row.get("columns") is not None else ""
         if value is None or math.isnan(value):
             return "undefined"
-        if not seeded:
-            return f"{value:+.2f}" + (f" ({over[2:]})" if over else "")
-        if row["significant"] is None:  # fewer than two seeds in this cell: no test
-            return f"{value:+.2f} ({row['seeds']} seed{over})"
-        text = f"{value:+.2f} ± {row['synergy_se']:.2f}" + ("" if row["significant"] else " n.s.")
-        return text + (f" ({over[2:]})" if over else "")
+        text, notes = f"{value:+.2f}", []
+        if seeded and row["significant"] is None:  # fewer than two seeds in this cell: no test
+            notes.append(f"{row['seeds']} seed")
+        elif seeded:
+            text += f" ± {row['synergy_se']:.2f}" + ("" if row["significant"] else " n.s.")
+        # An average says how many columns it is over: pairs may differ in where it is defined.
+        if row.get("columns") is not None:
+            notes.append(f"{row['columns']} columns")
+        return text + (f" ({', '.join(notes)})" if notes else "")
 
     rows = [
         {"pair": f"{r['task_a']} x {r['task_b']}", "metric": r["metric"], "cell": cell(r)}
