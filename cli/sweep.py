@@ -69,6 +69,8 @@ def sweep(
                     if stale
                     else "complete"
                     if job.complete()
+                    else "archived (restored when the sweep runs)"
+                    if job.archived()
                     else "to run"
                 )
                 table.add_row(
@@ -81,7 +83,7 @@ def sweep(
             console.print(table)
             return
         if partial:
-            outcome = report_so_far(spec, sweep_file)
+            outcome = report_so_far(spec, sweep_file, report=_say)
             _say(f"{len(outcome.skipped)} of {len(outcome.jobs)} job(s) complete")
             for path in outcome.written:
                 _say(f"wrote {path}")

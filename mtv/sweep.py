@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from mtv.eval import (
     outdated_evaluators,
     read_results,
 )
+from mtv.runs.archive import ArchiveError, archive_run, restore_run, same_record
 from mtv.runs.checkpoint import checkpoint_step, latest_checkpoint
 from mtv.runs.jobs import JobFailed, SweepStopped, job_processes
 from mtv.specs import SpecError, load_run_spec, load_spec
@@ -76,6 +77,7 @@ class SweepJob:
     evaluation: SweepEvalSpec
     gpus: int = 0
     entry: str = ""  # the experiment as the sweep file lists it (relative to the sweep file)
+    record: Path | None = None  # where the sweep's `archive` keeps the finished run's record
 
     @property
     def label(self) -> str:
@@ -133,6 +135,11 @@ class SweepJob:
         except (FileNotFoundError, SpecError):
             stale |= set(wanted)  # marked, but its spec or scores are gone: evaluate it again
         return sorted(stale & set(wanted))
+
+    def archived(self) -> bool:
+        """Whether the sweep's archive holds this job's record, complete as `complete` asks."""
+        record = self.record
+        return record is not None and replace(self, run_dir=record, record=None).complete()
 
     def _recorded(self) -> dict[str, Any]:
         try:
@@ -248,6 +255,10 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path) -> list[SweepJob]:
                 folder = out / path.stem
                 if variant:
                     folder = folder / _folder_name(variant)
+                run_dir = folder / f"seed-{seed}"
+                record = (
+                    None if spec.archive is None else Path(spec.archive) / run_dir.relative_to(out)
+                )
                 jobs.append(
                     SweepJob(
                         path.stem,
@@ -255,10 +266,11 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path) -> list[SweepJob]:
                         variant,
                         seed,
                         overrides,
-                        folder / f"seed-{seed}",
+                        run_dir,
                         spec.eval,
                         gpus,
                         entries[path],
+                        record,
                     )
                 )
     stems = [path.stem for path in paths]
@@ -304,6 +316,14 @@ def run_job(job: SweepJob) -> str:
     mark it complete. Returns the job's label. Both commands log to RUN/sweep.log."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     log = job.run_dir / "sweep.log"
+    if job._recorded() and latest_checkpoint(job.run_dir) is None:
+        # A record restored from the archive: its weights were never kept. Training it again
+        # would silently replace the archived result.
+        raise SweepError(
+            f"{job.label}: its run holds a finished record without checkpoints (restored from "
+            f"the sweep's archive?), which cannot be evaluated again; move {job.run_dir} (and "
+            "its record in the archive) away to train the job anew"
+        )
     if not trained(job):
         if latest_checkpoint(job.run_dir) is not None:
             changed = changed_training_fields(
@@ -331,7 +351,31 @@ def run_job(job: SweepJob) -> str:
     write_text_atomically(
         job.run_dir / MARKER, json.dumps(job.identity() | {"protocol": job.protocol()})
     )
+    if job.record is not None:
+        archive_run(job.run_dir, job.record)
     return job.label
+
+
+def sync_archive(jobs: list[SweepJob], report: Progress) -> None:
+    """Make the runs and the sweep's archive agree: a complete job whose record is missing or
+    older is archived; a job not complete here whose archived record is complete is restored
+    (never over a run that trained here: that one is resumed and archived when it finishes)."""
+    for job in jobs:
+        if job.record is None:
+            continue
+        if job.complete():
+            if not same_record(job.run_dir, job.record):
+                archive_run(job.run_dir, job.record)
+                report(f"{job.label}: archived to {job.record}")
+            continue
+        if not job.archived():
+            continue
+        try:
+            restore_run(job.record, job.run_dir, last=(MARKER,))
+        except ArchiveError as err:
+            report(f"{job.label}: not restored: {err}")
+            continue
+        report(f"{job.label}: restored from {job.record}")
 
 
 Progress = Callable[[str], None]
@@ -472,6 +516,7 @@ def run_sweep(
     jobs = plan_sweep(spec, sweep_file)
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
+    sync_archive(jobs, report)
     skipped = [] if reevaluate else [job for job in jobs if job.complete()]
     pending = [job for job in jobs if job not in skipped]
     report(f"{spec.name}: {len(jobs)} job(s), {len(skipped)} complete, {len(pending)} to run")
@@ -505,12 +550,15 @@ def _missing_text(missing: list[SweepJob]) -> str:
     )
 
 
-def report_so_far(spec: SweepSpec, sweep_file: str | Path) -> SweepOutcome:
+def report_so_far(
+    spec: SweepSpec, sweep_file: str | Path, report: Progress = print
+) -> SweepOutcome:
     """The analysis of the jobs complete so far, for a sweep that takes days: the aggregate,
     tables and report written under OUT/partial/, never to the sweep's own report path (a
     partial report must not pass for the final one), its first lines saying how many jobs it
-    holds and which are missing. Runs nothing."""
+    holds and which are missing. Trains nothing; archives the complete jobs (`sync_archive`)."""
     jobs = plan_sweep(spec, sweep_file)
+    sync_archive(jobs, report)
     done = [job for job in jobs if job.complete()]
     if not done:
         raise SweepError(f"{spec.name}: none of its {len(jobs)} job(s) is complete yet")
@@ -574,4 +622,5 @@ __all__ = [
     "report_so_far",
     "run_job",
     "run_sweep",
+    "sync_archive",
 ]

@@ -144,6 +144,13 @@ class SweepSpec(StrictModel):
     name: str = Field(min_length=1)
     description: str = ""
     out: str = Field(description="the sweep's folder: runs, aggregate results, logs")
+    archive: str | None = Field(
+        None,
+        description="a folder that keeps every complete job's record without its checkpoints "
+        "(spec, metrics, evaluations, logs: kilobytes a run), relative to the current "
+        "directory like `out`. Commit it: a sweep started where `out` is gone (a fresh clone, "
+        "another machine) restores its complete jobs from it instead of training them again",
+    )
     experiments: list[str] = Field(
         min_length=1, description="experiment files, relative to the sweep file"
     )
