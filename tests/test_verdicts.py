@@ -157,12 +157,17 @@ def test_the_report_carries_verdicts_tables_and_references(tmp_path: Path) -> No
         (pl.lit(str(tmp_path / "runs") + "/") + pl.col("run")).alias("run")
     )
     _fake_runs(frame)
+    # A pilot read from a committed table: its runs are on another machine.
+    committed = tmp_path / "pilot_table.parquet"
+    frame.filter(pl.col("experiment") == "vl").with_columns(
+        pl.col("run").str.replace(str(tmp_path / "runs"), "/elsewhere", literal=True)
+    ).write_parquet(committed)
     names, text = _report(
         frame,
         tmp_path,
         "planted",
         {
-            "pilot": [str(tmp_path / "pilot")],
+            "pilot": [str(tmp_path / "pilot"), str(committed)],
             "comparisons": [{"a": "vl_ssl_ground_depth", "b": "vl_ssl", "title": "Full vs SSL"}],
         },
     )
@@ -181,8 +186,15 @@ def test_the_report_carries_verdicts_tables_and_references(tmp_path: Path) -> No
     header, _, values = comparison.splitlines()[:3]
     cells = dict(zip(header.strip("| ").split(" | "), values.strip("| ").split(" | "), strict=True))
     assert cells["depth lin. RMSE ↓"] == "-0.15 ± 0" and cells["seg mIoU"] == "+0.15 ± 0"
-    # a pilot sweep without results is named, not silently left out
-    assert f"Not in this report yet (no `results.parquet`): `{tmp_path / 'pilot'}`" in text
+    # the committed pilot table is shown (its minutes unknown here); a pilot sweep without
+    # results is named, not silently left out
+    assert "planted_pilot_curves.png" in names
+    pilot = text.split("## Pilot")[1]
+    assert "| vl | VL | 3 | – |" in pilot
+    assert (
+        f"Not in this report yet (no aggregate table, `results.parquet`): `{tmp_path / 'pilot'}`"
+        in text
+    )
 
 
 def test_metrics_no_task_set_lifts_above_trivial_or_random_init_are_named(tmp_path: Path) -> None:

@@ -103,11 +103,21 @@ def _threads_note(final: pl.DataFrame) -> str:
     )
 
 
+def _aggregate_table(pilot: str) -> Path:
+    """A pilot entry's aggregate: a sweep's `out` folder holds it as `results.parquet`; a
+    `.parquet` file is one itself (a committed report's table, its runs elsewhere)."""
+    path = Path(pilot)
+    return path if path.suffix == ".parquet" else path / "results.parquet"
+
+
 def _training_minutes(final: pl.DataFrame) -> dict[tuple[str, str], float]:
     """Mean training minutes per experiment and grid point, at each run's unshared step rate
-    (`UNSHARED_RATE_QUANTILE`)."""
+    (`UNSHARED_RATE_QUANTILE`); of the runs whose metrics are on this machine (a pilot read from
+    a committed table may have none: its minutes are in its own report)."""
     minutes: dict[tuple[str, str], list[float]] = {}
     for (experiment, variant, run), _ in final.group_by("experiment", "variant", "run"):
+        if not (Path(run) / "metrics.parquet").is_file():
+            continue
         metrics = pl.read_parquet(Path(run) / "metrics.parquet")
         batch = load_run_spec(run).data.batch_size
         rate = float(metrics["images_per_s"].drop_nulls().quantile(UNSHARED_RATE_QUANTILE))
@@ -334,7 +344,7 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
         figures["curves"] = _save(
             plot_learning_curves(results, metrics), Path(f"{stem}_curves.png")
         )
-    pilots = [Path(p) / "results.parquet" for p in spec.analysis.pilot]
+    pilots = [_aggregate_table(p) for p in spec.analysis.pilot]
     found_pilots = [pl.read_parquet(p) for p in pilots if p.is_file()]
     pilot = pl.concat(found_pilots, how="diagonal_relaxed") if found_pilots else None
     if pilot is not None:
@@ -448,7 +458,7 @@ def _markdown(
         # Said, not left out: a reader must know the report lacks them.
         lines += [
             "## Pilot\n" if pilot is None else "",
-            "Not in this report yet (no `results.parquet`): "
+            "Not in this report yet (no aggregate table, `results.parquet`): "
             + ", ".join(f"`{name}`" for name in missing_pilots)
             + ". Run their sweeps (`experiments/sweeps/`), then this sweep again to rewrite the "
             "report with them.\n",

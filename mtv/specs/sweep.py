@@ -118,7 +118,8 @@ class SweepAnalysisSpec(StrictModel):
     )
     pilot: list[str] = Field(
         default_factory=list,
-        description="other sweeps' `out` folders whose learning curves the report shows",
+        description="other sweeps whose learning curves the report shows: their `out` "
+        "folders, or their aggregate tables (a `.parquet` file, e.g. a committed report's)",
     )
     extra_controls: list[str] = Field(
         default_factory=list,
