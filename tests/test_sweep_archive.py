@@ -1,8 +1,10 @@
 """A sweep's archive: finished runs' records (no checkpoints) kept in a folder one can commit, and
-restored on a fresh clone instead of being trained again."""
+restored on a fresh clone instead of being trained again; and finished runs whose experiment
+changed since, refused rather than counted."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from mtv_cli.main import app
 from typer.testing import CliRunner
 
 from mtv.runs.archive import ArchiveError, archive_run, record_files, restore_run, same_record
-from mtv.sweep import MARKER, load_sweep, plan_sweep, run_job, run_sweep
+from mtv.sweep import MARKER, SweepError, load_sweep, plan_sweep, run_job, run_sweep
 from tests.test_sweep import write_sweep
 
 runner = CliRunner()
@@ -104,3 +106,37 @@ def test_a_record_of_another_job_is_not_restored(tmp_path: Path, corpus: str) ->
     assert not job.archived()
     listed = runner.invoke(app, ["sweep", str(path), "--dry-run"], env={"COLUMNS": "300"})
     assert "to run" in listed.output and "archived" not in listed.output
+
+
+def test_a_finished_run_whose_experiment_changed_is_refused_not_counted(
+    tmp_path: Path, corpus: str
+) -> None:
+    """A complete job counted as complete after its experiment changed would put two protocols
+    in one table without a word: the sweep and its partial report refuse, naming the fields."""
+    from mtv.specs import load_spec, spec_to_yaml
+
+    path = write_sweep(tmp_path, Path(corpus), seeds=[0])
+    (job,) = plan_sweep(load_sweep(path), path)
+    now = load_spec(job.path, job.overrides)
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / MARKER).write_text(json.dumps(job.identity()))
+
+    # Trained where the data lay in another copy of the repository, gone from this machine:
+    # the same folder and name is the same data; another is not.
+    root = Path(now.data.source.root)  # type: ignore[union-attr]
+    for elsewhere, same in (("/gone/copy", True), ("/gone/other-world", False)):
+        moved = Path(elsewhere) / root.parent.name / (root.name if same else "other")
+        source = now.data.source.model_copy(update={"root": str(moved)})
+        started = now.model_copy(update={"data": now.data.model_copy(update={"source": source})})
+        (job.run_dir / "spec.yaml").write_text(spec_to_yaml(started))
+        assert job.changed() == ([] if same else ["data.source.root"])
+
+    started = now.model_copy(update={"optim": now.optim.model_copy(update={"lr": 0.5})})
+    (job.run_dir / "spec.yaml").write_text(spec_to_yaml(started))
+    with pytest.raises(
+        SweepError, match=r"trained under another version.*smoke/seed 0 \(optim.lr\)"
+    ):
+        run_sweep(load_sweep(path), path, report=lambda line: None)
+    result = runner.invoke(app, ["sweep", str(path), "--partial"])
+    assert result.exit_code != 0 and "smoke/seed 0 (optim.lr)" in result.output
+    assert not (tmp_path / "out" / "partial").exists()

@@ -59,9 +59,13 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _same_value(a: Any, b: Any) -> bool:
-    # Absolute paths name the same thing through another copy of the repository (a symlink).
     if isinstance(a, str) and isinstance(b, str) and os.path.isabs(a) and os.path.isabs(b):
-        return os.path.realpath(a) == os.path.realpath(b)
+        if os.path.exists(a) and os.path.exists(b):
+            # The same thing through another copy of the repository (a symlink).
+            return os.path.realpath(a) == os.path.realpath(b)
+        # One is not on this machine (a run trained in another copy of the repository, or
+        # restored from a sweep's archive): the same folder and name.
+        return Path(a).parts[-2:] == Path(b).parts[-2:]
     return a == b
 
 
