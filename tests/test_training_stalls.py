@@ -70,3 +70,29 @@ def test_the_report_names_a_stalled_run_and_not_a_learning_one(tmp_path: Path) -
     assert "vl seed" not in text and "![VL loss per run](x_vl_loss.png)" in text
     calm = "\n".join(stall_section(stalls.filter(pl.col("experiment") == "vl"), None))
     assert "No run sat at L0" in calm
+
+
+def test_runs_at_two_grid_points_are_named_apart(tmp_path: Path) -> None:
+    """A sweep over the warm-up has one experiment at two grid points: the report and the figure
+    name the grid point, or two "vl seed 0" would be told apart by nobody."""
+    from mtv.analysis.training import plot_vl_losses
+
+    level = constant_siglip_loss(4)
+    stalled = [2.6] * 20 + [level] * 300 + [1.0] * 680
+    learning = [2.6 - 1.5 * k / 1000 for k in range(1000)]
+    final = pl.DataFrame(
+        {
+            "experiment": ["vl", "vl"],
+            "variant": ["schedule.warmup_steps=50", "schedule.warmup_steps=200"],
+            "seed": [0, 0],
+            "run": [_run(tmp_path / "a", stalled), _run(tmp_path / "b", learning)],
+        }
+    )
+    stalls = vl_stalls(final)
+    assert stalls["variant"].to_list() == ["schedule.warmup_steps=50", "schedule.warmup_steps=200"]
+    text = "\n".join(stall_section(stalls, None))
+    assert "vl (schedule.warmup_steps=50) seed 0 (steps 21–320" in text
+    assert "warmup_steps=200) seed" not in text
+    figure = plot_vl_losses(final)
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert titles == ["vl (schedule.warmup_steps=50)", "vl (schedule.warmup_steps=200)"]

@@ -280,6 +280,10 @@ def test_a_grid_over_one_experiment_is_reported_without_ladder_or_synergy(tmp_pa
     assert "grid.md" in names and "ladder.parquet" not in names
     assert "vl (data.batch_size=32)" in text and "vl (data.batch_size=128)" in text
     assert "Table 3 layout" not in text and "## Verdicts" not in text
+    # the baseline's numbers, one sentence per grid point, each naming its own
+    baseline = text.split("## The VL-only baseline")[1].split("##")[0]
+    assert "added to (vl (data.batch_size=32))" in baseline
+    assert "added to (vl (data.batch_size=128))" in baseline
     minutes = {
         line.split(" | ")[0].strip("| "): float(line.split(" | ")[3])
         for line in text.splitlines()

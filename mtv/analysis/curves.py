@@ -16,6 +16,11 @@ def run_name(run_dir: Path) -> str:
     return run_dir.name
 
 
+def experiment_label(experiment: str, variant: str | None = None) -> str:
+    """A sweep's experiment at one grid point as reports name it: `vl (optim.lr=0.001)`."""
+    return str(experiment) + (f" ({variant})" if variant else "")
+
+
 def load_curves(run_dirs: Sequence[str | Path], prefix: str = "loss") -> pl.DataFrame:
     """Long frame (run, step, name, value) of the metrics whose name starts with `prefix` (the
     total `loss` and every `loss/<task>`), skipped steps left out."""

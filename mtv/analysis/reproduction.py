@@ -16,6 +16,7 @@ import matplotlib
 import polars as pl
 
 from mtv.analysis.controls import instrument_sight, unseen_metrics
+from mtv.analysis.curves import experiment_label
 from mtv.analysis.gradients import gradient_synergy
 from mtv.analysis.loss_weighting import WEIGHTING_RULES, weighting_verdict
 from mtv.analysis.report import _save, plot_synergy
@@ -159,7 +160,7 @@ def _runs_section(
             r["metric"]: Estimate(r["mean"], r["se"], r["seeds"]).text(tested=False)
             for r in frame.iter_rows(named=True)
         }
-        name = str(experiment) + (f" ({variant})" if variant else "")
+        name = experiment_label(experiment, variant)
         rows.append(
             [
                 name,
@@ -181,19 +182,23 @@ def _baseline_section(summary: pl.DataFrame) -> list[str]:
     baseline = summary.filter(pl.col("tasks") == "VL")
     if not baseline.height:
         return []
-    parts = []
-    for row in baseline.iter_rows(named=True):
-        value = Estimate(row["mean"], row["se"], row["seeds"]).text(tested=False)
-        parts.append(
-            f"{short_name(row['metric'])} {value} (trivial {num(row['trivial'])}, random init "
-            f"{num(row['random_init'])})"
+    lines = ["## The VL-only baseline\n"]
+    # One sentence per grid point: a sweep over the baseline's settings has several.
+    for (experiment, variant), rows in baseline.group_by(
+        "experiment", "variant", maintain_order=True
+    ):
+        parts = [
+            f"{short_name(row['metric'])} "
+            f"{Estimate(row['mean'], row['se'], row['seeds']).text(tested=False)} "
+            f"(trivial {num(row['trivial'])}, random init {num(row['random_init'])})"
+            for row in rows.iter_rows(named=True)
+        ]
+        lines.append(
+            f"What the other tasks are added to ({experiment_label(str(experiment), variant)}): "
+            + "; ".join(parts)
+            + ".\n"
         )
-    return [
-        "## The VL-only baseline\n",
-        f"What the other tasks are added to ({baseline['experiment'][0]}): "
-        + "; ".join(parts)
-        + ".\n",
-    ]
+    return lines
 
 
 def _paper_ladder_rows(metrics: list[str], steps: list[str]) -> list[list[str]]:

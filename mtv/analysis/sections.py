@@ -8,6 +8,7 @@ import math
 import polars as pl
 
 from mtv.analysis.controls import blind_metrics
+from mtv.analysis.curves import experiment_label
 from mtv.analysis.gradients import (
     EARLY_FRACTION,
     EXACT_UP_TO,
@@ -222,7 +223,8 @@ def stall_section(stalls: pl.DataFrame, figure: str | None) -> list[str]:
         lines.append(f"![VL loss per run]({figure})\n")
     stalled = stalls.filter(pl.col("stalled"))
     described = "; ".join(
-        f"{r['experiment']} seed {r['seed']} (steps {r['first']}–{r['last']}, at L0 for "
+        f"{experiment_label(r['experiment'], r.get('variant'))} seed {r['seed']} "
+        f"(steps {r['first']}–{r['last']}, at L0 for "
         f"{r['steps']} of the run's {r['logged']} logged steps)"
         for r in stalled.iter_rows(named=True)
     )

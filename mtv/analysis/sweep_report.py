@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from mtv.analysis.curves import experiment_label
 from mtv.analysis.synergy import (
     Estimate,
     PerSeed,
@@ -179,7 +180,7 @@ def plot_learning_curves(results: pl.DataFrame, metrics: Sequence[str]) -> Figur
             x = line["samples_seen"].to_numpy() / 1000
             mean = line["mean"].to_numpy()
             se = line["se"].fill_null(0.0).fill_nan(0.0).to_numpy()
-            name = experiment + (f" ({variant})" if variant else "")
+            name = experiment_label(experiment, variant)
             ax.plot(x, mean, marker="o", markersize=3, label=name)
             ax.fill_between(x, mean - se, mean + se, alpha=0.2)
         trivial = frame["trivial"].drop_nulls()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from mtv.analysis.curves import smooth
+from mtv.analysis.curves import experiment_label, smooth
 from mtv.specs import load_run_spec
 
 if TYPE_CHECKING:
@@ -71,12 +71,14 @@ def longest_stretch_at(
 
 
 def vl_stalls(final: pl.DataFrame) -> pl.DataFrame:
-    """Per run of `final` (rows with experiment, seed, run) that trains VL: its L0, and its
-    longest stretch at L0 (first, last, steps at L0; excursions up to STALL_GAP of the run
-    bridged) out of its logged steps; `stalled` when it holds at least STALL_FRACTION of them."""
+    """Per run of `final` (rows with experiment, variant when a sweep has grid points, seed,
+    run) that trains VL: its L0, and its longest stretch at L0 (first, last, steps at L0;
+    excursions up to STALL_GAP of the run bridged) out of its logged steps; `stalled` when it
+    holds at least STALL_FRACTION of them."""
     rows = []
-    for (experiment, seed, run), _ in final.group_by(
-        "experiment", "seed", "run", maintain_order=True
+    final = final if "variant" in final.columns else final.with_columns(variant=pl.lit(""))
+    for (experiment, variant, seed, run), _ in final.group_by(
+        "experiment", "variant", "seed", "run", maintain_order=True
     ):
         history = _vl_history(Path(run))
         if history is None or not history.height:
@@ -91,6 +93,7 @@ def vl_stalls(final: pl.DataFrame) -> pl.DataFrame:
         rows.append(
             {
                 "experiment": experiment,
+                "variant": variant or "",
                 "seed": int(seed),
                 "run": str(run),
                 "l0": level,
@@ -103,6 +106,7 @@ def vl_stalls(final: pl.DataFrame) -> pl.DataFrame:
         )
     schema = {
         "experiment": pl.String,
+        "variant": pl.String,
         "seed": pl.Int64,
         "run": pl.String,
         "l0": pl.Float64,
@@ -116,16 +120,19 @@ def vl_stalls(final: pl.DataFrame) -> pl.DataFrame:
 
 
 def plot_vl_losses(final: pl.DataFrame, smoothing: float = 0.9, columns: int = 4) -> Figure:
-    """One panel per experiment: the smoothed VL loss of each seed, L0 dotted."""
+    """One panel per experiment (and grid point): the smoothed VL loss of each seed, L0
+    dotted."""
     import matplotlib.pyplot as plt
 
+    final = final if "variant" in final.columns else final.with_columns(variant=pl.lit(""))
     histories: dict[str, list[tuple[int, str, pl.DataFrame]]] = {}
-    for experiment, seed, run in (
-        final.select("experiment", "seed", "run").unique(maintain_order=True).iter_rows()
+    for experiment, variant, seed, run in (
+        final.select("experiment", "variant", "seed", "run").unique(maintain_order=True).iter_rows()
     ):
         history = _vl_history(Path(run))
         if history is not None:
-            histories.setdefault(experiment, []).append((seed, run, history))
+            panel = experiment_label(experiment, variant)
+            histories.setdefault(panel, []).append((seed, run, history))
     experiments = list(histories)
     columns = max(1, min(columns, len(experiments)))
     rows = max(1, -(-len(experiments) // columns))
