@@ -72,7 +72,7 @@ def run_job(job: SweepJob) -> str:
     mark it complete. Returns the job's label. Both commands log to RUN/sweep.log."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     log = job.run_dir / "sweep.log"
-    if job._recorded() and latest_checkpoint(job.run_dir) is None:
+    if (job.run_dir / MARKER).is_file() and latest_checkpoint(job.run_dir) is None:
         # A record restored from the archive: its weights were never kept. Training it again
         # would silently replace the archived result.
         raise SweepError(
@@ -116,7 +116,11 @@ def refuse_changed(jobs: list[SweepJob]) -> None:
     """Raise SweepError naming the finished jobs whose experiment changed since they trained
     (data, model, tasks, optimiser, schedule, seed, precision): counted as complete, they would
     put two protocols in one table without a word."""
-    stale = [(job, fields) for job in jobs if job._recorded() and (fields := job.changed())]
+    stale = [
+        (job, fields)
+        for job in jobs
+        if (job.run_dir / MARKER).is_file() and (fields := job.changed())
+    ]
     if stale:
         listed = "; ".join(f"{job.label} ({_fields_text(fields)})" for job, fields in stale[:8])
         more = f"; and {len(stale) - 8} more" if len(stale) > 8 else ""
