@@ -78,6 +78,17 @@ SHORT_NAMES: dict[str, str] = {
     "object_shape/shape_top1": "object 0-shot shape",
     "object_shape/shape_acc": "object probe shape",
     "object_depth/relief_rmse": "object relief RMSE ↓",
+    # Not paper columns, but listed where every metric of a run is (what the control sees).
+    "object_shape/color_top1": "object 0-shot colour",
+    "object_shape/color_acc": "object probe colour",
+    "retrieval/t2i_r5": "T→I R@5",
+    "retrieval/i2t_r5": "I→T R@5",
+    "geometric_correspondence/recall@4px": "geo R@4px",
+    "geometric_correspondence/recall@16px": "geo R@16px",
+    "depth_probe/absrel": "depth lin. AbsRel ↓",
+    "depth_dpt_probe/absrel": "depth DPT AbsRel ↓",
+    "relative_depth/absrel": "depth head AbsRel ↓",
+    "relative_depth/delta1": "depth head δ1",
 }
 
 
