@@ -396,9 +396,12 @@ def test_blind_metrics_leave_the_verdicts_and_each_column_counts_once() -> None:
 
 
 def test_the_report_shows_the_control_and_marks_the_blind(tmp_path: Path) -> None:
+    # scored on scenes of its own world: references far from the default world's
     near = control_rows({"zero_shot/shape_top1": 0.3}, []).with_columns(
         pl.lit("control_near").alias("experiment"),
         (pl.lit("near-") + pl.col("run")).alias("run"),
+        pl.lit(0.9).alias("trivial"),
+        pl.col("random_init") + 0.5,
     )
     frame = pl.concat(
         [
@@ -419,11 +422,49 @@ def test_the_report_shows_the_control_and_marks_the_blind(tmp_path: Path) -> Non
     # the control in another world is shown and decides nothing
     assert "Also `control_near` against its own random init" in section
     assert "| 0-shot shape | 0.7" in section
+    # the runs table's reference rows are the default world's: the near world's stay out
+    runs = text.split("## Runs (final step)")[1].split("\n\n")[1].splitlines()
+    shape = runs[0].strip("| ").split(" | ").index("0-shot shape")
+    default = frame.filter(
+        (pl.col("metric") == "zero_shot/shape_top1") & (pl.col("experiment") != "control_near")
+    )
+    per_experiment = default.group_by("experiment").agg(pl.col("random_init", "trivial").mean())
+    for title, column in (
+        ("*random-init encoder*", "random_init"),
+        ("*trivial predictor*", "trivial"),
+    ):
+        row = next(r for r in runs if r.startswith(f"| {title}"))
+        expected = per_experiment[column].mean()
+        assert abs(float(row.strip("| ").split(" | ")[shape]) - expected) < 1e-3, (title, row)
+    assert "The reference rows leave out `control_near`" in text
     left_out = text.split("## Verdicts")[1].split("not showing them to see: ")[1].split(")")[0]
     assert "depth lin. RMSE ↓" in left_out
     # metrics the control was never measured on are not shown to see: they are left out too
     assert "Not measured on `control`, so not shown to see" in section
     assert "I→T R@1" in left_out and "seg mIoU" not in left_out
+
+
+def test_a_metric_only_the_control_lifts_is_named_flat_for_the_task_sets(tmp_path: Path) -> None:
+    # Shape at chance for every task set; the control, trained for it, reads it well. The
+    # control is not a task set: it must not hide that no task set moves the metric.
+    frame = pl.concat(
+        [
+            planted(PAPER_LIKE).with_columns(
+                pl.when(pl.col("metric") == "zero_shot/shape_top1")
+                .then(0.1 + pl.col("seed") * 0.001)
+                .otherwise(pl.col("value"))
+                .alias("value")
+            ),
+            control_rows({"zero_shot/shape_top1": 0.3}, []),
+        ],
+        how="diagonal_relaxed",
+    ).with_columns((pl.lit(str(tmp_path / "runs") + "/") + pl.col("run")).alias("run"))
+    _fake_runs(frame)
+    for analysis in ({"control": "control", "tables": list(SETS)}, {"control": "control"}):
+        _, text = _report(frame, tmp_path, "flat", analysis)
+        flat = text.split("At the trivial predictor's level for every task set")[1].split("\n")[0]
+        assert "0-shot shape (best vl" in flat, flat
+        assert "control" not in flat
 
 
 def test_a_control_without_runs_shows_no_instrument_to_see_so_nothing_is_judged(

@@ -26,7 +26,9 @@ WEIGHTING_RULES = (
     "weighting is competitive, *contradicted* when a uniform run does not converge stably (a "
     "non-finite step, or a loss that does not fall) or a method beats it somewhere without "
     "losing anywhere, *inconclusive* otherwise (also when a method's runs are missing or too "
-    "few seeds pair up to test)."
+    "few seeds pair up to test). With few seeds, competitive means that no difference stands "
+    "out of the noise, not that the methods are shown equal: each difference is listed with its "
+    "standard error, so that a reader sees how large a gap the test could miss."
 )
 
 

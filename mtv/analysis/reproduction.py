@@ -16,15 +16,16 @@ import matplotlib
 import polars as pl
 
 from mtv.analysis.controls import instrument_sight, unseen_metrics
-from mtv.analysis.curves import experiment_label
 from mtv.analysis.gradients import gradient_synergy
 from mtv.analysis.loss_weighting import WEIGHTING_RULES, weighting_verdict
 from mtv.analysis.report import _save, plot_synergy
 from mtv.analysis.sections import (
+    UNSHARED_RATE_QUANTILE,
+    baseline_section,
     gradient_section,
     instrument_section,
     md_table,
-    num,
+    runs_section,
     stall_section,
 )
 from mtv.analysis.sweep_report import (
@@ -72,17 +73,6 @@ def _table_runs(final: pl.DataFrame, tables: list[str] | None) -> pl.DataFrame |
     sets = final.select("experiment", "variant", "tasks").unique(["experiment", "variant"])
     groups = [task_groups(t) for t in sets["tasks"].to_list()]
     return final if len(set(groups)) == len(groups) else None
-
-
-# The step rate a run's training minutes are computed at: a high quantile of its logged rates,
-# so that stretches in which it shared the machine with other work (a test suite, a second
-# job) do not count; the median would charge them to the run.
-UNSHARED_RATE_QUANTILE = 0.9
-TRAIN_MINUTES_NOTE = (
-    "*train min*: what a run's training costs on this machine: its steps × batch at its "
-    f"{round(100 * UNSHARED_RATE_QUANTILE)}th-percentile logged rate, so that stretches in "
-    "which it shared the CPU with other work do not count; mean over seeds."
-)
 
 
 def _threads_note(final: pl.DataFrame) -> str:
@@ -145,60 +135,14 @@ def _machine(final: pl.DataFrame) -> str:
     )
 
 
-def _runs_section(
-    summary: pl.DataFrame,
-    metrics: list[str],
-    minutes: dict[tuple[str, str], float],
-    threads_note: str = "",
-) -> list[str]:
-    header = ["experiment", "tasks", "seeds", "train min", *map(short_name, metrics)]
-    rows = []
-    for (experiment, variant), frame in summary.group_by(
-        "experiment", "variant", maintain_order=True
-    ):
-        values = {
-            r["metric"]: Estimate(r["mean"], r["se"], r["seeds"]).text(tested=False)
-            for r in frame.iter_rows(named=True)
-        }
-        name = experiment_label(experiment, variant)
-        rows.append(
-            [
-                name,
-                frame["tasks"][0],
-                str(frame["seeds"].max()),
-                num(minutes.get((str(experiment), str(variant))), 2),
-                *(values.get(m, "–") for m in metrics),
-            ]
-        )
-    for column, title in (("random_init", "random-init encoder"), ("trivial", "trivial predictor")):
-        refs = summary.group_by("metric").agg(pl.col(column).mean())
-        values = dict(refs.iter_rows())
-        rows.append([f"*{title}*", "", "", "", *(num(values.get(m)) for m in metrics)])
-    return [*md_table(header, rows), "", TRAIN_MINUTES_NOTE + threads_note]
-
-
-def _baseline_section(summary: pl.DataFrame) -> list[str]:
-    """The VL-only baseline's headline numbers beside its references, in words."""
-    baseline = summary.filter(pl.col("tasks") == "VL")
-    if not baseline.height:
-        return []
-    lines = ["## The VL-only baseline\n"]
-    # One sentence per grid point: a sweep over the baseline's settings has several.
-    for (experiment, variant), rows in baseline.group_by(
-        "experiment", "variant", maintain_order=True
-    ):
-        parts = [
-            f"{short_name(row['metric'])} "
-            f"{Estimate(row['mean'], row['se'], row['seeds']).text(tested=False)} "
-            f"(trivial {num(row['trivial'])}, random init {num(row['random_init'])})"
-            for row in rows.iter_rows(named=True)
-        ]
-        lines.append(
-            f"What the other tasks are added to ({experiment_label(str(experiment), variant)}): "
-            + "; ".join(parts)
-            + ".\n"
-        )
-    return lines
+def _task_sets(summary: pl.DataFrame, spec: SweepSpec) -> pl.DataFrame:
+    """The rows of the task sets the claims compare: the experiments of the tables when the
+    sweep names them, else every experiment but the positive controls (trained for what the
+    instruments ask, they would stand in for "the best task set")."""
+    if spec.analysis.tables is not None:
+        return summary.filter(pl.col("experiment").is_in(spec.analysis.tables))
+    controls = [c for c in (spec.analysis.control, *spec.analysis.extra_controls) if c]
+    return summary.filter(~pl.col("experiment").is_in(controls))
 
 
 def _paper_ladder_rows(metrics: list[str], steps: list[str]) -> list[list[str]]:
@@ -361,7 +305,9 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
         written.append(out / "stalls.parquet")
         figures["vl_loss"] = _save(plot_vl_losses(final), Path(f"{stem}_vl_loss.png"))
     if ladder is not None:
-        figures["ladder"] = _save(plot_ladder(ladder, summary), Path(f"{stem}_ladder.png"))
+        figures["ladder"] = _save(
+            plot_ladder(ladder, _task_sets(summary, spec)), Path(f"{stem}_ladder.png")
+        )
     if matrix is not None:
         figures["synergy"] = _save(plot_synergy(matrix), Path(f"{stem}_synergy.png"))
     results.write_parquet(stem.with_suffix(".parquet"))
@@ -428,13 +374,19 @@ def _markdown(
     if found:
         rules = VERDICT_RULES + (" " + WEIGHTING_RULES if spec.analysis.weighting else "")
         lines += ["## Verdicts\n", *_verdict_section(found), "", rules + "\n"]
-    lines += _baseline_section(summary)
+    lines += baseline_section(summary)
     lines += [
         "## Runs (final step)\n",
-        *_runs_section(summary, metrics, _training_minutes(final), _threads_note(final)),
+        *runs_section(
+            summary,
+            metrics,
+            _training_minutes(final),
+            _threads_note(final),
+            spec.analysis.extra_controls,
+        ),
         "",
         *instrument_section(
-            summary,
+            _task_sets(summary, spec),
             sight,
             spec.analysis.control,
             {name: instrument_sight(final, name) for name in spec.analysis.extra_controls},
@@ -455,7 +407,7 @@ def _markdown(
         pilot_summary = run_summary(pilot_final, metrics)
         pilot_minutes = _training_minutes(pilot_final)
         lines += [
-            *_runs_section(pilot_summary, metrics, pilot_minutes, _threads_note(pilot_final)),
+            *runs_section(pilot_summary, metrics, pilot_minutes, _threads_note(pilot_final)),
             "",
         ]
         lines.append(f"![pilot learning curves]({figures['pilot'].name})\n")

@@ -4,6 +4,7 @@ section (positive control, reach) and gradient agreement beside synergy."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import polars as pl
 
@@ -164,8 +165,8 @@ def gradient_section(points: pl.DataFrame) -> list[str]:
     if not points.height:
         return [
             *lines,
-            "No gradient probes in the pair runs (`runtime.grad_probe_every` unset): nothing to "
-            "compare synergy with.\n",
+            "No gradient probes in the pair runs' histories (`runtime.grad_probe_every` unset, or "
+            "their `metrics.parquet` not on this machine): nothing to compare synergy with.\n",
         ]
     summary, rho, p, n = gradient_synergy_summary(points)
     rows = [
@@ -242,4 +243,83 @@ def stall_section(stalls: pl.DataFrame, figure: str | None) -> list[str]:
             "its steps in one stretch.\n"
         )
     )
+    return lines
+
+
+# The step rate a run's training minutes are computed at: a high quantile of its logged rates,
+# so that stretches in which it shared the machine with other work (a test suite, a second
+# job) do not count; the median would charge them to the run.
+UNSHARED_RATE_QUANTILE = 0.9
+TRAIN_MINUTES_NOTE = (
+    "*train min*: what a run's training costs on this machine: its steps × batch at its "
+    f"{round(100 * UNSHARED_RATE_QUANTILE)}th-percentile logged rate, so that stretches in "
+    "which it shared the CPU with other work do not count; mean over seeds."
+)
+
+
+def runs_section(
+    summary: pl.DataFrame,
+    metrics: list[str],
+    minutes: dict[tuple[str, str], float],
+    threads_note: str = "",
+    other_worlds: Sequence[str] = (),
+) -> list[str]:
+    """The runs table with the random-init and trivial rows, averaged over the experiments
+    evaluated on the sweep's own scenes: `other_worlds` (e.g. a control seen from closer) are
+    scored on other scenes, so their references would mix in another world's."""
+    header = ["experiment", "tasks", "seeds", "train min", *map(short_name, metrics)]
+    rows = []
+    for (experiment, variant), frame in summary.group_by(
+        "experiment", "variant", maintain_order=True
+    ):
+        values = {
+            r["metric"]: Estimate(r["mean"], r["se"], r["seeds"]).text(tested=False)
+            for r in frame.iter_rows(named=True)
+        }
+        name = experiment_label(experiment, variant)
+        rows.append(
+            [
+                name,
+                frame["tasks"][0],
+                str(frame["seeds"].max()),
+                num(minutes.get((str(experiment), str(variant))), 2),
+                *(values.get(m, "–") for m in metrics),
+            ]
+        )
+    own_world = summary.filter(~pl.col("experiment").is_in(list(other_worlds)))
+    for column, title in (("random_init", "random-init encoder"), ("trivial", "trivial predictor")):
+        refs = own_world.group_by("metric").agg(pl.col(column).mean())
+        values = dict(refs.iter_rows())
+        rows.append([f"*{title}*", "", "", "", *(num(values.get(m)) for m in metrics)])
+    worlds_note = (
+        " The reference rows leave out "
+        + ", ".join(f"`{name}`" for name in other_worlds)
+        + ", scored on scenes of its own (its references: *What the instruments can see*)."
+        if other_worlds
+        else ""
+    )
+    return [*md_table(header, rows), "", TRAIN_MINUTES_NOTE + threads_note + worlds_note]
+
+
+def baseline_section(summary: pl.DataFrame) -> list[str]:
+    """The VL-only baseline's headline numbers beside its references, in words."""
+    baseline = summary.filter(pl.col("tasks") == "VL")
+    if not baseline.height:
+        return []
+    lines = ["## The VL-only baseline\n"]
+    # One sentence per grid point: a sweep over the baseline's settings has several.
+    for (experiment, variant), rows in baseline.group_by(
+        "experiment", "variant", maintain_order=True
+    ):
+        parts = [
+            f"{short_name(row['metric'])} "
+            f"{Estimate(row['mean'], row['se'], row['seeds']).text(tested=False)} "
+            f"(trivial {num(row['trivial'])}, random init {num(row['random_init'])})"
+            for row in rows.iter_rows(named=True)
+        ]
+        lines.append(
+            f"What the other tasks are added to ({experiment_label(str(experiment), variant)}): "
+            + "; ".join(parts)
+            + ".\n"
+        )
     return lines
