@@ -259,6 +259,20 @@ def test_significance_is_students_t_with_the_seeds_degrees_of_freedom() -> None:
     assert Estimate.of([1.0]).significant is None
 
 
+def test_equal_float32_differences_have_no_spread():
+    """Two seeds whose accuracies differ by the same count of scenes (24 of 500) give float32
+    differences that scatter by ~1e-8: that is rounding, not a spread to print as '± 6e-09'."""
+    import numpy as np
+
+    from mtv.analysis.synergy import Estimate
+
+    pairs = [(0.762, 0.714), (0.810, 0.762)]
+    rounded = Estimate.of([float(np.float32(a)) - float(np.float32(b)) for a, b in pairs])
+    assert rounded.se == 0.0 and "± 0 " in rounded.text(signed=True) + " "
+    small = Estimate.of([0.0101, 0.0103, 0.0099])  # a real spread well below 1e-3 stays
+    assert small.se == pytest.approx(1.1547e-4, rel=1e-3)
+
+
 RESULT_SCHEMA = {
     "data": pl.String,
     "trivial": pl.Float64,

@@ -79,8 +79,10 @@ class Estimate:
             return cls(mean, math.nan, n)
         variance = sum((v - mean) ** 2 for v in values) / (n - 1)
         se = math.sqrt(variance / n)
-        # Differences that are equal at every seed up to float rounding have no spread.
-        return cls(mean, 0.0 if se < 1e-12 * max(1.0, abs(mean)) else se, n)
+        # Differences that are equal at every seed up to rounding have no spread. Metrics are
+        # computed in float32 (relative precision 6e-8), so equal differences of float32 values
+        # scatter by ~1e-8 and must not print as a spread ('± 6e-09').
+        return cls(mean, 0.0 if se < 1e-6 * max(1.0, abs(mean)) else se, n)
 
     @property
     def significant(self) -> bool | None:
