@@ -464,7 +464,7 @@ def test_a_metric_only_the_control_lifts_is_named_flat_for_the_task_sets(tmp_pat
         _, text = _report(frame, tmp_path, "flat", analysis)
         flat = text.split("At the trivial predictor's level for every task set")[1].split("\n")[0]
         assert "0-shot shape (best vl" in flat, flat
-        assert "control" not in flat
+        assert "best control" not in flat and "the positive controls aside" in flat
 
 
 def test_a_control_without_runs_shows_no_instrument_to_see_so_nothing_is_judged(

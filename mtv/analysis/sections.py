@@ -121,7 +121,8 @@ def instrument_section(
     flat = [r for r in reach.iter_rows(named=True) if not r["beats_trivial"]]
     if flat:
         lines.append(
-            f"At the trivial predictor's level for every task set (none beats it {how}; "
+            f"At the trivial predictor's level for every task set compared (the positive controls "
+            f"aside: none beats it {how}; "
             "differences between task sets on these metrics are noise): "
             + "; ".join(
                 f"{short_name(r['metric'])} ({best(r)}, trivial {num(r['trivial'])})" for r in flat
@@ -133,8 +134,8 @@ def instrument_section(
     ]
     if untrained:
         lines.append(
-            f"Not above the untrained encoder (no task set beats its own random-init weights "
-            f"{beats}; the instrument reads what a random encoder's features "
+            "Not above the untrained encoder (no task set compared beats its own random-init "
+            f"weights {beats}; the instrument reads what a random encoder's features "
             "already hold): "
             + "; ".join(
                 f"{short_name(r['metric'])} ({best(r)}, random init {num(r['random_init'])}, "
