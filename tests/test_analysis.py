@@ -12,7 +12,7 @@ import torch
 
 from mtv.analysis import MissingRuns, ladder_table, synergy, synergy_table, task_groups
 from mtv.analysis.curves import load_curves, smooth
-from mtv.analysis.synergy import describe_tasks
+from mtv.analysis.synergy import describe_tasks, synergy_wide
 from mtv.eval.figures import depth_from_disparity, pca_rgb
 from mtv.eval.metrics import relative_depth_errors
 
@@ -350,3 +350,33 @@ def test_a_synergy_cell_is_estimated_on_the_seeds_all_four_task_sets_have() -> N
     rows[-1]["value"] = math.nan
     nan_cell = synergy_table(pl.DataFrame(rows), pairs=[("depth", "ground")]).row(0, named=True)
     assert nan_cell["seeds"] == 1 and nan_cell["synergy"] == pytest.approx(0.1 / 1.0)
+
+
+def test_a_pair_average_leaves_out_a_seed_that_misses_one_of_its_columns() -> None:
+    """Depth x ground on two columns, the pair's rmse missing at seed 2: seed 2's average would be
+    over acc alone, unlike seeds 0 and 1; it is left out, and the table says so."""
+    acc = {"vl": [0, 0, 0], "depth": [1.0, 1.0, 1.0], "ground": [0, 0, 0]}
+    acc["ground_depth"] = [1.5, 1.5, 1.5]  # synergy +0.5 at every seed
+    rmse = {"vl": [1.0] * 3, "depth": [0.8] * 3, "ground": [1.0] * 3}
+    rmse["ground_depth"] = [0.9, 0.9, None]  # gain 0.1 against depth's 0.2: synergy -0.5
+    rows = [
+        {
+            "run": f"{run}-{seed}",
+            "seed": seed,
+            "tasks": RUNS[run][0],
+            "metric": metric,
+            "value": value,
+            "higher_is_better": metric == "acc",
+        }
+        for metric, table in (("acc", acc), ("rmse", rmse))
+        for run, per_seed in table.items()
+        for seed, value in enumerate(per_seed)
+        if value is not None
+    ]
+    table = synergy_table(pl.DataFrame(rows), pairs=[("depth", "ground")])
+    average = table.filter(pl.col("metric") == "average").row(0, named=True)
+    # Seeds 0 and 1 average +0.5 and -0.5; seed 2 alone would be +0.5 and lift the mean to 1/6.
+    assert average["seed_ids"] == [0, 1] and average["seeds_left_out"] == 1
+    assert average["synergy"] == pytest.approx(0.0, abs=1e-12)
+    wide = synergy_wide(table).row(0, named=True)
+    assert "1 seed(s) left out, missing a column" in wide["average"]

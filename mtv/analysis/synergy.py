@@ -215,7 +215,8 @@ def synergy_table(
     an `average` row per pair: the mean over the metrics where synergy is defined (of those in
     `average_over`, when given; how many in `columns`), with an SE over seeds of the per-seed
     average of excess / best gain (each seed's average in `seed_averages`, for the seeds
-    `seed_ids`). Every estimate of a metric is over the seeds at which all four task sets have
+    `seed_ids`: those with a value in every averaged column; `seeds_left_out` counts the
+    others). Every estimate of a metric is over the seeds at which all four task sets have
     it. `significant`: the excess differs from 0 significantly (Student's t; None with one seed or
     where synergy is undefined)."""
     runs = by_task_set(results)
@@ -274,8 +275,10 @@ def synergy_table(
                     "seeds": excess.n,
                 }
             )
-        seeds = sorted(per_seed_ratios)
-        per_seed = [sum(per_seed_ratios[s]) / len(per_seed_ratios[s]) for s in seeds]
+        # A seed averages over every averaged column or is left out: a seed missing one column
+        # would average over fewer, and the seeds' averages would not measure the same thing.
+        seeds = sorted(s for s, ratios in per_seed_ratios.items() if len(ratios) == len(averaged))
+        per_seed = [sum(per_seed_ratios[s]) / len(averaged) for s in seeds]
         average = Estimate.of(per_seed)
         rows.append(
             {
@@ -288,6 +291,7 @@ def synergy_table(
                 "significant": average.significant,
                 "seeds": average.n,
                 "columns": len(averaged),
+                "seeds_left_out": len(per_seed_ratios) - len(seeds),
                 # The average of each seed (what the SE is over), for analyses by seed.
                 "seed_ids": seeds,
                 "seed_averages": per_seed,
@@ -317,6 +321,8 @@ def synergy_wide(matrix: pl.DataFrame) -> pl.DataFrame:
         # An average says how many columns it is over: pairs may differ in where it is defined.
         if row.get("columns") is not None:
             notes.append(f"{row['columns']} columns")
+        if row.get("seeds_left_out"):
+            notes.append(f"{row['seeds_left_out']} seed(s) left out, missing a column")
         return text + (f" ({', '.join(notes)})" if notes else "")
 
     rows = [
