@@ -520,6 +520,27 @@ def test_a_task_set_whose_metric_failed_is_not_taken_for_the_best() -> None:
     assert reach["experiment"] == "vl" and reach["beats_trivial"]
 
 
+def test_a_metric_is_above_trivial_when_any_task_set_stands_out_not_only_the_best_mean() -> None:
+    # The best mean wobbles (0.30 ± 0.1, inside t(2) = 4.3 SEs of 0.10); the next stands out.
+    summary = pl.DataFrame(
+        {
+            "experiment": ["noisy", "steady"],
+            "variant": ["", ""],
+            "metric": ["retrieval/i2t_r1"] * 2,
+            "seeds": [3, 3],
+            "mean": [0.30, 0.25],
+            "se": [0.1, 0.01],
+            "trivial": [0.10, 0.10],
+            "random_init": [0.10, 0.24],
+            "higher_is_better": [True, True],
+        }
+    )
+    reach = instrument_reach(summary).row(0, named=True)
+    assert reach["experiment"] == "noisy" and reach["beats_trivial"]
+    # Above random init neither stands out: steady's own is 0.24, 1 SE below it.
+    assert not reach["beats_random_init"]
+
+
 def test_one_seed_tests_nothing_and_says_so_instead_of_printing_nan() -> None:
     one_seed = planted(PAPER_LIKE).filter(pl.col("seed") == 0)
     found = {v.claim: v for v in verdicts(one_seed)}
