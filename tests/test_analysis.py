@@ -259,7 +259,7 @@ def test_significance_is_students_t_with_the_seeds_degrees_of_freedom() -> None:
     assert Estimate.of([1.0]).significant is None
 
 
-def test_equal_float32_differences_have_no_spread():
+def test_equal_float32_differences_have_no_spread() -> None:
     """Two seeds whose accuracies differ by the same count of scenes (24 of 500) give float32
     differences that scatter by ~1e-8: that is rounding, not a spread to print as '± 6e-09'."""
     import numpy as np
