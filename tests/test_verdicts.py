@@ -501,20 +501,21 @@ def test_unjudged_and_unmeasured_metrics_are_not_shown_to_see() -> None:
     assert "Not judged (no random-init values), so left out as well: I→T R@1" in text
 
 
+def retrieval_summary(**columns: list) -> pl.DataFrame:
+    """A sweep summary of I→T R@1 for two task sets at three seeds, given the columns that vary
+    (experiment, mean, se, trivial, random_init)."""
+    fixed = {"variant": ["", ""], "metric": ["retrieval/i2t_r1"] * 2, "seeds": [3, 3]}
+    return pl.DataFrame({**fixed, **columns, "higher_is_better": [True, True]})
+
+
 def test_a_task_set_whose_metric_failed_is_not_taken_for_the_best() -> None:
     # polars sorts NaN above every number: a failed metric must not hide the real best
-    summary = pl.DataFrame(
-        {
-            "experiment": ["broken", "vl"],
-            "variant": ["", ""],
-            "metric": ["retrieval/i2t_r1"] * 2,
-            "seeds": [3, 3],
-            "mean": [math.nan, 0.6],
-            "se": [math.nan, 0.01],
-            "trivial": [0.01, 0.01],
-            "random_init": [0.01, 0.01],
-            "higher_is_better": [True, True],
-        }
+    summary = retrieval_summary(
+        experiment=["broken", "vl"],
+        mean=[math.nan, 0.6],
+        se=[math.nan, 0.01],
+        trivial=[0.01, 0.01],
+        random_init=[0.01, 0.01],
     )
     reach = instrument_reach(summary).row(0, named=True)
     assert reach["experiment"] == "vl" and reach["beats_trivial"]
@@ -522,18 +523,12 @@ def test_a_task_set_whose_metric_failed_is_not_taken_for_the_best() -> None:
 
 def test_a_metric_is_above_trivial_when_any_task_set_stands_out_not_only_the_best_mean() -> None:
     # The best mean wobbles (0.30 ± 0.1, inside t(2) = 4.3 SEs of 0.10); the next stands out.
-    summary = pl.DataFrame(
-        {
-            "experiment": ["noisy", "steady"],
-            "variant": ["", ""],
-            "metric": ["retrieval/i2t_r1"] * 2,
-            "seeds": [3, 3],
-            "mean": [0.30, 0.25],
-            "se": [0.1, 0.01],
-            "trivial": [0.10, 0.10],
-            "random_init": [0.10, 0.24],
-            "higher_is_better": [True, True],
-        }
+    summary = retrieval_summary(
+        experiment=["noisy", "steady"],
+        mean=[0.30, 0.25],
+        se=[0.1, 0.01],
+        trivial=[0.10, 0.10],
+        random_init=[0.10, 0.24],
     )
     reach = instrument_reach(summary).row(0, named=True)
     assert reach["experiment"] == "noisy" and reach["beats_trivial"]
