@@ -442,6 +442,11 @@ def test_the_report_shows_the_control_and_marks_the_blind(tmp_path: Path) -> Non
     # metrics the control was never measured on are not shown to see: they are left out too
     assert "Not measured on `control`, so not shown to see" in section
     assert "I→T R@1" in left_out and "seg mIoU" not in left_out
+    # what the seeds can resolve follows the verdicts, the blind metrics marked
+    resolve = text.split("## What the seeds can resolve")[1].split("\n## ")[0]
+    assert text.index("## Verdicts") < text.index("## What the seeds can resolve")
+    assert "| depth lin. RMSE ↓ (blind) |" in resolve and "| seg mIoU |" in resolve
+    assert "resolution.parquet" in names
 
 
 def test_a_metric_only_the_control_lifts_is_named_flat_for_the_task_sets(tmp_path: Path) -> None:

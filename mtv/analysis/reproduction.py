@@ -19,6 +19,7 @@ from mtv.analysis.controls import instrument_sight, unseen_metrics
 from mtv.analysis.gradients import gradient_synergy
 from mtv.analysis.loss_weighting import WEIGHTING_RULES, weighting_verdict
 from mtv.analysis.report import _save, plot_synergy
+from mtv.analysis.resolution import resolution, resolution_section
 from mtv.analysis.sections import (
     UNSHARED_RATE_QUANTILE,
     baseline_section,
@@ -268,6 +269,11 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
         # runs are missing says which, rather than dropping out of the report.
         if spec.analysis.tables is not None or ladder is not None or matrix is not None:
             found = verdicts(runs, tuple(metrics), blind)
+    resolved = (
+        _table_file(lambda r: resolution(r, metrics), runs, out / "resolution.parquet", written)
+        if runs is not None
+        else None
+    )
     claim = spec.analysis.weighting
     if claim is not None:
         found.append(
@@ -330,6 +336,7 @@ def write_sweep_analysis(results: pl.DataFrame, spec: SweepSpec, out: Path) -> l
         sight,
         gradients,
         stalls,
+        resolved,
     )
     report.write_text(text)
     written.append(report)
@@ -351,6 +358,7 @@ def _markdown(
     sight: pl.DataFrame | None = None,
     gradients: pl.DataFrame | None = None,
     stalls: pl.DataFrame | None = None,
+    resolved: pl.DataFrame | None = None,
 ) -> str:
     blind = unseen_metrics(sight, metrics) if sight is not None else frozenset()
     seeds = sorted(final["seed"].unique().to_list())
@@ -374,6 +382,8 @@ def _markdown(
     if found:
         rules = VERDICT_RULES + (" " + WEIGHTING_RULES if spec.analysis.weighting else "")
         lines += ["## Verdicts\n", *_verdict_section(found), "", rules + "\n"]
+    if resolved is not None and runs is not None:
+        lines += resolution_section(resolved, runs, blind)
     lines += baseline_section(summary)
     lines += [
         "## Runs (final step)\n",

@@ -1,0 +1,74 @@
+"""What a sweep's seeds can resolve: the pooled spread of paired differences between task sets,
+against an independent transcription of its formula."""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+import polars as pl
+
+from mtv.analysis.resolution import detectable_difference, resolution, seeds_needed
+
+TASKS = {"vl": ["vl"], "vl_depth": ["vl", "depth"], "vl_ground": ["vl", "ground"]}
+
+
+def runs_of(values: dict[str, dict[int, float]], metric: str = "segmentation/miou") -> pl.DataFrame:
+    """Final rows of one metric: `values[experiment][seed]`."""
+    return pl.DataFrame(
+        [
+            {
+                "run": f"{experiment}-{seed}",
+                "seed": seed,
+                "tasks": TASKS[experiment],
+                "metric": metric,
+                "value": value,
+            }
+            for experiment, per_seed in values.items()
+            for seed, value in per_seed.items()
+        ]
+    )
+
+
+def test_the_pooled_spread_and_detectable_difference_match_their_formula() -> None:
+    rng = np.random.default_rng(7)
+    table = rng.normal(0.5, 0.05, size=(3, 3))  # experiment x seed
+    values = {e: {s: float(table[i, s]) for s in range(3)} for i, e in enumerate(TASKS)}
+    row = resolution(runs_of(values), ["segmentation/miou"]).row(0, named=True)
+    # Independent transcription: every pair of experiments at three seeds weighs 2 dof alike.
+    differences = [table[i] - table[j] for i, j in combinations(range(3), 2)]
+    pooled = math.sqrt(np.mean([np.var(d, ddof=1) for d in differences]))
+    assert row["pairs"] == 3 and row["dof"] == 6 and row["seeds"] == 3
+    assert math.isclose(row["spread"], pooled, rel_tol=1e-9)
+    assert math.isclose(row["median_effect"], np.median([abs(d.mean()) for d in differences]))
+    # Student's t(0.975) at 2, 4 and 9 degrees of freedom: 4.303, 2.776, 2.262.
+    assert math.isclose(row["detectable"], 4.303 * pooled / math.sqrt(3), rel_tol=1e-6)
+    assert math.isclose(row["detectable_5"], 2.776 * pooled / math.sqrt(5), rel_tol=1e-6)
+    assert math.isclose(row["detectable_10"], 2.262 * pooled / math.sqrt(10), rel_tol=1e-6)
+
+
+def test_pairs_weigh_by_their_degrees_of_freedom_and_one_common_seed_is_no_pair() -> None:
+    # vl_depth - vl: 1, 3 (variance 2, 1 dof); vl_ground - vl: 0, 0, 3 (variance 3, 2 dof);
+    # vl_ground - vl_depth shares seeds 0 and 1 only: -1, -3 (variance 2, 1 dof).
+    values = {
+        "vl": {0: 0.0, 1: 0.0, 2: 0.0},
+        "vl_depth": {0: 1.0, 1: 3.0},
+        "vl_ground": {0: 0.0, 1: 0.0, 2: 3.0},
+    }
+    row = resolution(runs_of(values), ["segmentation/miou"]).row(0, named=True)
+    assert row["dof"] == 4 and row["pairs"] == 3
+    assert math.isclose(row["spread"] ** 2, (2 * 1 + 3 * 2 + 2 * 1) / 4)
+    # a metric no pair measures at two common seeds has no row
+    one_seed = {e: {0: v[0]} for e, v in values.items()}
+    assert resolution(runs_of(one_seed), ["segmentation/miou"]).height == 0
+
+
+def test_seeds_needed_is_the_fewest_seeds_at_which_the_effect_stands_out() -> None:
+    # t(0.975, 1) / sqrt(2) = 8.98: an effect of 10 spreads of 1 stands out at 2 seeds.
+    assert seeds_needed(1.0, 10.0) == 2
+    # 1.0 stands out where t / sqrt(n) < 1: 2.571 / sqrt(6) = 1.05, 2.447 / sqrt(7) = 0.92.
+    assert seeds_needed(1.0, 1.0) == 7
+    assert detectable_difference(1.0, 7) < 1.0 < detectable_difference(1.0, 6)
+    # beyond the limit, or no effect at all: no number of seeds
+    assert seeds_needed(1.0, 0.1) is None and seeds_needed(1.0, 0.0) is None
