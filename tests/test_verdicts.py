@@ -292,6 +292,8 @@ def test_a_grid_over_one_experiment_is_reported_without_ladder_or_synergy(tmp_pa
     # (shown to two significant digits)
     ratio = minutes["vl (data.batch_size=128)"] / minutes["vl (data.batch_size=32)"]
     assert 1.9 < ratio < 2.1
+    # the sweep's total: 3 runs of 20 steps x 4 images at 100 images/s, 3 at 50
+    assert "In all, 6 run(s) trained for 0.12 min at these rates." in text
     assert "shared the CPU with other work do not count" in text
     assert "Not all runs trained alike" not in text  # one thread count (here: unrecorded)
     for run in frame["run"].unique():

@@ -270,9 +270,15 @@ def runs_section(
     scored on other scenes, so their references would mix in another world's."""
     header = ["experiment", "tasks", "seeds", "train min", *map(short_name, metrics)]
     rows = []
+    timed_runs, total_minutes = 0, 0.0
     for (experiment, variant), frame in summary.group_by(
         "experiment", "variant", maintain_order=True
     ):
+        seeds = int(frame["seeds"].max() or 0)
+        key = (str(experiment), str(variant))
+        if key in minutes:
+            timed_runs += seeds
+            total_minutes += minutes[key] * seeds
         values = {
             r["metric"]: Estimate(r["mean"], r["se"], r["seeds"]).text(tested=False)
             for r in frame.iter_rows(named=True)
@@ -282,8 +288,8 @@ def runs_section(
             [
                 name,
                 frame["tasks"][0],
-                str(frame["seeds"].max()),
-                num(minutes.get((str(experiment), str(variant))), 2),
+                str(seeds),
+                num(minutes.get(key), 2),
                 *(values.get(m, "–") for m in metrics),
             ]
         )
@@ -299,7 +305,19 @@ def runs_section(
         if other_worlds
         else ""
     )
-    return [*md_table(header, rows), "", TRAIN_MINUTES_NOTE + threads_note + worlds_note]
+    # The whole sweep's cost, which a reader planning a rerun wants before the rows' detail.
+    total_note = (
+        f" In all, {timed_runs} run(s) trained for "
+        + (f"{total_minutes / 60:.1f} hours" if total_minutes >= 60 else f"{total_minutes:.2g} min")
+        + " at these rates."
+        if timed_runs
+        else ""
+    )
+    return [
+        *md_table(header, rows),
+        "",
+        TRAIN_MINUTES_NOTE + total_note + threads_note + worlds_note,
+    ]
 
 
 def baseline_section(summary: pl.DataFrame) -> list[str]:
