@@ -72,3 +72,40 @@ def test_seeds_needed_is_the_fewest_seeds_at_which_the_effect_stands_out() -> No
     assert detectable_difference(1.0, 7) < 1.0 < detectable_difference(1.0, 6)
     # beyond the limit, or no effect at all: no number of seeds
     assert seeds_needed(1.0, 0.1) is None and seeds_needed(1.0, 0.0) is None
+
+
+def test_the_seeds_are_those_the_pairs_share_and_unmeasured_values_are_skipped() -> None:
+    # VL has three seeds, the others two (a sweep part-way): the tests had two seeds, so the
+    # detectable difference is t(0.975, 1) = 12.706 spreads over sqrt(2), not t at 3 seeds.
+    values = {
+        "vl": {0: 0.5, 1: 0.52, 2: 0.49},
+        "vl_depth": {0: 0.6, 1: 0.58},
+        "vl_ground": {0: 0.55, 1: 0.5},
+    }
+    row = resolution(runs_of(values), ["segmentation/miou"]).row(0, named=True)
+    assert row["seeds"] == 2
+    assert math.isclose(row["detectable"], 12.706 * row["spread"] / math.sqrt(2), rel_tol=1e-6)
+    # a null or NaN value (an evaluation that failed) leaves that seed out of its pairs
+    broken = {**values, "vl_ground": {0: 0.55, 1: 0.5, 2: None}, "vl": {0: 0.5, 1: 0.52, 2: 0.49}}
+    broken["vl_depth"] = {0: 0.6, 1: 0.58, 2: math.nan}
+    assert resolution(runs_of(broken), ["segmentation/miou"]).row(0, named=True) == row
+
+
+def test_a_median_effect_at_the_noise_level_needs_no_seed_count() -> None:
+    # Task sets that wobble against each other by 0.01 with no shift: every pair's mean
+    # difference is 0, no more than noise alone gives, so no seed count would resolve it.
+    flat = {
+        "vl": {0: 0.5, 1: 0.5, 2: 0.5},
+        "vl_depth": {0: 0.51, 1: 0.49, 2: 0.5},
+        "vl_ground": {0: 0.49, 1: 0.51, 2: 0.5},
+    }
+    row = resolution(runs_of(flat), ["segmentation/miou"]).row(0, named=True)
+    # pooled variance (1e-4 + 1e-4 + 4e-4) * 2 / 6 = 2e-4
+    assert math.isclose(row["spread"], math.sqrt(2e-4), rel_tol=1e-6)
+    assert math.isclose(row["noise_effect"], 0.6745 * math.sqrt(2e-4 / 3), rel_tol=1e-6)
+    assert row["median_effect"] < 1e-9 and row["seeds_needed"] is None
+    # Shifted by 0.1 and 0.2: median effect 0.1, which t(0.975, 1) * 0.0141 / sqrt(2) = 0.127
+    # misses at two seeds and 4.303 * 0.0141 / sqrt(3) = 0.035 resolves at three.
+    shifted = {e: {s: v + 0.1 * i for s, v in flat[e].items()} for i, e in enumerate(TASKS)}
+    row = resolution(runs_of(shifted), ["segmentation/miou"]).row(0, named=True)
+    assert math.isclose(row["median_effect"], 0.1, rel_tol=1e-6) and row["seeds_needed"] == 3

@@ -1,9 +1,9 @@
 """How large a difference between task sets a sweep's seeds can resolve, per metric.
 
 An *inconclusive* verdict means either that the task sets do not differ or that the seeds are
-too few to see it. This module helps tell the two apart. For one metric and every pair of task sets
-(A, B) measured at two or more common seeds, the per-seed differences d_s = A_s - B_s have a
-sample variance s_AB^2 with n_AB - 1 degrees of freedom. Pooled over the pairs,
+too few to see it; this module helps tell the two apart. For one metric and every pair of task
+sets (A, B) measured at two or more common seeds, the per-seed differences d_s = A_s - B_s have
+a sample variance s_AB^2 with n_AB - 1 degrees of freedom. Pooled over the pairs,
 
     s_pooled^2 = sum_AB (n_AB - 1) s_AB^2 / sum_AB (n_AB - 1),
 
@@ -12,9 +12,11 @@ difference stands out of the noise (two-sided Student's t, p < 0.05) when its me
 
     detectable(n) = t(0.975, n - 1) * s_pooled / sqrt(n),
 
-so a true difference of that size is found in about half of repeated sweeps. The pairs share
-runs, so the pooled spread is a typical value, not an independent estimate; projections to more
-seeds assume the spread stays what these seeds show.
+so a true difference of that size stands out in roughly half of repeated sweeps (somewhat more
+at few seeds, where each test's own spread varies). With no difference at all, the median
+|mean difference| of a pair is about 0.674 s_pooled / sqrt(n): a median effect no larger than
+that shows nothing to resolve. The pairs share runs, so the pooled spread is a typical value,
+not an independent estimate; projections to more seeds assume the spread stays as measured.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from itertools import combinations
 import polars as pl
 
 from mtv.analysis.sections import md_table, num
-from mtv.analysis.synergy import by_task_set, critical_t
+from mtv.analysis.synergy import PerSeed, by_task_set, critical_t
 from mtv.analysis.verdicts import short_name
 
 # The projections beside the sweep's own seed count, and how far a search for enough seeds goes.
 PROJECTED_SEEDS = (5, 10)
 MAX_SEEDS = 30
+# The median of |N(0, 1)|: with no difference at all, the mean of n paired differences of
+# spread s is N(0, s^2 / n), so the median |mean difference| is about 0.674 s / sqrt(n).
+NOISE_MEDIAN = 0.6745
 
 
 def detectable_difference(spread: float, seeds: int) -> float:
@@ -52,34 +57,44 @@ def seeds_needed(spread: float, effect: float, limit: int = MAX_SEEDS) -> int | 
     return None
 
 
+def _value(per_seed: dict[str, float], metric: str) -> float:
+    """The metric's value, NaN where the run did not measure it (missing, null or NaN)."""
+    value = per_seed.get(metric)
+    return math.nan if value is None else float(value)
+
+
+def _differences(a: PerSeed, b: PerSeed, metric: str) -> list[float]:
+    """Per-seed a - b at the seeds where both measured the metric."""
+    pairs = ((_value(a[s], metric), _value(b[s], metric)) for s in sorted(set(a) & set(b)))
+    return [x - y for x, y in pairs if not (math.isnan(x) or math.isnan(y))]
+
+
 def resolution(runs: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
     """Per metric of `runs` (final rows with run, seed, tasks, metric, value): the pairs of task
-    sets pooled, their pooled degrees of freedom and spread, the median |mean difference|
-    between task sets (the size of the effects there are), the difference detectable at the
-    sweep's seed count and at PROJECTED_SEEDS, and the seeds needed to resolve the median
-    effect. Metrics with no pair at two common seeds are left out."""
+    sets pooled, their pooled degrees of freedom and spread, the seeds the pairs share (the
+    fewest of any pair: what the verdicts' tests had), the median |mean difference| between task
+    sets and the median that noise alone would give (NOISE_MEDIAN), the difference detectable at
+    the shared seeds and at PROJECTED_SEEDS, and the seeds needed to resolve the median effect
+    (None where it is no larger than noise alone, or needs more than MAX_SEEDS). Metrics with
+    no pair at two common seeds are left out."""
     per_set = by_task_set(runs)
-    sweep_seeds = max((len(seeds) for seeds in per_set.values()), default=0)
     rows = []
     for metric in metrics:
-        sum_squares, dof, effects = 0.0, 0, []
+        sum_squares, dof, effects, shared = 0.0, 0, [], []
         for a, b in combinations(sorted(per_set), 2):
-            differences = [
-                per_set[a][seed][metric] - per_set[b][seed][metric]
-                for seed in sorted(set(per_set[a]) & set(per_set[b]))
-                if metric in per_set[a][seed]
-                and metric in per_set[b][seed]
-                and not math.isnan(per_set[a][seed][metric] - per_set[b][seed][metric])
-            ]
+            differences = _differences(per_set[a], per_set[b], metric)
             if len(differences) < 2:
                 continue
             sum_squares += statistics.variance(differences) * (len(differences) - 1)
             dof += len(differences) - 1
             effects.append(abs(statistics.fmean(differences)))
+            shared.append(len(differences))
         if not dof:
             continue
         spread = math.sqrt(sum_squares / dof)
+        seeds = min(shared)
         effect = statistics.median(effects)
+        noise = NOISE_MEDIAN * spread / math.sqrt(seeds)
         rows.append(
             {
                 "metric": metric,
@@ -87,10 +102,11 @@ def resolution(runs: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
                 "dof": dof,
                 "spread": spread,
                 "median_effect": effect,
-                "seeds": sweep_seeds,
-                "detectable": detectable_difference(spread, sweep_seeds),
+                "noise_effect": noise,
+                "seeds": seeds,
+                "detectable": detectable_difference(spread, seeds),
                 **{f"detectable_{n}": detectable_difference(spread, n) for n in PROJECTED_SEEDS},
-                "seeds_needed": seeds_needed(spread, effect),
+                "seeds_needed": seeds_needed(spread, effect) if effect > noise else None,
             }
         )
     return pl.DataFrame(
@@ -101,6 +117,7 @@ def resolution(runs: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
             "dof": pl.Int64,
             "spread": pl.Float64,
             "median_effect": pl.Float64,
+            "noise_effect": pl.Float64,
             "seeds": pl.Int64,
             "detectable": pl.Float64,
             **{f"detectable_{n}": pl.Float64 for n in PROJECTED_SEEDS},
@@ -109,45 +126,55 @@ def resolution(runs: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
     )
 
 
+def _seeds_cell(row: dict) -> str:
+    if row["median_effect"] <= row["noise_effect"]:
+        return "– (no more than noise)"
+    return str(row["seeds_needed"]) if row["seeds_needed"] is not None else f"> {MAX_SEEDS}"
+
+
 def resolution_section(
     table: pl.DataFrame, runs: pl.DataFrame, blind: Collection[str] = ()
 ) -> list[str]:
-    """The report's section: per metric, the pooled spread, the effects there are, and the
-    differences the sweep's seeds (and more) would resolve; blind metrics marked."""
+    """The report's section: per metric, the pooled spread, the effects there are beside what
+    noise alone gives, and the differences the sweep's seeds (and more) would resolve; blind
+    metrics marked."""
     if not table.height:
         return []
-    seeds = int(table["seeds"].max() or 0)
     sets = len(by_task_set(runs))
     rows = [
         [
             short_name(r["metric"]) + (" (blind)" if r["metric"] in blind else ""),
             num(r["spread"], 2),
-            num(r["median_effect"], 2),
+            f"{num(r['median_effect'], 2)} ({num(r['noise_effect'], 2)})",
+            str(r["seeds"]),
             num(r["detectable"], 2),
             *(num(r[f"detectable_{n}"], 2) for n in PROJECTED_SEEDS),
-            str(r["seeds_needed"]) if r["seeds_needed"] is not None else f"> {MAX_SEEDS}",
+            _seeds_cell(r),
         ]
         for r in table.iter_rows(named=True)
     ]
-    projected = [f"detectable at {n} seeds" for n in PROJECTED_SEEDS]
     return [
         "## What the seeds can resolve\n",
         "Whether an *inconclusive* verdict means no effect or too few seeds. *spread*: the "
         "seed-to-seed standard deviation of a paired difference between two task sets, pooled "
-        f"over every pair of the table's {sets} task sets; *median effect*: the median |mean "
-        "difference| over those pairs; *detectable*: the smallest mean difference that stands "
-        f"out (t(0.975, n − 1) · spread / √n), at this sweep's {seeds} seeds and projected to "
-        "more, assuming the spread stays as measured (a true difference of that size is found "
-        "in about half of repeated sweeps); *seeds for the median effect*: the fewest seeds at "
-        "which the median effect would stand out. The pairs share runs, so the spread is a "
-        "typical value, not a test.\n",
+        f"over every pair of the table's {sets} task sets (the pairs share runs, so it is a "
+        "typical value, not a test); *median effect*: the median |mean difference| over those "
+        "pairs, and in brackets the median that noise alone would give at that spread (0.674 · "
+        "spread / √n: a median effect no larger than it gives no sign of an effect); *seeds*: "
+        "the seeds the pairs share (the fewest of any pair), at which the verdicts were tested; "
+        "*detectable*: the smallest mean difference that stands out there (t(0.975, n − 1) · "
+        "spread / √n), and projected to more seeds assuming the spread stays as measured (a "
+        "true difference of that size stands out in roughly half of repeated sweeps, somewhat "
+        "more with few seeds); *seeds for the median effect*: the fewest seeds at which the "
+        "median effect would stand out.\n",
         *md_table(
             [
                 "metric",
                 "spread",
-                "median effect",
-                f"detectable at {seeds} seeds",
-                *projected,
+                "median effect (noise alone)",
+                "seeds",
+                "detectable",
+                *(f"detectable at {n} seeds" for n in PROJECTED_SEEDS),
                 "seeds for the median effect",
             ],
             rows,
