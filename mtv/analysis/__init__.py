@@ -1,7 +1,9 @@
 """Analysis of sets of runs: the ablation ladder (Table 3), task synergy (Table 4, Eq. 4), the
-scaling view, training curves, and pictures of what an encoder learned (depth, feature PCA)."""
+scaling view, what a sweep's seeds can resolve, training curves, and pictures of what an
+encoder learned (depth, feature PCA)."""
 
 from mtv.analysis.curves import load_curves, plot_curves
+from mtv.analysis.resolution import resolution
 from mtv.analysis.scaling import plot_scaling, scaling_results, scaling_table
 from mtv.analysis.synergy import (
     GROUPS,
@@ -25,6 +27,7 @@ __all__ = [
     "load_curves",
     "plot_curves",
     "plot_scaling",
+    "resolution",
     "scaling_results",
     "scaling_table",
     "synergy",
