@@ -189,17 +189,31 @@ PLANTED = {
     "ground_depth": 12.5,
     "all": 19.0,
 }
-WOBBLE = {"ground": [1.0, -1.2, 0.6], "ssl_ground": [0.9, -1.0, 0.5]}
+WOBBLE = {
+    "ground": [1.0, -1.2, 0.6],
+    "ssl_ground": [0.9, -1.0, 0.5],
+    # Small wobbles, so that the large steps stand out rather than being equal at every seed.
+    "ssl": [0.1, -0.1, 0.0],
+    "ssl_depth": [-0.1, 0.0, 0.1],
+    "depth": [0.05, -0.05, 0.0],
+    "ground_depth": [0.0, 0.05, -0.05],
+    "all": [0.1, 0.0, -0.1],
+}
 
 
 def test_ladder_over_seeds_shows_mean_se_and_marks_non_significant_steps() -> None:
     table = ladder_table(seeded_results(PLANTED, WOBBLE))
     rows = {r["tasks"]: r["acc"] for r in table.iter_rows(named=True)}
-    # Seed noise (-1, 0, +1) is shared, so VL's own SE is 1/sqrt(3) but SSL's step is exact.
+    # Seed noise (-1, 0, +1) is shared, so VL's own SE is 1/sqrt(3) but SSL's step (+5 with a
+    # wobble of 0.1) is paired and stands out: no mark.
     assert rows["VL"] == "10 ± 0.58"
-    assert rows["VL + SSL"] == "15 ± 0.58 (+5 ± 0)"  # significant: no mark
+    assert rows["VL + SSL"].endswith("(+5 ± 0.058)")
     assert rows["VL + SSL + Ground"].endswith("n.s.)")
     assert "n.s." not in rows["Absolute gain"]
+    # A step equal at every seed has no spread to test: marked, not taken for certain.
+    exact = ladder_table(seeded_results(PLANTED, {}))
+    step = {r["tasks"]: r["acc"] for r in exact.iter_rows(named=True)}["VL + SSL"]
+    assert step == "15 ± 0.58 (+5 ± 0 untested (equal at every seed))"
 
 
 def test_a_ladder_step_is_tested_on_the_seeds_both_steps_have() -> None:
@@ -271,6 +285,38 @@ def test_equal_float32_differences_have_no_spread() -> None:
     assert rounded.se == 0.0 and "± 0 " in rounded.text(signed=True) + " "
     small = Estimate.of([0.0101, 0.0103, 0.0099])  # a real spread well below 1e-3 stays
     assert small.se == pytest.approx(1.1547e-4, rel=1e-3)
+
+
+def test_a_difference_equal_at_every_seed_is_untested_not_certain() -> None:
+    """R@1 over 500 queries moves in steps of 0.002: two seeds whose task sets differ by the
+    same 24 scenes are a coincidence of rounding, not a spread of zero, and an infinite t."""
+    from mtv.analysis.controls import instrument_sight
+    from mtv.analysis.sections import sight_section
+    from mtv.analysis.synergy import Estimate
+    from mtv.analysis.verdicts import difference_text
+
+    equal = Estimate.of([0.048, 0.048])
+    assert equal.equal_at_every_seed and equal.significant is False and not equal.positive
+    assert equal.text(signed=True) == "+0.048 ± 0 untested (equal at every seed)"
+    assert equal.text(tested=False) == "0.048 ± 0"  # a level is not tested
+    assert Estimate.of([0.0, 0.0]).text() == "0 ± 0 n.s."  # no difference at all
+    assert not Estimate.of([0.048]).equal_at_every_seed  # one seed: no spread to speak of
+    text = difference_text("retrieval/t2i_r1", 0.048, 0.0, False)
+    assert text == "T→I R@1 +0.048±0 untested (equal at every seed)"
+    # a positive control gaining the same at every seed is not judged, neither seeing nor blind
+    rows = pl.DataFrame(
+        {
+            "experiment": ["control"] * 2,
+            "seed": [0, 1],
+            "metric": ["object_shape/shape_acc"] * 2,
+            "value": [0.3, 0.31],
+            "random_init": [0.2, 0.21],
+            "higher_is_better": [True, True],
+        }
+    )
+    sight = instrument_sight(rows, "control")
+    assert sight.row(0, named=True)["sees"] is None
+    assert "| not judged (equal at every seed) |" in "\n".join(sight_section(sight, "control"))
 
 
 RESULT_SCHEMA = {
@@ -355,10 +401,12 @@ def test_a_synergy_cell_is_estimated_on_the_seeds_all_four_task_sets_have() -> N
 def test_a_pair_average_leaves_out_a_seed_that_misses_one_of_its_columns() -> None:
     """Depth x ground on two columns, the pair's rmse missing at seed 2: seed 2's average would be
     over acc alone, unlike seeds 0 and 1; it is left out, and the table says so."""
-    acc = {"vl": [0, 0, 0], "depth": [1.0, 1.0, 1.0], "ground": [0, 0, 0]}
-    acc["ground_depth"] = [1.5, 1.5, 1.5]  # synergy +0.5 at every seed
-    rmse = {"vl": [1.0] * 3, "depth": [0.8] * 3, "ground": [1.0] * 3}
-    rmse["ground_depth"] = [0.9, 0.9, None]  # gain 0.1 against depth's 0.2: synergy -0.5
+    # Depth's gains wobble about means of 1.0 (acc) and 0.2 (rmse, at seeds 0 and 1), so that
+    # they stand out of the noise rather than being equal at every seed.
+    acc = {"vl": [0, 0, 0], "depth": [0.9, 1.1, 1.0], "ground": [0, 0, 0]}
+    acc["ground_depth"] = [1.4, 1.6, 1.5]  # 0.5 above depth, half its mean gain: +0.5
+    rmse = {"vl": [1.0] * 3, "depth": [0.81, 0.79, 0.8], "ground": [1.0] * 3}
+    rmse["ground_depth"] = [0.91, 0.89, None]  # 0.1 short of depth's gain of 0.2: -0.5
     rows = [
         {
             "run": f"{run}-{seed}",

@@ -13,6 +13,10 @@ from mtv.analysis.loss_weighting import converges_stably, nonfinite_steps, weigh
 
 METRICS = {"zero_shot/shape_top1": True, "retrieval/i2t_r1": True, "depth_probe/rmse": False}
 NOISE = {0: -0.01, 1: 0.0, 2: 0.012}
+# Each method's own small jitter per seed (a different size for each), so that no paired
+# difference is equal at every seed, which `Estimate` leaves untested.
+JITTER = {0: 0.001, 1: -0.001, 2: 0.0}
+EXPERIMENTS = ("uniform", "uncertainty", "pcgrad")
 
 
 def history(losses: list[float]) -> pl.DataFrame:
@@ -34,7 +38,7 @@ def planted(tmp_path: Path, effects: dict[str, dict[str, float]], diverged: bool
     experiment's effect (a gain: added, or subtracted for the RMSE), with run folders holding a
     training history that falls (or, `diverged`, one of uniform's with a non-finite step)."""
     rows = []
-    for experiment in ("uniform", "uncertainty", "pcgrad"):
+    for experiment in EXPERIMENTS:
         for seed, noise in NOISE.items():
             run = tmp_path / f"{experiment}-{seed}"
             run.mkdir(parents=True)
@@ -50,7 +54,10 @@ def planted(tmp_path: Path, effects: dict[str, dict[str, float]], diverged: bool
                         "run": str(run),
                         "seed": seed,
                         "metric": metric,
-                        "value": 0.5 + noise + (effect if higher else -effect),
+                        "value": 0.5
+                        + noise
+                        + JITTER[seed] * (1 + EXPERIMENTS.index(experiment))
+                        + (effect if higher else -effect),
                         "higher_is_better": higher,
                     }
                 )

@@ -23,7 +23,8 @@ def instrument_sight(final: pl.DataFrame, control: str) -> pl.DataFrame:
     """Per metric of the control experiment's final rows (`experiment` == `control`, with
     `value`, `random_init`, `higher_is_better`, `seed`): the control's gain over its random init
     paired by seed (mean, se, seeds), and `sees`: the gain is positive and significant (with
-    one seed: positive). A metric without random-init values cannot be judged (`sees` None)."""
+    one seed: positive). A metric without random-init values, or whose gain is equal at every
+    seed, cannot be judged (`sees` None)."""
     rows = []
     frame = final.filter(pl.col("experiment") == control)
     for (metric,), part in frame.group_by("metric", maintain_order=True):
@@ -34,7 +35,9 @@ def instrument_sight(final: pl.DataFrame, control: str) -> pl.DataFrame:
             if value is not None and reference is not None and not math.isnan(reference)
         ]
         estimate = Estimate.of(gains)
-        sees = None if estimate.n == 0 else estimate.positive
+        # A gain equal at every seed has no spread to test against (`Estimate.significant`):
+        # not judged, rather than called blind on a coincidence of rounding.
+        sees = None if estimate.n == 0 or estimate.equal_at_every_seed else estimate.positive
         rows.append(
             {
                 "metric": metric,

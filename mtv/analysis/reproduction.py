@@ -38,6 +38,7 @@ from mtv.analysis.sweep_report import (
     run_summary,
 )
 from mtv.analysis.synergy import (
+    UNTESTED_EQUAL,
     Estimate,
     MissingRuns,
     critical_t,
@@ -372,7 +373,9 @@ def _markdown(
         f"Evaluation: suite `{spec.eval.suite}`, {spec.eval.scenes} held-out scenes. "
         "Every number is mean ± standard error over seeds; differences between task sets are "
         "paired by seed and marked *n.s.* unless a two-sided Student's t-test with the seeds' "
-        "degrees of freedom rejects zero at p < 0.05"
+        "degrees of freedom rejects zero at p < 0.05; a difference equal at every seed is "
+        f"marked *{UNTESTED_EQUAL}* and not counted, as metrics counted over a few hundred "
+        "scenes are rounded and equal values at a few seeds are a coincidence, not certainty"
         + (
             f" ({critical_t(len(seeds) - 1):.2f} standard errors with {len(seeds)} seeds).\n"
             if len(seeds) > 1

@@ -44,6 +44,8 @@ def sight_section(sight: pl.DataFrame, control: str, decides: bool = True) -> li
     for r in sight.iter_rows(named=True):
         gain = Estimate(r["gain"], r["gain_se"], r["seeds"]).text(signed=True)
         state = "sees" if r["sees"] else "**blind**" if r["sees"] is False else "not judged"
+        if r["sees"] is None and r["seeds"] >= 2 and r["gain_se"] == 0:
+            state += " (equal at every seed)"
         if r["seeds"] == 1 and r["sees"] is not None:
             state += " (1 seed: sign only)"
         rows.append(
@@ -83,7 +85,8 @@ def sight_section(sight: pl.DataFrame, control: str, decides: bool = True) -> li
         "the synergy average"
         + (f": {', '.join(short_name(m) for m in blind)}." if blind else " (none is).")
         + (
-            " Not judged (no random-init values), so left out as well: "
+            " Not judged (no random-init values, or a gain equal at every seed, which has no "
+            "spread to test), so left out as well: "
             + ", ".join(short_name(m) for m in unjudged)
             + "."
             if unjudged

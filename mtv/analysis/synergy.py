@@ -52,6 +52,18 @@ def critical_t(df: int) -> float:
     return _T_975[df - 1] if df <= len(_T_975) else 1.96 + 2.4 / df
 
 
+# How a difference equal at every seed is marked instead of tested (`Estimate.significant`).
+UNTESTED_EQUAL = "untested (equal at every seed)"
+
+
+def significance_mark(mean: float, se: float, significant: bool | None) -> str:
+    """What follows a tested 'mean ± SE': nothing when significant, ' n.s.' when not, and
+    the UNTESTED_EQUAL mark when the value is equal at every seed (no spread to test)."""
+    if se == 0 and mean != 0:
+        return f" {UNTESTED_EQUAL}"
+    return "" if significant else " n.s."
+
+
 TaskSet = tuple[str, ...]
 PerSeed = dict[int, dict[str, float]]  # seed -> metric -> value
 
@@ -85,11 +97,21 @@ class Estimate:
         return cls(mean, 0.0 if se < 1e-6 * max(1.0, abs(mean)) else se, n)
 
     @property
+    def equal_at_every_seed(self) -> bool:
+        """A nonzero mean with no spread over two or more seeds: the t statistic is infinite,
+        but only because the values coincide (see `significant`)."""
+        return self.n >= 2 and self.se == 0 and self.mean != 0
+
+    @property
     def significant(self) -> bool | None:
         """|mean| > t(0.975, n - 1) SE (Student's t-test, two-sided p < 0.05); None when there
-        is no SE (one seed)."""
+        is no SE (one seed). A value equal at every seed is not significant: metrics counted
+        over a few hundred scenes are rounded (R@1 over 500 queries moves in steps of 0.002), so
+        equal values at a few seeds are a coincidence of rounding, not a spread of zero."""
         if self.n < 2 or math.isnan(self.se):
             return None
+        if self.equal_at_every_seed:
+            return False
         return abs(self.mean) > critical_t(self.n - 1) * self.se
 
     @property
@@ -107,8 +129,8 @@ class Estimate:
         out = f"{self.mean:{sign}.{digits}g}"
         if self.n >= 2:
             out += f" ± {self.se:.2g}"
-            if tested and not self.significant:
-                out += " n.s."
+            if tested:
+                out += significance_mark(self.mean, self.se, self.significant)
         return out
 
 
@@ -317,7 +339,9 @@ def synergy_wide(matrix: pl.DataFrame) -> pl.DataFrame:
         if seeded and row["significant"] is None:  # fewer than two seeds in this cell: no test
             notes.append(f"{row['seeds']} seed")
         elif seeded:
-            text += f" ± {row['synergy_se']:.2f}" + ("" if row["significant"] else " n.s.")
+            text += f" ± {row['synergy_se']:.2f}" + significance_mark(
+                value, row["synergy_se"], row["significant"]
+            )
         # An average says how many columns it is over: pairs may differ in where it is defined.
         if row.get("columns") is not None:
             notes.append(f"{row['columns']} columns")

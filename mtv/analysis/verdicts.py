@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from mtv.analysis.synergy import by_task_set, label, paired, synergy_table
+from mtv.analysis.synergy import by_task_set, label, paired, significance_mark, synergy_table
 
 VERDICT_RULES = (
     "Each of the paper's columns counts once, through the first of its mini-suite metrics that "
@@ -188,7 +188,9 @@ def difference_text(metric: str, difference: float, se: float, significant: bool
     with one seed there is no SE and no test ('(1 seed)')."""
     if significant is None:
         return f"{short_name(metric)} {difference:+.3g} (1 seed)"
-    return f"{short_name(metric)} {difference:+.3g}±{se:.2g}" + ("" if significant else " n.s.")
+    return f"{short_name(metric)} {difference:+.3g}±{se:.2g}" + significance_mark(
+        difference, se, significant
+    )
 
 
 def _step_verdict(
@@ -273,10 +275,8 @@ def _synergy_verdict(
         states.append(
             "positive" if significant and value > 0 else "negative" if significant else "n.s."
         )
-        parts.append(
-            f"{pair} {100 * value:+.0f}% ± {100 * se:.0f}{'' if significant else ' n.s.'} "
-            f"({columns})"
-        )
+        mark = significance_mark(value, se, significant)
+        parts.append(f"{pair} {100 * value:+.0f}% ± {100 * se:.0f}{mark} ({columns})")
     if states and all(s == "positive" for s in states):
         verdict = "reproduced"
     elif "negative" in states:
