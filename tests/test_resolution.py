@@ -9,7 +9,12 @@ from itertools import combinations
 import numpy as np
 import polars as pl
 
-from mtv.analysis.resolution import detectable_difference, resolution, seeds_needed
+from mtv.analysis.resolution import (
+    detectable_difference,
+    resolution,
+    resolution_section,
+    seeds_needed,
+)
 
 TASKS = {"vl": ["vl"], "vl_depth": ["vl", "depth"], "vl_ground": ["vl", "ground"]}
 
@@ -109,3 +114,15 @@ def test_a_median_effect_at_the_noise_level_needs_no_seed_count() -> None:
     shifted = {e: {s: v + 0.1 * i for s, v in flat[e].items()} for i, e in enumerate(TASKS)}
     row = resolution(runs_of(shifted), ["segmentation/miou"]).row(0, named=True)
     assert math.isclose(row["median_effect"], 0.1, rel_tol=1e-6) and row["seeds_needed"] == 3
+
+
+def test_the_section_projects_only_beyond_the_seeds_there_are() -> None:
+    two = runs_of({"vl": {0: 0.5, 1: 0.52}, "vl_depth": {0: 0.6, 1: 0.58}})
+    three = runs_of({"vl": {0: 0.5, 1: 0.52, 2: 0.5}, "vl_depth": {0: 0.6, 1: 0.58, 2: 0.61}})
+    headers = {}
+    for name, runs in (("two", two), ("three", three)):
+        lines = resolution_section(resolution(runs, ["segmentation/miou"]), runs)
+        headers[name] = next(line for line in lines if line.startswith("| metric"))
+    assert "detectable at 3 seeds" in headers["two"] and "detectable at 5 seeds" in headers["two"]
+    assert "detectable at 3 seeds" not in headers["three"]
+    assert "detectable at 10 seeds" in headers["three"]

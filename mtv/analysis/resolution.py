@@ -33,7 +33,7 @@ from mtv.analysis.synergy import PerSeed, by_task_set, critical_t
 from mtv.analysis.verdicts import short_name
 
 # The projections beside the sweep's own seed count, and how far a search for enough seeds goes.
-PROJECTED_SEEDS = (5, 10)
+PROJECTED_SEEDS = (3, 5, 10)
 MAX_SEEDS = 30
 # The median of |N(0, 1)|: with no difference at all, the mean of n paired differences of
 # spread s is N(0, s^2 / n), so the median |mean difference| is about 0.674 s / sqrt(n).
@@ -141,6 +141,8 @@ def resolution_section(
     if not table.height:
         return []
     sets = len(by_task_set(runs))
+    # Projections beyond the seeds the sweep already has (a partial sweep's 2 show 3 as well).
+    projected = [n for n in PROJECTED_SEEDS if n > int(table["seeds"].max() or 0)]
     rows = [
         [
             short_name(r["metric"]) + (" (blind)" if r["metric"] in blind else ""),
@@ -148,7 +150,7 @@ def resolution_section(
             f"{num(r['median_effect'], 2)} ({num(r['noise_effect'], 2)})",
             str(r["seeds"]),
             num(r["detectable"], 2),
-            *(num(r[f"detectable_{n}"], 2) for n in PROJECTED_SEEDS),
+            *(num(r[f"detectable_{n}"], 2) for n in projected),
             _seeds_cell(r),
         ]
         for r in table.iter_rows(named=True)
@@ -174,7 +176,7 @@ def resolution_section(
                 "median effect (noise alone)",
                 "seeds",
                 "detectable",
-                *(f"detectable at {n} seeds" for n in PROJECTED_SEEDS),
+                *(f"detectable at {n} seeds" for n in projected),
                 "seeds for the median effect",
             ],
             rows,
