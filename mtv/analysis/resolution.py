@@ -29,7 +29,7 @@ from itertools import combinations
 import polars as pl
 
 from mtv.analysis.sections import md_table, num
-from mtv.analysis.synergy import PerSeed, by_task_set, critical_t
+from mtv.analysis.synergy import by_task_set, critical_t, paired
 from mtv.analysis.verdicts import short_name
 
 # The projections beside the sweep's own seed count, and how far a search for enough seeds goes.
@@ -57,18 +57,6 @@ def seeds_needed(spread: float, effect: float, limit: int = MAX_SEEDS) -> int | 
     return None
 
 
-def _value(per_seed: dict[str, float], metric: str) -> float:
-    """The metric's value, NaN where the run did not measure it (missing, null or NaN)."""
-    value = per_seed.get(metric)
-    return math.nan if value is None else float(value)
-
-
-def _differences(a: PerSeed, b: PerSeed, metric: str) -> list[float]:
-    """Per-seed a - b at the seeds where both measured the metric."""
-    pairs = ((_value(a[s], metric), _value(b[s], metric)) for s in sorted(set(a) & set(b)))
-    return [x - y for x, y in pairs if not (math.isnan(x) or math.isnan(y))]
-
-
 def resolution(runs: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
     """Per metric of `runs` (final rows with run, seed, tasks, metric, value): the pairs of task
     sets pooled, their pooled degrees of freedom and spread, the seeds the pairs share (the
@@ -82,13 +70,14 @@ def resolution(runs: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
     for metric in metrics:
         sum_squares, dof, effects, shared = 0.0, 0, [], []
         for a, b in combinations(sorted(per_set), 2):
-            differences = _differences(per_set[a], per_set[b], metric)
-            if len(differences) < 2:
+            difference = paired(per_set[a], per_set[b], metric)
+            if difference.n < 2:
                 continue
-            sum_squares += statistics.variance(differences) * (len(differences) - 1)
-            dof += len(differences) - 1
-            effects.append(abs(statistics.fmean(differences)))
-            shared.append(len(differences))
+            # The sample variance of the per-seed differences is SE^2 * n.
+            sum_squares += difference.se**2 * difference.n * (difference.n - 1)
+            dof += difference.n - 1
+            effects.append(abs(difference.mean))
+            shared.append(difference.n)
         if not dof:
             continue
         spread = math.sqrt(sum_squares / dof)

@@ -42,14 +42,20 @@ def sight_section(sight: pl.DataFrame, control: str, decides: bool = True) -> li
     beside it, e.g. in another world)."""
     rows = []
     for r in sight.iter_rows(named=True):
-        gain = Estimate(r["gain"], r["gain_se"], r["seeds"]).text(signed=True)
+        estimate = Estimate(r["gain"], r["gain_se"], r["seeds"])
         state = "sees" if r["sees"] else "**blind**" if r["sees"] is False else "not judged"
-        if r["sees"] is None and r["seeds"] >= 2 and r["gain_se"] == 0:
+        if r["sees"] is None and estimate.equal_at_every_seed:
             state += " (equal at every seed)"
         if r["seeds"] == 1 and r["sees"] is not None:
             state += " (1 seed: sign only)"
         rows.append(
-            [short_name(r["metric"]), num(r["control"]), num(r["random_init"]), gain, state]
+            [
+                short_name(r["metric"]),
+                num(r["control"]),
+                num(r["random_init"]),
+                estimate.text(signed=True),
+                state,
+            ]
         )
     if not rows:
         return [

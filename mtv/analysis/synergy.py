@@ -195,12 +195,12 @@ def synergy(gain_a: float, gain_b: float, gain_ab: float) -> float:
 
 
 def paired(a: PerSeed, b: PerSeed, metric: str, higher: bool | None = None) -> Estimate:
-    """Per-seed a - b over the seeds both have (a gain of a over b when `higher` is given)."""
-    seeds = sorted(set(a) & set(b))
+    """Per-seed a - b over the seeds both measured the metric at (a gain of a over b when
+    `higher` is given); a missing, null or NaN value leaves its seed out."""
     values = []
-    for seed in seeds:
-        if metric in a[seed] and metric in b[seed]:
-            x, y = a[seed][metric], b[seed][metric]
+    for seed in sorted(set(a) & set(b)):
+        x, y = a[seed].get(metric), b[seed].get(metric)
+        if x is not None and y is not None:
             values.append(x - y if higher is None else gain(x, y, higher))
     return Estimate.of(values)
 
