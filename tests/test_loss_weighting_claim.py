@@ -207,3 +207,22 @@ def test_only_the_reports_metrics_stand_for_paper_columns(tmp_path: Path) -> Non
     assert "shape" not in verdict.evidence
     everything = weighting_verdict(frame, "uniform", ["uncertainty", "pcgrad"])
     assert everything.verdict == "contradicted"
+
+
+def test_a_win_that_does_not_survive_the_correction_for_every_test_is_not_one_corrected(
+    tmp_path: Path,
+) -> None:
+    # uncertainty − uniform differs by 0.001 · (+1, -1, 0) per seed (JITTER): a gain of 0.0035
+    # is t = 6.1 (p = 0.026) alone, above 0.05 / 6 for the 6 tests (2 methods x 3 metrics).
+    narrow = {"uncertainty": {"depth_probe/rmse": 0.0035}}
+    verdict = weighting_verdict(
+        planted(tmp_path / "a", narrow), "uniform", ["uncertainty", "pcgrad"]
+    )
+    assert verdict.verdict == "contradicted" and verdict.corrected == "reproduced", verdict
+    assert "corrected for 6 tests (Holm): none stands" in verdict.evidence
+    clear = {"uncertainty": {"depth_probe/rmse": 0.1}}
+    verdict = weighting_verdict(
+        planted(tmp_path / "b", clear), "uniform", ["uncertainty", "pcgrad"]
+    )
+    assert verdict.verdict == verdict.corrected == "contradicted", verdict
+    assert "(Holm): uncertainty depth lin. RMSE ↓ stands" in verdict.evidence

@@ -14,6 +14,7 @@ from mtv.analysis.controls import blind_metrics, instrument_sight, unseen_metric
 from mtv.analysis.reproduction import write_sweep_analysis
 from mtv.analysis.sections import sight_section
 from mtv.analysis.sweep_report import final_rows, instrument_reach, run_summary
+from mtv.analysis.synergy import Estimate, critical_t, holm
 from mtv.analysis.verdicts import COLUMN_METRICS, FAMILIES, verdicts
 from mtv.specs import spec_to_yaml
 from mtv.specs.sweep import SweepSpec
@@ -98,6 +99,8 @@ PAPER_LIKE = {
 def test_a_paper_like_result_reproduces_every_claim() -> None:
     found = {v.claim: v for v in verdicts(planted(PAPER_LIKE))}
     assert {v.verdict for v in found.values()} == {"reproduced"}, found
+    # Clear effects (SE ~ 2e-4) stand corrected for the number of tests too, synergy's included.
+    assert {v.corrected for v in found.values()} == {"reproduced"}, found
     ssl = found["SSL lifts both semantic and dense metrics"]
     assert "semantic lifted" in ssl.evidence and "dense lifted" in ssl.evidence
     # Differences in the metric's own direction, as in the ladder: the RMSE fell by 0.1.
@@ -574,9 +577,11 @@ def test_a_report_whose_tables_lack_runs_still_lists_every_claim(tmp_path: Path)
     _fake_runs(frame)
     _, text = _report(frame, tmp_path, "partial", {"tables": list(SETS)})
     verdict_rows = text.split("## Verdicts")[1].split("\n\n")[1]
-    assert "| SSL lifts both semantic and dense metrics | **reproduced** |" in verdict_rows
+    assert "| SSL lifts both semantic and dense metrics | **reproduced** | reproduced |" in (
+        verdict_rows
+    )
     assert (
-        "| Depth refines pixel-level metrics | **inconclusive** | "
+        "| Depth refines pixel-level metrics | **inconclusive** | – | "
         "VL + SSL + Ground + Depth vs VL + SSL + Ground: runs missing |"
     ) in verdict_rows
     assert "(no ladder: missing runs for the ladder: VL + SSL + Ground + Depth)" in text
@@ -594,3 +599,46 @@ def test_a_column_passes_to_its_next_metric_when_one_run_lacks_the_first() -> No
     none = frame.filter(~((pl.col("experiment") == "vl_ssl") & pl.col("metric").is_in(in1k)))
     ssl = {v.claim: v for v in verdicts(none)}["SSL lifts both semantic and dense metrics"]
     assert "not measured in both: IN-1k" in ssl.evidence, ssl.evidence
+
+
+def test_a_p_value_agrees_with_the_t_table_and_holm_steps_down() -> None:
+    # Three values whose mean lies t(0.975, 2) standard errors from 0 have p = 0.05 (the SE of
+    # m + (-d, 0, d) is d / sqrt(3)).
+    d = 0.01 * math.sqrt(3)
+    mean = critical_t(2) * 0.01
+    assert abs(Estimate.of([mean - d, mean, mean + d]).p_value - 0.05) < 1e-3
+    assert Estimate.of([0.3]).p_value is None  # one seed: no test
+    assert Estimate.of([0.002, 0.002]).p_value is None  # equal at every seed: untested
+    # Sorted p against 0.05 / 3, 0.05 / 2, 0.05 / 1; a None is no test and not counted.
+    assert holm([0.01, 0.04, None, 0.03]) == [True, False, None, False]
+    assert holm([0.03, 0.01, 0.02]) == [True, True, True]
+    assert holm([0.04, 0.04]) == [False, False]  # each would stand alone
+
+
+def _ssl_lift(spread: float) -> pl.DataFrame:
+    """VL and VL + SSL only, SSL lifting every family by 0.1 with a per-seed spread of
+    (-spread, 0, +spread) in the gain: t = 0.1 * sqrt(3) / spread on each metric."""
+    frame = planted({"vl_ssl": {"semantic": 0.1, "dense": 0.1}})
+    frame = frame.filter(pl.col("experiment").is_in(["vl", "vl_ssl"]))
+    shift = pl.col("seed").replace_strict({0: -spread, 1: 0.0, 2: spread}, return_dtype=pl.Float64)
+    shift = pl.when(pl.col("experiment") == "vl_ssl").then(shift).otherwise(0.0)
+    return frame.with_columns(
+        pl.when(pl.col("higher_is_better"))
+        .then(pl.col("value") + shift)
+        .otherwise(pl.col("value") - shift)
+    )
+
+
+def test_a_lift_that_stands_alone_but_not_corrected_for_its_number_is_inconclusive_corrected() -> (
+    None
+):
+    # t = 6 (p = 0.027) on each metric: significant alone, not after Holm over several.
+    [weak] = [v for v in verdicts(_ssl_lift(0.1 * math.sqrt(3) / 6)) if v.claim.startswith("SSL")]
+    assert weak.verdict == "reproduced" and weak.corrected == "inconclusive", weak
+    assert "(Holm): none stands" in weak.evidence
+    # t = 20 (p = 0.0025): below 0.05 / 7, so every lift stands corrected too.
+    [strong] = [
+        v for v in verdicts(_ssl_lift(0.1 * math.sqrt(3) / 20)) if v.claim.startswith("SSL")
+    ]
+    assert strong.verdict == strong.corrected == "reproduced", strong
+    assert "none stands" not in strong.evidence

@@ -12,9 +12,15 @@ from pathlib import Path
 import polars as pl
 
 from mtv.analysis.sweep_report import experiment_seeds
-from mtv.analysis.synergy import PerSeed, paired
+from mtv.analysis.synergy import Estimate, PerSeed, holm, paired
 from mtv.analysis.training import vl_stalls
-from mtv.analysis.verdicts import Verdict, column_metrics, difference_text, short_name
+from mtv.analysis.verdicts import (
+    Verdict,
+    column_metrics,
+    difference_text,
+    holm_text,
+    short_name,
+)
 
 CLAIM = "Uniform loss weighting converges stably and is competitive"
 WEIGHTING_RULES = (
@@ -67,21 +73,42 @@ def converges_stably(metrics: pl.DataFrame) -> tuple[bool | None, str]:
 
 def _compare(
     other: PerSeed, base: PerSeed, metrics: Sequence[str], direction: dict[str, bool]
-) -> tuple[int, int, list[str], list[str]]:
-    """(wins, losses, untested metrics, evidence) of one method against uniform."""
-    wins, losses, untested, shown = 0, 0, [], []
+) -> tuple[list[tuple[str, Estimate]], list[str]]:
+    """(tested metrics with their paired gain, untested metrics) of one method against uniform."""
+    tested, untested = [], []
     for metric in metrics:
-        higher = direction[metric]
-        estimate = paired(other, base, metric, higher)
+        estimate = paired(other, base, metric, direction[metric])
         if estimate.significant is None:
             # Fewer than two paired seeds: no test, so no evidence either way.
             untested.append(f"{short_name(metric)} ({estimate.n} seed(s) paired)")
-            continue
-        wins += estimate.significant and estimate.mean > 0
-        losses += estimate.significant and estimate.mean < 0
-        difference = estimate.mean if higher else -estimate.mean
-        shown.append(difference_text(metric, difference, estimate.se, estimate.significant))
-    return wins, losses, untested, shown
+        else:
+            tested.append((metric, estimate))
+    return tested, untested
+
+
+def _method_state(gains: list[tuple[Estimate, bool | None]]) -> tuple[str, bool]:
+    """(state, beats uniform somewhere without losing anywhere) of one method, from its gains
+    over uniform and whether each stands."""
+    wins = sum(1 for e, stands in gains if stands and e.mean > 0)
+    losses = sum(1 for e, stands in gains if stands and e.mean < 0)
+    state = (
+        "beats uniform"
+        if wins and not losses
+        else "mixed"
+        if wins
+        else "not better"
+        if gains
+        else "untested"
+    )
+    return state, wins > 0 and losses == 0
+
+
+def _weighting_outcome(unstable: bool, beaten: bool, settled: bool, states: list[str]) -> str:
+    if unstable or beaten:
+        return "contradicted"
+    if settled and all(s == "not better" for s in states):
+        return "reproduced"
+    return "inconclusive"
 
 
 def weighting_verdict(
@@ -112,37 +139,41 @@ def weighting_verdict(
     measured = set(direction) if metrics is None else set(direction) & set(metrics)
     chosen = [m for m in column_metrics(measured, blind).values() if m is not None]
     base = experiment_seeds(final, uniform)
-    beaten, open_questions, states, parts = False, list(missing), [], []
-    for name in present:
-        wins, losses, untested, shown = _compare(
-            experiment_seeds(final, name), base, chosen, direction
-        )
+    compared = {
+        name: _compare(experiment_seeds(final, name), base, chosen, direction) for name in present
+    }
+    every_test = [e for tested, _ in compared.values() for _, e in tested]
+    standing = holm([e.p_value for e in every_test])
+    stands = iter(standing)
+    open_questions = [*missing, *(n for n, (t, u) in compared.items() if u or not t)]
+    beaten = beaten_corrected = False
+    states, corrected_states, parts, names = [], [], [], []
+    for name, (tested, untested) in compared.items():
+        state, wins = _method_state([(e, e.significant) for _, e in tested])
+        # Not tested alone (equal at every seed): not significant after correction either.
+        corrected, wins_corrected = _method_state([(e, next(stands) or False) for _, e in tested])
         # "Without losing anywhere" needs every column tested: an untested one might lose.
-        beaten = beaten or (wins > 0 and losses == 0 and not untested)
-        state = (
-            "beats uniform"
-            if wins and not losses
-            else "mixed"
-            if wins
-            else "not better"
-            if shown
-            else "untested"
-        )
+        beaten = beaten or (wins and not untested)
+        beaten_corrected = beaten_corrected or (wins_corrected and not untested)
         states.append(state)
-        if untested or not shown:
-            open_questions.append(name)
+        corrected_states.append(corrected)
+        names += [f"{name} {short_name(m)}" for m, _ in tested]
+        shown = [
+            difference_text(m, e.mean if direction[m] else -e.mean, e.se, e.significant)
+            for m, e in tested
+        ]
         parts.append(
             f"{name} − {uniform}: {state} ({', '.join(shown) or 'no metric tested'})"
             + (f"; untested: {', '.join(untested)}" if untested else "")
         )
     if missing:
         parts.append("runs missing: " + ", ".join(missing))
-    if unstable or beaten:
-        verdict = "contradicted"
-    elif not unknown and not open_questions and all(s == "not better" for s in states):
-        verdict = "reproduced"
-    else:
-        verdict = "inconclusive"
+    settled = not unknown and not open_questions
+    verdict = _weighting_outcome(bool(unstable), beaten, settled, states)
+    corrected_verdict = _weighting_outcome(
+        bool(unstable), beaten_corrected, settled, corrected_states
+    )
+    correction = holm_text(names, standing)
     stable_text = (
         f"uniform runs not converging stably: {'; '.join(unstable)}"
         if unstable
@@ -159,4 +190,9 @@ def weighting_verdict(
         for r in stalls.filter(pl.col("stalled") & weighed).iter_rows(named=True)
     ]
     stall_text = f"; VL stalled at L0 in: {', '.join(stalled)}" if stalled else ""
-    return Verdict(CLAIM, verdict, stable_text + "; " + "; ".join(parts) + stall_text)
+    return Verdict(
+        CLAIM,
+        verdict,
+        stable_text + "; " + "; ".join(parts) + correction + stall_text,
+        corrected_verdict if correction else None,
+    )

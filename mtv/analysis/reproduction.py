@@ -195,8 +195,8 @@ def _cell(value: object) -> str:
 
 def _verdict_section(found: list[Verdict]) -> list[str]:
     return md_table(
-        ["claim (paper)", "verdict", "evidence"],
-        [[v.claim, f"**{v.verdict}**", v.evidence] for v in found],
+        ["claim (paper)", "verdict", "corrected (Holm)", "evidence"],
+        [[v.claim, f"**{v.verdict}**", v.corrected or "–", v.evidence] for v in found],
     )
 
 

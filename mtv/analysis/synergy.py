@@ -64,6 +64,21 @@ def significance_mark(mean: float, se: float, significant: bool | None) -> str:
     return "" if significant else " n.s."
 
 
+def holm(p_values: Sequence[float | None], level: float = SIGNIFICANCE_LEVEL) -> list[bool | None]:
+    """Which of a family of tests stand after Holm's step-down correction for their number K:
+    sorted by p, the i-th smallest (from 0) stands while it and every smaller one are at most
+    level / (K - i). A None (no test) stays None and does not count in K. It controls the chance
+    of any false finding among the K at `level`, where testing each at `level` lets it grow
+    with K (to about 1 - (1 - level)^K for independent tests)."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    stands: list[bool | None] = [None if p is None else False for p in p_values]
+    for rank, (p, i) in enumerate(tested):
+        if p > level / (len(tested) - rank):
+            break
+        stands[i] = True
+    return stands
+
+
 TaskSet = tuple[str, ...]
 PerSeed = dict[int, dict[str, float]]  # seed -> metric -> value
 
@@ -113,6 +128,19 @@ class Estimate:
         if self.equal_at_every_seed:
             return False
         return abs(self.mean) > critical_t(self.n - 1) * self.se
+
+    @property
+    def p_value(self) -> float | None:
+        """Two-sided p of Student's t-test that the mean is 0, with n - 1 degrees of freedom;
+        None where `significant` tests nothing (one seed) or a value equal at every seed is
+        left untested."""
+        if self.significant is None or self.equal_at_every_seed:
+            return None
+        if self.se == 0:  # zero at every seed: no difference at all
+            return 1.0
+        from scipy.stats import t  # imported here: only the sweep report needs it
+
+        return float(2 * t.sf(abs(self.mean) / self.se, self.n - 1))
 
     @property
     def positive(self) -> bool:

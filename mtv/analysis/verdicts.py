@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from mtv.analysis.synergy import by_task_set, label, paired, significance_mark, synergy_table
+from mtv.analysis.synergy import (
+    Estimate,
+    by_task_set,
+    holm,
+    label,
+    paired,
+    significance_mark,
+    synergy_table,
+)
 
 VERDICT_RULES = (
     "Each of the paper's columns counts once, through the first of its mini-suite metrics that "
@@ -26,7 +34,11 @@ VERDICT_RULES = (
     "(also when a family has no metric that can see). The synergy claim is reproduced when every "
     "pair's average synergy is significantly positive, contradicted when one is significantly "
     "negative, inconclusive otherwise. Differences are shown in each metric's own direction, as "
-    "in the ladder (an RMSE that falls is a negative difference and a gain)."
+    "in the ladder (an RMSE that falls is a negative difference and a gain). Each test is at "
+    "p < 0.05 on its own; *corrected (Holm)* is the verdict by the same rules when the tests "
+    "behind it (a step's metrics, the synergy pairs, every method x metric of the weighting "
+    "claim) are corrected for their number by Holm's step-down method, which keeps the chance "
+    "of any false finding among them at 0.05."
 )
 
 # The mini suite's counterparts of the paper's Table 3/4 columns (None: a measure the paper does
@@ -171,6 +183,22 @@ class Verdict:
     claim: str
     verdict: str  # reproduced | contradicted | inconclusive
     evidence: str  # the numbers, in words
+    # The verdict by the same rules once its tests are corrected for their number (Holm); None
+    # where nothing was tested.
+    corrected: str | None = None
+
+
+def holm_text(names: list[str], stands: list[bool | None]) -> str:
+    """'; corrected for K tests (Holm): a, b stand' (or 'none stands'); '' without tests."""
+    tested = [n for n, s in zip(names, stands, strict=True) if s is not None]
+    if not tested:
+        return ""
+    standing = [n for n, s in zip(names, stands, strict=True) if s]
+    return f"; corrected for {len(tested)} tests (Holm): " + (
+        f"{', '.join(standing)} stand{'s' if len(standing) == 1 else ''}"
+        if standing
+        else "none stands"
+    )
 
 
 def _family_state(changes: list[tuple[str, float, float, bool | None]]) -> str:
@@ -193,6 +221,18 @@ def difference_text(metric: str, difference: float, se: float, significant: bool
     )
 
 
+def _step_state(changes: list[tuple[str, Estimate]], significance: dict[str, bool | None]) -> str:
+    return _family_state([(m, e.mean, e.se, significance[m]) for m, e in changes])
+
+
+def _step_outcome(states: list[str]) -> str:
+    if all(s == "lifted" for s in states):
+        return "reproduced"
+    if any(s == "hurt" for s in states):
+        return "contradicted"
+    return "inconclusive"
+
+
 def _step_verdict(
     results: pl.DataFrame, claim: Claim, columns: dict[str, tuple[str, ...]], blind_note: str
 ) -> Verdict:
@@ -203,7 +243,7 @@ def _step_verdict(
     if tuple(sorted(before)) not in runs or tuple(sorted(after)) not in runs:
         return Verdict(claim.text, "inconclusive", f"{name}: runs missing")
     direction = dict(results.select("metric", "higher_is_better").unique().iter_rows())
-    states, parts = [], []
+    families: list[tuple[str, list[tuple[str, Estimate]], list[str], list[str]]] = []
     for family in claim.families:
         changes, unseen, unpaired = [], [], []
         for column in FAMILIES[family]:
@@ -221,31 +261,43 @@ def _step_verdict(
                     direction[metric],
                 )
                 if gain.n:
-                    changes.append((metric, gain.mean, gain.se, gain.significant))
+                    changes.append((metric, gain))
                     break
             else:
                 unpaired.append(column)
+        families.append((family, changes, unseen, unpaired))
+    tested = [(m, e) for _, changes, _, _ in families for m, e in changes]
+    alone = {m: e.significant for m, e in tested}
+    # A difference that is not tested alone (equal at every seed) stays not significant.
+    stands = holm([e.p_value for _, e in tested])
+    corrected = {
+        m: stand if stand is not None else (None if alone[m] is None else False)
+        for m, stand in zip(alone, stands, strict=True)
+    }
+    states, corrected_states, parts = [], [], []
+    for family, changes, unseen, unpaired in families:
         # A family none of whose columns can be measured says nothing either way.
-        state = _family_state(changes) if changes else "unmeasured"
+        state = _step_state(changes, alone) if changes else "unmeasured"
         states.append(state)
+        corrected_states.append(_step_state(changes, corrected) if changes else "unmeasured")
         # The difference itself, not the gain: a lower-is-better metric's gain is its fall.
         shown = ", ".join(
-            difference_text(m, mean if direction[m] else -mean, se, sig)
-            for m, mean, se, sig in changes
+            difference_text(m, e.mean if direction[m] else -e.mean, e.se, e.significant)
+            for m, e in changes
         )
         if unseen:
             shown += ("; " if shown else "") + "no metric that can see: " + ", ".join(unseen)
         if unpaired:
             shown += ("; " if shown else "") + "not measured in both: " + ", ".join(unpaired)
         parts.append(f"{family} {state} ({shown})")
-    if all(s == "lifted" for s in states):
-        verdict = "reproduced"
-    elif any(s == "hurt" for s in states):
-        verdict = "contradicted"
-    else:
-        verdict = "inconclusive"
-    evidence = f"{name}, differences paired by seed: " + "; ".join(parts) + blind_note
-    return Verdict(claim.text, verdict, evidence)
+    correction = holm_text([short_name(m) for m in alone], stands)
+    evidence = f"{name}, differences paired by seed: " + "; ".join(parts) + correction + blind_note
+    return Verdict(
+        claim.text,
+        _step_outcome(states),
+        evidence,
+        _step_outcome(corrected_states) if correction else None,
+    )
 
 
 def _synergy_verdict(
@@ -258,7 +310,7 @@ def _synergy_verdict(
     except ValueError as err:  # MissingRuns
         return Verdict(claim.text, "inconclusive", str(err))
     averages = matrix.filter(pl.col("metric") == "average")
-    states, parts = [], []
+    states, parts, pairs, tests = [], [], [], []
     for row in averages.iter_rows(named=True):
         pair = f"{row['task_a']} x {row['task_b']}"
         value, se = row["synergy"], row["synergy_se"]
@@ -272,23 +324,39 @@ def _synergy_verdict(
             states.append("untested")
             parts.append(f"{pair} {100 * value:+.0f}% ({columns}; 1 seed: untested)")
             continue
-        states.append(
-            "positive" if significant and value > 0 else "negative" if significant else "n.s."
-        )
+        states.append(_synergy_state(value, significant))
+        pairs.append(pair)
+        tests.append((value, Estimate(value, se, row["seeds"])))
         mark = significance_mark(value, se, significant)
         parts.append(f"{pair} {100 * value:+.0f}% ± {100 * se:.0f}{mark} ({columns})")
-    if states and all(s == "positive" for s in states):
-        verdict = "reproduced"
-    elif "negative" in states:
-        verdict = "contradicted"
-    else:
-        verdict = "inconclusive"
+    stands = holm([estimate.p_value for _, estimate in tests])
+    correction = holm_text(pairs, stands)
+    # Only the tested pairs change state; the rest (undefined, untested) stay as they are.
+    corrected_states = [s for s in states if s not in ("positive", "negative", "n.s.")] + [
+        _synergy_state(value, stand) for (value, _), stand in zip(tests, stands, strict=True)
+    ]
     over = ", ".join(short_name(m) for m in average_over)
     return Verdict(
         claim.text,
-        verdict,
-        f"average synergy over the defined metrics of {over}: " + "; ".join(parts) + blind_note,
+        _synergy_outcome(states),
+        f"average synergy over the defined metrics of {over}: "
+        + "; ".join(parts)
+        + correction
+        + blind_note,
+        _synergy_outcome(corrected_states) if correction else None,
     )
+
+
+def _synergy_state(value: float, significant: bool | None) -> str:
+    return "positive" if significant and value > 0 else "negative" if significant else "n.s."
+
+
+def _synergy_outcome(states: list[str]) -> str:
+    if states and all(s == "positive" for s in states):
+        return "reproduced"
+    if "negative" in states:
+        return "contradicted"
+    return "inconclusive"
 
 
 def verdicts(
