@@ -201,12 +201,17 @@ def holm_text(names: list[str], stands: list[bool | None]) -> str:
     )
 
 
-def _family_state(changes: list[tuple[str, float, float, bool | None]]) -> str:
-    up = sum(1 for _, mean, _, sig in changes if sig and mean > 0)
-    down = sum(1 for _, mean, _, sig in changes if sig and mean < 0)
+def _family_state(changes: list[tuple[str, Estimate]], significance: dict[str, bool | None]) -> str:
+    """A family's state from its metrics' gains and whether each stands (`significance`: alone
+    or corrected); "unmeasured" when none of its columns could be measured."""
+    if not changes:
+        return "unmeasured"
+    flags = [(e.mean, significance[m]) for m, e in changes]
+    up = sum(1 for mean, sig in flags if sig and mean > 0)
+    down = sum(1 for mean, sig in flags if sig and mean < 0)
     if up and down:
         return "mixed"
-    if not up and not down and all(sig is None for *_, sig in changes):
+    if not up and not down and all(sig is None for _, sig in flags):
         return "untested"  # one seed: no SE, so nothing can stand out of the noise
     return "lifted" if up else "hurt" if down else "unchanged"
 
@@ -219,10 +224,6 @@ def difference_text(metric: str, difference: float, se: float, significant: bool
     return f"{short_name(metric)} {difference:+.3g}±{se:.2g}" + significance_mark(
         difference, se, significant
     )
-
-
-def _step_state(changes: list[tuple[str, Estimate]], significance: dict[str, bool | None]) -> str:
-    return _family_state([(m, e.mean, e.se, significance[m]) for m, e in changes])
 
 
 def _step_outcome(states: list[str]) -> str:
@@ -268,8 +269,8 @@ def _step_verdict(
         families.append((family, changes, unseen, unpaired))
     tested = [(m, e) for _, changes, _, _ in families for m, e in changes]
     alone = {m: e.significant for m, e in tested}
-    # A difference that is not tested alone (equal at every seed) stays not significant.
     stands = holm([e.p_value for _, e in tested])
+    # A difference that is not tested alone (equal at every seed) stays not significant.
     corrected = {
         m: stand if stand is not None else (None if alone[m] is None else False)
         for m, stand in zip(alone, stands, strict=True)
@@ -277,9 +278,9 @@ def _step_verdict(
     states, corrected_states, parts = [], [], []
     for family, changes, unseen, unpaired in families:
         # A family none of whose columns can be measured says nothing either way.
-        state = _step_state(changes, alone) if changes else "unmeasured"
+        state = _family_state(changes, alone)
         states.append(state)
-        corrected_states.append(_step_state(changes, corrected) if changes else "unmeasured")
+        corrected_states.append(_family_state(changes, corrected))
         # The difference itself, not the gain: a lower-is-better metric's gain is its fall.
         shown = ", ".join(
             difference_text(m, e.mean if direction[m] else -e.mean, e.se, e.significant)
@@ -326,14 +327,14 @@ def _synergy_verdict(
             continue
         states.append(_synergy_state(value, significant))
         pairs.append(pair)
-        tests.append((value, Estimate(value, se, row["seeds"])))
+        tests.append(Estimate(value, se, row["seeds"]))
         mark = significance_mark(value, se, significant)
         parts.append(f"{pair} {100 * value:+.0f}% ± {100 * se:.0f}{mark} ({columns})")
-    stands = holm([estimate.p_value for _, estimate in tests])
+    stands = holm([estimate.p_value for estimate in tests])
     correction = holm_text(pairs, stands)
     # Only the tested pairs change state; the rest (undefined, untested) stay as they are.
     corrected_states = [s for s in states if s not in ("positive", "negative", "n.s.")] + [
-        _synergy_state(value, stand) for (value, _), stand in zip(tests, stands, strict=True)
+        _synergy_state(e.mean, stand) for e, stand in zip(tests, stands, strict=True)
     ]
     over = ", ".join(short_name(m) for m in average_over)
     return Verdict(
